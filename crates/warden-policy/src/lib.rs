@@ -1,1 +1,27 @@
+//! Warden's policy engine.
+//!
+//! Authors write `AgentPolicy` documents (Kubernetes-shaped YAML) and, where YAML cannot say it,
+//! raw Cedar. A directory of them loads as one [`Bundle`]: compiled to Cedar, validated in strict
+//! mode against Warden's schema, indexed for slicing, and hashed. [`Bundle::decide`] answers a
+//! [`warden_model::DecisionRequest`] deny-by-default, with `forbid` over `permit`, and any
+//! evaluation error denying. [`Engine`] holds the bundle in service and swaps in a new one
+//! atomically, keeping the last good one when a reload fails.
 
+mod bundle;
+mod compile;
+mod decide;
+mod diagnostic;
+mod document;
+mod engine;
+mod index;
+mod locate;
+mod pattern;
+mod schema;
+pub mod testing;
+
+pub use bundle::{Bundle, LoadLimits, PolicyInfo, SourceFile, TestCase};
+pub use compile::{PolicyRole, Samples};
+pub use decide::{Explanation, PolicySource, Slicing};
+pub use diagnostic::{Diagnostic, LoadError, Severity};
+pub use document::{ExpectedOutcome, TestCaseSpec};
+pub use engine::{Engine, ReloadOutcome};

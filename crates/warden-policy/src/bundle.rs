@@ -1,0 +1,612 @@
+//! A bundle: every policy source in a directory, compiled, validated and indexed as one unit with
+//! one content hash.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+use std::str::FromStr;
+
+use cedar_policy::{ActionConstraint, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use serde::Deserialize;
+use warden_model::{ActionKind, ApprovalRequirement, BundleHash, PolicyRef};
+
+use crate::compile::{
+    Catalog, Compiled, CompiledPolicy, Samples, DocContext, Gate, Origin, PolicyRole, PrincipalKey, compile_policy, one_line,
+};
+use crate::diagnostic::{Diagnostic, LoadError};
+use crate::document::{API_VERSION, AgentPolicyDoc, PolicyTestDoc, TestCaseSpec, ToolCatalogDoc};
+use crate::index::SlicedSet;
+use crate::locate::Locator;
+use crate::schema::{ArgType, ArgTypes, schema_text};
+
+/// Bounds on what a bundle may hold, so a hostile or mistaken directory cannot exhaust memory.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadLimits {
+    pub max_file_bytes: u64,
+    pub max_total_bytes: u64,
+    pub max_files: usize,
+    pub max_documents: usize,
+    pub max_dir_depth: usize,
+}
+
+impl Default for LoadLimits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 4 << 20,
+            max_total_bytes: 256 << 20,
+            max_files: 10_000,
+            max_documents: 200_000,
+            max_dir_depth: 16,
+        }
+    }
+}
+
+/// One policy source: a path relative to the bundle root and its text.
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    pub path: String,
+    pub text: String,
+}
+
+/// A policy unit test, from a `PolicyTest` document.
+#[derive(Debug, Clone)]
+pub struct TestCase {
+    pub file: String,
+    pub line: Option<u32>,
+    pub suite: String,
+    pub spec: TestCaseSpec,
+}
+
+/// A compiled policy as the bundle keeps it: its reference and its Cedar text.
+#[derive(Debug, Clone)]
+pub struct PolicyInfo {
+    pub reference: PolicyRef,
+    pub text: String,
+    pub role: PolicyRole,
+    pub gate: Option<usize>,
+    pub approval: Option<usize>,
+}
+
+/// A loaded, validated, indexed set of policies.
+pub struct Bundle {
+    pub(crate) hash: BundleHash,
+    pub(crate) grants: SlicedSet,
+    pub(crate) approvals: SlicedSet,
+    /// Global policy number → info; Cedar ids are `p<number>`.
+    pub(crate) policies: Vec<PolicyInfo>,
+    /// Grant-set position → global number, and likewise for approvals.
+    pub(crate) grant_ids: Vec<u32>,
+        pub(crate) gates: Vec<Gate>,
+    pub(crate) requirements: Vec<ApprovalRequirement>,
+    pub(crate) tool_args: ArgTypes,
+    pub(crate) prompt_args: ArgTypes,
+    pub(crate) schema: Schema,
+    samples: Samples,
+    tests: Vec<TestCase>,
+    warnings: Vec<Diagnostic>,
+    files: Vec<String>,
+}
+
+impl std::fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bundle")
+            .field("hash", &self.hash)
+            .field("policies", &self.policies.len())
+            .finish_non_exhaustive()
+    }
+}
+
+enum Parsed {
+    Policy(Box<AgentPolicyDoc>, usize),
+    Catalog(ToolCatalogDoc, usize),
+    Tests(PolicyTestDoc, usize),
+}
+
+impl Bundle {
+    /// Loads every `.yaml`, `.yml` and `.cedar` file under `dir` (hidden entries skipped).
+    pub fn load_dir(dir: &Path, limits: LoadLimits) -> Result<Self, LoadError> {
+        let files = read_dir(dir, limits)?;
+        Self::from_sources(files, limits)
+    }
+
+    /// Compiles a bundle from sources already in memory.
+    pub fn from_sources(files: Vec<SourceFile>, limits: LoadLimits) -> Result<Self, LoadError> {
+        let mut diagnostics = Vec::new();
+        let mut parsed: Vec<(usize, Parsed)> = Vec::new();
+        let mut locators = Vec::with_capacity(files.len());
+        let mut documents = 0usize;
+        let mut raw_cedar = Vec::new();
+        let mut contributing = vec![false; files.len()];
+        for (f, file) in files.iter().enumerate() {
+            if file.path.ends_with(".cedar") {
+                raw_cedar.push(f);
+                contributing[f] = true;
+                locators.push(Locator::default());
+                continue;
+            }
+            locators.push(Locator::new(&file.text));
+            for (doc_index, de) in serde_yaml::Deserializer::from_str(&file.text).enumerate() {
+                documents += 1;
+                if documents > limits.max_documents {
+                    diagnostics.push(Diagnostic::error(&file.path, format!("the bundle has more than {} documents", limits.max_documents)));
+                    return Err(LoadError { diagnostics });
+                }
+                let value = match serde_yaml::Value::deserialize(de) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        diagnostics.push(yaml_error(&file.path, &e));
+                        break;
+                    }
+                };
+                if value.is_null() {
+                    continue;
+                }
+                let cx = DocContext { file: &file.path, locator: &locators[f], doc_index };
+                match parse_document(&cx, value) {
+                    Ok(doc) => {
+                        contributing[f] |= !matches!(doc, Parsed::Tests(..));
+                        parsed.push((f, doc));
+                    }
+                    Err(d) => diagnostics.push(d),
+                }
+            }
+        }
+
+        let catalog = build_catalog(&files, &locators, &parsed, &mut diagnostics);
+        let mut compiled = Compiled::default();
+        let mut names: HashMap<String, (String, Option<u32>)> = HashMap::new();
+        let mut tests = Vec::new();
+        for (f, doc) in &parsed {
+            let file = &files[*f];
+            match doc {
+                Parsed::Policy(doc, doc_index) => {
+                    let cx = DocContext { file: &file.path, locator: &locators[*f], doc_index: *doc_index };
+                    let id = match &doc.metadata.namespace {
+                        Some(ns) => format!("{ns}/{}", doc.metadata.name),
+                        None => doc.metadata.name.clone(),
+                    };
+                    let line = locators[*f].find(*doc_index, "metadata.name").map(|p| p.0);
+                    if let Some((other, other_line)) = names.get(&id) {
+                        compiled.diagnostics.push(cx.error("metadata.name", format!(
+                            "AgentPolicy `{id}` is defined twice; the other is at {other}:{}",
+                            other_line.map_or("?".into(), |l| l.to_string())
+                        )).help("give each policy a unique namespace/name"));
+                        continue;
+                    }
+                    names.insert(id, (file.path.clone(), line));
+                    compile_policy(&cx, doc, &catalog, &mut compiled);
+                }
+                Parsed::Tests(doc, doc_index) => {
+                    for (i, case) in doc.spec.cases.iter().enumerate() {
+                        tests.push(TestCase {
+                            file: file.path.clone(),
+                            line: locators[*f].find(*doc_index, &format!("spec.cases[{i}]")).map(|p| p.0),
+                            suite: doc.metadata.name.clone(),
+                            spec: case.clone(),
+                        });
+                    }
+                }
+                Parsed::Catalog(..) => {}
+            }
+        }
+        diagnostics.append(&mut compiled.diagnostics);
+        for f in &raw_cedar {
+            compile_raw_cedar(&files[*f], &mut compiled, &mut diagnostics);
+        }
+
+        let schema = match Schema::from_cedarschema_str(&schema_text(&catalog.tool_args, &catalog.prompt_args)) {
+            Ok((schema, _)) => schema,
+            Err(e) => {
+                diagnostics.push(Diagnostic::error("<schema>", format!("the generated Cedar schema is invalid: {}", one_line(&e.to_string())))
+                    .help("an argument name in a ToolCatalog may be unusable in Cedar; rename or remove it"));
+                return Err(LoadError { diagnostics });
+            }
+        };
+
+        let mut cedar_policies = Vec::with_capacity(compiled.policies.len());
+        for (n, policy) in compiled.policies.iter().enumerate() {
+            match Policy::parse(Some(PolicyId::new(format!("p{n}"))), &policy.text) {
+                Ok(p) => cedar_policies.push(p),
+                Err(e) => diagnostics.push(origin_error(&policy.origin, format!("invalid Cedar: {}", one_line(&e.to_string())))),
+            }
+        }
+        if diagnostics.iter().any(Diagnostic::is_error) {
+            return Err(LoadError { diagnostics });
+        }
+
+        let validation_set = match PolicySet::from_policies(cedar_policies.iter().cloned()) {
+            Ok(set) => set,
+            Err(e) => {
+                diagnostics.push(Diagnostic::error("<bundle>", one_line(&e.to_string())));
+                return Err(LoadError { diagnostics });
+            }
+        };
+        let result = Validator::new(schema.clone()).validate(&validation_set, ValidationMode::Strict);
+        for error in result.validation_errors() {
+            let n = policy_number(error.policy_id()).unwrap_or(0);
+            let origin = &compiled.policies[n].origin;
+            let help = miette::Diagnostic::help(error).map(|h| h.to_string());
+            let mut d = origin_error(origin, format!("the condition does not type-check: {}", one_line(&error.to_string())));
+            d.help = Some(help.unwrap_or_else(|| {
+                "conditions see `principal`, `resource` and `context` as described in docs/policy.md; tool arguments must be declared in a ToolCatalog".into()
+            }));
+            diagnostics.push(d);
+        }
+        if diagnostics.iter().any(Diagnostic::is_error) {
+            return Err(LoadError { diagnostics });
+        }
+
+        let mut grant_policies = Vec::new();
+        let mut approval_policies = Vec::new();
+        let mut grant_ids = Vec::new();
+        let mut infos = Vec::with_capacity(compiled.policies.len());
+        for (n, (policy, cedar)) in compiled.policies.iter().zip(cedar_policies).enumerate() {
+            let id = u32::try_from(n).unwrap_or(u32::MAX);
+            let entry = (cedar, policy.principals.clone(), policy.kinds.clone(), policy.resources.clone());
+            match policy.role {
+                PolicyRole::Grant => {
+                    grant_policies.push(entry);
+                    grant_ids.push(id);
+                }
+                PolicyRole::Approval => {
+                    approval_policies.push(entry);
+                }
+            }
+            infos.push(PolicyInfo {
+                reference: PolicyRef {
+                    id: format!("p{n}"),
+                    file: policy.origin.file.clone(),
+                    line: policy.origin.line,
+                    document: policy.origin.document.clone(),
+                    rule: policy.origin.rule.clone(),
+                },
+                text: policy.text.clone(),
+                role: policy.role,
+                gate: policy.gate,
+                approval: policy.approval,
+            });
+        }
+        let build = |policies| SlicedSet::new(policies).map_err(|e| LoadError {
+            diagnostics: vec![Diagnostic::error("<bundle>", one_line(&e.to_string()))],
+        });
+        let grants = build(grant_policies)?;
+        let approvals = build(approval_policies)?;
+        let requirements = compiled
+            .requirements
+            .iter()
+            .enumerate()
+            .map(|(r, req)| ApprovalRequirement {
+                id: req.id.clone(),
+                group: req.group.clone(),
+                required: req.required,
+                valid_for_secs: req.valid_for_secs,
+                policy: infos
+                    .iter()
+                    .find(|i| i.approval == Some(r))
+                    .map(|i| i.reference.clone())
+                    .unwrap_or_else(|| PolicyRef { id: String::new(), file: String::new(), line: None, document: String::new(), rule: req.id.clone() }),
+            })
+            .collect();
+
+        let hash = content_hash(files.iter().zip(&contributing).filter(|(_, c)| **c).map(|(f, _)| f));
+        Ok(Self {
+            hash,
+            grants,
+            approvals,
+            policies: infos,
+            grant_ids,
+            gates: compiled.gates,
+            requirements,
+            tool_args: catalog.tool_args,
+            prompt_args: catalog.prompt_args,
+            schema,
+            samples: compiled.samples,
+            tests,
+            warnings: diagnostics,
+            files: files.into_iter().map(|f| f.path).collect(),
+        })
+    }
+
+    pub fn hash(&self) -> &BundleHash {
+        &self.hash
+    }
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
+    }
+    /// Agents and actions that exercise this bundle's rules.
+    pub fn samples(&self) -> &Samples {
+        &self.samples
+    }
+    pub fn tests(&self) -> &[TestCase] {
+        &self.tests
+    }
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+    pub fn policies(&self) -> &[PolicyInfo] {
+        &self.policies
+    }
+    /// Number of compiled Cedar policies.
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+    pub fn schema(&self) -> &Schema {
+        &self.schema
+    }
+
+    pub(crate) fn info(&self, id: &PolicyId) -> Option<&PolicyInfo> {
+        self.policies.get(policy_number(id)?)
+    }
+}
+
+fn policy_number(id: &PolicyId) -> Option<usize> {
+    id.to_string().strip_prefix('p')?.parse().ok()
+}
+
+fn origin_error(origin: &Origin, message: String) -> Diagnostic {
+    let mut d = Diagnostic::error(&origin.file, message).field(&origin.blame);
+    d.line = origin.line;
+    d.column = origin.column;
+    d
+}
+
+fn yaml_error(file: &str, e: &serde_yaml::Error) -> Diagnostic {
+    let position = e.location().map(|l| {
+        (
+            u32::try_from(l.line()).unwrap_or(u32::MAX),
+            u32::try_from(l.column()).unwrap_or(u32::MAX),
+        )
+    });
+    Diagnostic::error(file, format!("not valid YAML: {e}")).at(position)
+}
+
+/// Reads the header, then the typed document of that kind.
+fn parse_document(cx: &DocContext<'_>, value: serde_yaml::Value) -> Result<Parsed, Diagnostic> {
+    let kind = value.get("kind").and_then(|k| k.as_str()).map(str::to_owned);
+    let api_version = value.get("apiVersion").and_then(|k| k.as_str()).map(str::to_owned);
+    if api_version.as_deref() != Some(API_VERSION) {
+        return Err(cx
+            .error("apiVersion", format!("apiVersion is {}, expected `{API_VERSION}`", api_version.map_or("missing".into(), |v| format!("`{v}`"))))
+            .help(format!("start the document with `apiVersion: {API_VERSION}`")));
+    }
+    fn typed<T: serde::de::DeserializeOwned>(cx: &DocContext<'_>, value: serde_yaml::Value) -> Result<T, Diagnostic> {
+        serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { path };
+            let mut d = cx.error(&field, e.inner().to_string());
+            if field.is_empty() {
+                d.field = None;
+            }
+            d
+        })
+    }
+    match kind.as_deref() {
+        Some("AgentPolicy") => Ok(Parsed::Policy(Box::new(typed(cx, value)?), cx.doc_index)),
+        Some("ToolCatalog") => Ok(Parsed::Catalog(typed(cx, value)?, cx.doc_index)),
+        Some("PolicyTest") => Ok(Parsed::Tests(typed(cx, value)?, cx.doc_index)),
+        Some(other) => Err(cx.error("kind", format!("unknown kind `{other}`")).help("use AgentPolicy, ToolCatalog or PolicyTest")),
+        None => Err(cx.error("kind", "the document has no `kind`").help("add `kind: AgentPolicy`")),
+    }
+}
+
+fn build_catalog(
+    files: &[SourceFile],
+    locators: &[Locator],
+    parsed: &[(usize, Parsed)],
+    diagnostics: &mut Vec<Diagnostic>,
+) -> Catalog {
+    let mut catalog = Catalog::default();
+    // Argument name → (type, where first declared); `None` once declarations conflict.
+    let mut tool_args: BTreeMap<String, Option<(ArgType, String)>> = BTreeMap::new();
+    for (f, doc) in parsed {
+        let Parsed::Catalog(doc, doc_index) = doc else { continue };
+        let cx = DocContext { file: &files[*f].path, locator: &locators[*f], doc_index: *doc_index };
+        for (s, server) in doc.spec.servers.iter().enumerate() {
+            let tools = catalog.tools.entry(server.name.clone()).or_default();
+            for (t, tool) in server.tools.iter().enumerate() {
+                tools.insert(tool.name.clone());
+                let Some(properties) = tool.input_schema.as_ref().and_then(|s| s.get("properties")).and_then(|p| p.as_object()) else {
+                    continue;
+                };
+                for (arg, schema) in properties {
+                    let Some(ty) = ArgType::from_json_schema(schema) else { continue };
+                    let here = format!("{}/{}", server.name, tool.name);
+                    match tool_args.get(arg) {
+                        None => {
+                            tool_args.insert(arg.clone(), Some((ty, here)));
+                        }
+                        Some(Some((existing, first))) if *existing != ty => {
+                            diagnostics.push(cx.warning(
+                                &format!("spec.servers[{s}].tools[{t}].inputSchema.properties.{arg}"),
+                                format!("argument `{arg}` is {} here but {} in {first}; conditions cannot use it", ty.describe(), existing.describe()),
+                            ));
+                            tool_args.insert(arg.clone(), None);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            let prompts = catalog.prompts.entry(server.name.clone()).or_default();
+            for prompt in &server.prompts {
+                prompts.insert(prompt.name.clone());
+                for a in &prompt.arguments {
+                    catalog.prompt_args.insert(a.name.clone(), ArgType::String);
+                }
+            }
+        }
+    }
+    catalog.tool_args = tool_args.into_iter().filter_map(|(k, v)| v.map(|(t, _)| (k, t))).collect();
+    catalog
+}
+
+/// Byte offsets where each top-level statement of a Cedar file starts, skipping comments and
+/// strings, so raw policies can be reported by line.
+fn statement_starts(text: &str) -> Vec<usize> {
+    let bytes = text.as_bytes();
+    let mut starts = Vec::new();
+    let mut expecting = true;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'/' && bytes.get(i + 1) == Some(&b'/') {
+            while i < bytes.len() && bytes[i] != b'\n' {
+                i += 1;
+            }
+            continue;
+        }
+        if expecting && !b.is_ascii_whitespace() {
+            starts.push(i);
+            expecting = false;
+        }
+        if b == b'"' {
+            i += 1;
+            while i < bytes.len() && bytes[i] != b'"' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+        } else if b == b';' {
+            expecting = true;
+        }
+        i += 1;
+    }
+    starts
+}
+
+fn line_of(text: &str, offset: usize) -> u32 {
+    let before = text.get(..offset).unwrap_or(text);
+    u32::try_from(before.matches('\n').count() + 1).unwrap_or(u32::MAX)
+}
+
+fn compile_raw_cedar(file: &SourceFile, compiled: &mut Compiled, diagnostics: &mut Vec<Diagnostic>) {
+    let set = match PolicySet::from_str(&file.text) {
+        Ok(set) => set,
+        Err(e) => {
+            let offset = miette::Diagnostic::labels(&e).and_then(|mut l| l.next()).map(|l| l.offset());
+            let mut d = Diagnostic::error(&file.path, format!("invalid Cedar: {}", one_line(&e.to_string())));
+            d.line = offset.map(|o| line_of(&file.text, o));
+            diagnostics.push(d);
+            return;
+        }
+    };
+    if set.templates().next().is_some() {
+        diagnostics.push(Diagnostic::error(&file.path, "Cedar templates are not supported in bundles").help("write static policies"));
+        return;
+    }
+    let starts = statement_starts(&file.text);
+    let mut policies: Vec<&Policy> = set.policies().collect();
+    policies.sort_by_key(|p| p.id().to_string().trim_start_matches("policy").parse::<usize>().unwrap_or(usize::MAX));
+    for (n, policy) in policies.into_iter().enumerate() {
+        let line = starts.get(n).map(|o| line_of(&file.text, *o));
+        let rule = policy.annotation("id").map_or_else(|| format!("policy[{n}]"), str::to_owned);
+        let kinds = match policy.action_constraint() {
+            ActionConstraint::Any => vec![],
+            ActionConstraint::Eq(uid) => action_kind(&uid).into_iter().collect(),
+            ActionConstraint::In(uids) => {
+                let kinds: Vec<ActionKind> = uids.iter().filter_map(action_kind).collect();
+                // An action group Warden does not know about: keep it reachable from every kind.
+                if kinds.len() == uids.len() { kinds } else { vec![] }
+            }
+        };
+        compiled.policies.push(CompiledPolicy {
+            text: policy.to_string(),
+            role: PolicyRole::Grant,
+            origin: Origin {
+                file: file.path.clone(),
+                line,
+                column: line.map(|_| 1),
+                document: file.path.clone(),
+                rule: rule.clone(),
+                blame: rule,
+            },
+            kinds,
+            principals: vec![PrincipalKey::Any],
+            resources: vec![],
+            gate: None,
+            approval: None,
+        });
+    }
+}
+
+fn action_kind(uid: &cedar_policy::EntityUid) -> Option<ActionKind> {
+    ActionKind::from_str(uid.id().unescaped()).ok()
+}
+
+fn content_hash<'a>(files: impl Iterator<Item = &'a SourceFile>) -> BundleHash {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for file in files {
+        // Length-prefixed, so no two different bundles serialise to the same bytes.
+        ctx.update(&(file.path.len() as u64).to_be_bytes());
+        ctx.update(file.path.as_bytes());
+        ctx.update(&(file.text.len() as u64).to_be_bytes());
+        ctx.update(file.text.as_bytes());
+    }
+    let digest = ctx.finish();
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.as_ref());
+    BundleHash::from_sha256(out)
+}
+
+fn read_dir(root: &Path, limits: LoadLimits) -> Result<Vec<SourceFile>, LoadError> {
+    let fail = |path: &Path, message: String| LoadError {
+        diagnostics: vec![Diagnostic::error(path.display().to_string(), message)],
+    };
+    let meta = fs::metadata(root).map_err(|e| fail(root, format!("cannot read the policy directory: {e}")))?;
+    if !meta.is_dir() {
+        return Err(fail(root, "is not a directory; pass the directory that holds the policies".into()));
+    }
+    let mut files = Vec::new();
+    let mut total = 0u64;
+    let mut stack = vec![(root.to_path_buf(), 0usize)];
+    while let Some((dir, depth)) = stack.pop() {
+        let entries = fs::read_dir(&dir).map_err(|e| fail(&dir, format!("cannot list: {e}")))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| fail(&dir, format!("cannot list: {e}")))?;
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let file_type = entry.file_type().map_err(|e| fail(&path, e.to_string()))?;
+            if file_type.is_dir() {
+                if depth + 1 > limits.max_dir_depth {
+                    return Err(fail(&path, format!("directories nest deeper than {}", limits.max_dir_depth)));
+                }
+                stack.push((path, depth + 1));
+                continue;
+            }
+            if !(name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".cedar")) {
+                continue;
+            }
+            // Symlinks to files are followed (Kubernetes ConfigMap mounts use them); symlinks to
+            // directories are not, so a link cannot make the walk loop.
+            let meta = fs::metadata(&path).map_err(|e| fail(&path, format!("cannot read: {e}")))?;
+            if !meta.is_file() {
+                continue;
+            }
+            if files.len() >= limits.max_files {
+                return Err(fail(root, format!("more than {} policy files", limits.max_files)));
+            }
+            if meta.len() > limits.max_file_bytes {
+                return Err(fail(&path, format!("is {} bytes; the limit per file is {}", meta.len(), limits.max_file_bytes)));
+            }
+            let mut text = String::new();
+            fs::File::open(&path)
+                .and_then(|f| f.take(limits.max_file_bytes + 1).read_to_string(&mut text))
+                .map_err(|e| fail(&path, format!("cannot read as UTF-8 text: {e}")))?;
+            if text.len() as u64 > limits.max_file_bytes {
+                return Err(fail(&path, format!("is larger than the limit of {} bytes per file", limits.max_file_bytes)));
+            }
+            total += text.len() as u64;
+            if total > limits.max_total_bytes {
+                return Err(fail(root, format!("policy files exceed {} bytes in total", limits.max_total_bytes)));
+            }
+            let relative = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+            files.push(SourceFile { path: relative, text });
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}

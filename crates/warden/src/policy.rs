@@ -1,0 +1,377 @@
+//! `warden policy …`
+
+use std::io::{self, BufRead, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use warden_model::{DecisionRequest, Outcome};
+use warden_policy::testing::{self, TestResult};
+use warden_policy::{Bundle, Diagnostic, Engine, Explanation, LoadError, LoadLimits, ReloadOutcome, Slicing};
+
+use crate::Output;
+
+/// Largest request document `explain` and `decide` accept.
+const MAX_REQUEST_BYTES: u64 = 1 << 20;
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy directory; exits 1 with precise errors if it would be rejected.
+    Check(CheckArgs),
+    /// Run the PolicyTest documents in a policy directory; exits 1 if any fails.
+    Test(TestArgs),
+    /// Decide one request and show the full reasoning.
+    Explain(ExplainArgs),
+    /// Show which requests change outcome between two policy directories.
+    Diff(DiffArgs),
+    /// Decide requests read as JSON lines on stdin, one decision per line on stdout.
+    ///
+    /// With --watch the bundle reloads when a file changes or on SIGHUP; a bundle that fails to
+    /// load is reported on stderr and the last good one keeps deciding.
+    Decide(DecideArgs),
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Directory of AgentPolicy YAML, ToolCatalog and .cedar files.
+    dir: PathBuf,
+    #[arg(long, short, value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Args)]
+pub struct TestArgs {
+    dir: PathBuf,
+    /// Run only tests whose suite or name contains this text.
+    #[arg(long)]
+    filter: Option<String>,
+    #[arg(long, short, value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    dir: PathBuf,
+    /// The request as JSON or YAML: a file, or `-` for stdin.
+    #[arg(long, short)]
+    request: String,
+    /// Evaluate every policy instead of the sliced subset.
+    #[arg(long)]
+    no_slicing: bool,
+    #[arg(long, short, value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    old: PathBuf,
+    new: PathBuf,
+    /// Most requests to compare (test cases first, then generated ones).
+    #[arg(long, default_value_t = 5000)]
+    samples: usize,
+    #[arg(long, short, value_enum, default_value_t)]
+    output: Output,
+}
+
+#[derive(Args)]
+pub struct DecideArgs {
+    dir: PathBuf,
+    /// Reload on file changes and on SIGHUP.
+    #[arg(long)]
+    watch: bool,
+}
+
+pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        PolicyCommand::Check(a) => check(&a.dir, a.output),
+        PolicyCommand::Test(a) => test(&a.dir, a.filter.as_deref(), a.output),
+        PolicyCommand::Explain(a) => explain(&a),
+        PolicyCommand::Diff(a) => diff(&a),
+        PolicyCommand::Decide(a) => decide(&a),
+    }
+}
+
+fn print_diagnostics(diagnostics: &[Diagnostic]) {
+    for d in diagnostics {
+        eprintln!("{d}");
+    }
+}
+
+/// Loads a bundle, printing its warnings; on failure prints the errors (or JSON) and says so.
+fn load(dir: &Path, output: Output) -> Result<Bundle, ExitCode> {
+    match Bundle::load_dir(dir, LoadLimits::default()) {
+        Ok(bundle) => {
+            if output == Output::Text {
+                print_diagnostics(bundle.warnings());
+            }
+            Ok(bundle)
+        }
+        Err(e) => {
+            report_load_error(dir, &e, output);
+            Err(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn report_load_error(dir: &Path, e: &LoadError, output: Output) {
+    match output {
+        Output::Text => {
+            print_diagnostics(&e.diagnostics);
+            let errors = e.errors().count();
+            eprintln!("{}: rejected with {errors} error(s)", dir.display());
+        }
+        Output::Json => println!(
+            "{}",
+            json!({"dir": dir, "valid": false, "diagnostics": e.diagnostics})
+        ),
+    }
+}
+
+fn check(dir: &Path, output: Output) -> anyhow::Result<ExitCode> {
+    let bundle = match load(dir, output) {
+        Ok(b) => b,
+        Err(code) => return Ok(code),
+    };
+    match output {
+        Output::Text => println!(
+            "{}: ok — {} policies from {} files, {} test cases, bundle {}",
+            dir.display(),
+            bundle.len(),
+            bundle.files().len(),
+            bundle.tests().len(),
+            bundle.hash()
+        ),
+        Output::Json => println!(
+            "{}",
+            json!({
+                "dir": dir,
+                "valid": true,
+                "bundle": bundle.hash(),
+                "policies": bundle.len(),
+                "files": bundle.files(),
+                "tests": bundle.tests().len(),
+                "diagnostics": bundle.warnings(),
+            })
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn test(dir: &Path, filter: Option<&str>, output: Output) -> anyhow::Result<ExitCode> {
+    let bundle = match load(dir, output) {
+        Ok(b) => b,
+        Err(code) => return Ok(code),
+    };
+    let results: Vec<TestResult> = bundle
+        .tests()
+        .iter()
+        .filter(|c| filter.is_none_or(|f| c.suite.contains(f) || c.spec.name.contains(f)))
+        .map(|c| testing::run_case(&bundle, c))
+        .collect();
+    let failed = results.iter().filter(|r| !r.passed).count();
+    let passed = results.len() - failed;
+    match output {
+        Output::Text => {
+            for r in &results {
+                let mark = if r.passed { "ok  " } else { "FAIL" };
+                println!("{mark} {} / {}", r.suite, r.name);
+                for f in &r.failures {
+                    let at = r.line.map_or(String::new(), |l| format!(":{l}"));
+                    println!("       {f}\n       at {}{at}", r.file);
+                }
+            }
+            println!("{passed} passed, {failed} failed");
+        }
+        Output::Json => println!(
+            "{}",
+            json!({"bundle": bundle.hash(), "passed": passed, "failed": failed, "results": results})
+        ),
+    }
+    if results.is_empty() {
+        eprintln!("no test cases found; add PolicyTest documents (see docs/policy.md)");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn read_request(source: &str) -> anyhow::Result<DecisionRequest> {
+    let mut text = String::new();
+    let reader: Box<dyn Read> = if source == "-" {
+        Box::new(io::stdin())
+    } else {
+        Box::new(std::fs::File::open(source).with_context(|| format!("cannot open request file {source}"))?)
+    };
+    reader
+        .take(MAX_REQUEST_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("cannot read request {source}"))?;
+    if text.len() as u64 > MAX_REQUEST_BYTES {
+        bail!("the request is larger than {MAX_REQUEST_BYTES} bytes");
+    }
+    // YAML is a superset of JSON, so one parser reads both.
+    serde_yaml::from_str(&text).with_context(|| {
+        format!("{source} is not a valid request; see docs/policy.md (\"Requests\") for the format")
+    })
+}
+
+fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
+    let request = read_request(&args.request)?;
+    let bundle = match load(&args.dir, args.output) {
+        Ok(b) => b,
+        Err(code) => return Ok(code),
+    };
+    let slicing = if args.no_slicing { Slicing::Off } else { Slicing::On };
+    let explanation = bundle.explain(&request, slicing);
+    match args.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
+        Output::Text => print_explanation(&request, &explanation),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_explanation(request: &DecisionRequest, e: &Explanation) {
+    let d = &e.decision;
+    println!("decision   {}  ({})", d.outcome.label().to_uppercase(), d.id);
+    println!("agent      {}", request.agent.spiffe_id());
+    println!("action     {} on {:?}", request.action.kind(), request.action.resource());
+    if let Some(intent) = &request.context.intent {
+        println!("intent     {intent}");
+    }
+    println!("bundle     {}", d.bundle);
+    println!("evaluated  {} of {} policies", e.evaluated, e.total);
+    match &d.outcome {
+        Outcome::Allow => println!("why        allowed by the grants below; no deny rule matched"),
+        Outcome::Deny { reason, errors } => match reason {
+            warden_model::DenyReason::NoMatchingGrant => {
+                println!("why        no policy grants this action (deny by default)")
+            }
+            warden_model::DenyReason::Forbidden => println!("why        a deny rule matched"),
+            warden_model::DenyReason::EvaluationError => {
+                println!("why        evaluation failed, so Warden denies:");
+                for err in errors {
+                    println!("             {err}");
+                }
+            }
+        },
+        Outcome::NeedsApproval { requirements } => {
+            println!("why        allowed only with human co-signature:");
+            for r in requirements {
+                println!(
+                    "             {} approval(s) from group `{}`, valid {}s (requirement {})",
+                    r.required, r.group, r.valid_for_secs, r.id
+                );
+            }
+        }
+    }
+    for (title, refs) in [("grants", &e.permits), ("denies", &e.forbids), ("approvals", &e.approvals)] {
+        for r in refs {
+            println!("{title:<10} {r}");
+        }
+    }
+    for g in &e.gates {
+        println!("event gate {g} satisfied");
+    }
+    for s in &e.sources {
+        println!("\n# {} ({})", s.policy, s.policy.id);
+        println!("{}", s.cedar);
+    }
+}
+
+fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
+    let (old, new) = match (load(&args.old, args.output), load(&args.new, args.output)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(code), _) | (_, Err(code)) => return Ok(code),
+    };
+    let requests = testing::diff_requests(&old, &new, args.samples);
+    let changes = testing::diff(&old, &new, &requests);
+    match args.output {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "old": old.hash(), "new": new.hash(),
+                "compared": requests.len(), "changed": changes.len(), "changes": changes,
+            })
+        ),
+        Output::Text => {
+            for c in &changes {
+                println!(
+                    "{} → {}  {} {} {:?}  ({})",
+                    c.old.outcome.label(),
+                    c.new.outcome.label(),
+                    c.request.agent.spiffe_id(),
+                    c.request.action.kind(),
+                    c.request.action.resource(),
+                    c.origin
+                );
+            }
+            println!(
+                "{} of {} requests change outcome ({} → {})",
+                changes.len(),
+                requests.len(),
+                old.hash().short(),
+                new.hash().short()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_reload(result: Result<ReloadOutcome, LoadError>) {
+    match result {
+        Ok(ReloadOutcome::Swapped { old, new }) => {
+            eprintln!("policy bundle reloaded: {} → {}", old.short(), new.short())
+        }
+        Ok(ReloadOutcome::Unchanged(_)) => {}
+        Err(e) => eprintln!("policy reload rejected; the previous bundle keeps serving\n{e}"),
+    }
+}
+
+fn decide(args: &DecideArgs) -> anyhow::Result<ExitCode> {
+    let engine = match Engine::load(&args.dir, LoadLimits::default()) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            report_load_error(&args.dir, &e, Output::Text);
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    print_diagnostics(engine.current().warnings());
+    eprintln!("serving bundle {} from {}", engine.current().hash(), args.dir.display());
+    let _watch = if args.watch {
+        let hup_engine = Arc::clone(&engine);
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+            .context("cannot install the SIGHUP handler")?;
+        std::thread::Builder::new()
+            .name("warden-sighup".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    report_reload(hup_engine.reload());
+                }
+            })
+            .context("cannot start the SIGHUP thread")?;
+        Some(engine.watch(report_reload).context("cannot watch the policy directory")?)
+    } else {
+        None
+    };
+    let stdin = io::stdin();
+    let mut stdout = io::stdout().lock();
+    for (n, line) in stdin.lock().lines().enumerate() {
+        let line = line.context("cannot read stdin")?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let response = if line.len() as u64 > MAX_REQUEST_BYTES {
+            json!({"line": n + 1, "error": format!("request larger than {MAX_REQUEST_BYTES} bytes")})
+        } else {
+            match serde_json::from_str::<DecisionRequest>(&line) {
+                Ok(request) => serde_json::to_value(engine.decide(&request))?,
+                Err(e) => json!({"line": n + 1, "error": format!("invalid request: {e}")}),
+            }
+        };
+        writeln!(stdout, "{response}")?;
+        stdout.flush()?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
