@@ -125,7 +125,14 @@ impl Bundle {
                 locators.push(Locator::default());
                 continue;
             }
-            locators.push(Locator::new(&file.text));
+            match Locator::new(&file.text) {
+                Ok(locator) => locators.push(locator),
+                Err((message, line, column)) => {
+                    diagnostics.push(Diagnostic::error(&file.path, format!("not valid YAML: {message}")).at(Some((line, column))));
+                    locators.push(Locator::default());
+                    continue;
+                }
+            }
             for (doc_index, de) in serde_yaml::Deserializer::from_str(&file.text).enumerate() {
                 documents += 1;
                 if documents > limits.max_documents {
@@ -227,7 +234,7 @@ impl Bundle {
             let n = policy_number(error.policy_id()).unwrap_or(0);
             let origin = &compiled.policies[n].origin;
             let help = miette::Diagnostic::help(error).map(|h| h.to_string());
-            let mut d = origin_error(origin, format!("the condition does not type-check: {}", one_line(&error.to_string())));
+            let mut d = origin_error(origin, format!("the condition does not type-check: {}", without_policy_id(&one_line(&error.to_string()))));
             d.help = Some(help.unwrap_or_else(|| {
                 "conditions see `principal`, `resource` and `context` as described in docs/policy.md; tool arguments must be declared in a ToolCatalog".into()
             }));
@@ -348,10 +355,18 @@ fn policy_number(id: &PolicyId) -> Option<usize> {
 }
 
 fn origin_error(origin: &Origin, message: String) -> Diagnostic {
-    let mut d = Diagnostic::error(&origin.file, message).field(&origin.blame);
-    d.line = origin.line;
-    d.column = origin.column;
-    d
+    Diagnostic::error(&origin.file, message)
+        .field(&origin.blame)
+        .at(origin.blame_position)
+}
+
+/// Cedar names the generated policy id (`for policy `p7`, …`), which means nothing to authors;
+/// the diagnostic already says which rule it is.
+fn without_policy_id(message: &str) -> &str {
+    match message.strip_prefix("for policy `") {
+        Some(rest) => rest.split_once("`, ").map_or(message, |(_, m)| m),
+        None => message,
+    }
 }
 
 fn yaml_error(file: &str, e: &serde_yaml::Error) -> Diagnostic {
@@ -520,6 +535,7 @@ fn compile_raw_cedar(file: &SourceFile, compiled: &mut Compiled, diagnostics: &m
                 document: file.path.clone(),
                 rule: rule.clone(),
                 blame: rule,
+                blame_position: line.map(|l| (l, 1)),
             },
             kinds,
             principals: vec![PrincipalKey::Any],

@@ -73,6 +73,8 @@ pub struct Origin {
     pub rule: String,
     /// The field a validation error most likely points at: the rule's `when`, if it has one.
     pub blame: String,
+    /// Line and column of `blame`.
+    pub blame_position: Option<(u32, u32)>,
 }
 
 /// One Cedar policy, compiled, not yet parsed.
@@ -251,6 +253,7 @@ fn user_condition(
     field: &str,
     condition: &str,
     absent_means: bool,
+    catalog: &Catalog,
     diagnostics: &mut Vec<Diagnostic>,
 ) -> Option<String> {
     if condition.len() > MAX_CONDITION_LEN {
@@ -281,6 +284,21 @@ fn user_condition(
         .map(|m| m.as_str())
         .filter(|a| !guarded.contains(a))
         .collect();
+    // The guard below would make Cedar's typechecker treat a branch on an undeclared argument as
+    // dead code, so undeclared names are caught here instead.
+    let undeclared: Vec<&str> = ARG_ACCESS
+        .captures_iter(&code)
+        .filter_map(|c| c.get(1))
+        .map(|m| m.as_str())
+        .filter(|a| !catalog.tool_args.contains_key(*a) && !catalog.prompt_args.contains_key(*a))
+        .collect();
+    if !undeclared.is_empty() {
+        diagnostics.push(
+            cx.error(field, format!("the condition uses undeclared argument(s) {}", undeclared.join(", ")))
+                .help("declare the tool's inputSchema in a ToolCatalog document (see docs/policy.md) so conditions know each argument's type"),
+        );
+        return None;
+    }
     let mut wrapped = format!("({condition})");
     for arg in accessed.iter().rev() {
         wrapped = format!("(if context.args has {arg} then {wrapped} else {absent_means})");
@@ -997,6 +1015,7 @@ pub fn compile_policy(
             document: document.clone(),
             rule: rule.to_owned(),
             blame: blame.to_owned(),
+            blame_position: cx.locator.find(cx.doc_index, blame),
         }
     };
     let emit = |compiled: &mut Compiled,
@@ -1072,7 +1091,7 @@ pub fn compile_policy(
             (None, None)
         };
         let when_field = format!("{field}.when");
-        let user = when.as_deref().map(|w| user_condition(cx, &when_field, w, false, &mut compiled.diagnostics));
+        let user = when.as_deref().map(|w| user_condition(cx, &when_field, w, false, catalog, &mut compiled.diagnostics));
         let (Some(clauses), None | Some(Some(_))) = (clauses, &user) else { continue };
         let user = user.flatten();
         let blame = if when.is_some() { when_field.clone() } else { field.clone() };
@@ -1163,7 +1182,7 @@ pub fn compile_policy(
         };
         let when_field = format!("{sub_field}.when");
         let user = match when.as_deref() {
-            Some(w) => match user_condition(cx, &when_field, w, true, &mut compiled.diagnostics) {
+            Some(w) => match user_condition(cx, &when_field, w, true, catalog, &mut compiled.diagnostics) {
                 Some(u) => Some(u),
                 None => continue,
             },

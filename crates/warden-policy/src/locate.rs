@@ -13,22 +13,30 @@ pub struct Locator {
 }
 
 enum Frame {
-    Mapping { path: String, key: Option<String> },
+    Mapping { path: String, key: Option<String>, keys_seen: usize },
     Sequence { path: String, index: usize },
 }
 
 impl Locator {
-    /// Indexes `text`. A text that does not parse yields an empty locator: the YAML
-    /// deserializer reports the syntax error with its own position.
-    pub fn new(text: &str) -> Self {
+    /// Indexes `text`, or returns the syntax error with its 1-based line and column.
+    ///
+    /// This parser runs first on purpose: it stops at its nesting limit at once, while the
+    /// deserializer's time grows with the square of the nesting depth, so only text that passes
+    /// here reaches it.
+    pub fn new(text: &str) -> Result<Self, (String, u32, u32)> {
         let mut parser = Parser::new_from_str(text);
         let mut documents = Vec::new();
         let mut current: HashMap<String, (u32, u32)> = HashMap::new();
         let mut stack: Vec<Frame> = Vec::new();
         loop {
-            let Ok((event, mark)) = parser.next_token() else {
-                return Self::default();
-            };
+            let (event, mark) = parser.next_token().map_err(|e| {
+                let m = e.marker();
+                (
+                    e.info().to_owned(),
+                    u32::try_from(m.line()).unwrap_or(u32::MAX),
+                    u32::try_from(m.col() + 1).unwrap_or(u32::MAX),
+                )
+            })?;
             let position = (
                 u32::try_from(mark.line()).unwrap_or(u32::MAX),
                 u32::try_from(mark.col() + 1).unwrap_or(u32::MAX),
@@ -41,7 +49,13 @@ impl Locator {
                 }
                 Event::DocumentEnd => documents.push(std::mem::take(&mut current)),
                 Event::Scalar(value, ..) => {
-                    if let Some(Frame::Mapping { key: key @ None, path }) = stack.last_mut() {
+                    if let Some(Frame::Mapping { key: key @ None, path, keys_seen }) = stack.last_mut() {
+                        // The parser marks a block mapping where its first value starts; the
+                        // first key is where a reader sees the mapping begin.
+                        if *keys_seen == 0 {
+                            current.insert(path.clone(), position);
+                        }
+                        *keys_seen += 1;
                         let child = join(path, &value);
                         current.entry(child).or_insert(position);
                         *key = Some(value);
@@ -56,7 +70,7 @@ impl Locator {
                 Event::MappingStart(..) => {
                     let path = Self::child_path(&mut stack);
                     current.entry(path.clone()).or_insert(position);
-                    stack.push(Frame::Mapping { path, key: None });
+                    stack.push(Frame::Mapping { path, key: None, keys_seen: 0 });
                 }
                 Event::SequenceStart(..) => {
                     let path = Self::child_path(&mut stack);
@@ -69,14 +83,14 @@ impl Locator {
                 _ => {}
             }
         }
-        Self { documents }
+        Ok(Self { documents })
     }
 
     /// The path of the value that starts now, advancing the parent frame.
     fn child_path(stack: &mut [Frame]) -> String {
         match stack.last_mut() {
             None => String::new(),
-            Some(Frame::Mapping { path, key }) => match key.take() {
+            Some(Frame::Mapping { path, key, .. }) => match key.take() {
                 Some(k) => join(path, &k),
                 // A complex (non-scalar) key: not addressable by path.
                 None => format!("{path}.?"),
@@ -118,10 +132,18 @@ mod tests {
     #[test]
     fn locates_nested_fields_across_documents() {
         let text = "a: 1\nspec:\n  mcp:\n    - server: x\n      when: y\n---\nb:\n  - 1\n  - c: 2\n";
-        let loc = Locator::new(text);
+        let loc = Locator::new(text).unwrap();
         assert_eq!(loc.find(0, "spec.mcp[0].when"), Some((5, 7)));
         assert_eq!(loc.find(0, "spec.mcp[0].server"), Some((4, 7)));
         assert_eq!(loc.find(1, "b[1].c"), Some((9, 5)));
         assert_eq!(loc.find(0, "spec.mcp[0].nope"), Some((4, 7)));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_quickly() {
+        let text = format!("a: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let (message, line, _) = Locator::new(&text).unwrap_err();
+        assert!(message.contains("recursion limit"), "{message}");
+        assert_eq!(line, 1);
     }
 }
