@@ -425,7 +425,7 @@ fn compile_selector(
             }
             LabelOperator::NotIn => {
                 conditions.push(format!(
-                    "(!principal.hasTag({key}) || !{values}.contains(principal.getTag({key})))"
+                    "(if principal.hasTag({key}) then !{values}.contains(principal.getTag({key})) else true)"
                 ));
                 if let Some(set) = required.get_mut(expr.key.as_str()) {
                     for v in &expr.values {
