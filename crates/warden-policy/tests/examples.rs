@@ -1,0 +1,129 @@
+//! The example bundle: its policy tests pass, sliced and unsliced agree on them, and a wrong
+//! expectation is reported as a failure.
+
+use std::path::PathBuf;
+
+use warden_model::{DecisionRequest, Outcome};
+use warden_policy::testing::{run_case, run_tests};
+use warden_policy::{Bundle, ExpectedOutcome, LoadLimits, Slicing, SourceFile};
+
+fn examples() -> Bundle {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies");
+    Bundle::load_dir(&dir, LoadLimits::default()).expect("the example bundle loads")
+}
+
+#[test]
+fn example_tests_pass() {
+    let bundle = examples();
+    assert!(bundle.tests().len() >= 40);
+    for result in run_tests(&bundle) {
+        assert!(result.passed, "{} / {}: {:?}", result.suite, result.name, result.failures);
+    }
+    assert!(bundle.warnings().is_empty(), "{:?}", bundle.warnings());
+}
+
+#[test]
+fn example_requests_decide_the_same_sliced_and_unsliced() {
+    let bundle = examples();
+    for case in bundle.tests() {
+        let a = bundle.decide_with(&case.spec.request, Slicing::On);
+        let b = bundle.decide_with(&case.spec.request, Slicing::Off);
+        assert_eq!((a.outcome, a.deciding), (b.outcome, b.deciding), "{}", case.spec.name);
+    }
+}
+
+#[test]
+fn wrong_expectations_fail() {
+    let bundle = examples();
+    for case in bundle.tests() {
+        let mut wrong = case.clone();
+        wrong.spec.expect = match case.spec.expect {
+            ExpectedOutcome::Allow => ExpectedOutcome::Deny,
+            _ => ExpectedOutcome::Allow,
+        };
+        assert!(!run_case(&bundle, &wrong).passed, "{}", case.spec.name);
+        if let Some(by) = &case.spec.decided_by {
+            let mut wrong = case.clone();
+            let mut names = by.clone();
+            names.push("acme/nobody spec.mcp[9]".into());
+            wrong.spec.decided_by = Some(names);
+            assert!(!run_case(&bundle, &wrong).passed, "{}", case.spec.name);
+        }
+    }
+}
+
+#[test]
+fn bundle_hash_is_stable_and_tracks_policy_content_only() {
+    let a = examples();
+    let b = examples();
+    assert_eq!(a.hash(), b.hash());
+    let policy = "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: p}\nspec:\n  selector: {allAgents: true}\n  egress: [{hosts: [a.com]}]\n";
+    let tests = "apiVersion: warden.dev/v1alpha1\nkind: PolicyTest\nmetadata: {name: t}\nspec: {cases: []}\n";
+    let load = |files: Vec<(&str, &str)>| {
+        Bundle::from_sources(
+            files.into_iter().map(|(p, t)| SourceFile { path: p.into(), text: t.into() }).collect(),
+            LoadLimits::default(),
+        )
+        .unwrap()
+    };
+    let base = load(vec![("p.yaml", policy)]);
+    let with_tests = load(vec![("p.yaml", policy), ("t.yaml", tests)]);
+    let edited = load(vec![("p.yaml", &policy.replace("a.com", "b.com"))]);
+    let renamed = load(vec![("q.yaml", policy)]);
+    assert_eq!(base.hash(), with_tests.hash(), "tests are not policy");
+    assert_ne!(base.hash(), edited.hash());
+    assert_ne!(base.hash(), renamed.hash());
+}
+
+/// Each action kind's context, as the engine builds it, carries every attribute the schema
+/// promises: a raw policy per kind that reads them all must evaluate without error.
+#[test]
+fn request_context_matches_the_schema_for_every_kind() {
+    let common = "context.time > 0 && context.intent == \"i\" && context.findings.injection_score == 90 \
+                  && context.findings.secret_count == 1 && context.findings.sensitive_count == 0 \
+                  && context.findings.tool_drift && context.findings.rules.contains(\"r1\") \
+                  && context.usage.requests_last_minute == 3 && context.usage.bytes_last_hour == 4 \
+                  && context.body_bytes == 5 && context.approved.contains(\"a\") && context.gates.isEmpty() \
+                  && principal.depth == 1 && principal.path_depth == 5 && principal.trust_domain == \"td\" \
+                  && principal.name == \"bot\" && principal.tenant == \"t\" && principal has task && principal.task == \"job-1\"";
+    let cedar = format!(
+        r#"
+permit (principal, action == Action::"http", resource) when {{ {common} && resource.name == "svc" && context.method == "GET" && context.path == "/a/b" && context.path_depth == 2 && context.segments has s1 && context.segments.s1 == "b" }};
+permit (principal, action == Action::"egress.connect", resource) when {{ {common} && resource.name == "x.io" && resource.label_count == 2 && !resource.is_ip && context.port == 443 && context.protocol == "tcp" && context has ip && context.ip.isInRange(ip("10.0.0.0/8")) }};
+permit (principal, action == Action::"mcp.tools/call", resource) when {{ {common} && resource.server == "s" && resource.name == "t" && context.args has n && context.args.n == 2 }};
+permit (principal, action == Action::"mcp.tools/list", resource) when {{ {common} && resource.name == "s" }};
+permit (principal, action == Action::"mcp.resources/read", resource) when {{ {common} && resource.server == "s" && resource.uri == "file:///x" }};
+permit (principal, action == Action::"mcp.prompts/get", resource) when {{ {common} && resource.server == "s" && resource.name == "p" && context.args has topic && context.args.topic == "z" }};
+permit (principal, action in [Action::"a2a.message/send", Action::"a2a.message/stream", Action::"a2a.tasks/get", Action::"a2a.tasks/cancel", Action::"a2a.tasks/resubscribe", Action::"a2a.agent/card"], resource) when {{ {common} && resource.name == "peer" }};
+"#
+    );
+    let catalog = "apiVersion: warden.dev/v1alpha1\nkind: ToolCatalog\nmetadata: {name: c}\nspec:\n  servers:\n    - name: s\n      tools: [{name: t, inputSchema: {properties: {n: {type: integer}}}}]\n      prompts: [{name: p, arguments: [{name: topic}]}]\n";
+    let bundle = Bundle::from_sources(
+        vec![
+            SourceFile { path: "all.cedar".into(), text: cedar },
+            SourceFile { path: "catalog.yaml".into(), text: catalog.into() },
+        ],
+        LoadLimits::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let actions = [
+        r#"{"kind":"http","service":"svc","method":"GET","path":"/a/b"}"#,
+        r#"{"kind":"egress.connect","host":"x.io","port":443,"ip":"10.1.1.1"}"#,
+        r#"{"kind":"mcp.tools/call","server":"s","tool":"t","args":{"n":2,"ignored":{"deep":[1]}}}"#,
+        r#"{"kind":"mcp.tools/list","server":"s"}"#,
+        r#"{"kind":"mcp.resources/read","server":"s","uri":"file:///x"}"#,
+        r#"{"kind":"mcp.prompts/get","server":"s","prompt":"p","args":{"topic":"z"}}"#,
+        r#"{"kind":"a2a.message/send","peer":"peer"}"#,
+        r#"{"kind":"a2a.agent/card","peer":"peer"}"#,
+    ];
+    for action in actions {
+        let request: DecisionRequest = serde_json::from_str(&format!(
+            r#"{{"agent":{{"spiffeId":"spiffe://td/tenant/t/agent/bot/i1","task":"job-1"}},"action":{action},
+               "context":{{"intent":"i","findings":[{{"kind":"injection","rule":"r1","score":90}},{{"kind":"secret","rule":"aws","score":70}},{{"kind":"tool-drift","rule":"pin","score":100}}],
+               "usage":{{"requestsLastMinute":3,"bytesLastHour":4}},"bodyBytes":5,"approved":["a"]}}}}"#
+        ))
+        .unwrap();
+        let d = bundle.decide(&request);
+        assert_eq!(d.outcome, Outcome::Allow, "{action}: {d:?}");
+    }
+}
