@@ -290,7 +290,7 @@ pub type TaskId = Name;
 /// `spiffe://<trust-domain>/tenant/<tenant>/agent/<name>/<instance>`, and a sub-agent's ID extends
 /// its parent's with another `/agent/<name>/<instance>` pair. Tenant, name and parents are read
 /// from the ID, so they can never disagree with it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "AgentIdentityWire", into = "AgentIdentityWire")]
 pub struct AgentIdentity {
     spiffe_id: SpiffeId,

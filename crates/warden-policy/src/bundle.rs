@@ -14,11 +14,12 @@ use warden_model::{ActionKind, ApprovalRequirement, BundleHash, PolicyRef};
 use crate::compile::{
     Catalog, Compiled, CompiledPolicy, Samples, DocContext, Gate, Origin, PolicyRole, PrincipalKey, compile_policy, one_line,
 };
+use crate::decide::EntityCache;
 use crate::diagnostic::{Diagnostic, LoadError};
 use crate::document::{API_VERSION, AgentPolicyDoc, PolicyTestDoc, TestCaseSpec, ToolCatalogDoc};
 use crate::index::SlicedSet;
 use crate::locate::Locator;
-use crate::schema::{ArgType, ArgTypes, schema_text};
+use crate::schema::{ArgType, ArgTypes, ContextUse, schema_text};
 
 /// Bounds on what a bundle may hold, so a hostile or mistaken directory cannot exhaust memory.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +67,8 @@ pub struct PolicyInfo {
     pub role: PolicyRole,
     pub gate: Option<usize>,
     pub approval: Option<usize>,
+    /// The context attributes the policy can read.
+    pub(crate) context: ContextUse,
 }
 
 /// A loaded, validated, indexed set of policies.
@@ -77,11 +80,13 @@ pub struct Bundle {
     pub(crate) policies: Vec<PolicyInfo>,
     /// Grant-set position → global number, and likewise for approvals.
     pub(crate) grant_ids: Vec<u32>,
+    pub(crate) approval_ids: Vec<u32>,
         pub(crate) gates: Vec<Gate>,
     pub(crate) requirements: Vec<ApprovalRequirement>,
     pub(crate) tool_args: ArgTypes,
     pub(crate) prompt_args: ArgTypes,
     pub(crate) schema: Schema,
+    pub(crate) entities: EntityCache,
     samples: Samples,
     tests: Vec<TestCase>,
     warnings: Vec<Diagnostic>,
@@ -247,6 +252,7 @@ impl Bundle {
         let mut grant_policies = Vec::new();
         let mut approval_policies = Vec::new();
         let mut grant_ids = Vec::new();
+        let mut approval_ids = Vec::new();
         let mut infos = Vec::with_capacity(compiled.policies.len());
         for (n, (policy, cedar)) in compiled.policies.iter().zip(cedar_policies).enumerate() {
             let id = u32::try_from(n).unwrap_or(u32::MAX);
@@ -258,6 +264,7 @@ impl Bundle {
                 }
                 PolicyRole::Approval => {
                     approval_policies.push(entry);
+                    approval_ids.push(id);
                 }
             }
             infos.push(PolicyInfo {
@@ -272,6 +279,7 @@ impl Bundle {
                 role: policy.role,
                 gate: policy.gate,
                 approval: policy.approval,
+                context: ContextUse::of_policy(&policy.text),
             });
         }
         let build = |policies| SlicedSet::new(policies).map_err(|e| LoadError {
@@ -303,11 +311,13 @@ impl Bundle {
             approvals,
             policies: infos,
             grant_ids,
+            approval_ids,
             gates: compiled.gates,
             requirements,
             tool_args: catalog.tool_args,
             prompt_args: catalog.prompt_args,
             schema,
+            entities: EntityCache::new(),
             samples: compiled.samples,
             tests,
             warnings: diagnostics,
@@ -531,7 +541,6 @@ fn compile_raw_cedar(file: &SourceFile, compiled: &mut Compiled, diagnostics: &m
             origin: Origin {
                 file: file.path.clone(),
                 line,
-                column: line.map(|_| 1),
                 document: file.path.clone(),
                 rule: rule.clone(),
                 blame: rule,

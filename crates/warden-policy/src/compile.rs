@@ -23,7 +23,7 @@ use crate::pattern::{
     HostPattern, NamePattern, PortRange, SegmentPattern, all_of, any_of, cedar_str, path_char,
     spiffe_char,
 };
-use crate::schema::{ArgTypes, resource_type};
+use crate::schema::{ArgTypes, blank_strings, resource_type};
 
 /// Longest `when` condition accepted, in bytes.
 pub const MAX_CONDITION_LEN: usize = 4096;
@@ -67,7 +67,6 @@ pub enum ResourceKey {
 pub struct Origin {
     pub file: String,
     pub line: Option<u32>,
-    pub column: Option<u32>,
     pub document: String,
     /// `spec.mcp[0]`.
     pub rule: String,
@@ -218,33 +217,6 @@ static ARG_ACCESS: LazyLock<Regex> = LazyLock::new(|| {
 static ARG_GUARD: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"context\s*\.\s*args\s+has\s+([A-Za-z_][A-Za-z0-9_]*)").expect("static regex")
 });
-
-/// Replaces the contents of string literals with spaces so patterns only see code.
-fn blank_strings(expr: &str) -> String {
-    let mut out = String::with_capacity(expr.len());
-    let mut in_string = false;
-    let mut escaped = false;
-    for c in expr.chars() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-                out.push('"');
-                continue;
-            }
-            out.push(' ');
-        } else {
-            if c == '"' {
-                in_string = true;
-            }
-            out.push(c);
-        }
-    }
-    out
-}
 
 /// Checks a user's `when` condition and wraps it so that arguments the call does not carry make
 /// it `absent_means` (false for grants: no permit; true for restrictions: fail closed).
@@ -1011,7 +983,6 @@ pub fn compile_policy(
         Origin {
             file: cx.file.to_owned(),
             line: position.map(|p| p.0),
-            column: position.map(|p| p.1),
             document: document.clone(),
             rule: rule.to_owned(),
             blame: blame.to_owned(),
@@ -1028,8 +999,13 @@ pub fn compile_policy(
                     blame: &str,
                     gate: Option<usize>,
                     approval: Option<usize>| {
+        // With one action the schema already fixes the principal and resource types, so the
+        // scope names only the action: every scope check is paid on each evaluation.
+        let single = clause.kinds.len() == 1;
         let actions = if clause.kinds.is_empty() {
             "action".to_owned()
+        } else if let [kind] = clause.kinds.as_slice() {
+            format!("action == Action::{}", cedar_str(kind.as_str()))
         } else {
             let list = clause
                 .kinds
@@ -1039,13 +1015,13 @@ pub fn compile_policy(
                 .join(", ");
             format!("action in [{list}]")
         };
-        let resource_scope = clause
-            .kinds
-            .first()
-            .map(|k| format!("resource is {}", resource_type(*k)))
-            .unwrap_or_else(|| "resource".into());
+        let resource_scope = match clause.kinds.first() {
+            Some(k) if !single => format!("resource is {}", resource_type(*k)),
+            _ => "resource".into(),
+        };
+        let principal_scope = if clause.kinds.is_empty() || single { "principal" } else { "principal is Agent" };
         let mut text = format!(
-            "{effect} (principal is Agent, {actions}, {resource_scope})\nwhen {{ {} }}\nwhen {{ {} }}",
+            "{effect} ({principal_scope}, {actions}, {resource_scope})\nwhen {{ {} }}\nwhen {{ {} }}",
             selector.condition, clause.condition
         );
         if let Some(user) = user.filter(|_| clause.takes_condition) {

@@ -6,22 +6,22 @@ use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cedar_policy::{
-    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid,
     Request, Response, RestrictedExpression,
 };
 use serde::Serialize;
 use serde_json::Value;
 use warden_model::{
     Action, ActionKind, AgentIdentity, Decision, DecisionId, DecisionRequest, DenyReason,
-    FindingKind, Host, Outcome, PolicyRef,
+    FindingKind, Host, Outcome, PolicyRef, Resource,
 };
 
 use crate::bundle::Bundle;
-use crate::compile::{Gate, PolicyRole};
+use crate::compile::Gate;
 use crate::document::AttributeSource;
-use crate::index::{RequestKeys, SlicedSet};
+use crate::index::{FastMap, RequestKeys, SlicedSet};
 use crate::pattern::MAX_SEGMENTS;
-use crate::schema::{ArgType, ArgTypes, resource_type};
+use crate::schema::{ArgType, ArgTypes, ContextUse, resource_type};
 
 /// Whether to evaluate only the policies the index selects (the default) or every policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +101,47 @@ fn segments_record<'a>(segments: impl Iterator<Item = &'a str>) -> Result<Restri
             .map(|(i, s)| (format!("s{i}"), string(s)))
             .collect(),
     )
+}
+
+/// The entity store of a request depends only on the agent and the resource, and the same agents
+/// call the same tools again and again; building it costs more than evaluating the handful of
+/// policies a sliced decision runs, so it is built once per pair and shared.
+pub(crate) struct EntityCache {
+    entries: std::sync::RwLock<FastMap<(AgentIdentity, Resource), Arc<RequestEntities>>>,
+}
+
+pub(crate) struct RequestEntities {
+    agent: EntityUid,
+    resource: EntityUid,
+    entities: Entities,
+}
+
+impl EntityCache {
+    const LIMIT: usize = 16_384;
+
+    pub(crate) fn new() -> Self {
+        Self { entries: std::sync::RwLock::new(FastMap::default()) }
+    }
+
+    fn get(&self, agent: &AgentIdentity, action: &Action) -> Result<Arc<RequestEntities>, String> {
+        let key = (agent.clone(), action.resource());
+        if let Ok(entries) = self.entries.read()
+            && let Some(hit) = entries.get(&key)
+        {
+            return Ok(Arc::clone(hit));
+        }
+        let (agent_uid, agent_entity) = agent_entity(agent)?;
+        let (resource_uid, resource) = resource_entity(action)?;
+        let entities = Entities::from_entities([agent_entity, resource], None).map_err(|e| e.to_string())?;
+        let built = Arc::new(RequestEntities { agent: agent_uid, resource: resource_uid, entities });
+        if let Ok(mut entries) = self.entries.write() {
+            if entries.len() >= Self::LIMIT {
+                entries.clear();
+            }
+            entries.insert(key, Arc::clone(&built));
+        }
+        Ok(built)
+    }
 }
 
 fn agent_entity(agent: &AgentIdentity) -> Result<(EntityUid, Entity), String> {
@@ -239,102 +280,165 @@ fn gate_satisfied(gate: &Gate, request: &DecisionRequest, now: i64) -> bool {
     })
 }
 
-fn context_for(request: &DecisionRequest, bundle: &Bundle, now: i64, gates: &[String]) -> Result<Context, String> {
+/// Builds the request context, with only the attributes `reads` covers: the candidate policies
+/// cannot see the rest, and a policy that reads one that is missing errs, which denies.
+fn context_for(
+    request: &DecisionRequest,
+    bundle: &Bundle,
+    now: i64,
+    gates: &[String],
+    reads: ContextUse,
+) -> Result<Context, String> {
     let ctx = &request.context;
     let score = |kind| {
         ctx.findings.iter().filter(|f| f.kind == kind).map(|f| i64::from(f.score)).max().unwrap_or(0)
     };
     let count = |kind| long(ctx.findings.iter().filter(|f| f.kind == kind).count());
-    let findings = record(vec![
+    let mut fields: Vec<(String, RestrictedExpression)> = Vec::new();
+    let mut add = |name: &str, value: &dyn Fn() -> Result<RestrictedExpression, String>| -> Result<(), String> {
+        if reads.reads(name) {
+            fields.push((name.to_owned(), value()?));
+        }
+        Ok(())
+    };
+    add("findings", &|| record(vec![
         ("injection_score".into(), RestrictedExpression::new_long(score(FindingKind::Injection))),
         ("secret_count".into(), count(FindingKind::Secret)),
         ("sensitive_count".into(), count(FindingKind::SensitiveData)),
         ("tool_drift".into(), RestrictedExpression::new_bool(ctx.findings.iter().any(|f| f.kind == FindingKind::ToolDrift))),
         ("rules".into(), RestrictedExpression::new_set(ctx.findings.iter().map(|f| string(&f.rule)))),
-    ])?;
-    let usage = record(vec![
-        ("requests_last_minute".into(), long(ctx.usage.requests_last_minute)),
-        ("bytes_last_hour".into(), long(ctx.usage.bytes_last_hour)),
-    ])?;
-    let mut fields = vec![
-        ("time".to_owned(), RestrictedExpression::new_long(now)),
-        ("intent".to_owned(), string(ctx.intent.as_deref().unwrap_or(""))),
-        ("findings".to_owned(), findings),
-        ("usage".to_owned(), usage),
-        ("body_bytes".to_owned(), long(ctx.body_bytes)),
-        ("approved".to_owned(), RestrictedExpression::new_set(ctx.approved.iter().map(|a| string(a)))),
-        ("gates".to_owned(), RestrictedExpression::new_set(gates.iter().map(|g| string(g)))),
-    ];
+    ]))?;
+    add("usage", &|| {
+        record(vec![
+            ("requests_last_minute".into(), long(ctx.usage.requests_last_minute)),
+            ("bytes_last_hour".into(), long(ctx.usage.bytes_last_hour)),
+        ])
+    })?;
+    add("time", &|| Ok(RestrictedExpression::new_long(now)))?;
+    add("intent", &|| Ok(string(ctx.intent.as_deref().unwrap_or(""))))?;
+    add("body_bytes", &|| Ok(long(ctx.body_bytes)))?;
+    add("approved", &|| Ok(RestrictedExpression::new_set(ctx.approved.iter().map(|a| string(a)))))?;
+    add("gates", &|| Ok(RestrictedExpression::new_set(gates.iter().map(|g| string(g)))))?;
     match &request.action {
         Action::Http { method, path, .. } => {
-            fields.push(("method".into(), string(method.as_str())));
-            fields.push(("path".into(), string(path.as_str())));
-            fields.push(("path_depth".into(), long(path.depth())));
-            fields.push(("segments".into(), segments_record(path.as_str().split('/').skip(1).filter(|s| !s.is_empty()))?));
+            add("method", &|| Ok(string(method.as_str())))?;
+            add("path", &|| Ok(string(path.as_str())))?;
+            add("path_depth", &|| Ok(long(path.depth())))?;
+            add("segments", &|| segments_record(path.as_str().split('/').skip(1).filter(|s| !s.is_empty())))?;
         }
         Action::EgressConnect { host, port, protocol, ip } => {
-            fields.push(("port".into(), long(*port)));
-            fields.push(("protocol".into(), string(protocol.as_str())));
+            add("port", &|| Ok(long(*port)))?;
+            add("protocol", &|| Ok(string(protocol.as_str())))?;
             let address = ip.or(match host {
                 Host::Ip(ip) => Some(*ip),
                 Host::Dns(_) => None,
             });
             if let Some(ip) = address {
-                fields.push(("ip".into(), RestrictedExpression::new_ip(ip.to_string())));
+                add("ip", &|| Ok(RestrictedExpression::new_ip(ip.to_string())))?;
             }
         }
-        Action::McpToolsCall { args, .. } => fields.push(("args".into(), args_record(args, &bundle.tool_args)?)),
-        Action::McpPromptsGet { args, .. } => fields.push(("args".into(), args_record(args, &bundle.prompt_args)?)),
+        // Arguments are converted even when no policy reads them: a value of the wrong type is
+        // refused whatever the policies say.
+        Action::McpToolsCall { args, .. } => {
+            let converted = args_record(args, &bundle.tool_args)?;
+            add("args", &|| Ok(converted.clone()))?;
+        }
+        Action::McpPromptsGet { args, .. } => {
+            let converted = args_record(args, &bundle.prompt_args)?;
+            add("args", &|| Ok(converted.clone()))?;
+        }
         _ => {}
     }
     Context::from_pairs(fields).map_err(|e| e.to_string())
 }
 
+/// Decision ids come from a per-thread buffer of random bytes refilled 256 ids at a time: one RNG
+/// call per id cost more than a whole policy evaluation.
 fn new_decision_id() -> DecisionId {
-    let mut bytes = [0u8; 16];
-    // A failing system RNG leaves a zero id; ids label decisions, they protect nothing.
-    let _ = aws_lc_rs::rand::fill(&mut bytes);
-    DecisionId::from_bytes(bytes)
+    const IDS: usize = 256;
+    thread_local! {
+        static BUFFER: std::cell::RefCell<(Vec<u8>, usize)> = const { std::cell::RefCell::new((Vec::new(), 0)) };
+    }
+    BUFFER.with(|cell| {
+        let mut guard = cell.borrow_mut();
+        let (bytes, used) = &mut *guard;
+        if *used == 0 || *used >= bytes.len() {
+            bytes.resize(IDS * 16, 0);
+            // A failing system RNG would leave zero ids; ids label decisions, they protect nothing.
+            let _ = aws_lc_rs::rand::fill(bytes);
+            *used = 0;
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&bytes[*used..*used + 16]);
+        *used += 16;
+        DecisionId::from_bytes(id)
+    })
 }
 
-struct Evaluated {
-    response: Response,
-    evaluated: usize,
+fn policy_number(id: &str) -> Option<usize> {
+    id.strip_prefix('p')?.parse().ok()
+}
+
+/// Which policies of one set matched, by effect, and what failed.
+#[derive(Default)]
+struct Verdict {
+    permits: Vec<usize>,
+    forbids: Vec<usize>,
+    errors: Vec<String>,
 }
 
 impl Bundle {
     /// Decides `request`: allow, deny or needs-approval, with the deciding policies.
     pub fn decide(&self, request: &DecisionRequest) -> Decision {
-        self.explain(request, Slicing::On).decision
+        self.decide_with(request, Slicing::On)
     }
 
     /// Decides with or without slicing; both must agree, which tests check.
     pub fn decide_with(&self, request: &DecisionRequest, slicing: Slicing) -> Decision {
-        self.explain(request, slicing).decision
+        self.reason(request, slicing).decision
     }
 
-    fn set_for(&self, set: &SlicedSet, keys: &RequestKeys, slicing: Slicing) -> Result<(Arc<PolicySet>, Vec<u32>), String> {
+    fn candidates(&self, set: &SlicedSet, keys: &RequestKeys, slicing: Slicing) -> Vec<u32> {
         match slicing {
-            Slicing::Off => Ok((set.all(), (0..u32::try_from(set.len()).unwrap_or(u32::MAX)).collect())),
-            Slicing::On => {
-                let candidates = set.candidates(keys);
-                let slice = set.slice(&candidates).map_err(|e| e.to_string())?;
-                Ok((slice, candidates))
-            }
+            Slicing::Off => (0..u32::try_from(set.len()).unwrap_or(u32::MAX)).collect(),
+            Slicing::On => set.candidates(keys),
         }
     }
 
-    fn refs(&self, response: &Response) -> Vec<PolicyRef> {
-        let mut refs: Vec<(usize, PolicyRef)> = response
-            .diagnostics()
-            .reason()
-            .filter_map(|id| {
-                let n = id.to_string().strip_prefix('p')?.parse().ok()?;
-                Some((n, self.info(id)?.reference.clone()))
-            })
-            .collect();
-        refs.sort_by_key(|(n, _)| *n);
-        refs.into_iter().map(|(_, r)| r).collect()
+    /// Evaluates a policy set (whole, or candidate by candidate) and sorts what matched by
+    /// effect, in global policy numbers, with every error.
+    fn judge(
+        &self,
+        set: &SlicedSet,
+        candidates: &[u32],
+        slicing: Slicing,
+        request: &Request,
+        entities: &Entities,
+    ) -> Verdict {
+        let mut verdict = Verdict::default();
+        let mut absorb = |response: Response, forbid: Option<bool>| {
+            verdict.errors.extend(self.errors(&response));
+            for id in response.diagnostics().reason() {
+                let Some(n) = policy_number(&id.to_string()) else { continue };
+                let is_forbid = forbid.unwrap_or(response.decision() == cedar_policy::Decision::Deny);
+                if is_forbid { &mut verdict.forbids } else { &mut verdict.permits }.push(n);
+            }
+        };
+        match slicing {
+            Slicing::Off => absorb(AUTHORIZER.is_authorized(request, set.all(), entities), None),
+            Slicing::On => {
+                for c in candidates {
+                    absorb(AUTHORIZER.is_authorized(request, set.single(*c), entities), Some(set.is_forbid(*c)));
+                }
+            }
+        }
+        verdict.permits.sort_unstable();
+        verdict.forbids.sort_unstable();
+        verdict
+    }
+
+    fn refs_of(&self, numbers: &[usize]) -> Vec<PolicyRef> {
+        numbers.iter().filter_map(|n| self.policies.get(*n)).map(|p| p.reference.clone()).collect()
     }
 
     fn errors(&self, response: &Response) -> Vec<String> {
@@ -351,8 +455,27 @@ impl Bundle {
             .collect()
     }
 
-    /// Decides `request` and says why.
+    /// Decides `request` and says why, with the Cedar text of every policy involved.
     pub fn explain(&self, request: &DecisionRequest, slicing: Slicing) -> Explanation {
+        let mut explanation = self.reason(request, slicing);
+        let mut named: Vec<&PolicyRef> = explanation
+            .permits
+            .iter()
+            .chain(&explanation.forbids)
+            .chain(&explanation.approvals)
+            .collect();
+        named.sort_by_key(|r| policy_number(&r.id));
+        named.dedup_by_key(|r| r.id.as_str());
+        explanation.sources = named
+            .into_iter()
+            .filter_map(|r| self.policies.get(policy_number(&r.id)?))
+            .map(|p| PolicySource { policy: p.reference.clone(), cedar: p.text.clone() })
+            .collect();
+        explanation
+    }
+
+    /// The decision and the policies involved, without their text.
+    fn reason(&self, request: &DecisionRequest, slicing: Slicing) -> Explanation {
         let mut explanation = Explanation {
             decision: Decision {
                 id: new_decision_id(),
@@ -374,19 +497,6 @@ impl Bundle {
             explanation.decision.outcome = Outcome::evaluation_error(errors);
             explanation.decision.deciding.clear();
         }
-        let named: BTreeSet<&str> = explanation
-            .permits
-            .iter()
-            .chain(&explanation.forbids)
-            .chain(&explanation.approvals)
-            .map(|r| r.id.as_str())
-            .collect();
-        explanation.sources = self
-            .policies
-            .iter()
-            .filter(|p| named.contains(p.reference.id.as_str()))
-            .map(|p| PolicySource { policy: p.reference.clone(), cedar: p.text.clone() })
-            .collect();
         explanation
     }
 
@@ -395,12 +505,11 @@ impl Bundle {
         let now = request.context.time.unwrap_or_else(now_unix);
         let kind = request.action.kind();
         let keys = RequestKeys::new(&request.agent, kind, &request.action.resource());
-        let (agent_uid, agent) = agent_entity(&request.agent).map_err(one)?;
-        let (resource_uid, resource) = resource_entity(&request.action).map_err(one)?;
-        let entities = Entities::from_entities([agent, resource], None).map_err(|e| one(e.to_string()))?;
+        let entities = self.entities.get(&request.agent, &request.action).map_err(one)?;
         let action = ACTIONS[kind_index(kind)].clone();
 
-        let (grants, grant_candidates) = self.set_for(&self.grants, &keys, slicing).map_err(one)?;
+        let grant_candidates = self.candidates(&self.grants, &keys, slicing);
+        let approval_candidates = self.candidates(&self.approvals, &keys, slicing);
         let mut gates: BTreeSet<usize> = BTreeSet::new();
         for c in &grant_candidates {
             if let Some(g) = self.policies[self.grant_ids[*c as usize] as usize].gate {
@@ -414,57 +523,60 @@ impl Bundle {
             .map(|g| g.id.clone())
             .collect();
         out.gates = satisfied.clone();
-        let context = context_for(request, self, now, &satisfied).map_err(one)?;
-        let cedar_request = Request::new(agent_uid, action, resource_uid, context, None).map_err(|e| one(e.to_string()))?;
-
-        let run = |set: &PolicySet, evaluated: usize| Evaluated {
-            response: AUTHORIZER.is_authorized(&cedar_request, set, &entities),
-            evaluated,
+        let reads = match slicing {
+            Slicing::Off => ContextUse::ALL,
+            Slicing::On => grant_candidates
+                .iter()
+                .map(|c| self.grant_ids[*c as usize])
+                .chain(approval_candidates.iter().map(|c| self.approval_ids[*c as usize]))
+                .fold(ContextUse::default(), |acc, n| acc.union(self.policies[n as usize].context)),
         };
-        let granted = run(&grants, grant_candidates.len());
-        out.evaluated = granted.evaluated;
-        let errors = self.errors(&granted.response);
-        if !errors.is_empty() {
-            return Err(errors);
+        let context = context_for(request, self, now, &satisfied, reads).map_err(one)?;
+        let cedar_request = Request::new(entities.agent.clone(), action, entities.resource.clone(), context, None)
+            .map_err(|e| one(e.to_string()))?;
+
+        let granted = self.judge(&self.grants, &grant_candidates, slicing, &cedar_request, &entities.entities);
+        out.evaluated = grant_candidates.len();
+        if !granted.errors.is_empty() {
+            return Err(granted.errors);
         }
-        let deciding = self.refs(&granted.response);
-        if granted.response.decision() == cedar_policy::Decision::Deny {
-            if !deciding.is_empty() {
-                out.forbids = deciding.clone();
-                out.decision.outcome = Outcome::denied(DenyReason::Forbidden);
-                out.decision.deciding = deciding;
-            }
+        if !granted.forbids.is_empty() {
+            out.forbids = self.refs_of(&granted.forbids);
+            out.decision.outcome = Outcome::denied(DenyReason::Forbidden);
+            out.decision.deciding = out.forbids.clone();
             return Ok(());
         }
-        out.permits = deciding.clone();
-
-        let (approval_set, approval_candidates) = self.set_for(&self.approvals, &keys, slicing).map_err(one)?;
-        let pending = run(&approval_set, approval_candidates.len());
-        out.evaluated += pending.evaluated;
-        let errors = self.errors(&pending.response);
-        if !errors.is_empty() {
-            return Err(errors);
+        if granted.permits.is_empty() {
+            return Ok(());
         }
-        let approval_refs = self.refs(&pending.response);
-        if approval_refs.is_empty() {
+        let deciding = self.refs_of(&granted.permits);
+        out.permits = deciding.clone();
+        if approval_candidates.is_empty() {
+            out.decision.outcome = Outcome::Allow;
+            out.decision.deciding = deciding;
+            return Ok(());
+        }
+        let pending = self.judge(&self.approvals, &approval_candidates, slicing, &cedar_request, &entities.entities);
+        out.evaluated += approval_candidates.len();
+        if !pending.errors.is_empty() {
+            return Err(pending.errors);
+        }
+        if pending.permits.is_empty() {
             out.decision.outcome = Outcome::Allow;
             out.decision.deciding = deciding;
             return Ok(());
         }
         let requirements = pending
-            .response
-            .diagnostics()
-            .reason()
-            .filter_map(|id| self.info(id))
-            .filter(|info| info.role == PolicyRole::Approval)
-            .filter_map(|info| info.approval)
+            .permits
+            .iter()
+            .filter_map(|n| self.policies.get(*n)?.approval)
             .collect::<BTreeSet<_>>()
             .into_iter()
             .map(|r| self.requirements[r].clone())
             .collect();
-        out.approvals = approval_refs.clone();
+        out.approvals = self.refs_of(&pending.permits);
         out.decision.outcome = Outcome::NeedsApproval { requirements };
-        out.decision.deciding = deciding.into_iter().chain(approval_refs).collect();
+        out.decision.deciding = deciding.into_iter().chain(out.approvals.iter().cloned()).collect();
         Ok(())
     }
 }

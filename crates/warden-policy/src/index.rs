@@ -6,15 +6,15 @@
 //! it provably cannot match, so slicing never changes a decision; a property test checks that.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
 
 use cedar_policy::{Policy, PolicySet};
 use warden_model::{ActionKind, AgentIdentity, Host, Resource};
 
 use crate::compile::{PrincipalKey, ResourceKey};
 
-/// Cached policy sets per distinct candidate list; cleared when it grows past this.
-const CACHE_LIMIT: usize = 8192;
+/// Hash maps on the decision path: foldhash is several times faster than SipHash on these short
+/// keys and is seeded per process, so keys chosen by a caller cannot be aimed at collisions.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 struct Entry {
     principals: Vec<PrincipalKey>,
@@ -80,13 +80,17 @@ impl RequestKeys {
 }
 
 /// A set of Cedar policies with its slicing index.
+///
+/// Sliced evaluation runs each candidate on its own (a one-policy set built at load) and combines
+/// the results as Cedar would; one set per distinct candidate list would be cheaper per call but
+/// needs a cache that the number of agent × resource combinations outgrows.
 pub struct SlicedSet {
-    policies: Vec<Policy>,
+    singles: Vec<PolicySet>,
+    forbids: Vec<bool>,
     entries: Vec<Entry>,
-    all: Arc<PolicySet>,
-    by_principal: HashMap<PrincipalKey, Vec<u32>>,
-    by_resource: HashMap<(ActionKind, ResourceKey), Vec<u32>>,
-    cache: RwLock<HashMap<Box<[u32]>, Arc<PolicySet>>>,
+    all: PolicySet,
+    by_principal: FastMap<PrincipalKey, Vec<u32>>,
+    by_resource: FastMap<(ActionKind, ResourceKey), Vec<u32>>,
 }
 
 impl SlicedSet {
@@ -95,8 +99,8 @@ impl SlicedSet {
     pub fn new(
         policies: Vec<(Policy, Vec<PrincipalKey>, Vec<ActionKind>, Vec<ResourceKey>)>,
     ) -> Result<Self, cedar_policy::PolicySetError> {
-        let mut by_principal: HashMap<PrincipalKey, Vec<u32>> = HashMap::new();
-        let mut by_resource: HashMap<(ActionKind, ResourceKey), Vec<u32>> = HashMap::new();
+        let mut by_principal: FastMap<PrincipalKey, Vec<u32>> = FastMap::default();
+        let mut by_resource: FastMap<(ActionKind, ResourceKey), Vec<u32>> = FastMap::default();
         let mut entries = Vec::with_capacity(policies.len());
         let mut cedar = Vec::with_capacity(policies.len());
         for (i, (policy, principals, kinds, resources)) in policies.into_iter().enumerate() {
@@ -120,24 +124,38 @@ impl SlicedSet {
             });
             cedar.push(policy);
         }
-        let all = Arc::new(PolicySet::from_policies(cedar.iter().cloned())?);
+        let all = PolicySet::from_policies(cedar.iter().cloned())?;
+        let forbids = cedar.iter().map(|p| p.effect() == cedar_policy::Effect::Forbid).collect();
+        let singles = cedar
+            .into_iter()
+            .map(|p| PolicySet::from_policies([p]))
+            .collect::<Result<_, _>>()?;
         Ok(Self {
-            policies: cedar,
+            singles,
+            forbids,
             entries,
             all,
             by_principal,
             by_resource,
-            cache: RwLock::new(HashMap::new()),
         })
     }
 
     pub fn len(&self) -> usize {
-        self.policies.len()
+        self.singles.len()
     }
 
     /// Every policy, for unsliced evaluation.
-    pub fn all(&self) -> Arc<PolicySet> {
-        Arc::clone(&self.all)
+    pub fn all(&self) -> &PolicySet {
+        &self.all
+    }
+
+    /// Policy `i` alone.
+    pub fn single(&self, i: u32) -> &PolicySet {
+        &self.singles[i as usize]
+    }
+
+    pub fn is_forbid(&self, i: u32) -> bool {
+        self.forbids[i as usize]
     }
 
     /// Indices of the policies that can apply to a request with these keys, ascending.
@@ -183,25 +201,6 @@ impl SlicedSet {
         out.sort_unstable();
         out.dedup();
         out
-    }
-
-    /// The policy set made of `candidates`, built once per distinct list.
-    pub fn slice(&self, candidates: &[u32]) -> Result<Arc<PolicySet>, cedar_policy::PolicySetError> {
-        if let Ok(cache) = self.cache.read()
-            && let Some(set) = cache.get(candidates)
-        {
-            return Ok(Arc::clone(set));
-        }
-        let set = Arc::new(PolicySet::from_policies(
-            candidates.iter().map(|i| self.policies[*i as usize].clone()),
-        )?);
-        if let Ok(mut cache) = self.cache.write() {
-            if cache.len() >= CACHE_LIMIT {
-                cache.clear();
-            }
-            cache.insert(candidates.into(), Arc::clone(&set));
-        }
-        Ok(set)
     }
 }
 

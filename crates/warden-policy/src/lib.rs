@@ -17,6 +17,7 @@ mod index;
 mod locate;
 mod pattern;
 mod schema;
+pub mod synth;
 pub mod testing;
 
 pub use bundle::{Bundle, LoadLimits, PolicyInfo, SourceFile, TestCase};

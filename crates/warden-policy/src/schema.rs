@@ -140,3 +140,120 @@ entity Peer {{ name: String }};
     }
     s
 }
+
+/// Context attributes, as bits, so a request can build only what its candidate policies read.
+pub const CONTEXT_ATTRIBUTES: [&str; 15] = [
+    "time", "intent", "findings", "usage", "body_bytes", "approved", "gates", "method", "path",
+    "path_depth", "segments", "port", "protocol", "ip", "args",
+];
+
+/// Which context attributes a policy can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ContextUse(u32);
+
+impl ContextUse {
+    pub const ALL: Self = Self(u32::MAX);
+
+    /// Reads the attributes a Cedar policy text mentions. Only `context.NAME` and
+    /// `context has NAME` are understood; any other use of `context` (indexing, comparing the
+    /// whole record, a quoted name) counts as reading everything, so the analysis can only
+    /// over-approximate.
+    pub fn of_policy(cedar: &str) -> Self {
+        let code = blank_strings(cedar);
+        let bytes = code.as_bytes();
+        let mut used = 0u32;
+        let mut from = 0;
+        while let Some(found) = code[from..].find("context") {
+            let start = from + found;
+            let end = start + "context".len();
+            from = end;
+            let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+            if (start > 0 && ident(bytes[start - 1])) || bytes.get(end).copied().is_some_and(ident) {
+                continue;
+            }
+            let rest = code[end..].trim_start();
+            let name = if let Some(after) = rest.strip_prefix('.') {
+                after.trim_start()
+            } else if let Some(after) = rest.strip_prefix("has") {
+                if !after.starts_with(char::is_whitespace) {
+                    return Self::ALL;
+                }
+                after.trim_start()
+            } else {
+                return Self::ALL;
+            };
+            let len = name.bytes().take_while(|b| ident(*b)).count();
+            match CONTEXT_ATTRIBUTES.iter().position(|a| *a == &name[..len]) {
+                Some(i) => used |= 1 << i,
+                None => return Self::ALL,
+            }
+        }
+        Self(used)
+    }
+
+    pub fn union(self, other: Self) -> Self {
+        Self(self.0 | other.0)
+    }
+
+    pub fn reads(self, attribute: &str) -> bool {
+        CONTEXT_ATTRIBUTES
+            .iter()
+            .position(|a| *a == attribute)
+            .is_none_or(|i| self.0 & (1 << i) != 0)
+    }
+}
+
+/// Replaces the contents of Cedar string literals with spaces, so scans only see code.
+pub fn blank_strings(expr: &str) -> String {
+    let mut out = String::with_capacity(expr.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    for c in expr.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == '"' {
+                in_string = false;
+                out.push('"');
+                continue;
+            }
+            out.push(' ');
+        } else {
+            if c == '"' {
+                in_string = true;
+            }
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn context_use_reads_dotted_and_has_forms() {
+        let u = ContextUse::of_policy("permit(principal,action,resource) when { context.port == 1 && context has ip && \"context.args\" == \"x\" };");
+        assert!(u.reads("port") && u.reads("ip"));
+        assert!(!u.reads("args") && !u.reads("findings"));
+        assert_eq!(ContextUse::of_policy("permit(principal,action,resource);"), ContextUse::default());
+    }
+
+    #[test]
+    fn context_use_is_conservative() {
+        for text in [
+            "when { context[\"port\"] == 1 }",
+            "when { context == {} }",
+            "when { context has \"port\" }",
+            "when { context.unknown_thing }",
+            "when { context hasport }",
+        ] {
+            assert_eq!(ContextUse::of_policy(text), ContextUse::ALL, "{text}");
+        }
+        // Identifiers that merely contain the word are not uses.
+        assert_eq!(ContextUse::of_policy("when { principal.mycontext == 1 }"), ContextUse::default());
+    }
+}

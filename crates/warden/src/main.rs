@@ -2,6 +2,11 @@
 
 mod policy;
 
+/// Policy evaluation allocates many small, short-lived objects; with a large bundle resident,
+/// mimalloc keeps that cost flat where the system allocator slows by half.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
