@@ -25,6 +25,8 @@ const RAW_CEDAR: &[&str] = &[
     "permit (principal, action == Action::\"mcp.tools/call\", resource) when { resource.name == \"t3\" };",
     "forbid (principal, action in [Action::\"egress.connect\", Action::\"http\"], resource) when { context.intent == \"bad\" };",
     "permit (principal is Agent, action, resource is Peer) when { principal.tenant == \"globex\" };",
+    "permit (principal, action == Action::\"egress.connect\", resource) when { !(context has ip) && resource.name == \"other.io\" };",
+    "forbid (principal, action == Action::\"http\", resource) when { context.segments has s1 && context.segments.s1 == \"b\" };",
 ];
 
 fn pick<T: Clone + std::fmt::Debug + 'static>(items: &'static [T]) -> impl Strategy<Value = T> {

@@ -1,0 +1,214 @@
+//! The `warden policy` commands, run as a user would run them.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn warden() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_warden"))
+}
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies")
+}
+
+fn run(args: &[&str]) -> Output {
+    warden().args(args).output().expect("warden runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const POLICY: &str = "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: p, namespace: t}\nspec:\n  selector: {matchLabels: {app: a}}\n  egress: [{hosts: [HOST], ports: [443]}]\n";
+const REQUEST: &str = r#"{"agent":{"spiffeId":"spiffe://td/tenant/t/agent/a/1","labels":{"app":"a"}},"action":{"kind":"egress.connect","host":"a.com","port":443}}"#;
+
+fn policy_dir(host: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("p.yaml"), POLICY.replace("HOST", host)).unwrap();
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn check_accepts_the_examples() {
+    let out = run(&["policy", "check", s(&examples())]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok — 21 policies"), "{}", text(&out.stdout));
+    let out = run(&["policy", "check", s(&examples()), "--output", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["valid"], true);
+    assert!(json["bundle"].as_str().unwrap().starts_with("sha256:"));
+}
+
+#[test]
+fn check_rejects_with_precise_errors_and_exit_1() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.yaml"), POLICY.replace("HOST", "a.com").replace("egress", "egres")).unwrap();
+    let out = run(&["policy", "check", s(dir.path())]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("error: bad.yaml:6:3: spec.egres: unknown field `egres`"), "{err}");
+    assert!(err.contains("rejected with 1 error(s)"), "{err}");
+    let out = run(&["policy", "check", s(dir.path()), "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["valid"], false);
+    assert_eq!(json["diagnostics"][0]["line"], 6);
+    assert_eq!(json["diagnostics"][0]["field"], "spec.egres");
+}
+
+#[test]
+fn test_runs_the_example_suite() {
+    let out = run(&["policy", "test", s(&examples())]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(text(&out.stdout).contains("44 passed, 0 failed"));
+    let out = run(&["policy", "test", s(&examples()), "--filter", "kube-system", "-o", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["passed"], 3);
+}
+
+#[test]
+fn failing_tests_exit_1_and_say_why() {
+    let dir = policy_dir("a.com");
+    let test = format!(
+        "apiVersion: warden.dev/v1alpha1\nkind: PolicyTest\nmetadata: {{name: t}}\nspec:\n  cases:\n    - name: wrong\n      request: {REQUEST}\n      expect: deny\n"
+    );
+    std::fs::write(dir.path().join("t.yaml"), test).unwrap();
+    let out = run(&["policy", "test", s(dir.path())]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("FAIL t / wrong"), "{stdout}");
+    assert!(stdout.contains("expected deny, got allow decided by t/p spec.egress[0]"), "{stdout}");
+    assert!(stdout.contains("at t.yaml:6"), "{stdout}");
+}
+
+#[test]
+fn explain_shows_the_reasoning() {
+    let request = r#"{"agent":{"spiffeId":"spiffe://acme.example/tenant/acme/agent/sre-agent/i-1","labels":{"app":"sre-agent","env":"prod"}},
+        "action":{"kind":"mcp.tools/call","server":"k8s","tool":"delete_namespace","args":{"namespace":"old"}}}"#;
+    let mut child = warden()
+        .args(["policy", "explain", s(&examples()), "--request", "-", "-o", "json"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(request.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["decision"]["outcome"], "needs-approval");
+    assert_eq!(json["decision"]["requirements"][0]["group"], "sre");
+    assert_eq!(json["approvals"][0]["rule"], "spec.approval[0]");
+    assert!(json["sources"][0]["cedar"].as_str().unwrap().starts_with("permit"));
+
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), request).unwrap();
+    let out = run(&["policy", "explain", s(&examples()), "--request", s(file.path())]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("NEEDS-APPROVAL"), "{stdout}");
+    assert!(stdout.contains("2 approval(s) from group `sre`"), "{stdout}");
+    assert!(stdout.contains("sre-agent.yaml:27 acme/sre-agent spec.approval[0]"), "{stdout}");
+}
+
+#[test]
+fn explain_refuses_a_bad_request() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), r#"{"agent":{"spiffeId":"spiffe://td/x"},"action":{"kind":"http"}}"#).unwrap();
+    let out = run(&["policy", "explain", s(&examples()), "--request", s(file.path())]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("is not a valid request"), "{}", text(&out.stderr));
+    let out = run(&["policy", "explain", s(&examples()), "--request", "/nonexistent.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("cannot open request file"));
+}
+
+#[test]
+fn diff_lists_changed_outcomes() {
+    let old = policy_dir("a.com");
+    let new = policy_dir("b.com");
+    let out = run(&["policy", "diff", s(old.path()), s(new.path()), "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(json["changed"].as_u64().unwrap() >= 2, "{json}");
+    let hosts: Vec<&str> = json["changes"].as_array().unwrap().iter().map(|c| c["request"]["action"]["host"].as_str().unwrap()).collect();
+    assert!(hosts.contains(&"a.com") && hosts.contains(&"b.com"), "{hosts:?}");
+    let out = run(&["policy", "diff", s(old.path()), s(old.path())]);
+    assert!(text(&out.stdout).contains("0 of"), "{}", text(&out.stdout));
+}
+
+#[test]
+fn help_describes_every_command() {
+    let out = run(&["policy", "--help"]);
+    let help = text(&out.stdout);
+    for command in ["check", "test", "explain", "diff", "decide"] {
+        assert!(help.contains(command), "{help}");
+    }
+}
+
+/// `decide --watch` answers JSON lines, reloads on file changes and SIGHUP, and keeps serving
+/// the last good bundle when a reload fails.
+#[test]
+fn decide_reloads_and_keeps_the_last_good_bundle() {
+    let dir = policy_dir("a.com");
+    let mut child = warden()
+        .args(["policy", "decide", s(dir.path()), "--watch"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let stderr = child.stderr.take().unwrap();
+    let (err_tx, err_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = err_tx.send(line.unwrap_or_default());
+        }
+    });
+    let mut ask = |line: &str| -> serde_json::Value {
+        writeln!(stdin, "{line}").unwrap();
+        let mut answer = String::new();
+        stdout.read_line(&mut answer).unwrap();
+        serde_json::from_str(&answer).unwrap()
+    };
+    let wait_for = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match err_rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => {}
+                Err(_) => panic!("stderr never said {needle:?}"),
+            }
+        }
+    };
+    wait_for("serving bundle");
+    assert_eq!(ask(REQUEST)["outcome"], "allow");
+    assert!(ask("{not json").get("error").is_some());
+
+    std::fs::write(dir.path().join("p.yaml"), POLICY.replace("HOST", "b.com")).unwrap();
+    wait_for("policy bundle reloaded");
+    assert_eq!(ask(REQUEST)["outcome"], "deny");
+
+    // A broken edit, then SIGHUP: both reloads are rejected and the last good bundle serves on.
+    std::fs::write(dir.path().join("p.yaml"), "kind: [").unwrap();
+    wait_for("reload rejected");
+    let status = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    wait_for("reload rejected");
+    assert_eq!(ask(REQUEST)["outcome"], "deny");
+    let allowed = REQUEST.replace("a.com", "b.com");
+    assert_eq!(ask(&allowed)["outcome"], "allow");
+
+    std::fs::write(dir.path().join("p.yaml"), POLICY.replace("HOST", "a.com")).unwrap();
+    wait_for("policy bundle reloaded");
+    assert_eq!(ask(REQUEST)["outcome"], "allow");
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
