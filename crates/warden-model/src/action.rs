@@ -74,13 +74,16 @@ impl ActionKind {
 impl FromStr for ActionKind {
     type Err = ModelError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|k| k.as_str() == s).ok_or_else(|| {
-            ModelError::Action(format!(
-                "unknown action kind `{}`; known kinds: {}",
-                excerpt(s),
-                Self::ALL.map(Self::as_str).join(", ")
-            ))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                ModelError::Action(format!(
+                    "unknown action kind `{}`; known kinds: {}",
+                    excerpt(s),
+                    Self::ALL.map(Self::as_str).join(", ")
+                ))
+            })
     }
 }
 
@@ -139,13 +142,16 @@ impl A2aMethod {
 impl FromStr for A2aMethod {
     type Err = ModelError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| {
-            ModelError::Action(format!(
-                "unknown A2A method `{}`; known methods: {}",
-                excerpt(s),
-                Self::ALL.map(Self::as_str).join(", ")
-            ))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                ModelError::Action(format!(
+                    "unknown A2A method `{}`; known methods: {}",
+                    excerpt(s),
+                    Self::ALL.map(Self::as_str).join(", ")
+                ))
+            })
     }
 }
 
@@ -188,7 +194,10 @@ impl Host {
         if let Ok(ip) = bracketless.parse::<IpAddr>() {
             return Ok(Self::Ip(ip));
         }
-        let name = value.strip_suffix('.').unwrap_or(value).to_ascii_lowercase();
+        let name = value
+            .strip_suffix('.')
+            .unwrap_or(value)
+            .to_ascii_lowercase();
         if name.is_empty() {
             return Err(fail("must not be empty"));
         }
@@ -196,7 +205,9 @@ impl Host {
             return Err(fail("a DNS name is at most 253 characters"));
         }
         if !name.is_ascii() {
-            return Err(fail("use the ASCII (xn--) form of an internationalised name"));
+            return Err(fail(
+                "use the ASCII (xn--) form of an internationalised name",
+            ));
         }
         for label in name.split('.') {
             if label.is_empty() || label.len() > 63 {
@@ -209,7 +220,9 @@ impl Host {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             {
-                return Err(fail("DNS labels may contain only letters, digits, `-` and `_`"));
+                return Err(fail(
+                    "DNS labels may contain only letters, digits, `-` and `_`",
+                ));
             }
         }
         // A name made only of digits and dots would be read as an address by some resolvers.
@@ -579,7 +592,10 @@ impl TryFrom<ActionWire> for Action {
             },
             ActionKind::McpResourcesRead => {
                 let uri = require(w.uri, kind, "uri")?;
-                if uri.is_empty() || uri.len() > Self::MAX_URI_LEN || uri.chars().any(char::is_control) {
+                if uri.is_empty()
+                    || uri.len() > Self::MAX_URI_LEN
+                    || uri.chars().any(char::is_control)
+                {
                     return Err(ModelError::Action(
                         "`uri` must be 1–8192 characters without control characters".into(),
                     ));
@@ -710,16 +726,31 @@ mod tests {
 
     #[test]
     fn hosts_are_canonicalised() {
-        assert_eq!(Host::new("API.GitHub.com.").unwrap().to_string(), "api.github.com");
-        assert_eq!(Host::new("[::1]").unwrap(), Host::Ip("::1".parse().unwrap()));
-        for bad in ["", "a..b", "-a.com", "bücher.de", "a b.com", "1.2.3", &"a.".repeat(130)] {
+        assert_eq!(
+            Host::new("API.GitHub.com.").unwrap().to_string(),
+            "api.github.com"
+        );
+        assert_eq!(
+            Host::new("[::1]").unwrap(),
+            Host::Ip("::1".parse().unwrap())
+        );
+        for bad in [
+            "",
+            "a..b",
+            "-a.com",
+            "bücher.de",
+            "a b.com",
+            "1.2.3",
+            &"a.".repeat(130),
+        ] {
             assert!(Host::new(bad).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn actions_round_trip_and_reject_mismatched_fields() {
-        let json = r#"{"kind":"mcp.tools/call","server":"k8s","tool":"scale","args":{"replicas":3}}"#;
+        let json =
+            r#"{"kind":"mcp.tools/call","server":"k8s","tool":"scale","args":{"replicas":3}}"#;
         let action: Action = serde_json::from_str(json).unwrap();
         assert_eq!(action.kind(), ActionKind::McpToolsCall);
         let back = serde_json::to_string(&action).unwrap();
@@ -735,7 +766,8 @@ mod tests {
         ] {
             assert!(serde_json::from_str::<Action>(bad).is_err(), "{bad}");
         }
-        let a2a: Action = serde_json::from_str(r#"{"kind":"a2a.tasks/get","peer":"planner"}"#).unwrap();
+        let a2a: Action =
+            serde_json::from_str(r#"{"kind":"a2a.tasks/get","peer":"planner"}"#).unwrap();
         assert_eq!(a2a.kind(), ActionKind::A2aTasksGet);
     }
 }

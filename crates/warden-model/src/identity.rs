@@ -96,7 +96,9 @@ impl SpiffeId {
             None => (rest, ""),
         };
         if td.contains([':', '@']) {
-            return Err(fail("the trust domain must not carry a port or user info".into()));
+            return Err(fail(
+                "the trust domain must not carry a port or user info".into(),
+            ));
         }
         check_trust_domain(td).map_err(fail)?;
         if !path.is_empty() {
@@ -214,12 +216,15 @@ impl LabelKey {
         let name = match value.rsplit_once('/') {
             Some((prefix, name)) => {
                 if prefix.is_empty() || prefix.len() > 253 {
-                    return Err(fail("the prefix must be a DNS subdomain of 1–253 characters"));
+                    return Err(fail(
+                        "the prefix must be a DNS subdomain of 1–253 characters",
+                    ));
                 }
                 if !prefix.split('.').all(|l| {
                     !l.is_empty()
                         && l.len() <= 63
-                        && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                        && l.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 }) {
                     return Err(fail("the prefix must be a lowercase DNS subdomain"));
                 }
@@ -315,7 +320,11 @@ impl AgentIdentity {
     /// The deepest delegation chain an identity may express (agent plus sub-agents).
     pub const MAX_DEPTH: usize = 16;
 
-    pub fn new(spiffe_id: SpiffeId, labels: Labels, task: Option<TaskId>) -> Result<Self, ModelError> {
+    pub fn new(
+        spiffe_id: SpiffeId,
+        labels: Labels,
+        task: Option<TaskId>,
+    ) -> Result<Self, ModelError> {
         let fail = |reason: &str| ModelError::AgentId {
             value: excerpt(spiffe_id.as_str()),
             reason: format!(
@@ -325,11 +334,15 @@ impl AgentIdentity {
         };
         let segments: Vec<&str> = spiffe_id.segments().collect();
         if segments.len() < 5 || segments[0] != "tenant" {
-            return Err(fail("the path does not start with /tenant/<tenant>/agent/<name>/<instance>"));
+            return Err(fail(
+                "the path does not start with /tenant/<tenant>/agent/<name>/<instance>",
+            ));
         }
         let chain = &segments[2..];
-        if chain.len() % 3 != 0 {
-            return Err(fail("the path has an incomplete /agent/<name>/<instance> triple"));
+        if !chain.len().is_multiple_of(3) {
+            return Err(fail(
+                "the path has an incomplete /agent/<name>/<instance> triple",
+            ));
         }
         let depth = chain.len() / 3;
         if depth > Self::MAX_DEPTH {
@@ -437,7 +450,8 @@ mod tests {
 
     #[test]
     fn agent_identity_derives_tenant_name_and_parents_from_the_id() {
-        let id = SpiffeId::new("spiffe://td/tenant/acme/agent/planner/p1/agent/researcher/r7").unwrap();
+        let id =
+            SpiffeId::new("spiffe://td/tenant/acme/agent/planner/p1/agent/researcher/r7").unwrap();
         let agent = AgentIdentity::new(id, Labels::new(), None).unwrap();
         assert_eq!(agent.tenant().as_str(), "acme");
         assert_eq!(agent.name().as_str(), "researcher");
@@ -458,7 +472,10 @@ mod tests {
             "spiffe://td/tenant/acme/robot/bot/i",
         ] {
             let id = SpiffeId::new(bad).unwrap();
-            assert!(AgentIdentity::new(id, Labels::new(), None).is_err(), "{bad}");
+            assert!(
+                AgentIdentity::new(id, Labels::new(), None).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -73,7 +73,13 @@ mod tests {
 
     #[test]
     fn accepts_mcp_style_names() {
-        for ok in ["github", "list_issues", "k8s.scale-deployment", "ns/tool", "a:b"] {
+        for ok in [
+            "github",
+            "list_issues",
+            "k8s.scale-deployment",
+            "ns/tool",
+            "a:b",
+        ] {
             assert!(Name::new(ok).is_ok(), "{ok}");
         }
     }

@@ -22,7 +22,8 @@ fn decide(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(3));
     for size in SIZES {
         let s = synthetic(size, 512, 7);
-        let bundle = Bundle::from_sources(s.sources, LoadLimits::default()).expect("synthetic bundle loads");
+        let bundle =
+            Bundle::from_sources(s.sources, LoadLimits::default()).expect("synthetic bundle loads");
         for (label, slicing) in [("sliced", Slicing::On), ("unsliced", Slicing::Off)] {
             if slicing == Slicing::Off && size > 10_000 {
                 group.sample_size(10);
@@ -59,12 +60,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Per-decision latencies, p50 and p99, sliced and unsliced, plus load time per size.
 fn percentiles() {
     println!("\npercentiles (one run, same requests)");
-    println!("{:>8} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8}", "policies", "load", "sliced p50", "p99", "unsliced p50", "p99", "p50 ratio", "allowed");
+    println!(
+        "{:>8} {:>9} {:>10} {:>10} {:>10} {:>10} {:>9} {:>8}",
+        "policies", "load", "sliced p50", "p99", "unsliced p50", "p99", "p50 ratio", "allowed"
+    );
     let mut p50_at_1000 = Duration::ZERO;
     for size in SIZES {
         let s = synthetic(size, 4096, 11);
         let started = Instant::now();
-        let bundle = Bundle::from_sources(s.sources, LoadLimits::default()).expect("synthetic bundle loads");
+        let bundle =
+            Bundle::from_sources(s.sources, LoadLimits::default()).expect("synthetic bundle loads");
         let load = started.elapsed();
         let measure = |slicing, n: usize| {
             let mut times: Vec<Duration> = Vec::with_capacity(n);
@@ -81,9 +86,20 @@ fn percentiles() {
         // Warm caches as a server would be.
         measure(Slicing::On, 4096);
         let (sliced, allowed) = measure(Slicing::On, 50_000);
-        let unsliced_n = if size >= 100_000 { 40 } else if size >= 10_000 { 400 } else { 20_000 };
+        let unsliced_n = if size >= 100_000 {
+            40
+        } else if size >= 10_000 {
+            400
+        } else {
+            20_000
+        };
         let (unsliced, _) = measure(Slicing::Off, unsliced_n);
-        let (s50, s99, u50, u99) = (percentile(&sliced, 0.5), percentile(&sliced, 0.99), percentile(&unsliced, 0.5), percentile(&unsliced, 0.99));
+        let (s50, s99, u50, u99) = (
+            percentile(&sliced, 0.5),
+            percentile(&sliced, 0.99),
+            percentile(&unsliced, 0.5),
+            percentile(&unsliced, 0.99),
+        );
         if size == 1_000 {
             p50_at_1000 = s50;
         }
@@ -99,7 +115,10 @@ fn percentiles() {
             100.0 * allowed as f64 / sliced.len() as f64
         );
         if size == 100_000 {
-            println!("p50 at 100k policies / p50 at 1k policies (sliced): {:.2}", s50.as_secs_f64() / p50_at_1000.as_secs_f64());
+            println!(
+                "p50 at 100k policies / p50 at 1k policies (sliced): {:.2}",
+                s50.as_secs_f64() / p50_at_1000.as_secs_f64()
+            );
         }
     }
 }

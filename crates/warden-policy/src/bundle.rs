@@ -7,17 +7,20 @@ use std::io::Read;
 use std::path::Path;
 use std::str::FromStr;
 
-use cedar_policy::{ActionConstraint, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use cedar_policy::{
+    ActionConstraint, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator,
+};
 use serde::Deserialize;
 use warden_model::{ActionKind, ApprovalRequirement, BundleHash, PolicyRef};
 
 use crate::compile::{
-    Catalog, Compiled, CompiledPolicy, Samples, DocContext, Gate, Origin, PolicyRole, PrincipalKey, compile_policy, one_line,
+    Catalog, Compiled, CompiledPolicy, DocContext, Gate, Origin, PolicyRole, PrincipalKey, Samples,
+    compile_policy, one_line,
 };
 use crate::decide::EntityCache;
 use crate::diagnostic::{Diagnostic, LoadError};
 use crate::document::{API_VERSION, AgentPolicyDoc, PolicyTestDoc, TestCaseSpec, ToolCatalogDoc};
-use crate::index::SlicedSet;
+use crate::index::{Indexed, SlicedSet};
 use crate::locate::Locator;
 use crate::schema::{ArgType, ArgTypes, ContextUse, schema_text};
 
@@ -81,7 +84,7 @@ pub struct Bundle {
     /// Grant-set position → global number, and likewise for approvals.
     pub(crate) grant_ids: Vec<u32>,
     pub(crate) approval_ids: Vec<u32>,
-        pub(crate) gates: Vec<Gate>,
+    pub(crate) gates: Vec<Gate>,
     pub(crate) requirements: Vec<ApprovalRequirement>,
     pub(crate) tool_args: ArgTypes,
     pub(crate) prompt_args: ArgTypes,
@@ -133,7 +136,10 @@ impl Bundle {
             match Locator::new(&file.text) {
                 Ok(locator) => locators.push(locator),
                 Err((message, line, column)) => {
-                    diagnostics.push(Diagnostic::error(&file.path, format!("not valid YAML: {message}")).at(Some((line, column))));
+                    diagnostics.push(
+                        Diagnostic::error(&file.path, format!("not valid YAML: {message}"))
+                            .at(Some((line, column))),
+                    );
                     locators.push(Locator::default());
                     continue;
                 }
@@ -141,7 +147,13 @@ impl Bundle {
             for (doc_index, de) in serde_yaml::Deserializer::from_str(&file.text).enumerate() {
                 documents += 1;
                 if documents > limits.max_documents {
-                    diagnostics.push(Diagnostic::error(&file.path, format!("the bundle has more than {} documents", limits.max_documents)));
+                    diagnostics.push(Diagnostic::error(
+                        &file.path,
+                        format!(
+                            "the bundle has more than {} documents",
+                            limits.max_documents
+                        ),
+                    ));
                     return Err(LoadError { diagnostics });
                 }
                 let value = match serde_yaml::Value::deserialize(de) {
@@ -154,7 +166,11 @@ impl Bundle {
                 if value.is_null() {
                     continue;
                 }
-                let cx = DocContext { file: &file.path, locator: &locators[f], doc_index };
+                let cx = DocContext {
+                    file: &file.path,
+                    locator: &locators[f],
+                    doc_index,
+                };
                 match parse_document(&cx, value) {
                     Ok(doc) => {
                         contributing[f] |= !matches!(doc, Parsed::Tests(..));
@@ -173,7 +189,11 @@ impl Bundle {
             let file = &files[*f];
             match doc {
                 Parsed::Policy(doc, doc_index) => {
-                    let cx = DocContext { file: &file.path, locator: &locators[*f], doc_index: *doc_index };
+                    let cx = DocContext {
+                        file: &file.path,
+                        locator: &locators[*f],
+                        doc_index: *doc_index,
+                    };
                     let id = match &doc.metadata.namespace {
                         Some(ns) => format!("{ns}/{}", doc.metadata.name),
                         None => doc.metadata.name.clone(),
@@ -193,7 +213,9 @@ impl Bundle {
                     for (i, case) in doc.spec.cases.iter().enumerate() {
                         tests.push(TestCase {
                             file: file.path.clone(),
-                            line: locators[*f].find(*doc_index, &format!("spec.cases[{i}]")).map(|p| p.0),
+                            line: locators[*f]
+                                .find(*doc_index, &format!("spec.cases[{i}]"))
+                                .map(|p| p.0),
                             suite: doc.metadata.name.clone(),
                             spec: case.clone(),
                         });
@@ -207,7 +229,10 @@ impl Bundle {
             compile_raw_cedar(&files[*f], &mut compiled, &mut diagnostics);
         }
 
-        let schema = match Schema::from_cedarschema_str(&schema_text(&catalog.tool_args, &catalog.prompt_args)) {
+        let schema = match Schema::from_cedarschema_str(&schema_text(
+            &catalog.tool_args,
+            &catalog.prompt_args,
+        )) {
             Ok((schema, _)) => schema,
             Err(e) => {
                 diagnostics.push(Diagnostic::error("<schema>", format!("the generated Cedar schema is invalid: {}", one_line(&e.to_string())))
@@ -220,7 +245,10 @@ impl Bundle {
         for (n, policy) in compiled.policies.iter().enumerate() {
             match Policy::parse(Some(PolicyId::new(format!("p{n}"))), &policy.text) {
                 Ok(p) => cedar_policies.push(p),
-                Err(e) => diagnostics.push(origin_error(&policy.origin, format!("invalid Cedar: {}", one_line(&e.to_string())))),
+                Err(e) => diagnostics.push(origin_error(
+                    &policy.origin,
+                    format!("invalid Cedar: {}", one_line(&e.to_string())),
+                )),
             }
         }
         if diagnostics.iter().any(Diagnostic::is_error) {
@@ -234,12 +262,19 @@ impl Bundle {
                 return Err(LoadError { diagnostics });
             }
         };
-        let result = Validator::new(schema.clone()).validate(&validation_set, ValidationMode::Strict);
+        let result =
+            Validator::new(schema.clone()).validate(&validation_set, ValidationMode::Strict);
         for error in result.validation_errors() {
             let n = policy_number(error.policy_id()).unwrap_or(0);
             let origin = &compiled.policies[n].origin;
             let help = miette::Diagnostic::help(error).map(|h| h.to_string());
-            let mut d = origin_error(origin, format!("the condition does not type-check: {}", without_policy_id(&one_line(&error.to_string()))));
+            let mut d = origin_error(
+                origin,
+                format!(
+                    "the condition does not type-check: {}",
+                    without_policy_id(&one_line(&error.to_string()))
+                ),
+            );
             d.help = Some(help.unwrap_or_else(|| {
                 "conditions see `principal`, `resource` and `context` as described in docs/policy.md; tool arguments must be declared in a ToolCatalog".into()
             }));
@@ -256,7 +291,12 @@ impl Bundle {
         let mut infos = Vec::with_capacity(compiled.policies.len());
         for (n, (policy, cedar)) in compiled.policies.iter().zip(cedar_policies).enumerate() {
             let id = u32::try_from(n).unwrap_or(u32::MAX);
-            let entry = (cedar, policy.principals.clone(), policy.kinds.clone(), policy.resources.clone());
+            let entry = Indexed {
+                policy: cedar,
+                principals: policy.principals.clone(),
+                kinds: policy.kinds.clone(),
+                resources: policy.resources.clone(),
+            };
             match policy.role {
                 PolicyRole::Grant => {
                     grant_policies.push(entry);
@@ -282,9 +322,11 @@ impl Bundle {
                 context: ContextUse::of_policy(&policy.text),
             });
         }
-        let build = |policies| SlicedSet::new(policies).map_err(|e| LoadError {
-            diagnostics: vec![Diagnostic::error("<bundle>", one_line(&e.to_string()))],
-        });
+        let build = |policies| {
+            SlicedSet::new(policies).map_err(|e| LoadError {
+                diagnostics: vec![Diagnostic::error("<bundle>", one_line(&e))],
+            })
+        };
         let grants = build(grant_policies)?;
         let approvals = build(approval_policies)?;
         let requirements = compiled
@@ -300,11 +342,23 @@ impl Bundle {
                     .iter()
                     .find(|i| i.approval == Some(r))
                     .map(|i| i.reference.clone())
-                    .unwrap_or_else(|| PolicyRef { id: String::new(), file: String::new(), line: None, document: String::new(), rule: req.id.clone() }),
+                    .unwrap_or_else(|| PolicyRef {
+                        id: String::new(),
+                        file: String::new(),
+                        line: None,
+                        document: String::new(),
+                        rule: req.id.clone(),
+                    }),
             })
             .collect();
 
-        let hash = content_hash(files.iter().zip(&contributing).filter(|(_, c)| **c).map(|(f, _)| f));
+        let hash = content_hash(
+            files
+                .iter()
+                .zip(&contributing)
+                .filter(|(_, c)| **c)
+                .map(|(f, _)| f),
+        );
         Ok(Self {
             hash,
             grants,
@@ -391,14 +445,31 @@ fn yaml_error(file: &str, e: &serde_yaml::Error) -> Diagnostic {
 
 /// Reads the header, then the typed document of that kind.
 fn parse_document(cx: &DocContext<'_>, value: serde_yaml::Value) -> Result<Parsed, Diagnostic> {
-    let kind = value.get("kind").and_then(|k| k.as_str()).map(str::to_owned);
-    let api_version = value.get("apiVersion").and_then(|k| k.as_str()).map(str::to_owned);
+    let kind = value
+        .get("kind")
+        .and_then(|k| k.as_str())
+        .map(str::to_owned);
+    let api_version = value
+        .get("apiVersion")
+        .and_then(|k| k.as_str())
+        .map(str::to_owned);
     if api_version.as_deref() != Some(API_VERSION) {
         return Err(cx
-            .error("apiVersion", format!("apiVersion is {}, expected `{API_VERSION}`", api_version.map_or("missing".into(), |v| format!("`{v}`"))))
-            .help(format!("start the document with `apiVersion: {API_VERSION}`")));
+            .error(
+                "apiVersion",
+                format!(
+                    "apiVersion is {}, expected `{API_VERSION}`",
+                    api_version.map_or("missing".into(), |v| format!("`{v}`"))
+                ),
+            )
+            .help(format!(
+                "start the document with `apiVersion: {API_VERSION}`"
+            )));
     }
-    fn typed<T: serde::de::DeserializeOwned>(cx: &DocContext<'_>, value: serde_yaml::Value) -> Result<T, Diagnostic> {
+    fn typed<T: serde::de::DeserializeOwned>(
+        cx: &DocContext<'_>,
+        value: serde_yaml::Value,
+    ) -> Result<T, Diagnostic> {
         serde_path_to_error::deserialize(value).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." { String::new() } else { path };
@@ -413,8 +484,12 @@ fn parse_document(cx: &DocContext<'_>, value: serde_yaml::Value) -> Result<Parse
         Some("AgentPolicy") => Ok(Parsed::Policy(Box::new(typed(cx, value)?), cx.doc_index)),
         Some("ToolCatalog") => Ok(Parsed::Catalog(typed(cx, value)?, cx.doc_index)),
         Some("PolicyTest") => Ok(Parsed::Tests(typed(cx, value)?, cx.doc_index)),
-        Some(other) => Err(cx.error("kind", format!("unknown kind `{other}`")).help("use AgentPolicy, ToolCatalog or PolicyTest")),
-        None => Err(cx.error("kind", "the document has no `kind`").help("add `kind: AgentPolicy`")),
+        Some(other) => Err(cx
+            .error("kind", format!("unknown kind `{other}`"))
+            .help("use AgentPolicy, ToolCatalog or PolicyTest")),
+        None => Err(cx
+            .error("kind", "the document has no `kind`")
+            .help("add `kind: AgentPolicy`")),
     }
 }
 
@@ -428,17 +503,30 @@ fn build_catalog(
     // Argument name → (type, where first declared); `None` once declarations conflict.
     let mut tool_args: BTreeMap<String, Option<(ArgType, String)>> = BTreeMap::new();
     for (f, doc) in parsed {
-        let Parsed::Catalog(doc, doc_index) = doc else { continue };
-        let cx = DocContext { file: &files[*f].path, locator: &locators[*f], doc_index: *doc_index };
+        let Parsed::Catalog(doc, doc_index) = doc else {
+            continue;
+        };
+        let cx = DocContext {
+            file: &files[*f].path,
+            locator: &locators[*f],
+            doc_index: *doc_index,
+        };
         for (s, server) in doc.spec.servers.iter().enumerate() {
             let tools = catalog.tools.entry(server.name.clone()).or_default();
             for (t, tool) in server.tools.iter().enumerate() {
                 tools.insert(tool.name.clone());
-                let Some(properties) = tool.input_schema.as_ref().and_then(|s| s.get("properties")).and_then(|p| p.as_object()) else {
+                let Some(properties) = tool
+                    .input_schema
+                    .as_ref()
+                    .and_then(|s| s.get("properties"))
+                    .and_then(|p| p.as_object())
+                else {
                     continue;
                 };
                 for (arg, schema) in properties {
-                    let Some(ty) = ArgType::from_json_schema(schema) else { continue };
+                    let Some(ty) = ArgType::from_json_schema(schema) else {
+                        continue;
+                    };
                     let here = format!("{}/{}", server.name, tool.name);
                     match tool_args.get(arg) {
                         None => {
@@ -464,7 +552,10 @@ fn build_catalog(
             }
         }
     }
-    catalog.tool_args = tool_args.into_iter().filter_map(|(k, v)| v.map(|(t, _)| (k, t))).collect();
+    catalog.tool_args = tool_args
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|(t, _)| (k, t)))
+        .collect();
     catalog
 }
 
@@ -505,34 +596,58 @@ fn line_of(text: &str, offset: usize) -> u32 {
     u32::try_from(before.matches('\n').count() + 1).unwrap_or(u32::MAX)
 }
 
-fn compile_raw_cedar(file: &SourceFile, compiled: &mut Compiled, diagnostics: &mut Vec<Diagnostic>) {
+fn compile_raw_cedar(
+    file: &SourceFile,
+    compiled: &mut Compiled,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
     let set = match PolicySet::from_str(&file.text) {
         Ok(set) => set,
         Err(e) => {
-            let offset = miette::Diagnostic::labels(&e).and_then(|mut l| l.next()).map(|l| l.offset());
-            let mut d = Diagnostic::error(&file.path, format!("invalid Cedar: {}", one_line(&e.to_string())));
+            let offset = miette::Diagnostic::labels(&e)
+                .and_then(|mut l| l.next())
+                .map(|l| l.offset());
+            let mut d = Diagnostic::error(
+                &file.path,
+                format!("invalid Cedar: {}", one_line(&e.to_string())),
+            );
             d.line = offset.map(|o| line_of(&file.text, o));
             diagnostics.push(d);
             return;
         }
     };
     if set.templates().next().is_some() {
-        diagnostics.push(Diagnostic::error(&file.path, "Cedar templates are not supported in bundles").help("write static policies"));
+        diagnostics.push(
+            Diagnostic::error(&file.path, "Cedar templates are not supported in bundles")
+                .help("write static policies"),
+        );
         return;
     }
     let starts = statement_starts(&file.text);
     let mut policies: Vec<&Policy> = set.policies().collect();
-    policies.sort_by_key(|p| p.id().to_string().trim_start_matches("policy").parse::<usize>().unwrap_or(usize::MAX));
+    policies.sort_by_key(|p| {
+        p.id()
+            .to_string()
+            .trim_start_matches("policy")
+            .parse::<usize>()
+            .unwrap_or(usize::MAX)
+    });
     for (n, policy) in policies.into_iter().enumerate() {
         let line = starts.get(n).map(|o| line_of(&file.text, *o));
-        let rule = policy.annotation("id").map_or_else(|| format!("policy[{n}]"), str::to_owned);
+        let rule = policy
+            .annotation("id")
+            .map_or_else(|| format!("policy[{n}]"), str::to_owned);
         let kinds = match policy.action_constraint() {
             ActionConstraint::Any => vec![],
             ActionConstraint::Eq(uid) => action_kind(&uid).into_iter().collect(),
             ActionConstraint::In(uids) => {
                 let kinds: Vec<ActionKind> = uids.iter().filter_map(action_kind).collect();
                 // An action group Warden does not know about: keep it reachable from every kind.
-                if kinds.len() == uids.len() { kinds } else { vec![] }
+                if kinds.len() == uids.len() {
+                    kinds
+                } else {
+                    vec![]
+                }
             }
         };
         compiled.policies.push(CompiledPolicy {
@@ -578,9 +693,13 @@ fn read_dir(root: &Path, limits: LoadLimits) -> Result<Vec<SourceFile>, LoadErro
     let fail = |path: &Path, message: String| LoadError {
         diagnostics: vec![Diagnostic::error(path.display().to_string(), message)],
     };
-    let meta = fs::metadata(root).map_err(|e| fail(root, format!("cannot read the policy directory: {e}")))?;
+    let meta = fs::metadata(root)
+        .map_err(|e| fail(root, format!("cannot read the policy directory: {e}")))?;
     if !meta.is_dir() {
-        return Err(fail(root, "is not a directory; pass the directory that holds the policies".into()));
+        return Err(fail(
+            root,
+            "is not a directory; pass the directory that holds the policies".into(),
+        ));
     }
     let mut files = Vec::new();
     let mut total = 0u64;
@@ -597,7 +716,10 @@ fn read_dir(root: &Path, limits: LoadLimits) -> Result<Vec<SourceFile>, LoadErro
             let file_type = entry.file_type().map_err(|e| fail(&path, e.to_string()))?;
             if file_type.is_dir() {
                 if depth + 1 > limits.max_dir_depth {
-                    return Err(fail(&path, format!("directories nest deeper than {}", limits.max_dir_depth)));
+                    return Err(fail(
+                        &path,
+                        format!("directories nest deeper than {}", limits.max_dir_depth),
+                    ));
                 }
                 stack.push((path, depth + 1));
                 continue;
@@ -612,24 +734,53 @@ fn read_dir(root: &Path, limits: LoadLimits) -> Result<Vec<SourceFile>, LoadErro
                 continue;
             }
             if files.len() >= limits.max_files {
-                return Err(fail(root, format!("more than {} policy files", limits.max_files)));
+                return Err(fail(
+                    root,
+                    format!("more than {} policy files", limits.max_files),
+                ));
             }
             if meta.len() > limits.max_file_bytes {
-                return Err(fail(&path, format!("is {} bytes; the limit per file is {}", meta.len(), limits.max_file_bytes)));
+                return Err(fail(
+                    &path,
+                    format!(
+                        "is {} bytes; the limit per file is {}",
+                        meta.len(),
+                        limits.max_file_bytes
+                    ),
+                ));
             }
             let mut text = String::new();
             fs::File::open(&path)
                 .and_then(|f| f.take(limits.max_file_bytes + 1).read_to_string(&mut text))
                 .map_err(|e| fail(&path, format!("cannot read as UTF-8 text: {e}")))?;
             if text.len() as u64 > limits.max_file_bytes {
-                return Err(fail(&path, format!("is larger than the limit of {} bytes per file", limits.max_file_bytes)));
+                return Err(fail(
+                    &path,
+                    format!(
+                        "is larger than the limit of {} bytes per file",
+                        limits.max_file_bytes
+                    ),
+                ));
             }
             total += text.len() as u64;
             if total > limits.max_total_bytes {
-                return Err(fail(root, format!("policy files exceed {} bytes in total", limits.max_total_bytes)));
+                return Err(fail(
+                    root,
+                    format!(
+                        "policy files exceed {} bytes in total",
+                        limits.max_total_bytes
+                    ),
+                ));
             }
-            let relative = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
-            files.push(SourceFile { path: relative, text });
+            let relative = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .to_string_lossy()
+                .into_owned();
+            files.push(SourceFile {
+                path: relative,
+                text,
+            });
         }
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));

@@ -9,8 +9,8 @@ use std::sync::LazyLock;
 use regex::Regex;
 
 use warden_model::{
-    A2aMethod, Action, ActionKind, AgentIdentity, Host, HttpMethod, HttpPath, LabelKey, LabelValue, Labels, Name,
-    Protocol, SpiffeId,
+    A2aMethod, Action, ActionKind, AgentIdentity, Host, HttpMethod, HttpPath, LabelKey, LabelValue,
+    Labels, Name, Protocol, SpiffeId,
 };
 
 use crate::diagnostic::Diagnostic;
@@ -166,7 +166,10 @@ struct CompiledSelector {
 fn sample_agent(namespace: Option<&str>, selector: &Selector) -> Option<AgentIdentity> {
     let mut labels = Labels::new();
     for (k, v) in &selector.match_labels {
-        labels.insert(LabelKey::new(k.clone()).ok()?, LabelValue::new(v.clone()).ok()?);
+        labels.insert(
+            LabelKey::new(k.clone()).ok()?,
+            LabelValue::new(v.clone()).ok()?,
+        );
     }
     for e in &selector.match_expressions {
         let value = match e.operator {
@@ -174,7 +177,10 @@ fn sample_agent(namespace: Option<&str>, selector: &Selector) -> Option<AgentIde
             LabelOperator::Exists => "x".into(),
             LabelOperator::NotIn | LabelOperator::DoesNotExist => continue,
         };
-        labels.insert(LabelKey::new(e.key.clone()).ok()?, LabelValue::new(value).ok()?);
+        labels.insert(
+            LabelKey::new(e.key.clone()).ok()?,
+            LabelValue::new(value).ok()?,
+        );
     }
     let id = match selector.spiffe_ids.first() {
         Some(pattern) => {
@@ -231,7 +237,10 @@ fn user_condition(
     if condition.len() > MAX_CONDITION_LEN {
         diagnostics.push(cx.error(
             field,
-            format!("condition is {} bytes; the limit is {MAX_CONDITION_LEN}", condition.len()),
+            format!(
+                "condition is {} bytes; the limit is {MAX_CONDITION_LEN}",
+                condition.len()
+            ),
         ));
         return None;
     }
@@ -239,8 +248,11 @@ fn user_condition(
     // braces or parentheses and escaping the selector it is scoped to.
     if let Err(e) = cedar_policy::Expression::from_str(condition) {
         diagnostics.push(
-            cx.error(field, format!("invalid Cedar condition: {}", one_line(&e.to_string())))
-                .help("write one Cedar expression, e.g. `context.args.namespace != \"prod\"`"),
+            cx.error(
+                field,
+                format!("invalid Cedar condition: {}", one_line(&e.to_string())),
+            )
+            .help("write one Cedar expression, e.g. `context.args.namespace != \"prod\"`"),
         );
         return None;
     }
@@ -284,7 +296,10 @@ pub fn one_line(text: &str) -> String {
 
 fn check_len<T>(cx: &DocContext<'_>, field: &str, list: &[T], out: &mut Vec<Diagnostic>) -> bool {
     if list.len() > MAX_LIST {
-        out.push(cx.error(field, format!("{} entries; at most {MAX_LIST} are allowed", list.len())));
+        out.push(cx.error(
+            field,
+            format!("{} entries; at most {MAX_LIST} are allowed", list.len()),
+        ));
         return false;
     }
     true
@@ -305,10 +320,13 @@ fn compile_selector(
         && selector.match_expressions.is_empty()
         && selector.spiffe_ids.is_empty();
     if selector.all_agents && !empty {
-        out.push(cx.error(
-            "spec.selector.allAgents",
-            "`allAgents: true` cannot be combined with other selectors",
-        ).help("remove `allAgents`, or remove the other selector fields"));
+        out.push(
+            cx.error(
+                "spec.selector.allAgents",
+                "`allAgents: true` cannot be combined with other selectors",
+            )
+            .help("remove `allAgents`, or remove the other selector fields"),
+        );
         return None;
     }
     if empty && !selector.all_agents {
@@ -367,15 +385,25 @@ fn compile_selector(
         let key = cedar_str(&expr.key);
         let values = format!(
             "[{}]",
-            expr.values.iter().map(|v| cedar_str(v)).collect::<Vec<_>>().join(", ")
+            expr.values
+                .iter()
+                .map(|v| cedar_str(v))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         match expr.operator {
             LabelOperator::In | LabelOperator::NotIn if expr.values.is_empty() => {
-                out.push(cx.error(&format!("{field}.values"), "In and NotIn need at least one value"));
+                out.push(cx.error(
+                    &format!("{field}.values"),
+                    "In and NotIn need at least one value",
+                ));
                 ok = false;
             }
             LabelOperator::Exists | LabelOperator::DoesNotExist if !expr.values.is_empty() => {
-                out.push(cx.error(&format!("{field}.values"), "Exists and DoesNotExist take no values"));
+                out.push(cx.error(
+                    &format!("{field}.values"),
+                    "Exists and DoesNotExist take no values",
+                ));
                 ok = false;
             }
             LabelOperator::In => {
@@ -443,7 +471,10 @@ fn compile_selector(
             };
             let (td, path) = rest.split_once('/').unwrap_or((rest, ""));
             if warden_model::TrustDomain::new(td).is_err() {
-                out.push(cx.error(&field, format!("`{td}` is not a valid trust domain (wildcards are not allowed there)")));
+                out.push(cx.error(
+                    &field,
+                    format!("`{td}` is not a valid trust domain (wildcards are not allowed there)"),
+                ));
                 ok = false;
                 continue;
             }
@@ -456,7 +487,10 @@ fn compile_selector(
                 }
             };
             if segments.matches_everything() {
-                out.push(cx.warning(&field, format!("matches every agent of trust domain `{td}`")));
+                out.push(cx.warning(
+                    &field,
+                    format!("matches every agent of trust domain `{td}`"),
+                ));
             }
             let prefix = segments.literal_prefix();
             if let (Some(ns), ["tenant", tenant, ..]) = (namespace, prefix.as_slice())
@@ -564,7 +598,10 @@ fn egress_clauses(
             Ok(p) => {
                 hosts.push(p.example());
                 if p.is_very_broad() {
-                    out.push(cx.warning(&format!("{field}.hosts[{i}]"), format!("`{host}` covers a whole top-level domain")));
+                    out.push(cx.warning(
+                        &format!("{field}.hosts[{i}]"),
+                        format!("`{host}` covers a whole top-level domain"),
+                    ));
                 }
                 let (key, suffix) = p.key();
                 resources.push(if suffix {
@@ -584,7 +621,10 @@ fn egress_clauses(
         match cidr.parse::<ipnet::IpNet>() {
             Ok(net) => {
                 if net.prefix_len() == 0 {
-                    out.push(cx.warning(&format!("{field}.cidrs[{i}]"), format!("`{cidr}` allows every address")));
+                    out.push(cx.warning(
+                        &format!("{field}.cidrs[{i}]"),
+                        format!("`{cidr}` allows every address"),
+                    ));
                 }
                 hosts.push(Host::Ip(net.addr()));
                 destinations.push(Some(format!(
@@ -593,7 +633,10 @@ fn egress_clauses(
                 )));
             }
             Err(_) => {
-                out.push(cx.error(&format!("{field}.cidrs[{i}]"), format!("`{cidr}` is not a CIDR block; write e.g. 10.0.0.0/8 or 2001:db8::/32")));
+                out.push(cx.error(
+                    &format!("{field}.cidrs[{i}]"),
+                    format!("`{cidr}` is not a CIDR block; write e.g. 10.0.0.0/8 or 2001:db8::/32"),
+                ));
                 ok = false;
             }
         }
@@ -668,11 +711,20 @@ fn http_clauses(
     let mut ok = check_len(cx, &format!("{field}.methods"), &rule.methods, out)
         && check_len(cx, &format!("{field}.paths"), &rule.paths, out);
     if rule.methods.is_empty() {
-        out.push(cx.error(&format!("{field}.methods"), "list the HTTP methods this rule covers").help("e.g. `methods: [GET, HEAD]`, or `[\"*\"]` for every method"));
+        out.push(
+            cx.error(
+                &format!("{field}.methods"),
+                "list the HTTP methods this rule covers",
+            )
+            .help("e.g. `methods: [GET, HEAD]`, or `[\"*\"]` for every method"),
+        );
         ok = false;
     }
     if rule.paths.is_empty() {
-        out.push(cx.error(&format!("{field}.paths"), "list the paths this rule covers").help("e.g. `paths: [/v1/items/*]`, or `[/**]` for every path"));
+        out.push(
+            cx.error(&format!("{field}.paths"), "list the paths this rule covers")
+                .help("e.g. `paths: [/v1/items/*]`, or `[/**]` for every path"),
+        );
         ok = false;
     }
     let mut methods = Vec::new();
@@ -698,7 +750,9 @@ fn http_clauses(
             Ok(pattern) => {
                 example_paths.push(format!("/{}", pattern.example().join("/")));
                 everything |= pattern.matches_everything();
-                paths.push(Some(pattern.condition("context.path_depth", "context.segments")));
+                paths.push(Some(
+                    pattern.condition("context.path_depth", "context.segments"),
+                ));
             }
             Err(e) => {
                 out.push(cx.error(&format!("{field}.paths[{i}]"), e));
@@ -710,12 +764,19 @@ fn http_clauses(
         return None;
     }
     if service == NamePattern::Any && everything && methods.contains(&None) {
-        out.push(cx.warning(field, "this rule allows every HTTP request to every service"));
+        out.push(cx.warning(
+            field,
+            "this rule allows every HTTP request to every service",
+        ));
     }
     let mut conditions: Vec<String> = service.condition("resource.name").into_iter().collect();
     conditions.extend(any_of(methods));
     conditions.extend(any_of(paths));
-    let method = rule.methods.iter().find(|m| *m != "*").map_or("GET", String::as_str);
+    let method = rule
+        .methods
+        .iter()
+        .find(|m| *m != "*")
+        .map_or("GET", String::as_str);
     let examples = example_paths
         .iter()
         .filter_map(|p| {
@@ -761,16 +822,31 @@ fn mcp_clauses(
         return None;
     }
     if tools.is_empty() && prompts.is_empty() && rule.resources.is_empty() {
-        out.push(cx.error(field, "this MCP rule names no `tools`, `resources` or `prompts`").help("add e.g. `tools: [list_issues]`, or `tools: [\"*\"]` for every tool of the server"));
+        out.push(
+            cx.error(
+                field,
+                "this MCP rule names no `tools`, `resources` or `prompts`",
+            )
+            .help(
+                "add e.g. `tools: [list_issues]`, or `tools: [\"*\"]` for every tool of the server",
+            ),
+        );
         return None;
     }
     let mut uris = Vec::new();
     for (i, uri) in rule.resources.iter().enumerate() {
         if uri.is_empty() || uri.len() > 2048 || uri.chars().any(char::is_control) {
-            out.push(cx.error(&format!("{field}.resources[{i}]"), "a resource URI pattern has 1–2048 characters and no control characters"));
+            out.push(cx.error(
+                &format!("{field}.resources[{i}]"),
+                "a resource URI pattern has 1–2048 characters and no control characters",
+            ));
             return None;
         }
-        uris.push(if uri == "*" { None } else { Some(format!("resource.uri like {}", cedar_str(uri))) });
+        uris.push(if uri == "*" {
+            None
+        } else {
+            Some(format!("resource.uri like {}", cedar_str(uri)))
+        });
     }
     // Tools or prompts a catalog says the server does not have make a rule that matches nothing.
     if let Some(server_name) = server.exact() {
@@ -794,19 +870,32 @@ fn mcp_clauses(
     let tool_examples: Vec<Action> = tools
         .iter()
         .filter_map(|t| {
-            Some(Action::McpToolsCall { server: server_name.clone()?, tool: example_name(t)?, args: Default::default() })
+            Some(Action::McpToolsCall {
+                server: server_name.clone()?,
+                tool: example_name(t)?,
+                args: Default::default(),
+            })
         })
         .collect();
     let prompt_examples: Vec<Action> = prompts
         .iter()
         .filter_map(|t| {
-            Some(Action::McpPromptsGet { server: server_name.clone()?, prompt: example_name(t)?, args: Default::default() })
+            Some(Action::McpPromptsGet {
+                server: server_name.clone()?,
+                prompt: example_name(t)?,
+                args: Default::default(),
+            })
         })
         .collect();
     let resource_examples: Vec<Action> = rule
         .resources
         .iter()
-        .filter_map(|u| Some(Action::McpResourcesRead { server: server_name.clone()?, uri: u.replace('*', "x") }))
+        .filter_map(|u| {
+            Some(Action::McpResourcesRead {
+                server: server_name.clone()?,
+                uri: u.replace('*', "x"),
+            })
+        })
         .collect();
     let on_server = server.condition("resource.server");
     let with_server = |inner: Option<String>| all_of(on_server.iter().cloned().chain(inner));
@@ -814,7 +903,9 @@ fn mcp_clauses(
     if !tools.is_empty() {
         clauses.push(Clause {
             kinds: vec![ActionKind::McpToolsCall],
-            condition: with_server(any_of(tools.iter().map(|t| t.condition("resource.name")).collect())),
+            condition: with_server(any_of(
+                tools.iter().map(|t| t.condition("resource.name")).collect(),
+            )),
             resources: keys.clone(),
             takes_condition: true,
             examples: tool_examples,
@@ -825,7 +916,10 @@ fn mcp_clauses(
                 condition: all_of(server.condition("resource.name")),
                 resources: keys.clone(),
                 takes_condition: false,
-                examples: server_name.iter().map(|s| Action::McpToolsList { server: s.clone() }).collect(),
+                examples: server_name
+                    .iter()
+                    .map(|s| Action::McpToolsList { server: s.clone() })
+                    .collect(),
             });
         }
     }
@@ -841,7 +935,12 @@ fn mcp_clauses(
     if !prompts.is_empty() {
         clauses.push(Clause {
             kinds: vec![ActionKind::McpPromptsGet],
-            condition: with_server(any_of(prompts.iter().map(|t| t.condition("resource.name")).collect())),
+            condition: with_server(any_of(
+                prompts
+                    .iter()
+                    .map(|t| t.condition("resource.name"))
+                    .collect(),
+            )),
             resources: keys,
             takes_condition: true,
             examples: prompt_examples,
@@ -858,11 +957,20 @@ fn a2a_clauses(
 ) -> Option<Vec<Clause>> {
     let peers = names(cx, &format!("{field}.peers"), &rule.peers, out)?;
     if peers.is_empty() {
-        out.push(cx.error(&format!("{field}.peers"), "list the peer agents this rule covers"));
+        out.push(cx.error(
+            &format!("{field}.peers"),
+            "list the peer agents this rule covers",
+        ));
         return None;
     }
     if rule.methods.is_empty() {
-        out.push(cx.error(&format!("{field}.methods"), "list the A2A methods this rule covers").help("e.g. `methods: [message/send, tasks/get]`, or `[\"*\"]` for every method"));
+        out.push(
+            cx.error(
+                &format!("{field}.methods"),
+                "list the A2A methods this rule covers",
+            )
+            .help("e.g. `methods: [message/send, tasks/get]`, or `[\"*\"]` for every method"),
+        );
         return None;
     }
     let mut kinds = BTreeSet::new();
@@ -889,7 +997,10 @@ fn a2a_clauses(
             A2aMethod::ALL
                 .into_iter()
                 .filter(|m| kinds.contains(&m.kind()))
-                .map(move |method| Action::A2a { peer: peer.clone(), method })
+                .map(move |method| Action::A2a {
+                    peer: peer.clone(),
+                    method,
+                })
         })
         .collect();
     Some(vec![Clause {
@@ -910,12 +1021,20 @@ fn target_clauses(
     catalog: &Catalog,
     out: &mut Vec<Diagnostic>,
 ) -> Option<(Vec<Clause>, Option<String>, String)> {
-    let set = [target.egress.is_some(), target.http.is_some(), target.mcp.is_some(), target.a2a.is_some()]
-        .iter()
-        .filter(|s| **s)
-        .count();
+    let set = [
+        target.egress.is_some(),
+        target.http.is_some(),
+        target.mcp.is_some(),
+        target.a2a.is_some(),
+    ]
+    .iter()
+    .filter(|s| **s)
+    .count();
     if set != 1 {
-        out.push(cx.error(field, "name exactly one of `egress`, `http`, `mcp` or `a2a`"));
+        out.push(cx.error(
+            field,
+            "name exactly one of `egress`, `http`, `mcp` or `a2a`",
+        ));
         return None;
     }
     if let Some(r) = &target.egress {
@@ -928,7 +1047,11 @@ fn target_clauses(
     }
     if let Some(r) = &target.mcp {
         let f = format!("{field}.mcp");
-        return Some((mcp_clauses(cx, &f, r, catalog, false, out)?, r.when.clone(), f));
+        return Some((
+            mcp_clauses(cx, &f, r, catalog, false, out)?,
+            r.when.clone(),
+            f,
+        ));
     }
     let r = target.a2a.as_ref()?;
     let f = format!("{field}.a2a");
@@ -945,7 +1068,10 @@ pub fn compile_policy(
     let out = &mut compiled.diagnostics;
     let errors_before = out.iter().filter(|d| d.is_error()).count();
     let namespace = doc.metadata.namespace.as_deref();
-    for (value, field) in [(Some(doc.metadata.name.as_str()), "metadata.name"), (namespace, "metadata.namespace")] {
+    for (value, field) in [
+        (Some(doc.metadata.name.as_str()), "metadata.name"),
+        (namespace, "metadata.namespace"),
+    ] {
         if let Some(v) = value
             && let Err(e) = LabelValue::new(v).and_then(|_| Name::parse("name", v.to_owned()))
         {
@@ -967,7 +1093,10 @@ pub fn compile_policy(
         (spec.events.len(), "spec.events"),
     ] {
         if len > MAX_RULES {
-            out.push(cx.error(field, format!("{len} rules; at most {MAX_RULES} are allowed per document")));
+            out.push(cx.error(
+                field,
+                format!("{len} rules; at most {MAX_RULES} are allowed per document"),
+            ));
         }
     }
     let Some(selector) = compile_selector(cx, namespace, &spec.selector, out) else {
@@ -990,15 +1119,15 @@ pub fn compile_policy(
         }
     };
     let emit = |compiled: &mut Compiled,
-                    effect: &str,
-                    role: PolicyRole,
-                    clause: &Clause,
-                    user: Option<&str>,
-                    extra: Option<String>,
-                    rule: &str,
-                    blame: &str,
-                    gate: Option<usize>,
-                    approval: Option<usize>| {
+                effect: &str,
+                role: PolicyRole,
+                clause: &Clause,
+                user: Option<&str>,
+                extra: Option<String>,
+                rule: &str,
+                blame: &str,
+                gate: Option<usize>,
+                approval: Option<usize>| {
         // With one action the schema already fixes the principal and resource types, so the
         // scope names only the action: every scope check is paid on each evaluation.
         let single = clause.kinds.len() == 1;
@@ -1019,7 +1148,11 @@ pub fn compile_policy(
             Some(k) if !single => format!("resource is {}", resource_type(*k)),
             _ => "resource".into(),
         };
-        let principal_scope = if clause.kinds.is_empty() || single { "principal" } else { "principal is Agent" };
+        let principal_scope = if clause.kinds.is_empty() || single {
+            "principal"
+        } else {
+            "principal is Agent"
+        };
         let mut text = format!(
             "{effect} ({principal_scope}, {actions}, {resource_scope})\nwhen {{ {} }}\nwhen {{ {} }}",
             selector.condition, clause.condition
@@ -1032,7 +1165,10 @@ pub fn compile_policy(
             text.push_str(&extra);
         }
         text.push(';');
-        compiled.samples.actions.extend(clause.examples.iter().cloned());
+        compiled
+            .samples
+            .actions
+            .extend(clause.examples.iter().cloned());
         compiled.policies.push(CompiledPolicy {
             text,
             role,
@@ -1050,29 +1186,99 @@ pub fn compile_policy(
         .egress
         .iter()
         .enumerate()
-        .map(|(i, r)| (format!("spec.egress[{i}]"), Target { egress: Some(r.clone()), ..Target::default() }))
-        .chain(spec.http.iter().enumerate().map(|(i, r)| (format!("spec.http[{i}]"), Target { http: Some(r.clone()), ..Target::default() })))
-        .chain(spec.mcp.iter().enumerate().map(|(i, r)| (format!("spec.mcp[{i}]"), Target { mcp: Some(r.clone()), ..Target::default() })))
-        .chain(spec.a2a.iter().enumerate().map(|(i, r)| (format!("spec.a2a[{i}]"), Target { a2a: Some(r.clone()), ..Target::default() })));
+        .map(|(i, r)| {
+            (
+                format!("spec.egress[{i}]"),
+                Target {
+                    egress: Some(r.clone()),
+                    ..Target::default()
+                },
+            )
+        })
+        .chain(spec.http.iter().enumerate().map(|(i, r)| {
+            (
+                format!("spec.http[{i}]"),
+                Target {
+                    http: Some(r.clone()),
+                    ..Target::default()
+                },
+            )
+        }))
+        .chain(spec.mcp.iter().enumerate().map(|(i, r)| {
+            (
+                format!("spec.mcp[{i}]"),
+                Target {
+                    mcp: Some(r.clone()),
+                    ..Target::default()
+                },
+            )
+        }))
+        .chain(spec.a2a.iter().enumerate().map(|(i, r)| {
+            (
+                format!("spec.a2a[{i}]"),
+                Target {
+                    a2a: Some(r.clone()),
+                    ..Target::default()
+                },
+            )
+        }));
     for (field, target) in grant_rules {
         let (clauses, when) = if let Some(mcp) = &target.mcp {
-            (mcp_clauses(cx, &field, mcp, catalog, true, &mut compiled.diagnostics), mcp.when.clone())
+            (
+                mcp_clauses(cx, &field, mcp, catalog, true, &mut compiled.diagnostics),
+                mcp.when.clone(),
+            )
         } else if let Some(r) = &target.egress {
-            (egress_clauses(cx, &field, r, &mut compiled.diagnostics), r.when.clone())
+            (
+                egress_clauses(cx, &field, r, &mut compiled.diagnostics),
+                r.when.clone(),
+            )
         } else if let Some(r) = &target.http {
-            (http_clauses(cx, &field, r, &mut compiled.diagnostics), r.when.clone())
+            (
+                http_clauses(cx, &field, r, &mut compiled.diagnostics),
+                r.when.clone(),
+            )
         } else if let Some(r) = &target.a2a {
-            (a2a_clauses(cx, &field, r, &mut compiled.diagnostics), r.when.clone())
+            (
+                a2a_clauses(cx, &field, r, &mut compiled.diagnostics),
+                r.when.clone(),
+            )
         } else {
             (None, None)
         };
         let when_field = format!("{field}.when");
-        let user = when.as_deref().map(|w| user_condition(cx, &when_field, w, false, catalog, &mut compiled.diagnostics));
-        let (Some(clauses), None | Some(Some(_))) = (clauses, &user) else { continue };
+        let user = when.as_deref().map(|w| {
+            user_condition(
+                cx,
+                &when_field,
+                w,
+                false,
+                catalog,
+                &mut compiled.diagnostics,
+            )
+        });
+        let (Some(clauses), None | Some(Some(_))) = (clauses, &user) else {
+            continue;
+        };
         let user = user.flatten();
-        let blame = if when.is_some() { when_field.clone() } else { field.clone() };
+        let blame = if when.is_some() {
+            when_field.clone()
+        } else {
+            field.clone()
+        };
         for clause in &clauses {
-            emit(compiled, "permit", PolicyRole::Grant, clause, user.as_deref(), None, &field, &blame, None, None);
+            emit(
+                compiled,
+                "permit",
+                PolicyRole::Grant,
+                clause,
+                user.as_deref(),
+                None,
+                &field,
+                &blame,
+                None,
+                None,
+            );
         }
     }
 
@@ -1092,20 +1298,40 @@ pub fn compile_policy(
         let required = NonZeroU32::new(a.approvers.required);
         let valid_for = parse_duration_secs(&a.valid_for);
         match (group, required, valid_for) {
-            (Ok(group), Some(required), Ok(valid_for_secs)) if valid_for_secs > 0 && valid_for_secs <= 86_400 => {
-                compiled.requirements.push(Requirement { id: format!("{document}#approval[{i}]"), group, required, valid_for_secs });
-                restricted.push((format!("{field}.match"), a.target.clone(), Kind::Approval(compiled.requirements.len() - 1)));
+            (Ok(group), Some(required), Ok(valid_for_secs))
+                if valid_for_secs > 0 && valid_for_secs <= 86_400 =>
+            {
+                compiled.requirements.push(Requirement {
+                    id: format!("{document}#approval[{i}]"),
+                    group,
+                    required,
+                    valid_for_secs,
+                });
+                restricted.push((
+                    format!("{field}.match"),
+                    a.target.clone(),
+                    Kind::Approval(compiled.requirements.len() - 1),
+                ));
             }
             (group, required, valid_for) => {
                 if let Err(e) = group {
-                    compiled.diagnostics.push(cx.error(&format!("{field}.approvers.group"), e.to_string()));
+                    compiled
+                        .diagnostics
+                        .push(cx.error(&format!("{field}.approvers.group"), e.to_string()));
                 }
                 if required.is_none() {
-                    compiled.diagnostics.push(cx.error(&format!("{field}.approvers.required"), "at least one approval must be required"));
+                    compiled.diagnostics.push(cx.error(
+                        &format!("{field}.approvers.required"),
+                        "at least one approval must be required",
+                    ));
                 }
                 match valid_for {
-                    Err(e) => compiled.diagnostics.push(cx.error(&format!("{field}.validFor"), e)),
-                    Ok(s) if s == 0 || s > 86_400 => compiled.diagnostics.push(cx.error(&format!("{field}.validFor"), "must be between 1s and 24h")),
+                    Err(e) => compiled
+                        .diagnostics
+                        .push(cx.error(&format!("{field}.validFor"), e)),
+                    Ok(s) if s == 0 || s > 86_400 => compiled
+                        .diagnostics
+                        .push(cx.error(&format!("{field}.validFor"), "must be between 1s and 24h")),
                     Ok(_) => {}
                 }
             }
@@ -1115,18 +1341,25 @@ pub fn compile_policy(
         let field = format!("spec.events[{i}]");
         let mut ok = true;
         if let Err(err) = Name::parse("event type", e.after.event_type.clone()) {
-            compiled.diagnostics.push(cx.error(&format!("{field}.after.type"), err.to_string()));
+            compiled
+                .diagnostics
+                .push(cx.error(&format!("{field}.after.type"), err.to_string()));
             ok = false;
         }
         let within = match parse_duration_secs(&e.after.within) {
             Ok(s) if s > 0 && s <= 7 * 86_400 => s,
             Ok(_) => {
-                compiled.diagnostics.push(cx.error(&format!("{field}.after.within"), "must be between 1s and 7d"));
+                compiled.diagnostics.push(cx.error(
+                    &format!("{field}.after.within"),
+                    "must be between 1s and 7d",
+                ));
                 ok = false;
                 0
             }
             Err(err) => {
-                compiled.diagnostics.push(cx.error(&format!("{field}.after.within"), err));
+                compiled
+                    .diagnostics
+                    .push(cx.error(&format!("{field}.after.within"), err));
                 ok = false;
                 0
             }
@@ -1149,34 +1382,93 @@ pub fn compile_policy(
                 within_secs: within,
                 attributes: e.after.attributes.clone(),
             });
-            restricted.push((format!("{field}.match"), e.target.clone(), Kind::Gate(compiled.gates.len() - 1)));
+            restricted.push((
+                format!("{field}.match"),
+                e.target.clone(),
+                Kind::Gate(compiled.gates.len() - 1),
+            ));
         }
     }
     for (field, target, kind) in restricted {
-        let Some((clauses, when, sub_field)) = target_clauses(cx, &field, &target, catalog, &mut compiled.diagnostics) else {
+        let Some((clauses, when, sub_field)) =
+            target_clauses(cx, &field, &target, catalog, &mut compiled.diagnostics)
+        else {
             continue;
         };
         let when_field = format!("{sub_field}.when");
         let user = match when.as_deref() {
-            Some(w) => match user_condition(cx, &when_field, w, true, catalog, &mut compiled.diagnostics) {
-                Some(u) => Some(u),
-                None => continue,
-            },
+            Some(w) => {
+                match user_condition(cx, &when_field, w, true, catalog, &mut compiled.diagnostics) {
+                    Some(u) => Some(u),
+                    None => continue,
+                }
+            }
             None => None,
         };
         let rule = field.trim_end_matches(".match").to_owned();
-        let blame = if when.is_some() { when_field } else { rule.clone() };
+        let blame = if when.is_some() {
+            when_field
+        } else {
+            rule.clone()
+        };
         for clause in &clauses {
             match kind {
-                Kind::Deny => emit(compiled, "forbid", PolicyRole::Grant, clause, user.as_deref(), None, &rule, &blame, None, None),
+                Kind::Deny => emit(
+                    compiled,
+                    "forbid",
+                    PolicyRole::Grant,
+                    clause,
+                    user.as_deref(),
+                    None,
+                    &rule,
+                    &blame,
+                    None,
+                    None,
+                ),
                 Kind::Approval(r) => {
-                    let unless = format!("unless {{ context.approved.contains({}) }}", cedar_str(&compiled.requirements[r].id));
-                    emit(compiled, "permit", PolicyRole::Approval, clause, user.as_deref(), Some(unless), &rule, &blame, None, Some(r));
+                    let unless = format!(
+                        "unless {{ context.approved.contains({}) }}",
+                        cedar_str(&compiled.requirements[r].id)
+                    );
+                    emit(
+                        compiled,
+                        "permit",
+                        PolicyRole::Approval,
+                        clause,
+                        user.as_deref(),
+                        Some(unless),
+                        &rule,
+                        &blame,
+                        None,
+                        Some(r),
+                    );
                 }
                 Kind::Gate(g) => {
                     let gate = cedar_str(&compiled.gates[g].id);
-                    emit(compiled, "permit", PolicyRole::Grant, clause, user.as_deref(), Some(format!("when {{ context.gates.contains({gate}) }}")), &rule, &blame, Some(g), None);
-                    emit(compiled, "forbid", PolicyRole::Grant, clause, user.as_deref(), Some(format!("unless {{ context.gates.contains({gate}) }}")), &rule, &blame, Some(g), None);
+                    emit(
+                        compiled,
+                        "permit",
+                        PolicyRole::Grant,
+                        clause,
+                        user.as_deref(),
+                        Some(format!("when {{ context.gates.contains({gate}) }}")),
+                        &rule,
+                        &blame,
+                        Some(g),
+                        None,
+                    );
+                    emit(
+                        compiled,
+                        "forbid",
+                        PolicyRole::Grant,
+                        clause,
+                        user.as_deref(),
+                        Some(format!("unless {{ context.gates.contains({gate}) }}")),
+                        &rule,
+                        &blame,
+                        Some(g),
+                        None,
+                    );
                 }
             }
         }
@@ -1193,19 +1485,43 @@ pub fn compile_policy(
         };
         if let Some(n) = limits.requests_per_minute {
             let n = i64::try_from(n).unwrap_or(i64::MAX);
-            emit(compiled, "forbid", PolicyRole::Grant, &all_kinds, None,
-                Some(format!("when {{ context.usage.requests_last_minute >= {n} }}")),
-                "spec.limits.requestsPerMinute", "spec.limits.requestsPerMinute", None, None);
+            emit(
+                compiled,
+                "forbid",
+                PolicyRole::Grant,
+                &all_kinds,
+                None,
+                Some(format!(
+                    "when {{ context.usage.requests_last_minute >= {n} }}"
+                )),
+                "spec.limits.requestsPerMinute",
+                "spec.limits.requestsPerMinute",
+                None,
+                None,
+            );
         }
         if let Some(size) = &limits.bytes_per_hour {
             match parse_byte_size(size) {
                 Ok(n) => {
                     let n = i64::try_from(n).unwrap_or(i64::MAX);
-                    emit(compiled, "forbid", PolicyRole::Grant, &all_kinds, None,
-                        Some(format!("when {{ context.usage.bytes_last_hour + context.body_bytes > {n} }}")),
-                        "spec.limits.bytesPerHour", "spec.limits.bytesPerHour", None, None);
+                    emit(
+                        compiled,
+                        "forbid",
+                        PolicyRole::Grant,
+                        &all_kinds,
+                        None,
+                        Some(format!(
+                            "when {{ context.usage.bytes_last_hour + context.body_bytes > {n} }}"
+                        )),
+                        "spec.limits.bytesPerHour",
+                        "spec.limits.bytesPerHour",
+                        None,
+                        None,
+                    );
                 }
-                Err(e) => compiled.diagnostics.push(cx.error("spec.limits.bytesPerHour", e)),
+                Err(e) => compiled
+                    .diagnostics
+                    .push(cx.error("spec.limits.bytesPerHour", e)),
             }
         }
     }

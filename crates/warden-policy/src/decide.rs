@@ -6,8 +6,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use cedar_policy::{
-    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid,
-    Request, Response, RestrictedExpression,
+    Authorizer, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, Response,
+    RestrictedExpression,
 };
 use serde::Serialize;
 use serde_json::Value;
@@ -64,7 +64,8 @@ static AUTHORIZER: LazyLock<Authorizer> = LazyLock::new(Authorizer::new);
 
 fn type_name(name: &str) -> EntityTypeName {
     // The names are fixed identifiers, valid by construction.
-    EntityTypeName::from_str(name).unwrap_or_else(|_| unreachable!("`{name}` is a valid Cedar type name"))
+    EntityTypeName::from_str(name)
+        .unwrap_or_else(|_| unreachable!("`{name}` is a valid Cedar type name"))
 }
 
 static AGENT_TYPE: LazyLock<EntityTypeName> = LazyLock::new(|| type_name("Agent"));
@@ -74,8 +75,12 @@ static ACTIONS: LazyLock<Vec<EntityUid>> = LazyLock::new(|| {
         .map(|k| EntityUid::from_type_name_and_id(type_name("Action"), EntityId::new(k.as_str())))
         .collect()
 });
-static RESOURCE_TYPES: LazyLock<Vec<EntityTypeName>> =
-    LazyLock::new(|| ActionKind::ALL.iter().map(|k| type_name(resource_type(*k))).collect());
+static RESOURCE_TYPES: LazyLock<Vec<EntityTypeName>> = LazyLock::new(|| {
+    ActionKind::ALL
+        .iter()
+        .map(|k| type_name(resource_type(*k)))
+        .collect()
+});
 
 fn kind_index(kind: ActionKind) -> usize {
     ActionKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
@@ -93,7 +98,9 @@ fn record(fields: Vec<(String, RestrictedExpression)>) -> Result<RestrictedExpre
     RestrictedExpression::new_record(fields).map_err(|e| e.to_string())
 }
 
-fn segments_record<'a>(segments: impl Iterator<Item = &'a str>) -> Result<RestrictedExpression, String> {
+fn segments_record<'a>(
+    segments: impl Iterator<Item = &'a str>,
+) -> Result<RestrictedExpression, String> {
     record(
         segments
             .take(MAX_SEGMENTS)
@@ -120,7 +127,9 @@ impl EntityCache {
     const LIMIT: usize = 16_384;
 
     pub(crate) fn new() -> Self {
-        Self { entries: std::sync::RwLock::new(FastMap::default()) }
+        Self {
+            entries: std::sync::RwLock::new(FastMap::default()),
+        }
     }
 
     fn get(&self, agent: &AgentIdentity, action: &Action) -> Result<Arc<RequestEntities>, String> {
@@ -132,8 +141,13 @@ impl EntityCache {
         }
         let (agent_uid, agent_entity) = agent_entity(agent)?;
         let (resource_uid, resource) = resource_entity(action)?;
-        let entities = Entities::from_entities([agent_entity, resource], None).map_err(|e| e.to_string())?;
-        let built = Arc::new(RequestEntities { agent: agent_uid, resource: resource_uid, entities });
+        let entities =
+            Entities::from_entities([agent_entity, resource], None).map_err(|e| e.to_string())?;
+        let built = Arc::new(RequestEntities {
+            agent: agent_uid,
+            resource: resource_uid,
+            entities,
+        });
         if let Ok(mut entries) = self.entries.write() {
             if entries.len() >= Self::LIMIT {
                 entries.clear();
@@ -145,7 +159,10 @@ impl EntityCache {
 }
 
 fn agent_entity(agent: &AgentIdentity) -> Result<(EntityUid, Entity), String> {
-    let uid = EntityUid::from_type_name_and_id(AGENT_TYPE.clone(), EntityId::new(agent.spiffe_id().as_str()));
+    let uid = EntityUid::from_type_name_and_id(
+        AGENT_TYPE.clone(),
+        EntityId::new(agent.spiffe_id().as_str()),
+    );
     let path_depth = agent.spiffe_id().segments().count();
     let mut attrs = vec![
         ("spiffe_id".to_owned(), string(agent.spiffe_id().as_str())),
@@ -154,31 +171,48 @@ fn agent_entity(agent: &AgentIdentity) -> Result<(EntityUid, Entity), String> {
         ("name".to_owned(), string(agent.name().as_str())),
         ("depth".to_owned(), long(agent.depth())),
         ("path_depth".to_owned(), long(path_depth)),
-        ("path".to_owned(), segments_record(agent.spiffe_id().segments())?),
+        (
+            "path".to_owned(),
+            segments_record(agent.spiffe_id().segments())?,
+        ),
     ];
     if let Some(task) = agent.task() {
         attrs.push(("task".to_owned(), string(task.as_str())));
     }
-    let tags = agent.labels().iter().map(|(k, v)| (k.to_string(), string(v.as_str())));
+    let tags = agent
+        .labels()
+        .iter()
+        .map(|(k, v)| (k.to_string(), string(v.as_str())));
     let entity = Entity::new_with_tags(uid.clone(), attrs, [], tags).map_err(|e| e.to_string())?;
     Ok((uid, entity))
 }
 
 fn resource_entity(action: &Action) -> Result<(EntityUid, Entity), String> {
     let (id, attrs): (String, Vec<(&str, RestrictedExpression)>) = match action {
-        Action::Http { service, .. } => (service.to_string(), vec![("name", string(service.as_str()))]),
+        Action::Http { service, .. } => (
+            service.to_string(),
+            vec![("name", string(service.as_str()))],
+        ),
         Action::EgressConnect { host, .. } => (
             host.to_string(),
             vec![
                 ("name", string(&host.to_string())),
                 ("label_count", long(host.label_count())),
-                ("is_ip", RestrictedExpression::new_bool(matches!(host, Host::Ip(_)))),
+                (
+                    "is_ip",
+                    RestrictedExpression::new_bool(matches!(host, Host::Ip(_))),
+                ),
             ],
         ),
-        Action::McpToolsList { server } => (server.to_string(), vec![("name", string(server.as_str()))]),
+        Action::McpToolsList { server } => {
+            (server.to_string(), vec![("name", string(server.as_str()))])
+        }
         Action::McpToolsCall { server, tool, .. } => (
             format!("{server}#{tool}"),
-            vec![("server", string(server.as_str())), ("name", string(tool.as_str()))],
+            vec![
+                ("server", string(server.as_str())),
+                ("name", string(tool.as_str())),
+            ],
         ),
         Action::McpResourcesRead { server, uri } => (
             format!("{server}#{uri}"),
@@ -186,13 +220,23 @@ fn resource_entity(action: &Action) -> Result<(EntityUid, Entity), String> {
         ),
         Action::McpPromptsGet { server, prompt, .. } => (
             format!("{server}#{prompt}"),
-            vec![("server", string(server.as_str())), ("name", string(prompt.as_str()))],
+            vec![
+                ("server", string(server.as_str())),
+                ("name", string(prompt.as_str())),
+            ],
         ),
         Action::A2a { peer, .. } => (peer.to_string(), vec![("name", string(peer.as_str()))]),
     };
-    let uid = EntityUid::from_type_name_and_id(RESOURCE_TYPES[kind_index(action.kind())].clone(), EntityId::new(id));
-    let entity = Entity::new(uid.clone(), attrs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(), std::collections::HashSet::new())
-        .map_err(|e| e.to_string())?;
+    let uid = EntityUid::from_type_name_and_id(
+        RESOURCE_TYPES[kind_index(action.kind())].clone(),
+        EntityId::new(id),
+    );
+    let entity = Entity::new(
+        uid.clone(),
+        attrs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        std::collections::HashSet::new(),
+    )
+    .map_err(|e| e.to_string())?;
     Ok((uid, entity))
 }
 
@@ -223,7 +267,12 @@ fn arg_value(name: &str, ty: ArgType, value: &Value) -> Result<RestrictedExpress
         ArgType::Bool => value.as_bool().map(RestrictedExpression::new_bool),
         ArgType::StringSet => value
             .as_array()
-            .and_then(|items| items.iter().map(|v| v.as_str().map(string)).collect::<Option<Vec<_>>>())
+            .and_then(|items| {
+                items
+                    .iter()
+                    .map(|v| v.as_str().map(string))
+                    .collect::<Option<Vec<_>>>()
+            })
             .map(RestrictedExpression::new_set),
         ArgType::LongSet => value
             .as_array()
@@ -234,7 +283,10 @@ fn arg_value(name: &str, ty: ArgType, value: &Value) -> Result<RestrictedExpress
 }
 
 /// Declared arguments as a Cedar record; undeclared ones are not visible to policy.
-fn args_record(args: &serde_json::Map<String, Value>, declared: &ArgTypes) -> Result<RestrictedExpression, String> {
+fn args_record(
+    args: &serde_json::Map<String, Value>,
+    declared: &ArgTypes,
+) -> Result<RestrictedExpression, String> {
     let mut fields = Vec::new();
     for (name, value) in args {
         if let Some(ty) = declared.get(name) {
@@ -275,7 +327,8 @@ fn gate_satisfied(gate: &Gate, request: &DecisionRequest, now: i64) -> bool {
             && event.time <= now.saturating_add(EVENT_CLOCK_SKEW_SECS)
             && now.saturating_sub(event.time) <= within
             && gate.attributes.iter().all(|(key, source)| {
-                gate_value(source, request).is_some_and(|want| event.attributes.get(key) == Some(&want))
+                gate_value(source, request)
+                    .is_some_and(|want| event.attributes.get(key) == Some(&want))
             })
     })
 }
@@ -291,42 +344,84 @@ fn context_for(
 ) -> Result<Context, String> {
     let ctx = &request.context;
     let score = |kind| {
-        ctx.findings.iter().filter(|f| f.kind == kind).map(|f| i64::from(f.score)).max().unwrap_or(0)
+        ctx.findings
+            .iter()
+            .filter(|f| f.kind == kind)
+            .map(|f| i64::from(f.score))
+            .max()
+            .unwrap_or(0)
     };
     let count = |kind| long(ctx.findings.iter().filter(|f| f.kind == kind).count());
     let mut fields: Vec<(String, RestrictedExpression)> = Vec::new();
-    let mut add = |name: &str, value: &dyn Fn() -> Result<RestrictedExpression, String>| -> Result<(), String> {
+    let mut add = |name: &str,
+                   value: &dyn Fn() -> Result<RestrictedExpression, String>|
+     -> Result<(), String> {
         if reads.reads(name) {
             fields.push((name.to_owned(), value()?));
         }
         Ok(())
     };
-    add("findings", &|| record(vec![
-        ("injection_score".into(), RestrictedExpression::new_long(score(FindingKind::Injection))),
-        ("secret_count".into(), count(FindingKind::Secret)),
-        ("sensitive_count".into(), count(FindingKind::SensitiveData)),
-        ("tool_drift".into(), RestrictedExpression::new_bool(ctx.findings.iter().any(|f| f.kind == FindingKind::ToolDrift))),
-        ("rules".into(), RestrictedExpression::new_set(ctx.findings.iter().map(|f| string(&f.rule)))),
-    ]))?;
+    add("findings", &|| {
+        record(vec![
+            (
+                "injection_score".into(),
+                RestrictedExpression::new_long(score(FindingKind::Injection)),
+            ),
+            ("secret_count".into(), count(FindingKind::Secret)),
+            ("sensitive_count".into(), count(FindingKind::SensitiveData)),
+            (
+                "tool_drift".into(),
+                RestrictedExpression::new_bool(
+                    ctx.findings
+                        .iter()
+                        .any(|f| f.kind == FindingKind::ToolDrift),
+                ),
+            ),
+            (
+                "rules".into(),
+                RestrictedExpression::new_set(ctx.findings.iter().map(|f| string(&f.rule))),
+            ),
+        ])
+    })?;
     add("usage", &|| {
         record(vec![
-            ("requests_last_minute".into(), long(ctx.usage.requests_last_minute)),
+            (
+                "requests_last_minute".into(),
+                long(ctx.usage.requests_last_minute),
+            ),
             ("bytes_last_hour".into(), long(ctx.usage.bytes_last_hour)),
         ])
     })?;
     add("time", &|| Ok(RestrictedExpression::new_long(now)))?;
-    add("intent", &|| Ok(string(ctx.intent.as_deref().unwrap_or(""))))?;
+    add("intent", &|| {
+        Ok(string(ctx.intent.as_deref().unwrap_or("")))
+    })?;
     add("body_bytes", &|| Ok(long(ctx.body_bytes)))?;
-    add("approved", &|| Ok(RestrictedExpression::new_set(ctx.approved.iter().map(|a| string(a)))))?;
-    add("gates", &|| Ok(RestrictedExpression::new_set(gates.iter().map(|g| string(g)))))?;
+    add("approved", &|| {
+        Ok(RestrictedExpression::new_set(
+            ctx.approved.iter().map(|a| string(a)),
+        ))
+    })?;
+    add("gates", &|| {
+        Ok(RestrictedExpression::new_set(
+            gates.iter().map(|g| string(g)),
+        ))
+    })?;
     match &request.action {
         Action::Http { method, path, .. } => {
             add("method", &|| Ok(string(method.as_str())))?;
             add("path", &|| Ok(string(path.as_str())))?;
             add("path_depth", &|| Ok(long(path.depth())))?;
-            add("segments", &|| segments_record(path.as_str().split('/').skip(1).filter(|s| !s.is_empty())))?;
+            add("segments", &|| {
+                segments_record(path.as_str().split('/').skip(1).filter(|s| !s.is_empty()))
+            })?;
         }
-        Action::EgressConnect { host, port, protocol, ip } => {
+        Action::EgressConnect {
+            host,
+            port,
+            protocol,
+            ip,
+        } => {
             add("port", &|| Ok(long(*port)))?;
             add("protocol", &|| Ok(string(protocol.as_str())))?;
             let address = ip.or(match host {
@@ -419,16 +514,27 @@ impl Bundle {
         let mut absorb = |response: Response, forbid: Option<bool>| {
             verdict.errors.extend(self.errors(&response));
             for id in response.diagnostics().reason() {
-                let Some(n) = policy_number(&id.to_string()) else { continue };
-                let is_forbid = forbid.unwrap_or(response.decision() == cedar_policy::Decision::Deny);
-                if is_forbid { &mut verdict.forbids } else { &mut verdict.permits }.push(n);
+                let Some(n) = policy_number(id.as_ref()) else {
+                    continue;
+                };
+                let is_forbid =
+                    forbid.unwrap_or(response.decision() == cedar_policy::Decision::Deny);
+                if is_forbid {
+                    &mut verdict.forbids
+                } else {
+                    &mut verdict.permits
+                }
+                .push(n);
             }
         };
         match slicing {
             Slicing::Off => absorb(AUTHORIZER.is_authorized(request, set.all(), entities), None),
             Slicing::On => {
                 for c in candidates {
-                    absorb(AUTHORIZER.is_authorized(request, set.single(*c), entities), Some(set.is_forbid(*c)));
+                    absorb(
+                        AUTHORIZER.is_authorized(request, set.single(*c), entities),
+                        Some(set.is_forbid(*c)),
+                    );
                 }
             }
         }
@@ -438,7 +544,11 @@ impl Bundle {
     }
 
     fn refs_of(&self, numbers: &[usize]) -> Vec<PolicyRef> {
-        numbers.iter().filter_map(|n| self.policies.get(*n)).map(|p| p.reference.clone()).collect()
+        numbers
+            .iter()
+            .filter_map(|n| self.policies.get(*n))
+            .map(|p| p.reference.clone())
+            .collect()
     }
 
     fn errors(&self, response: &Response) -> Vec<String> {
@@ -448,7 +558,11 @@ impl Bundle {
             .map(|e| {
                 let cedar_policy::AuthorizationError::PolicyEvaluationError(inner) = e;
                 match self.info(inner.policy_id()) {
-                    Some(info) => format!("{}: {}", info.reference, crate::compile::one_line(&e.to_string())),
+                    Some(info) => format!(
+                        "{}: {}",
+                        info.reference,
+                        crate::compile::one_line(&e.to_string())
+                    ),
                     None => crate::compile::one_line(&e.to_string()),
                 }
             })
@@ -469,7 +583,10 @@ impl Bundle {
         explanation.sources = named
             .into_iter()
             .filter_map(|r| self.policies.get(policy_number(&r.id)?))
-            .map(|p| PolicySource { policy: p.reference.clone(), cedar: p.text.clone() })
+            .map(|p| PolicySource {
+                policy: p.reference.clone(),
+                cedar: p.text.clone(),
+            })
             .collect();
         explanation
     }
@@ -500,12 +617,20 @@ impl Bundle {
         explanation
     }
 
-    fn evaluate(&self, request: &DecisionRequest, slicing: Slicing, out: &mut Explanation) -> Result<(), Vec<String>> {
+    fn evaluate(
+        &self,
+        request: &DecisionRequest,
+        slicing: Slicing,
+        out: &mut Explanation,
+    ) -> Result<(), Vec<String>> {
         let one = |e: String| vec![e];
         let now = request.context.time.unwrap_or_else(now_unix);
         let kind = request.action.kind();
         let keys = RequestKeys::new(&request.agent, kind, &request.action.resource());
-        let entities = self.entities.get(&request.agent, &request.action).map_err(one)?;
+        let entities = self
+            .entities
+            .get(&request.agent, &request.action)
+            .map_err(one)?;
         let action = ACTIONS[kind_index(kind)].clone();
 
         let grant_candidates = self.candidates(&self.grants, &keys, slicing);
@@ -528,14 +653,32 @@ impl Bundle {
             Slicing::On => grant_candidates
                 .iter()
                 .map(|c| self.grant_ids[*c as usize])
-                .chain(approval_candidates.iter().map(|c| self.approval_ids[*c as usize]))
-                .fold(ContextUse::default(), |acc, n| acc.union(self.policies[n as usize].context)),
+                .chain(
+                    approval_candidates
+                        .iter()
+                        .map(|c| self.approval_ids[*c as usize]),
+                )
+                .fold(ContextUse::default(), |acc, n| {
+                    acc.union(self.policies[n as usize].context)
+                }),
         };
         let context = context_for(request, self, now, &satisfied, reads).map_err(one)?;
-        let cedar_request = Request::new(entities.agent.clone(), action, entities.resource.clone(), context, None)
-            .map_err(|e| one(e.to_string()))?;
+        let cedar_request = Request::new(
+            entities.agent.clone(),
+            action,
+            entities.resource.clone(),
+            context,
+            None,
+        )
+        .map_err(|e| one(e.to_string()))?;
 
-        let granted = self.judge(&self.grants, &grant_candidates, slicing, &cedar_request, &entities.entities);
+        let granted = self.judge(
+            &self.grants,
+            &grant_candidates,
+            slicing,
+            &cedar_request,
+            &entities.entities,
+        );
         out.evaluated = grant_candidates.len();
         if !granted.errors.is_empty() {
             return Err(granted.errors);
@@ -556,7 +699,13 @@ impl Bundle {
             out.decision.deciding = deciding;
             return Ok(());
         }
-        let pending = self.judge(&self.approvals, &approval_candidates, slicing, &cedar_request, &entities.entities);
+        let pending = self.judge(
+            &self.approvals,
+            &approval_candidates,
+            slicing,
+            &cedar_request,
+            &entities.entities,
+        );
         out.evaluated += approval_candidates.len();
         if !pending.errors.is_empty() {
             return Err(pending.errors);
@@ -576,7 +725,10 @@ impl Bundle {
             .collect();
         out.approvals = self.refs_of(&pending.permits);
         out.decision.outcome = Outcome::NeedsApproval { requirements };
-        out.decision.deciding = deciding.into_iter().chain(out.approvals.iter().cloned()).collect();
+        out.decision.deciding = deciding
+            .into_iter()
+            .chain(out.approvals.iter().cloned())
+            .collect();
         Ok(())
     }
 }

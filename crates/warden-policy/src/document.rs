@@ -210,7 +210,10 @@ impl TryFrom<AttributeSourceWire> for AttributeSource {
             (Some(a), None, None) => Ok(Self::Arg(a)),
             (None, Some(v), None) => Ok(Self::Value(v)),
             (None, None, Some(p)) => Ok(Self::Agent(p)),
-            _ => Err("write exactly one of `arg: NAME`, `value: TEXT` or `agent: name|tenant|spiffeId`".into()),
+            _ => Err(
+                "write exactly one of `arg: NAME`, `value: TEXT` or `agent: name|tenant|spiffeId`"
+                    .into(),
+            ),
         }
     }
 }
@@ -394,7 +397,9 @@ pub fn parse_byte_size(size: &ByteSize) -> Result<u64, String> {
         ByteSize::Bytes(n) => return Ok(*n),
         ByteSize::Text(t) => t.as_str(),
     };
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let bad = || format!("`{text}` is not a size; write e.g. `5000`, `64Ki`, `100Mi` or `1G`");
     let n: u64 = digits.parse().map_err(|_| bad())?;
@@ -428,7 +433,10 @@ mod tests {
 
     #[test]
     fn sizes() {
-        assert_eq!(parse_byte_size(&ByteSize::Text("100Mi".into())), Ok(100 << 20));
+        assert_eq!(
+            parse_byte_size(&ByteSize::Text("100Mi".into())),
+            Ok(100 << 20)
+        );
         assert_eq!(parse_byte_size(&ByteSize::Bytes(7)), Ok(7));
         assert!(parse_byte_size(&ByteSize::Text("1Q".into())).is_err());
         assert!(parse_byte_size(&ByteSize::Text("99999999999T".into())).is_err());

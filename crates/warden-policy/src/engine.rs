@@ -18,7 +18,10 @@ use crate::diagnostic::LoadError;
 pub enum ReloadOutcome {
     /// The sources hash the same: nothing swapped.
     Unchanged(BundleHash),
-    Swapped { old: BundleHash, new: BundleHash },
+    Swapped {
+        old: BundleHash,
+        new: BundleHash,
+    },
 }
 
 /// Holds the current bundle of a policy directory.
@@ -78,11 +81,12 @@ impl Engine {
         report: impl Fn(Result<ReloadOutcome, LoadError>) + Send + 'static,
     ) -> Result<WatchGuard, notify::Error> {
         let (tx, rx) = mpsc::channel::<()>();
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok_and(|e| !e.kind.is_access()) {
-                let _ = tx.send(());
-            }
-        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.send(());
+                }
+            })?;
         watcher.watch(&self.dir, RecursiveMode::Recursive)?;
         let engine = Arc::clone(self);
         thread::Builder::new()

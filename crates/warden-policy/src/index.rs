@@ -38,7 +38,10 @@ fn kind_bit(kind: ActionKind) -> u16 {
 
 impl RequestKeys {
     pub fn new(agent: &AgentIdentity, kind: ActionKind, resource: &Resource) -> Self {
-        let mut principals = vec![PrincipalKey::Any, PrincipalKey::Tenant(agent.tenant().to_string())];
+        let mut principals = vec![
+            PrincipalKey::Any,
+            PrincipalKey::Tenant(agent.tenant().to_string()),
+        ];
         let segments: Vec<&str> = agent.spiffe_id().segments().take(4).collect();
         if let [_, tenant, _, name] = segments.as_slice() {
             principals.push(PrincipalKey::Agent(
@@ -79,6 +82,15 @@ impl RequestKeys {
     }
 }
 
+/// A policy with the keys it is filed under: `kinds` empty means every kind, `resources` empty
+/// means any resource.
+pub struct Indexed {
+    pub policy: Policy,
+    pub principals: Vec<PrincipalKey>,
+    pub kinds: Vec<ActionKind>,
+    pub resources: Vec<ResourceKey>,
+}
+
 /// A set of Cedar policies with its slicing index.
 ///
 /// Sliced evaluation runs each candidate on its own (a one-policy set built at load) and combines
@@ -94,18 +106,28 @@ pub struct SlicedSet {
 }
 
 impl SlicedSet {
-    /// Builds the index. `policies[i]` is filed under the given keys; `kinds` empty means every
-    /// kind, `resources` empty means any resource.
-    pub fn new(
-        policies: Vec<(Policy, Vec<PrincipalKey>, Vec<ActionKind>, Vec<ResourceKey>)>,
-    ) -> Result<Self, cedar_policy::PolicySetError> {
+    /// Builds the index over `policies`, in order. Fails only if two policies share an id.
+    pub fn new(policies: Vec<Indexed>) -> Result<Self, String> {
         let mut by_principal: FastMap<PrincipalKey, Vec<u32>> = FastMap::default();
         let mut by_resource: FastMap<(ActionKind, ResourceKey), Vec<u32>> = FastMap::default();
         let mut entries = Vec::with_capacity(policies.len());
         let mut cedar = Vec::with_capacity(policies.len());
-        for (i, (policy, principals, kinds, resources)) in policies.into_iter().enumerate() {
+        for (
+            i,
+            Indexed {
+                policy,
+                principals,
+                kinds,
+                resources,
+            },
+        ) in policies.into_iter().enumerate()
+        {
             let i = u32::try_from(i).unwrap_or(u32::MAX);
-            let kinds: Vec<ActionKind> = if kinds.is_empty() { ActionKind::ALL.to_vec() } else { kinds };
+            let kinds: Vec<ActionKind> = if kinds.is_empty() {
+                ActionKind::ALL.to_vec()
+            } else {
+                kinds
+            };
             for key in &principals {
                 push_unique(by_principal.entry(key.clone()).or_default(), i);
             }
@@ -124,11 +146,14 @@ impl SlicedSet {
             });
             cedar.push(policy);
         }
-        let all = PolicySet::from_policies(cedar.iter().cloned())?;
-        let forbids = cedar.iter().map(|p| p.effect() == cedar_policy::Effect::Forbid).collect();
+        let all = PolicySet::from_policies(cedar.iter().cloned()).map_err(|e| e.to_string())?;
+        let forbids = cedar
+            .iter()
+            .map(|p| p.effect() == cedar_policy::Effect::Forbid)
+            .collect();
         let singles = cedar
             .into_iter()
-            .map(|p| PolicySet::from_policies([p]))
+            .map(|p| PolicySet::from_policies([p]).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?;
         Ok(Self {
             singles,
@@ -169,7 +194,11 @@ impl SlicedSet {
         let resource_lists: Vec<&Vec<u32>> = keys
             .resources
             .iter()
-            .map(|k| self.by_resource.get(&(keys.kind, k.clone())).unwrap_or(&empty))
+            .map(|k| {
+                self.by_resource
+                    .get(&(keys.kind, k.clone()))
+                    .unwrap_or(&empty)
+            })
             .collect();
         let principal_total: usize = principal_lists.iter().map(|l| l.len()).sum();
         let resource_total: usize = resource_lists.iter().map(|l| l.len()).sum();
@@ -182,7 +211,8 @@ impl SlicedSet {
                 .filter(|i| {
                     let e = &self.entries[*i as usize];
                     e.kinds & bit != 0
-                        && (e.resources.is_empty() || e.resources.iter().any(|r| keys.resources.contains(r)))
+                        && (e.resources.is_empty()
+                            || e.resources.iter().any(|r| keys.resources.contains(r)))
                 })
                 .collect()
         } else {

@@ -13,8 +13,15 @@ pub struct Locator {
 }
 
 enum Frame {
-    Mapping { path: String, key: Option<String>, keys_seen: usize },
-    Sequence { path: String, index: usize },
+    Mapping {
+        path: String,
+        key: Option<String>,
+        keys_seen: usize,
+    },
+    Sequence {
+        path: String,
+        index: usize,
+    },
 }
 
 impl Locator {
@@ -49,7 +56,12 @@ impl Locator {
                 }
                 Event::DocumentEnd => documents.push(std::mem::take(&mut current)),
                 Event::Scalar(value, ..) => {
-                    if let Some(Frame::Mapping { key: key @ None, path, keys_seen }) = stack.last_mut() {
+                    if let Some(Frame::Mapping {
+                        key: key @ None,
+                        path,
+                        keys_seen,
+                    }) = stack.last_mut()
+                    {
                         // The parser marks a block mapping where its first value starts; the
                         // first key is where a reader sees the mapping begin.
                         if *keys_seen == 0 {
@@ -70,7 +82,11 @@ impl Locator {
                 Event::MappingStart(..) => {
                     let path = Self::child_path(&mut stack);
                     current.entry(path.clone()).or_insert(position);
-                    stack.push(Frame::Mapping { path, key: None, keys_seen: 0 });
+                    stack.push(Frame::Mapping {
+                        path,
+                        key: None,
+                        keys_seen: 0,
+                    });
                 }
                 Event::SequenceStart(..) => {
                     let path = Self::child_path(&mut stack);
@@ -131,7 +147,8 @@ mod tests {
 
     #[test]
     fn locates_nested_fields_across_documents() {
-        let text = "a: 1\nspec:\n  mcp:\n    - server: x\n      when: y\n---\nb:\n  - 1\n  - c: 2\n";
+        let text =
+            "a: 1\nspec:\n  mcp:\n    - server: x\n      when: y\n---\nb:\n  - 1\n  - c: 2\n";
         let loc = Locator::new(text).unwrap();
         assert_eq!(loc.find(0, "spec.mcp[0].when"), Some((5, 7)));
         assert_eq!(loc.find(0, "spec.mcp[0].server"), Some((4, 7)));

@@ -164,11 +164,16 @@ impl HostPattern {
             );
         }
         if rest.contains('*') {
-            return Err("`*` is allowed only as the whole first label: `*.example.com` or `**.example.com`".into());
+            return Err(
+                "`*` is allowed only as the whole first label: `*.example.com` or `**.example.com`"
+                    .into(),
+            );
         }
         match Host::new(rest) {
             Ok(Host::Dns(name)) => Ok(ctor(name)),
-            Ok(Host::Ip(_)) => Err("an IP address is not a host name; put it under `cidrs` (e.g. 10.1.2.3/32)".into()),
+            Ok(Host::Ip(_)) => Err(
+                "an IP address is not a host name; put it under `cidrs` (e.g. 10.1.2.3/32)".into(),
+            ),
             Err(e) => Err(e.to_string()),
         }
     }
@@ -235,7 +240,11 @@ impl SegmentPattern {
     pub fn parse(text: &str, allowed: fn(char) -> bool) -> Result<Self, String> {
         let mut segments = Vec::new();
         let mut open_ended = false;
-        let parts: Vec<&str> = if text.is_empty() { vec![] } else { text.split('/').collect() };
+        let parts: Vec<&str> = if text.is_empty() {
+            vec![]
+        } else {
+            text.split('/').collect()
+        };
         for (i, part) in parts.iter().enumerate() {
             if *part == "**" {
                 if i + 1 != parts.len() {
@@ -262,7 +271,9 @@ impl SegmentPattern {
             }
         }
         if segments.len() > MAX_SEGMENTS {
-            return Err(format!("patterns can address at most {MAX_SEGMENTS} segments"));
+            return Err(format!(
+                "patterns can address at most {MAX_SEGMENTS} segments"
+            ));
         }
         Ok(Self {
             segments,
@@ -350,7 +361,9 @@ impl PortRange {
             }
         };
         if low == 0 || low > high {
-            return Err(format!("`{text}`: ports run from 1 to 65535 and a range must be low-high"));
+            return Err(format!(
+                "`{text}`: ports run from 1 to 65535 and a range must be low-high"
+            ));
         }
         Ok(Self { low, high })
     }
@@ -359,7 +372,10 @@ impl PortRange {
         if self.low == self.high {
             format!("context.port == {}", self.low)
         } else {
-            format!("(context.port >= {} && context.port <= {})", self.low, self.high)
+            format!(
+                "(context.port >= {} && context.port <= {})",
+                self.low, self.high
+            )
         }
     }
 }
@@ -400,10 +416,17 @@ mod tests {
         );
         assert_eq!(p.example(), ["repos", "x", "issues"]);
         let q = SegmentPattern::parse("files/*.pdf", path_char).unwrap();
-        assert_eq!(q.condition("d", "s"), "d == 2 && s has s0 && s.s0 == \"files\" && s has s1 && s.s1 like \"*.pdf\"");
+        assert_eq!(
+            q.condition("d", "s"),
+            "d == 2 && s has s0 && s.s0 == \"files\" && s has s1 && s.s1 like \"*.pdf\""
+        );
         assert!(SegmentPattern::parse("a/**/b", path_char).is_err());
         assert!(SegmentPattern::parse("a//b", path_char).is_err());
-        assert!(SegmentPattern::parse("**", path_char).unwrap().matches_everything());
+        assert!(
+            SegmentPattern::parse("**", path_char)
+                .unwrap()
+                .matches_everything()
+        );
     }
 
     #[test]
@@ -413,7 +436,10 @@ mod tests {
 
     #[test]
     fn ports() {
-        assert_eq!(PortRange::parse_range("80-90").unwrap(), PortRange { low: 80, high: 90 });
+        assert_eq!(
+            PortRange::parse_range("80-90").unwrap(),
+            PortRange { low: 80, high: 90 }
+        );
         for bad in ["0", "90-80", "x", "70000", "1-2-3"] {
             assert!(PortRange::parse_range(bad).is_err(), "{bad}");
         }

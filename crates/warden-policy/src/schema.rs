@@ -125,7 +125,9 @@ entity Peer {{ name: String }};
                   approved: Set<String>, gates: Set<String>";
     for kind in ActionKind::ALL {
         let extra = match kind {
-            ActionKind::Http => ", method: String, path: String, path_depth: Long, segments: Segments",
+            ActionKind::Http => {
+                ", method: String, path: String, path_depth: Long, segments: Segments"
+            }
             ActionKind::EgressConnect => ", port: Long, protocol: String, ip?: __cedar::ipaddr",
             ActionKind::McpToolsCall => ", args: Args",
             ActionKind::McpPromptsGet => ", args: PromptArgs",
@@ -143,8 +145,21 @@ entity Peer {{ name: String }};
 
 /// Context attributes, as bits, so a request can build only what its candidate policies read.
 pub const CONTEXT_ATTRIBUTES: [&str; 15] = [
-    "time", "intent", "findings", "usage", "body_bytes", "approved", "gates", "method", "path",
-    "path_depth", "segments", "port", "protocol", "ip", "args",
+    "time",
+    "intent",
+    "findings",
+    "usage",
+    "body_bytes",
+    "approved",
+    "gates",
+    "method",
+    "path",
+    "path_depth",
+    "segments",
+    "port",
+    "protocol",
+    "ip",
+    "args",
 ];
 
 /// Which context attributes a policy can read.
@@ -168,7 +183,8 @@ impl ContextUse {
             let end = start + "context".len();
             from = end;
             let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
-            if (start > 0 && ident(bytes[start - 1])) || bytes.get(end).copied().is_some_and(ident) {
+            if (start > 0 && ident(bytes[start - 1])) || bytes.get(end).copied().is_some_and(ident)
+            {
                 continue;
             }
             let rest = code[end..].trim_start();
@@ -236,10 +252,15 @@ mod tests {
 
     #[test]
     fn context_use_reads_dotted_and_has_forms() {
-        let u = ContextUse::of_policy("permit(principal,action,resource) when { context.port == 1 && context has ip && \"context.args\" == \"x\" };");
+        let u = ContextUse::of_policy(
+            "permit(principal,action,resource) when { context.port == 1 && context has ip && \"context.args\" == \"x\" };",
+        );
         assert!(u.reads("port") && u.reads("ip"));
         assert!(!u.reads("args") && !u.reads("findings"));
-        assert_eq!(ContextUse::of_policy("permit(principal,action,resource);"), ContextUse::default());
+        assert_eq!(
+            ContextUse::of_policy("permit(principal,action,resource);"),
+            ContextUse::default()
+        );
     }
 
     #[test]
@@ -254,6 +275,9 @@ mod tests {
             assert_eq!(ContextUse::of_policy(text), ContextUse::ALL, "{text}");
         }
         // Identifiers that merely contain the word are not uses.
-        assert_eq!(ContextUse::of_policy("when { principal.mycontext == 1 }"), ContextUse::default());
+        assert_eq!(
+            ContextUse::of_policy("when { principal.mycontext == 1 }"),
+            ContextUse::default()
+        );
     }
 }

@@ -60,11 +60,21 @@ pub fn synthetic(policies: usize, requests: usize, seed: u64) -> Synthetic {
             i % 7
         );
         let action = match n % 8 {
-            0 => format!(r#"{{"kind":"mcp.tools/call","server":"srv-{server}","tool":"tool-{a}","args":{{"q":"x"}}}}"#),
-            1 => format!(r#"{{"kind":"mcp.tools/call","server":"srv-{server}","tool":"tool-{b}"}}"#),
-            2 => format!(r#"{{"kind":"http","service":"svc-{service}","method":"GET","path":"/v1/items/{n}"}}"#),
-            3 => format!(r#"{{"kind":"egress.connect","host":"api-{host}.example.com","port":443}}"#),
-            4 => format!(r#"{{"kind":"egress.connect","host":"img.cdn-{host}.example.net","port":443}}"#),
+            0 => format!(
+                r#"{{"kind":"mcp.tools/call","server":"srv-{server}","tool":"tool-{a}","args":{{"q":"x"}}}}"#
+            ),
+            1 => {
+                format!(r#"{{"kind":"mcp.tools/call","server":"srv-{server}","tool":"tool-{b}"}}"#)
+            }
+            2 => format!(
+                r#"{{"kind":"http","service":"svc-{service}","method":"GET","path":"/v1/items/{n}"}}"#
+            ),
+            3 => {
+                format!(r#"{{"kind":"egress.connect","host":"api-{host}.example.com","port":443}}"#)
+            }
+            4 => format!(
+                r#"{{"kind":"egress.connect","host":"img.cdn-{host}.example.net","port":443}}"#
+            ),
             5 => format!(r#"{{"kind":"mcp.tools/list","server":"srv-{server}"}}"#),
             6 => format!(r#"{{"kind":"mcp.tools/call","server":"srv-{server}","tool":"tool-99"}}"#),
             _ => r#"{"kind":"egress.connect","host":"evil.example.org","port":443}"#.to_owned(),

@@ -27,7 +27,10 @@ fn outcome_matches(expected: ExpectedOutcome, outcome: &Outcome) -> bool {
         (expected, outcome),
         (ExpectedOutcome::Allow, Outcome::Allow)
             | (ExpectedOutcome::Deny, Outcome::Deny { .. })
-            | (ExpectedOutcome::NeedsApproval, Outcome::NeedsApproval { .. })
+            | (
+                ExpectedOutcome::NeedsApproval,
+                Outcome::NeedsApproval { .. }
+            )
     )
 }
 
@@ -41,7 +44,11 @@ pub fn run_case(bundle: &Bundle, case: &TestCase) -> TestResult {
     let decision = bundle.decide(&case.spec.request);
     let mut failures = Vec::new();
     if !outcome_matches(case.spec.expect, &decision.outcome) {
-        let mut why = format!("expected {}, got {}", case.spec.expect.label(), decision.outcome.label());
+        let mut why = format!(
+            "expected {}, got {}",
+            case.spec.expect.label(),
+            decision.outcome.label()
+        );
         if let Outcome::Deny { errors, .. } = &decision.outcome
             && !errors.is_empty()
         {
@@ -61,7 +68,11 @@ pub fn run_case(bundle: &Bundle, case: &TestCase) -> TestResult {
         want.sort();
         want.dedup();
         if got != want {
-            failures.push(format!("expected deciding policies [{}], got [{}]", want.join(", "), got.join(", ")));
+            failures.push(format!(
+                "expected deciding policies [{}], got [{}]",
+                want.join(", "),
+                got.join(", ")
+            ));
         }
     }
     TestResult {
@@ -77,7 +88,11 @@ pub fn run_case(bundle: &Bundle, case: &TestCase) -> TestResult {
 
 /// Runs every test case of the bundle.
 pub fn run_tests(bundle: &Bundle) -> Vec<TestResult> {
-    bundle.tests().iter().map(|case| run_case(bundle, case)).collect()
+    bundle
+        .tests()
+        .iter()
+        .map(|case| run_case(bundle, case))
+        .collect()
 }
 
 /// One request whose outcome differs between two bundles.
@@ -112,9 +127,10 @@ pub fn diff(old: &Bundle, new: &Bundle, requests: &[(String, DecisionRequest)]) 
 
 fn same_requirements(a: &Outcome, b: &Outcome) -> bool {
     match (a, b) {
-        (Outcome::NeedsApproval { requirements: x }, Outcome::NeedsApproval { requirements: y }) => {
-            x.iter().map(|r| &r.id).eq(y.iter().map(|r| &r.id))
-        }
+        (
+            Outcome::NeedsApproval { requirements: x },
+            Outcome::NeedsApproval { requirements: y },
+        ) => x.iter().map(|r| &r.id).eq(y.iter().map(|r| &r.id)),
         _ => true,
     }
 }
@@ -127,11 +143,24 @@ pub fn diff_requests(old: &Bundle, new: &Bundle, limit: usize) -> Vec<(String, D
     for case in old.tests().iter().chain(new.tests()) {
         let key = serde_json::to_string(&case.spec.request).unwrap_or_default();
         if seen.insert(key) {
-            requests.push((format!("test {}/{}", case.suite, case.spec.name), case.spec.request.clone()));
+            requests.push((
+                format!("test {}/{}", case.suite, case.spec.name),
+                case.spec.request.clone(),
+            ));
         }
     }
-    let agents: Vec<_> = old.samples().agents.iter().chain(&new.samples().agents).collect();
-    let actions: Vec<_> = old.samples().actions.iter().chain(&new.samples().actions).collect();
+    let agents: Vec<_> = old
+        .samples()
+        .agents
+        .iter()
+        .chain(&new.samples().agents)
+        .collect();
+    let actions: Vec<_> = old
+        .samples()
+        .actions
+        .iter()
+        .chain(&new.samples().actions)
+        .collect();
     'outer: for agent in &agents {
         for action in &actions {
             if requests.len() >= limit {

@@ -1,6 +1,8 @@
 //! The example bundle: its policy tests pass, sliced and unsliced agree on them, and a wrong
 //! expectation is reported as a failure.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
 use std::path::PathBuf;
 
 use warden_model::{DecisionRequest, Outcome};
@@ -17,7 +19,11 @@ fn example_tests_pass() {
     let bundle = examples();
     assert!(bundle.tests().len() >= 40);
     for result in run_tests(&bundle) {
-        assert!(result.passed, "{} / {}: {:?}", result.suite, result.name, result.failures);
+        assert!(
+            result.passed,
+            "{} / {}: {:?}",
+            result.suite, result.name, result.failures
+        );
     }
     assert!(bundle.warnings().is_empty(), "{:?}", bundle.warnings());
 }
@@ -28,7 +34,12 @@ fn example_requests_decide_the_same_sliced_and_unsliced() {
     for case in bundle.tests() {
         let a = bundle.decide_with(&case.spec.request, Slicing::On);
         let b = bundle.decide_with(&case.spec.request, Slicing::Off);
-        assert_eq!((a.outcome, a.deciding), (b.outcome, b.deciding), "{}", case.spec.name);
+        assert_eq!(
+            (a.outcome, a.deciding),
+            (b.outcome, b.deciding),
+            "{}",
+            case.spec.name
+        );
     }
 }
 
@@ -61,7 +72,13 @@ fn bundle_hash_is_stable_and_tracks_policy_content_only() {
     let tests = "apiVersion: warden.dev/v1alpha1\nkind: PolicyTest\nmetadata: {name: t}\nspec: {cases: []}\n";
     let load = |files: Vec<(&str, &str)>| {
         Bundle::from_sources(
-            files.into_iter().map(|(p, t)| SourceFile { path: p.into(), text: t.into() }).collect(),
+            files
+                .into_iter()
+                .map(|(p, t)| SourceFile {
+                    path: p.into(),
+                    text: t.into(),
+                })
+                .collect(),
             LoadLimits::default(),
         )
         .unwrap()
@@ -100,8 +117,14 @@ permit (principal, action in [Action::"a2a.message/send", Action::"a2a.message/s
     let catalog = "apiVersion: warden.dev/v1alpha1\nkind: ToolCatalog\nmetadata: {name: c}\nspec:\n  servers:\n    - name: s\n      tools: [{name: t, inputSchema: {properties: {n: {type: integer}}}}]\n      prompts: [{name: p, arguments: [{name: topic}]}]\n";
     let bundle = Bundle::from_sources(
         vec![
-            SourceFile { path: "all.cedar".into(), text: cedar },
-            SourceFile { path: "catalog.yaml".into(), text: catalog.into() },
+            SourceFile {
+                path: "all.cedar".into(),
+                text: cedar,
+            },
+            SourceFile {
+                path: "catalog.yaml".into(),
+                text: catalog.into(),
+            },
         ],
         LoadLimits::default(),
     )

@@ -1,5 +1,7 @@
 //! Reloads swap bundles atomically; a bundle that fails to load never replaces a good one.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
 use std::fs;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,7 +41,11 @@ fn a_broken_bundle_never_replaces_a_good_one() {
         fs::write(&file, broken).unwrap();
         let err = engine.reload().unwrap_err();
         assert!(err.errors().count() > 0);
-        assert_eq!(engine.current().hash(), &good, "a rejected bundle must not be served");
+        assert_eq!(
+            engine.current().hash(),
+            &good,
+            "a rejected bundle must not be served"
+        );
         assert!(engine.decide(&request("a.com")).is_allowed());
     }
 
@@ -53,7 +59,10 @@ fn a_broken_bundle_never_replaces_a_good_one() {
     }
     assert!(!engine.decide(&request("a.com")).is_allowed());
     assert!(engine.decide(&request("b.com")).is_allowed());
-    assert!(matches!(engine.reload().unwrap(), ReloadOutcome::Unchanged(_)));
+    assert!(matches!(
+        engine.reload().unwrap(),
+        ReloadOutcome::Unchanged(_)
+    ));
 }
 
 #[test]
@@ -63,7 +72,11 @@ fn file_changes_trigger_a_reload() {
     fs::write(&file, policy("a.com")).unwrap();
     let engine = Arc::new(Engine::load(dir.path(), LoadLimits::default()).unwrap());
     let (tx, rx) = std::sync::mpsc::channel();
-    let _guard = engine.watch(move |r| { let _ = tx.send(r.is_ok()); }).unwrap();
+    let _guard = engine
+        .watch(move |r| {
+            let _ = tx.send(r.is_ok());
+        })
+        .unwrap();
     fs::write(&file, policy("b.com")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while !engine.decide(&request("b.com")).is_allowed() {
@@ -77,7 +90,10 @@ fn file_changes_trigger_a_reload() {
     loop {
         match rx.recv_timeout(Duration::from_millis(100)) {
             Ok(false) => break,
-            _ => assert!(Instant::now() < deadline, "the failed reload was not reported"),
+            _ => assert!(
+                Instant::now() < deadline,
+                "the failed reload was not reported"
+            ),
         }
     }
     assert!(engine.decide(&request("b.com")).is_allowed());

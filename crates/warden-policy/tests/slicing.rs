@@ -1,6 +1,8 @@
 //! Slicing must never change a decision: for random bundles and random requests, the sliced
 //! decision equals the unsliced one — same outcome, same reason, same deciding policies.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
 use proptest::prelude::*;
 use warden_model::{Decision, DecisionRequest};
 use warden_policy::{Bundle, LoadLimits, Slicing, SourceFile};
@@ -34,7 +36,15 @@ fn pick<T: Clone + std::fmt::Debug + 'static>(items: &'static [T]) -> impl Strat
 }
 
 fn subset(items: &'static [&'static str]) -> impl Strategy<Value = String> {
-    prop::sample::subsequence(items, 1..=items.len().min(3)).prop_map(|v| format!("[{}]", v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")))
+    prop::sample::subsequence(items, 1..=items.len().min(3)).prop_map(|v| {
+        format!(
+            "[{}]",
+            v.iter()
+                .map(|s| format!("\"{s}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
 }
 
 fn selector() -> impl Strategy<Value = String> {
@@ -60,31 +70,63 @@ fn condition() -> impl Strategy<Value = String> {
         "context.findings.injection_score > 50",
         "principal.depth == 1",
     ])
-    .prop_map(|c| if c.is_empty() { String::new() } else { format!(", when: '{c}'") })
+    .prop_map(|c| {
+        if c.is_empty() {
+            String::new()
+        } else {
+            format!(", when: '{c}'")
+        }
+    })
 }
 
 fn mcp_target(with_condition: bool) -> impl Strategy<Value = String> {
-    (pick(&["s1", "s2", "s*"]), subset(&["t1", "t2", "t3", "get_*", "*"]), condition()).prop_map(move |(s, t, c)| {
-        let c = if with_condition && !c.contains("intent") && !c.contains("depth") && !c.contains("injection") { c } else { String::new() };
-        let c = if s == "s1" { c } else { String::new() };
-        format!("{{server: {s}, tools: {t}{c}}}")
-    })
+    (
+        pick(&["s1", "s2", "s*"]),
+        subset(&["t1", "t2", "t3", "get_*", "*"]),
+        condition(),
+    )
+        .prop_map(move |(s, t, c)| {
+            let c = if with_condition
+                && !c.contains("intent")
+                && !c.contains("depth")
+                && !c.contains("injection")
+            {
+                c
+            } else {
+                String::new()
+            };
+            let c = if s == "s1" { c } else { String::new() };
+            format!("{{server: {s}, tools: {t}{c}}}")
+        })
 }
 
 fn egress_target() -> impl Strategy<Value = String> {
     prop_oneof![
-        (subset(&["a.com", "*.a.com", "**.a.com", "other.io"]), subset(&["443", "80-90"])).prop_map(|(h, p)| format!("{{hosts: {h}, ports: {p}}}")),
-        (pick(&["10.0.0.0/8", "10.1.0.0/16", "0.0.0.0/0"])).prop_map(|c| format!("{{cidrs: [\"{c}\"]}}")),
+        (
+            subset(&["a.com", "*.a.com", "**.a.com", "other.io"]),
+            subset(&["443", "80-90"])
+        )
+            .prop_map(|(h, p)| format!("{{hosts: {h}, ports: {p}}}")),
+        (pick(&["10.0.0.0/8", "10.1.0.0/16", "0.0.0.0/0"]))
+            .prop_map(|c| format!("{{cidrs: [\"{c}\"]}}")),
     ]
 }
 
 fn http_target() -> impl Strategy<Value = String> {
-    (pick(&["svc1", "svc2", "svc*"]), subset(&["GET", "POST", "*"]), subset(&["/v1/*", "/v1/**", "/v2/items/{id}", "/**"]))
+    (
+        pick(&["svc1", "svc2", "svc*"]),
+        subset(&["GET", "POST", "*"]),
+        subset(&["/v1/*", "/v1/**", "/v2/items/{id}", "/**"]),
+    )
         .prop_map(|(s, m, p)| format!("{{service: {s}, methods: {m}, paths: {p}}}"))
 }
 
 fn a2a_target() -> impl Strategy<Value = String> {
-    (subset(&["p1", "p2", "w-*"]), subset(&["message/send", "tasks/get", "*"])).prop_map(|(p, m)| format!("{{peers: {p}, methods: {m}}}"))
+    (
+        subset(&["p1", "p2", "w-*"]),
+        subset(&["message/send", "tasks/get", "*"]),
+    )
+        .prop_map(|(p, m)| format!("{{peers: {p}, methods: {m}}}"))
 }
 
 fn target() -> impl Strategy<Value = String> {
@@ -141,10 +183,19 @@ fn bundle_sources() -> impl Strategy<Value = Vec<SourceFile>> {
             (policies, Just(raw))
         })
         .prop_map(|(policies, raw)| {
-            let mut files = vec![SourceFile { path: "catalog.yaml".into(), text: CATALOG.into() }];
-            files.push(SourceFile { path: "policies.yaml".into(), text: policies.join("---\n") });
+            let mut files = vec![SourceFile {
+                path: "catalog.yaml".into(),
+                text: CATALOG.into(),
+            }];
+            files.push(SourceFile {
+                path: "policies.yaml".into(),
+                text: policies.join("---\n"),
+            });
             if !raw.is_empty() {
-                files.push(SourceFile { path: "raw.cedar".into(), text: raw.join("\n") });
+                files.push(SourceFile {
+                    path: "raw.cedar".into(),
+                    text: raw.join("\n"),
+                });
             }
             files
         })
@@ -212,8 +263,10 @@ fn request() -> impl Strategy<Value = DecisionRequest> {
             c
         });
     (agent, action, context).prop_map(|(agent, action, context)| {
-        serde_json::from_value(serde_json::json!({"agent": agent, "action": action, "context": context}))
-            .expect("generated requests are valid")
+        serde_json::from_value(
+            serde_json::json!({"agent": agent, "action": action, "context": context}),
+        )
+        .expect("generated requests are valid")
     })
 }
 
@@ -254,12 +307,21 @@ fn generated_cases_reach_every_outcome() {
             let request = request().new_tree(&mut runner).unwrap().current();
             let d = bundle.decide(&request);
             *seen.entry(d.outcome.label()).or_default() += 1;
-            if matches!(d.outcome, warden_model::Outcome::Deny { reason: warden_model::DenyReason::Forbidden, .. }) {
+            if matches!(
+                d.outcome,
+                warden_model::Outcome::Deny {
+                    reason: warden_model::DenyReason::Forbidden,
+                    ..
+                }
+            ) {
                 forbidden += 1;
             }
         }
     }
     assert!(seen.get("allow").copied().unwrap_or(0) > 50, "{seen:?}");
-    assert!(seen.get("needs-approval").copied().unwrap_or(0) > 5, "{seen:?}");
+    assert!(
+        seen.get("needs-approval").copied().unwrap_or(0) > 5,
+        "{seen:?}"
+    );
     assert!(forbidden > 50, "{seen:?} forbidden={forbidden}");
 }

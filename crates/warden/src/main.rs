@@ -16,7 +16,12 @@ use clap::{Parser, Subcommand, ValueEnum};
 /// Every call an agent makes — MCP tools, A2A peers, HTTP APIs, the internet — is identified,
 /// checked against policy-as-code, inspected, recorded and watched.
 #[derive(Parser)]
-#[command(name = "warden", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "warden",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,7 +47,8 @@ pub enum Output {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -10,7 +10,9 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 use warden_model::{DecisionRequest, Outcome};
 use warden_policy::testing::{self, TestResult};
-use warden_policy::{Bundle, Diagnostic, Engine, Explanation, LoadError, LoadLimits, ReloadOutcome, Slicing};
+use warden_policy::{
+    Bundle, Diagnostic, Engine, Explanation, LoadError, LoadLimits, ReloadOutcome, Slicing,
+};
 
 use crate::Output;
 
@@ -194,7 +196,11 @@ fn test(dir: &Path, filter: Option<&str>, output: Output) -> anyhow::Result<Exit
         eprintln!("no test cases found; add PolicyTest documents (see docs/policy.md)");
         return Ok(ExitCode::FAILURE);
     }
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn read_request(source: &str) -> anyhow::Result<DecisionRequest> {
@@ -202,7 +208,10 @@ fn read_request(source: &str) -> anyhow::Result<DecisionRequest> {
     let reader: Box<dyn Read> = if source == "-" {
         Box::new(io::stdin())
     } else {
-        Box::new(std::fs::File::open(source).with_context(|| format!("cannot open request file {source}"))?)
+        Box::new(
+            std::fs::File::open(source)
+                .with_context(|| format!("cannot open request file {source}"))?,
+        )
     };
     reader
         .take(MAX_REQUEST_BYTES + 1)
@@ -223,7 +232,11 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
         Ok(b) => b,
         Err(code) => return Ok(code),
     };
-    let slicing = if args.no_slicing { Slicing::Off } else { Slicing::On };
+    let slicing = if args.no_slicing {
+        Slicing::Off
+    } else {
+        Slicing::On
+    };
     let explanation = bundle.explain(&request, slicing);
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
@@ -234,9 +247,17 @@ fn explain(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
 
 fn print_explanation(request: &DecisionRequest, e: &Explanation) {
     let d = &e.decision;
-    println!("decision   {}  ({})", d.outcome.label().to_uppercase(), d.id);
+    println!(
+        "decision   {}  ({})",
+        d.outcome.label().to_uppercase(),
+        d.id
+    );
     println!("agent      {}", request.agent.spiffe_id());
-    println!("action     {} on {:?}", request.action.kind(), request.action.resource());
+    println!(
+        "action     {} on {:?}",
+        request.action.kind(),
+        request.action.resource()
+    );
     if let Some(intent) = &request.context.intent {
         println!("intent     {intent}");
     }
@@ -266,7 +287,11 @@ fn print_explanation(request: &DecisionRequest, e: &Explanation) {
             }
         }
     }
-    for (title, refs) in [("grants", &e.permits), ("denies", &e.forbids), ("approvals", &e.approvals)] {
+    for (title, refs) in [
+        ("grants", &e.permits),
+        ("denies", &e.forbids),
+        ("approvals", &e.approvals),
+    ] {
         for r in refs {
             println!("{title:<10} {r}");
         }
@@ -338,7 +363,11 @@ fn decide(args: &DecideArgs) -> anyhow::Result<ExitCode> {
         }
     };
     print_diagnostics(engine.current().warnings());
-    eprintln!("serving bundle {} from {}", engine.current().hash(), args.dir.display());
+    eprintln!(
+        "serving bundle {} from {}",
+        engine.current().hash(),
+        args.dir.display()
+    );
     let _watch = if args.watch {
         let hup_engine = Arc::clone(&engine);
         let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
@@ -351,7 +380,11 @@ fn decide(args: &DecideArgs) -> anyhow::Result<ExitCode> {
                 }
             })
             .context("cannot start the SIGHUP thread")?;
-        Some(engine.watch(report_reload).context("cannot watch the policy directory")?)
+        Some(
+            engine
+                .watch(report_reload)
+                .context("cannot watch the policy directory")?,
+        )
     } else {
         None
     };

@@ -1,5 +1,7 @@
 //! The `warden policy` commands, run as a user would run them.
 
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -38,7 +40,11 @@ fn s(p: &Path) -> &str {
 fn check_accepts_the_examples() {
     let out = run(&["policy", "check", s(&examples())]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("ok — 21 policies"), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("ok — 21 policies"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = run(&["policy", "check", s(&examples()), "--output", "json"]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["valid"], true);
@@ -48,11 +54,18 @@ fn check_accepts_the_examples() {
 #[test]
 fn check_rejects_with_precise_errors_and_exit_1() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("bad.yaml"), POLICY.replace("HOST", "a.com").replace("egress", "egres")).unwrap();
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        POLICY.replace("HOST", "a.com").replace("egress", "egres"),
+    )
+    .unwrap();
     let out = run(&["policy", "check", s(dir.path())]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("error: bad.yaml:6:3: spec.egres: unknown field `egres`"), "{err}");
+    assert!(
+        err.contains("error: bad.yaml:6:3: spec.egres: unknown field `egres`"),
+        "{err}"
+    );
     assert!(err.contains("rejected with 1 error(s)"), "{err}");
     let out = run(&["policy", "check", s(dir.path()), "-o", "json"]);
     assert_eq!(out.status.code(), Some(1));
@@ -65,9 +78,22 @@ fn check_rejects_with_precise_errors_and_exit_1() {
 #[test]
 fn test_runs_the_example_suite() {
     let out = run(&["policy", "test", s(&examples())]);
-    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
     assert!(text(&out.stdout).contains("44 passed, 0 failed"));
-    let out = run(&["policy", "test", s(&examples()), "--filter", "kube-system", "-o", "json"]);
+    let out = run(&[
+        "policy",
+        "test",
+        s(&examples()),
+        "--filter",
+        "kube-system",
+        "-o",
+        "json",
+    ]);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["passed"], 3);
 }
@@ -83,7 +109,10 @@ fn failing_tests_exit_1_and_say_why() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("FAIL t / wrong"), "{stdout}");
-    assert!(stdout.contains("expected deny, got allow decided by t/p spec.egress[0]"), "{stdout}");
+    assert!(
+        stdout.contains("expected deny, got allow decided by t/p spec.egress[0]"),
+        "{stdout}"
+    );
     assert!(stdout.contains("at t.yaml:6"), "{stdout}");
 }
 
@@ -92,37 +121,87 @@ fn explain_shows_the_reasoning() {
     let request = r#"{"agent":{"spiffeId":"spiffe://acme.example/tenant/acme/agent/sre-agent/i-1","labels":{"app":"sre-agent","env":"prod"}},
         "action":{"kind":"mcp.tools/call","server":"k8s","tool":"delete_namespace","args":{"namespace":"old"}}}"#;
     let mut child = warden()
-        .args(["policy", "explain", s(&examples()), "--request", "-", "-o", "json"])
+        .args([
+            "policy",
+            "explain",
+            s(&examples()),
+            "--request",
+            "-",
+            "-o",
+            "json",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(request.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(request.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["decision"]["outcome"], "needs-approval");
     assert_eq!(json["decision"]["requirements"][0]["group"], "sre");
     assert_eq!(json["approvals"][0]["rule"], "spec.approval[0]");
-    assert!(json["sources"][0]["cedar"].as_str().unwrap().starts_with("permit"));
+    assert!(
+        json["sources"][0]["cedar"]
+            .as_str()
+            .unwrap()
+            .starts_with("permit")
+    );
 
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), request).unwrap();
-    let out = run(&["policy", "explain", s(&examples()), "--request", s(file.path())]);
+    let out = run(&[
+        "policy",
+        "explain",
+        s(&examples()),
+        "--request",
+        s(file.path()),
+    ]);
     let stdout = text(&out.stdout);
     assert!(stdout.contains("NEEDS-APPROVAL"), "{stdout}");
-    assert!(stdout.contains("2 approval(s) from group `sre`"), "{stdout}");
-    assert!(stdout.contains("sre-agent.yaml:27 acme/sre-agent spec.approval[0]"), "{stdout}");
+    assert!(
+        stdout.contains("2 approval(s) from group `sre`"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("sre-agent.yaml:27 acme/sre-agent spec.approval[0]"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn explain_refuses_a_bad_request() {
     let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), r#"{"agent":{"spiffeId":"spiffe://td/x"},"action":{"kind":"http"}}"#).unwrap();
-    let out = run(&["policy", "explain", s(&examples()), "--request", s(file.path())]);
+    std::fs::write(
+        file.path(),
+        r#"{"agent":{"spiffeId":"spiffe://td/x"},"action":{"kind":"http"}}"#,
+    )
+    .unwrap();
+    let out = run(&[
+        "policy",
+        "explain",
+        s(&examples()),
+        "--request",
+        s(file.path()),
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("is not a valid request"), "{}", text(&out.stderr));
-    let out = run(&["policy", "explain", s(&examples()), "--request", "/nonexistent.json"]);
+    assert!(
+        text(&out.stderr).contains("is not a valid request"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&[
+        "policy",
+        "explain",
+        s(&examples()),
+        "--request",
+        "/nonexistent.json",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("cannot open request file"));
 }
@@ -135,8 +214,16 @@ fn diff_lists_changed_outcomes() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(json["changed"].as_u64().unwrap() >= 2, "{json}");
-    let hosts: Vec<&str> = json["changes"].as_array().unwrap().iter().map(|c| c["request"]["action"]["host"].as_str().unwrap()).collect();
-    assert!(hosts.contains(&"a.com") && hosts.contains(&"b.com"), "{hosts:?}");
+    let hosts: Vec<&str> = json["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["request"]["action"]["host"].as_str().unwrap())
+        .collect();
+    assert!(
+        hosts.contains(&"a.com") && hosts.contains(&"b.com"),
+        "{hosts:?}"
+    );
     let out = run(&["policy", "diff", s(old.path()), s(old.path())]);
     assert!(text(&out.stdout).contains("0 of"), "{}", text(&out.stdout));
 }
@@ -199,7 +286,10 @@ fn decide_reloads_and_keeps_the_last_good_bundle() {
     // A broken edit, then SIGHUP: both reloads are rejected and the last good bundle serves on.
     std::fs::write(dir.path().join("p.yaml"), "kind: [").unwrap();
     wait_for("reload rejected");
-    let status = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     wait_for("reload rejected");
     assert_eq!(ask(REQUEST)["outcome"], "deny");
