@@ -1013,49 +1013,69 @@ fn a2a_clauses(
     }])
 }
 
-/// The target's clauses and its `when`, with the field path of the chosen sub-key.
-fn target_clauses(
-    cx: &DocContext<'_>,
-    field: &str,
-    target: &Target,
-    catalog: &Catalog,
-    out: &mut Vec<Diagnostic>,
-) -> Option<(Vec<Clause>, Option<String>, String)> {
-    let set = [
-        target.egress.is_some(),
-        target.http.is_some(),
-        target.mcp.is_some(),
-        target.a2a.is_some(),
-    ]
-    .iter()
-    .filter(|s| **s)
-    .count();
-    if set != 1 {
-        out.push(cx.error(
-            field,
-            "name exactly one of `egress`, `http`, `mcp` or `a2a`",
-        ));
-        return None;
+/// One rule of any kind, borrowed from a grant list or a `deny` / `match` target.
+#[derive(Clone, Copy)]
+enum Rule<'a> {
+    Egress(&'a EgressRule),
+    Http(&'a HttpRule),
+    Mcp(&'a McpRule),
+    A2a(&'a A2aRule),
+}
+
+impl<'a> Rule<'a> {
+    /// The one rule a target names, with its field name, or an error if it names none or several.
+    fn of_target(
+        cx: &DocContext<'_>,
+        field: &str,
+        target: &'a Target,
+        out: &mut Vec<Diagnostic>,
+    ) -> Option<(Self, &'static str)> {
+        let named: Vec<(Self, &'static str)> = [
+            target.egress.as_ref().map(|r| (Self::Egress(r), "egress")),
+            target.http.as_ref().map(|r| (Self::Http(r), "http")),
+            target.mcp.as_ref().map(|r| (Self::Mcp(r), "mcp")),
+            target.a2a.as_ref().map(|r| (Self::A2a(r), "a2a")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        match named.as_slice() {
+            [one] => Some(*one),
+            _ => {
+                out.push(cx.error(
+                    field,
+                    "name exactly one of `egress`, `http`, `mcp` or `a2a`",
+                ));
+                None
+            }
+        }
     }
-    if let Some(r) = &target.egress {
-        let f = format!("{field}.egress");
-        return Some((egress_clauses(cx, &f, r, out)?, r.when.clone(), f));
+
+    fn when(self) -> Option<&'a str> {
+        match self {
+            Self::Egress(r) => r.when.as_deref(),
+            Self::Http(r) => r.when.as_deref(),
+            Self::Mcp(r) => r.when.as_deref(),
+            Self::A2a(r) => r.when.as_deref(),
+        }
     }
-    if let Some(r) = &target.http {
-        let f = format!("{field}.http");
-        return Some((http_clauses(cx, &f, r, out)?, r.when.clone(), f));
+
+    /// The rule's clauses; a grant of MCP tools also grants listing them.
+    fn clauses(
+        self,
+        cx: &DocContext<'_>,
+        field: &str,
+        catalog: &Catalog,
+        grant: bool,
+        out: &mut Vec<Diagnostic>,
+    ) -> Option<Vec<Clause>> {
+        match self {
+            Self::Egress(r) => egress_clauses(cx, field, r, out),
+            Self::Http(r) => http_clauses(cx, field, r, out),
+            Self::Mcp(r) => mcp_clauses(cx, field, r, catalog, grant, out),
+            Self::A2a(r) => a2a_clauses(cx, field, r, out),
+        }
     }
-    if let Some(r) = &target.mcp {
-        let f = format!("{field}.mcp");
-        return Some((
-            mcp_clauses(cx, &f, r, catalog, false, out)?,
-            r.when.clone(),
-            f,
-        ));
-    }
-    let r = target.a2a.as_ref()?;
-    let f = format!("{field}.a2a");
-    Some((a2a_clauses(cx, &f, r, out)?, r.when.clone(), f))
 }
 
 /// Compiles one AgentPolicy document.
@@ -1182,72 +1202,33 @@ pub fn compile_policy(
     };
 
     // Grants.
-    let grant_rules = spec
+    let grant_rules = (spec
         .egress
         .iter()
         .enumerate()
-        .map(|(i, r)| {
-            (
-                format!("spec.egress[{i}]"),
-                Target {
-                    egress: Some(r.clone()),
-                    ..Target::default()
-                },
-            )
-        })
-        .chain(spec.http.iter().enumerate().map(|(i, r)| {
-            (
-                format!("spec.http[{i}]"),
-                Target {
-                    http: Some(r.clone()),
-                    ..Target::default()
-                },
-            )
-        }))
-        .chain(spec.mcp.iter().enumerate().map(|(i, r)| {
-            (
-                format!("spec.mcp[{i}]"),
-                Target {
-                    mcp: Some(r.clone()),
-                    ..Target::default()
-                },
-            )
-        }))
-        .chain(spec.a2a.iter().enumerate().map(|(i, r)| {
-            (
-                format!("spec.a2a[{i}]"),
-                Target {
-                    a2a: Some(r.clone()),
-                    ..Target::default()
-                },
-            )
-        }));
-    for (field, target) in grant_rules {
-        let (clauses, when) = if let Some(mcp) = &target.mcp {
-            (
-                mcp_clauses(cx, &field, mcp, catalog, true, &mut compiled.diagnostics),
-                mcp.when.clone(),
-            )
-        } else if let Some(r) = &target.egress {
-            (
-                egress_clauses(cx, &field, r, &mut compiled.diagnostics),
-                r.when.clone(),
-            )
-        } else if let Some(r) = &target.http {
-            (
-                http_clauses(cx, &field, r, &mut compiled.diagnostics),
-                r.when.clone(),
-            )
-        } else if let Some(r) = &target.a2a {
-            (
-                a2a_clauses(cx, &field, r, &mut compiled.diagnostics),
-                r.when.clone(),
-            )
-        } else {
-            (None, None)
-        };
+        .map(|(i, r)| (format!("spec.egress[{i}]"), Rule::Egress(r))))
+    .chain(
+        spec.http
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("spec.http[{i}]"), Rule::Http(r))),
+    )
+    .chain(
+        spec.mcp
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("spec.mcp[{i}]"), Rule::Mcp(r))),
+    )
+    .chain(
+        spec.a2a
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (format!("spec.a2a[{i}]"), Rule::A2a(r))),
+    );
+    for (field, rule) in grant_rules {
+        let clauses = rule.clauses(cx, &field, catalog, true, &mut compiled.diagnostics);
         let when_field = format!("{field}.when");
-        let user = when.as_deref().map(|w| {
+        let user = rule.when().map(|w| {
             user_condition(
                 cx,
                 &when_field,
@@ -1261,7 +1242,7 @@ pub fn compile_policy(
             continue;
         };
         let user = user.flatten();
-        let blame = if when.is_some() {
+        let blame = if rule.when().is_some() {
             when_field.clone()
         } else {
             field.clone()
@@ -1390,13 +1371,18 @@ pub fn compile_policy(
         }
     }
     for (field, target, kind) in restricted {
-        let Some((clauses, when, sub_field)) =
-            target_clauses(cx, &field, &target, catalog, &mut compiled.diagnostics)
+        let Some((rule, name)) = Rule::of_target(cx, &field, &target, &mut compiled.diagnostics)
         else {
             continue;
         };
+        let sub_field = format!("{field}.{name}");
+        let Some(clauses) = rule.clauses(cx, &sub_field, catalog, false, &mut compiled.diagnostics)
+        else {
+            continue;
+        };
+        let when = rule.when();
         let when_field = format!("{sub_field}.when");
-        let user = match when.as_deref() {
+        let user = match when {
             Some(w) => {
                 match user_condition(cx, &when_field, w, true, catalog, &mut compiled.diagnostics) {
                     Some(u) => Some(u),

@@ -36,6 +36,19 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `warden policy explain` of the example bundle with `request` in a file.
+fn explain_file(request: &str) -> Output {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), request).unwrap();
+    run(&[
+        "policy",
+        "explain",
+        s(&examples()),
+        "--request",
+        s(file.path()),
+    ])
+}
+
 #[test]
 fn check_accepts_the_examples() {
     let out = run(&["policy", "check", s(&examples())]);
@@ -153,15 +166,7 @@ fn explain_shows_the_reasoning() {
             .starts_with("permit")
     );
 
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(file.path(), request).unwrap();
-    let out = run(&[
-        "policy",
-        "explain",
-        s(&examples()),
-        "--request",
-        s(file.path()),
-    ]);
+    let out = explain_file(request);
     let stdout = text(&out.stdout);
     assert!(stdout.contains("NEEDS-APPROVAL"), "{stdout}");
     assert!(
@@ -176,19 +181,7 @@ fn explain_shows_the_reasoning() {
 
 #[test]
 fn explain_refuses_a_bad_request() {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        file.path(),
-        r#"{"agent":{"spiffeId":"spiffe://td/x"},"action":{"kind":"http"}}"#,
-    )
-    .unwrap();
-    let out = run(&[
-        "policy",
-        "explain",
-        s(&examples()),
-        "--request",
-        s(file.path()),
-    ]);
+    let out = explain_file(r#"{"agent":{"spiffeId":"spiffe://td/x"},"action":{"kind":"http"}}"#);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("is not a valid request"),
