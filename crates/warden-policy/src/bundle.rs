@@ -70,7 +70,7 @@ pub struct PolicyInfo {
     pub role: PolicyRole,
     pub gate: Option<usize>,
     pub approval: Option<usize>,
-    /// The context attributes the policy can read.
+    /// The context attributes the policy can read when sliced (its residual, if it has one).
     pub(crate) context: ContextUse,
 }
 
@@ -291,11 +291,30 @@ impl Bundle {
         let mut infos = Vec::with_capacity(compiled.policies.len());
         for (n, (policy, cedar)) in compiled.policies.iter().zip(cedar_policies).enumerate() {
             let id = u32::try_from(n).unwrap_or(u32::MAX);
+            let residual = match &policy.residual {
+                Some(text) => match Policy::parse(Some(PolicyId::new(format!("p{n}"))), text) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        return Err(LoadError {
+                            diagnostics: vec![origin_error(
+                                &policy.origin,
+                                format!(
+                                    "internal error compiling the condition: {}",
+                                    one_line(&e.to_string())
+                                ),
+                            )],
+                        });
+                    }
+                },
+                None => None,
+            };
             let entry = Indexed {
                 policy: cedar,
                 principals: policy.principals.clone(),
                 kinds: policy.kinds.clone(),
                 resources: policy.resources.clone(),
+                matcher: policy.matcher.clone(),
+                residual,
             };
             match policy.role {
                 PolicyRole::Grant => {
@@ -319,7 +338,7 @@ impl Bundle {
                 role: policy.role,
                 gate: policy.gate,
                 approval: policy.approval,
-                context: ContextUse::of_policy(&policy.text),
+                context: ContextUse::of_policy(policy.residual.as_deref().unwrap_or(&policy.text)),
             });
         }
         let build = |policies| {
@@ -666,6 +685,8 @@ fn compile_raw_cedar(
             resources: vec![],
             gate: None,
             approval: None,
+            matcher: None,
+            residual: None,
         });
     }
 }

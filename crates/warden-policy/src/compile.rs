@@ -19,6 +19,7 @@ use crate::document::{
     Selector, Target, parse_byte_size, parse_duration_secs,
 };
 use crate::locate::Locator;
+use crate::matcher::{Destination, Extra, LabelTest, Matcher, SelectorMatcher, TargetMatcher};
 use crate::pattern::{
     HostPattern, NamePattern, PortRange, SegmentPattern, all_of, any_of, cedar_str, path_char,
     spiffe_char,
@@ -89,6 +90,10 @@ pub struct CompiledPolicy {
     pub resources: Vec<ResourceKey>,
     pub gate: Option<usize>,
     pub approval: Option<usize>,
+    /// The structural part, evaluated in Rust when slicing; `None` for raw Cedar.
+    pub matcher: Option<Matcher>,
+    /// What Cedar still evaluates after the matcher: the author's `when` and what follows it.
+    pub residual: Option<String>,
 }
 
 /// An event gate: the action is allowed only within `within_secs` after a matching event.
@@ -160,6 +165,7 @@ struct CompiledSelector {
     condition: String,
     keys: Vec<PrincipalKey>,
     sample: Option<AgentIdentity>,
+    matcher: std::sync::Arc<SelectorMatcher>,
 }
 
 /// An agent the selector selects, when one is easy to construct.
@@ -215,6 +221,8 @@ struct Clause {
     takes_condition: bool,
     /// Concrete actions this clause matches (conditions aside), for generated diff samples.
     examples: Vec<Action>,
+    /// `condition`, for evaluation in Rust.
+    matcher: TargetMatcher,
 }
 
 static ARG_ACCESS: LazyLock<Regex> = LazyLock::new(|| {
@@ -312,6 +320,10 @@ fn compile_selector(
     out: &mut Vec<Diagnostic>,
 ) -> Option<CompiledSelector> {
     let mut conditions = Vec::new();
+    let mut matcher = SelectorMatcher {
+        tenant: namespace.map(str::to_owned),
+        ..SelectorMatcher::default()
+    };
     let mut ok = true;
     if let Some(ns) = namespace {
         conditions.push(format!("principal.tenant == {}", cedar_str(ns)));
@@ -354,6 +366,7 @@ fn compile_selector(
                     key = cedar_str(k)
                 ));
                 label_keys.push(PrincipalKey::Label(k.clone(), v.clone()));
+                matcher.labels.push(LabelTest::Equals(k.clone(), v.clone()));
             }
             (Err(e), _) | (_, Err(e)) => {
                 out.push(cx.error(&field, e.to_string()));
@@ -411,6 +424,9 @@ fn compile_selector(
                     "principal.hasTag({key}) && {values}.contains(principal.getTag({key}))"
                 ));
                 present.insert(&expr.key);
+                matcher
+                    .labels
+                    .push(LabelTest::In(expr.key.clone(), expr.values.clone()));
                 let allowed: BTreeSet<&str> = expr.values.iter().map(String::as_str).collect();
                 let entry = required.entry(&expr.key).or_insert_with(|| allowed.clone());
                 *entry = entry.intersection(&allowed).copied().collect();
@@ -427,6 +443,9 @@ fn compile_selector(
                 conditions.push(format!(
                     "(if principal.hasTag({key}) then !{values}.contains(principal.getTag({key})) else true)"
                 ));
+                matcher
+                    .labels
+                    .push(LabelTest::NotIn(expr.key.clone(), expr.values.clone()));
                 if let Some(set) = required.get_mut(expr.key.as_str()) {
                     for v in &expr.values {
                         set.remove(v.as_str());
@@ -435,10 +454,14 @@ fn compile_selector(
             }
             LabelOperator::Exists => {
                 conditions.push(format!("principal.hasTag({key})"));
+                matcher.labels.push(LabelTest::Exists(expr.key.clone()));
                 present.insert(&expr.key);
             }
             LabelOperator::DoesNotExist => {
                 conditions.push(format!("!principal.hasTag({key})"));
+                matcher
+                    .labels
+                    .push(LabelTest::DoesNotExist(expr.key.clone()));
                 absent.insert(&expr.key);
             }
         }
@@ -514,6 +537,7 @@ fn compile_selector(
                 cedar_str(td),
                 segments.condition("principal.path_depth", "principal.path")
             )));
+            matcher.spiffe_ids.push((td.to_owned(), segments));
         }
     }
     if !ok {
@@ -537,6 +561,7 @@ fn compile_selector(
         condition: all_of(conditions),
         keys,
         sample: sample_agent(namespace, selector),
+        matcher: std::sync::Arc::new(matcher),
     })
 }
 
@@ -591,12 +616,15 @@ fn egress_clauses(
         return None;
     }
     let mut destinations = Vec::new();
+    let mut targets = Vec::new();
+    let mut port_ranges = Vec::new();
     let mut resources = Vec::new();
     let mut hosts = Vec::new();
     for (i, host) in rule.hosts.iter().enumerate() {
         match HostPattern::parse(host) {
             Ok(p) => {
                 hosts.push(p.example());
+                targets.push(Destination::Host(p.clone()));
                 if p.is_very_broad() {
                     out.push(cx.warning(
                         &format!("{field}.hosts[{i}]"),
@@ -627,6 +655,7 @@ fn egress_clauses(
                     ));
                 }
                 hosts.push(Host::Ip(net.addr()));
+                targets.push(Destination::Cidr(net.trunc()));
                 destinations.push(Some(format!(
                     "context has ip && context.ip.isInRange(ip({}))",
                     cedar_str(&net.trunc().to_string())
@@ -655,6 +684,7 @@ fn egress_clauses(
         match parsed {
             Ok(range) => {
                 example_port = range.low;
+                port_ranges.push(range);
                 ports.push(Some(range.condition()));
             }
             Err(e) => {
@@ -692,6 +722,11 @@ fn egress_clauses(
         resources,
         takes_condition: true,
         examples,
+        matcher: TargetMatcher::Egress {
+            destinations: targets,
+            ports: port_ranges,
+            protocol: rule.protocol,
+        },
     }])
 }
 
@@ -739,6 +774,7 @@ fn http_clauses(
         }
     }
     let mut paths = Vec::new();
+    let mut path_patterns = Vec::new();
     let mut example_paths = Vec::new();
     let mut everything = false;
     for (i, p) in rule.paths.iter().enumerate() {
@@ -753,6 +789,7 @@ fn http_clauses(
                 paths.push(Some(
                     pattern.condition("context.path_depth", "context.segments"),
                 ));
+                path_patterns.push(pattern);
             }
             Err(e) => {
                 out.push(cx.error(&format!("{field}.paths[{i}]"), e));
@@ -769,6 +806,7 @@ fn http_clauses(
             "this rule allows every HTTP request to every service",
         ));
     }
+    let method_names = (!methods.contains(&None)).then(|| rule.methods.clone());
     let mut conditions: Vec<String> = service.condition("resource.name").into_iter().collect();
     conditions.extend(any_of(methods));
     conditions.extend(any_of(paths));
@@ -793,6 +831,11 @@ fn http_clauses(
         resources: name_keys(&[&service]),
         takes_condition: true,
         examples,
+        matcher: TargetMatcher::Http {
+            service,
+            methods: method_names,
+            paths: path_patterns,
+        },
     }])
 }
 
@@ -835,10 +878,12 @@ fn mcp_clauses(
     }
     let mut uris = Vec::new();
     for (i, uri) in rule.resources.iter().enumerate() {
-        if uri.is_empty() || uri.len() > 2048 || uri.chars().any(char::is_control) {
+        // A backslash would be an escape in Cedar's `like`; refusing it keeps `*` the only
+        // special character, as everywhere else.
+        if uri.is_empty() || uri.len() > 2048 || uri.chars().any(|c| c.is_control() || c == '\\') {
             out.push(cx.error(
                 &format!("{field}.resources[{i}]"),
-                "a resource URI pattern has 1–2048 characters and no control characters",
+                "a resource URI pattern has 1–2048 characters, no control characters and no `\\`",
             ));
             return None;
         }
@@ -909,6 +954,10 @@ fn mcp_clauses(
             resources: keys.clone(),
             takes_condition: true,
             examples: tool_examples,
+            matcher: TargetMatcher::Tools {
+                server: server.clone(),
+                tools: tools.clone(),
+            },
         });
         if implies_listing {
             clauses.push(Clause {
@@ -920,6 +969,9 @@ fn mcp_clauses(
                     .iter()
                     .map(|s| Action::McpToolsList { server: s.clone() })
                     .collect(),
+                matcher: TargetMatcher::ToolList {
+                    server: server.clone(),
+                },
             });
         }
     }
@@ -930,6 +982,14 @@ fn mcp_clauses(
             resources: keys.clone(),
             takes_condition: true,
             examples: resource_examples,
+            matcher: TargetMatcher::Resources {
+                server: server.clone(),
+                uris: rule
+                    .resources
+                    .iter()
+                    .map(|u| (u != "*").then(|| u.clone()))
+                    .collect(),
+            },
         });
     }
     if !prompts.is_empty() {
@@ -944,6 +1004,10 @@ fn mcp_clauses(
             resources: keys,
             takes_condition: true,
             examples: prompt_examples,
+            matcher: TargetMatcher::Prompts {
+                server: server.clone(),
+                prompts: prompts.clone(),
+            },
         });
     }
     Some(clauses)
@@ -1010,6 +1074,9 @@ fn a2a_clauses(
         resources: name_keys(&refs),
         takes_condition: true,
         examples,
+        matcher: TargetMatcher::Peers {
+            peers: peers.clone(),
+        },
     }])
 }
 
@@ -1143,7 +1210,7 @@ pub fn compile_policy(
                 role: PolicyRole,
                 clause: &Clause,
                 user: Option<&str>,
-                extra: Option<String>,
+                extra: Extra,
                 rule: &str,
                 blame: &str,
                 gate: Option<usize>,
@@ -1177,14 +1244,34 @@ pub fn compile_policy(
             "{effect} ({principal_scope}, {actions}, {resource_scope})\nwhen {{ {} }}\nwhen {{ {} }}",
             selector.condition, clause.condition
         );
-        if let Some(user) = user.filter(|_| clause.takes_condition) {
+        let user = user.filter(|_| clause.takes_condition);
+        if let Some(user) = user {
             text.push_str(&format!("\nwhen {{ {user} }}"));
         }
-        if let Some(extra) = extra {
+        let extra_cedar = extra.cedar();
+        if let Some(extra) = &extra_cedar {
             text.push('\n');
-            text.push_str(&extra);
+            text.push_str(extra);
         }
         text.push(';');
+        // Cedar evaluates the author's `when` before the clause after it, so when there is a
+        // `when` both stay in Cedar and errors surface exactly as in the full policy.
+        let residual = user.map(|user| {
+            format!(
+                "{effect} (principal, action, resource)\nwhen {{ {user} }}{};",
+                extra_cedar.map(|e| format!("\n{e}")).unwrap_or_default()
+            )
+        });
+        let matcher = Matcher {
+            kinds: clause.kinds.clone(),
+            selector: std::sync::Arc::clone(&selector.matcher),
+            target: clause.matcher.clone(),
+            extra: if residual.is_some() {
+                Extra::None
+            } else {
+                extra
+            },
+        };
         compiled
             .samples
             .actions
@@ -1198,6 +1285,8 @@ pub fn compile_policy(
             resources: clause.resources.clone(),
             gate,
             approval,
+            matcher: Some(matcher),
+            residual,
         });
     };
 
@@ -1254,7 +1343,7 @@ pub fn compile_policy(
                 PolicyRole::Grant,
                 clause,
                 user.as_deref(),
-                None,
+                Extra::None,
                 &field,
                 &blame,
                 None,
@@ -1405,24 +1494,23 @@ pub fn compile_policy(
                     PolicyRole::Grant,
                     clause,
                     user.as_deref(),
-                    None,
+                    Extra::None,
                     &rule,
                     &blame,
                     None,
                     None,
                 ),
                 Kind::Approval(r) => {
-                    let unless = format!(
-                        "unless {{ context.approved.contains({}) }}",
-                        cedar_str(&compiled.requirements[r].id)
-                    );
+                    let unless = Extra::NotApproved {
+                        requirement: compiled.requirements[r].id.clone(),
+                    };
                     emit(
                         compiled,
                         "permit",
                         PolicyRole::Approval,
                         clause,
                         user.as_deref(),
-                        Some(unless),
+                        unless,
                         &rule,
                         &blame,
                         None,
@@ -1430,14 +1518,17 @@ pub fn compile_policy(
                     );
                 }
                 Kind::Gate(g) => {
-                    let gate = cedar_str(&compiled.gates[g].id);
+                    let id = compiled.gates[g].id.clone();
                     emit(
                         compiled,
                         "permit",
                         PolicyRole::Grant,
                         clause,
                         user.as_deref(),
-                        Some(format!("when {{ context.gates.contains({gate}) }}")),
+                        Extra::GateOpen {
+                            gate: g,
+                            id: id.clone(),
+                        },
                         &rule,
                         &blame,
                         Some(g),
@@ -1449,7 +1540,7 @@ pub fn compile_policy(
                         PolicyRole::Grant,
                         clause,
                         user.as_deref(),
-                        Some(format!("unless {{ context.gates.contains({gate}) }}")),
+                        Extra::GateClosed { gate: g, id },
                         &rule,
                         &blame,
                         Some(g),
@@ -1468,6 +1559,7 @@ pub fn compile_policy(
             resources: vec![],
             takes_condition: false,
             examples: vec![],
+            matcher: TargetMatcher::Any,
         };
         if let Some(n) = limits.requests_per_minute {
             let n = i64::try_from(n).unwrap_or(i64::MAX);
@@ -1477,9 +1569,7 @@ pub fn compile_policy(
                 PolicyRole::Grant,
                 &all_kinds,
                 None,
-                Some(format!(
-                    "when {{ context.usage.requests_last_minute >= {n} }}"
-                )),
+                Extra::RequestsAtLeast(n),
                 "spec.limits.requestsPerMinute",
                 "spec.limits.requestsPerMinute",
                 None,
@@ -1496,9 +1586,7 @@ pub fn compile_policy(
                         PolicyRole::Grant,
                         &all_kinds,
                         None,
-                        Some(format!(
-                            "when {{ context.usage.bytes_last_hour + context.body_bytes > {n} }}"
-                        )),
+                        Extra::BytesOver(n),
                         "spec.limits.bytesPerHour",
                         "spec.limits.bytesPerHour",
                         None,

@@ -337,10 +337,10 @@ fn gate_satisfied(gate: &Gate, request: &DecisionRequest, now: i64) -> bool {
 /// cannot see the rest, and a policy that reads one that is missing errs, which denies.
 fn context_for(
     request: &DecisionRequest,
-    bundle: &Bundle,
     now: i64,
     gates: &[String],
     reads: ContextUse,
+    args: Option<RestrictedExpression>,
 ) -> Result<Context, String> {
     let ctx = &request.context;
     let score = |kind| {
@@ -432,17 +432,10 @@ fn context_for(
                 add("ip", &|| Ok(RestrictedExpression::new_ip(ip.to_string())))?;
             }
         }
-        // Arguments are converted even when no policy reads them: a value of the wrong type is
-        // refused whatever the policies say.
-        Action::McpToolsCall { args, .. } => {
-            let converted = args_record(args, &bundle.tool_args)?;
-            add("args", &|| Ok(converted.clone()))?;
-        }
-        Action::McpPromptsGet { args, .. } => {
-            let converted = args_record(args, &bundle.prompt_args)?;
-            add("args", &|| Ok(converted.clone()))?;
-        }
         _ => {}
+    }
+    if let Some(args) = args {
+        add("args", &|| Ok(args.clone()))?;
     }
     Context::from_pairs(fields).map_err(|e| e.to_string())
 }
@@ -468,6 +461,12 @@ fn new_decision_id() -> DecisionId {
         *used += 16;
         DecisionId::from_bytes(id)
     })
+}
+
+/// What Cedar needs to evaluate a request, built only when some policy needs Cedar.
+struct CedarInput {
+    request: Request,
+    entities: Arc<RequestEntities>,
 }
 
 fn policy_number(id: &str) -> Option<usize> {
@@ -500,17 +499,60 @@ impl Bundle {
         }
     }
 
-    /// Evaluates a policy set (whole, or candidate by candidate) and sorts what matched by
-    /// effect, in global policy numbers, with every error.
+    /// First pass over a set: decides in Rust every candidate whose matcher settles it, and
+    /// returns the candidates Cedar must still evaluate (all of them when unsliced).
+    fn prejudge(
+        &self,
+        set: &SlicedSet,
+        ids: &[u32],
+        candidates: &[u32],
+        slicing: Slicing,
+        request: &DecisionRequest,
+        open_gates: &BTreeSet<usize>,
+    ) -> (Verdict, Vec<u32>) {
+        let mut verdict = Verdict::default();
+        if slicing == Slicing::Off {
+            return (verdict, candidates.to_vec());
+        }
+        let mut pending = Vec::new();
+        for c in candidates {
+            let Some(matcher) = set.matcher(*c) else {
+                pending.push(*c);
+                continue;
+            };
+            if !matcher.matches(request) {
+                continue;
+            }
+            if set.single(*c).is_some() {
+                pending.push(*c);
+                continue;
+            }
+            let n = ids[*c as usize] as usize;
+            match matcher.extra.holds(request, open_gates) {
+                Ok(true) if set.is_forbid(*c) => verdict.forbids.push(n),
+                Ok(true) => verdict.permits.push(n),
+                Ok(false) => {}
+                Err(e) => verdict.errors.push(match self.policies.get(n) {
+                    Some(info) => format!(
+                        "{}: error while evaluating policy `p{n}`: {e}",
+                        info.reference
+                    ),
+                    None => e,
+                }),
+            }
+        }
+        (verdict, pending)
+    }
+
+    /// Second pass: Cedar evaluates what the first left, whole set or candidate by candidate.
     fn judge(
         &self,
         set: &SlicedSet,
-        candidates: &[u32],
+        pending: &[u32],
         slicing: Slicing,
-        request: &Request,
-        entities: &Entities,
-    ) -> Verdict {
-        let mut verdict = Verdict::default();
+        cedar: &CedarInput,
+        verdict: &mut Verdict,
+    ) {
         let mut absorb = |response: Response, forbid: Option<bool>| {
             verdict.errors.extend(self.errors(&response));
             for id in response.diagnostics().reason() {
@@ -527,20 +569,34 @@ impl Bundle {
                 .push(n);
             }
         };
+        let entities = &cedar.entities.entities;
         match slicing {
-            Slicing::Off => absorb(AUTHORIZER.is_authorized(request, set.all(), entities), None),
+            Slicing::Off => absorb(
+                AUTHORIZER.is_authorized(&cedar.request, set.all(), entities),
+                None,
+            ),
             Slicing::On => {
-                for c in candidates {
-                    absorb(
-                        AUTHORIZER.is_authorized(request, set.single(*c), entities),
-                        Some(set.is_forbid(*c)),
-                    );
+                for c in pending {
+                    if let Some(single) = set.single(*c) {
+                        absorb(
+                            AUTHORIZER.is_authorized(&cedar.request, single, entities),
+                            Some(set.is_forbid(*c)),
+                        );
+                    }
                 }
             }
         }
         verdict.permits.sort_unstable();
         verdict.forbids.sort_unstable();
-        verdict
+    }
+
+    /// The tool or prompt arguments as Cedar sees them, refusing values of the wrong type.
+    fn converted_args(&self, action: &Action) -> Result<Option<RestrictedExpression>, String> {
+        match action {
+            Action::McpToolsCall { args, .. } => args_record(args, &self.tool_args).map(Some),
+            Action::McpPromptsGet { args, .. } => args_record(args, &self.prompt_args).map(Some),
+            _ => Ok(None),
+        }
     }
 
     fn refs_of(&self, numbers: &[usize]) -> Vec<PolicyRef> {
@@ -626,60 +682,79 @@ impl Bundle {
         let one = |e: String| vec![e];
         let now = request.context.time.unwrap_or_else(now_unix);
         let kind = request.action.kind();
+        // Arguments of the wrong type deny whatever the policies say, so they are converted
+        // (and checked) before anything is evaluated.
+        let args = self.converted_args(&request.action).map_err(one)?;
         let keys = RequestKeys::new(&request.agent, kind, &request.action.resource());
-        let entities = self
-            .entities
-            .get(&request.agent, &request.action)
-            .map_err(one)?;
-        let action = ACTIONS[kind_index(kind)].clone();
 
         let grant_candidates = self.candidates(&self.grants, &keys, slicing);
         let approval_candidates = self.candidates(&self.approvals, &keys, slicing);
-        let mut gates: BTreeSet<usize> = BTreeSet::new();
-        for c in &grant_candidates {
-            if let Some(g) = self.policies[self.grant_ids[*c as usize] as usize].gate {
-                gates.insert(g);
-            }
-        }
-        let satisfied: Vec<String> = gates
+        let gates: BTreeSet<usize> = grant_candidates
+            .iter()
+            .filter_map(|c| self.policies[self.grant_ids[*c as usize] as usize].gate)
+            .collect();
+        let open_gates: BTreeSet<usize> = gates
             .into_iter()
-            .map(|g| &self.gates[g])
-            .filter(|g| gate_satisfied(g, request, now))
-            .map(|g| g.id.clone())
+            .filter(|g| gate_satisfied(&self.gates[*g], request, now))
+            .collect();
+        let satisfied: Vec<String> = open_gates
+            .iter()
+            .map(|g| self.gates[*g].id.clone())
             .collect();
         out.gates = satisfied.clone();
-        let reads = match slicing {
-            Slicing::Off => ContextUse::ALL,
-            Slicing::On => grant_candidates
-                .iter()
-                .map(|c| self.grant_ids[*c as usize])
-                .chain(
-                    approval_candidates
-                        .iter()
-                        .map(|c| self.approval_ids[*c as usize]),
-                )
-                .fold(ContextUse::default(), |acc, n| {
-                    acc.union(self.policies[n as usize].context)
-                }),
-        };
-        let context = context_for(request, self, now, &satisfied, reads).map_err(one)?;
-        let cedar_request = Request::new(
-            entities.agent.clone(),
-            action,
-            entities.resource.clone(),
-            context,
-            None,
-        )
-        .map_err(|e| one(e.to_string()))?;
+        out.evaluated = grant_candidates.len();
 
-        let granted = self.judge(
+        let (mut granted, grants_pending) = self.prejudge(
             &self.grants,
+            &self.grant_ids,
             &grant_candidates,
             slicing,
-            &cedar_request,
-            &entities.entities,
+            request,
+            &open_gates,
         );
-        out.evaluated = grant_candidates.len();
+        let (mut pending, approvals_pending) = self.prejudge(
+            &self.approvals,
+            &self.approval_ids,
+            &approval_candidates,
+            slicing,
+            request,
+            &open_gates,
+        );
+        let cedar = if grants_pending.is_empty() && approvals_pending.is_empty() {
+            None
+        } else {
+            let reads = match slicing {
+                Slicing::Off => ContextUse::ALL,
+                Slicing::On => grants_pending
+                    .iter()
+                    .map(|c| self.grant_ids[*c as usize])
+                    .chain(
+                        approvals_pending
+                            .iter()
+                            .map(|c| self.approval_ids[*c as usize]),
+                    )
+                    .fold(ContextUse::default(), |acc, n| {
+                        acc.union(self.policies[n as usize].context)
+                    }),
+            };
+            let entities = self
+                .entities
+                .get(&request.agent, &request.action)
+                .map_err(one)?;
+            let context = context_for(request, now, &satisfied, reads, args).map_err(one)?;
+            let request = Request::new(
+                entities.agent.clone(),
+                ACTIONS[kind_index(kind)].clone(),
+                entities.resource.clone(),
+                context,
+                None,
+            )
+            .map_err(|e| one(e.to_string()))?;
+            Some(CedarInput { request, entities })
+        };
+        if let Some(cedar) = &cedar {
+            self.judge(&self.grants, &grants_pending, slicing, cedar, &mut granted);
+        }
         if !granted.errors.is_empty() {
             return Err(granted.errors);
         }
@@ -694,19 +769,16 @@ impl Bundle {
         }
         let deciding = self.refs_of(&granted.permits);
         out.permits = deciding.clone();
-        if approval_candidates.is_empty() {
-            out.decision.outcome = Outcome::Allow;
-            out.decision.deciding = deciding;
-            return Ok(());
-        }
-        let pending = self.judge(
-            &self.approvals,
-            &approval_candidates,
-            slicing,
-            &cedar_request,
-            &entities.entities,
-        );
         out.evaluated += approval_candidates.len();
+        if let Some(cedar) = &cedar {
+            self.judge(
+                &self.approvals,
+                &approvals_pending,
+                slicing,
+                cedar,
+                &mut pending,
+            );
+        }
         if !pending.errors.is_empty() {
             return Err(pending.errors);
         }

@@ -11,6 +11,7 @@ use cedar_policy::{Policy, PolicySet};
 use warden_model::{ActionKind, AgentIdentity, Host, Resource};
 
 use crate::compile::{PrincipalKey, ResourceKey};
+use crate::matcher::Matcher;
 
 /// Hash maps on the decision path: foldhash is several times faster than SipHash on these short
 /// keys and is seeded per process, so keys chosen by a caller cannot be aimed at collisions.
@@ -89,6 +90,10 @@ pub struct Indexed {
     pub principals: Vec<PrincipalKey>,
     pub kinds: Vec<ActionKind>,
     pub resources: Vec<ResourceKey>,
+    /// The structural part, for generated policies.
+    pub matcher: Option<Matcher>,
+    /// What Cedar evaluates once the matcher holds; `None` when the matcher decides alone.
+    pub residual: Option<Policy>,
 }
 
 /// A set of Cedar policies with its slicing index.
@@ -97,7 +102,10 @@ pub struct Indexed {
 /// the results as Cedar would; one set per distinct candidate list would be cheaper per call but
 /// needs a cache that the number of agent × resource combinations outgrows.
 pub struct SlicedSet {
-    singles: Vec<PolicySet>,
+    /// Per policy: what Cedar evaluates when sliced (the residual, or the whole raw policy);
+    /// `None` when the matcher decides alone.
+    singles: Vec<Option<PolicySet>>,
+    matchers: Vec<Option<Matcher>>,
     forbids: Vec<bool>,
     entries: Vec<Entry>,
     all: PolicySet,
@@ -112,6 +120,8 @@ impl SlicedSet {
         let mut by_resource: FastMap<(ActionKind, ResourceKey), Vec<u32>> = FastMap::default();
         let mut entries = Vec::with_capacity(policies.len());
         let mut cedar = Vec::with_capacity(policies.len());
+        let mut singles = Vec::with_capacity(policies.len());
+        let mut matchers = Vec::with_capacity(policies.len());
         for (
             i,
             Indexed {
@@ -119,9 +129,21 @@ impl SlicedSet {
                 principals,
                 kinds,
                 resources,
+                matcher,
+                residual,
             },
         ) in policies.into_iter().enumerate()
         {
+            let sliced = match (&matcher, residual) {
+                (None, _) => Some(policy.clone()),
+                (Some(_), residual) => residual,
+            };
+            singles.push(
+                sliced
+                    .map(|p| PolicySet::from_policies([p]).map_err(|e| e.to_string()))
+                    .transpose()?,
+            );
+            matchers.push(matcher);
             let i = u32::try_from(i).unwrap_or(u32::MAX);
             let kinds: Vec<ActionKind> = if kinds.is_empty() {
                 ActionKind::ALL.to_vec()
@@ -151,12 +173,9 @@ impl SlicedSet {
             .iter()
             .map(|p| p.effect() == cedar_policy::Effect::Forbid)
             .collect();
-        let singles = cedar
-            .into_iter()
-            .map(|p| PolicySet::from_policies([p]).map_err(|e| e.to_string()))
-            .collect::<Result<_, _>>()?;
         Ok(Self {
             singles,
+            matchers,
             forbids,
             entries,
             all,
@@ -174,9 +193,13 @@ impl SlicedSet {
         &self.all
     }
 
-    /// Policy `i` alone.
-    pub fn single(&self, i: u32) -> &PolicySet {
-        &self.singles[i as usize]
+    /// What Cedar evaluates for policy `i` when sliced, if anything.
+    pub fn single(&self, i: u32) -> Option<&PolicySet> {
+        self.singles[i as usize].as_ref()
+    }
+
+    pub fn matcher(&self, i: u32) -> Option<&Matcher> {
+        self.matchers[i as usize].as_ref()
     }
 
     pub fn is_forbid(&self, i: u32) -> bool {

@@ -15,6 +15,7 @@ mod document;
 mod engine;
 mod index;
 mod locate;
+mod matcher;
 mod pattern;
 mod schema;
 pub mod synth;

@@ -202,6 +202,19 @@ impl HostPattern {
         }
     }
 
+    /// Whether `host` matches, exactly as the Cedar condition decides it.
+    pub fn matches(&self, host: &Host) -> bool {
+        let Host::Dns(name) = host else { return false };
+        let labels = name.split('.').count();
+        match self {
+            Self::Exact(n) => n == name,
+            Self::OneLabel(s) => {
+                labels == s.split('.').count() + 1 && name.ends_with(&format!(".{s}"))
+            }
+            Self::AnyLabels(s) => labels > s.split('.').count() && name.ends_with(&format!(".{s}")),
+        }
+    }
+
     /// A host this pattern matches.
     pub fn example(&self) -> Host {
         let name = match self {
@@ -315,6 +328,22 @@ impl SegmentPattern {
 
     pub fn matches_everything(&self) -> bool {
         self.segments.is_empty() && self.open_ended
+    }
+
+    /// Whether `segments` match, exactly as the Cedar condition over depth and the first
+    /// [`MAX_SEGMENTS`] segments decides it.
+    pub fn matches(&self, segments: &[&str]) -> bool {
+        let depth_ok = if self.open_ended {
+            segments.len() >= self.segments.len()
+        } else {
+            segments.len() == self.segments.len()
+        };
+        depth_ok
+            && self.segments.iter().zip(segments).all(|(p, s)| match p {
+                Segment::Any => true,
+                Segment::Literal(v) => v == s,
+                Segment::Glob(g) => glob_match(g, s),
+            })
     }
 
     /// A concrete value this pattern matches, for generated sample requests.

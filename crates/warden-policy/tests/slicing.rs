@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used)] // Tests fail loudly by design.
 
 use proptest::prelude::*;
-use warden_model::{Decision, DecisionRequest};
+use warden_model::{Decision, DecisionRequest, Outcome};
 use warden_policy::{Bundle, LoadLimits, Slicing, SourceFile};
 
 const CATALOG: &str = r#"apiVersion: warden.dev/v1alpha1
@@ -50,13 +50,24 @@ fn subset(items: &'static [&'static str]) -> impl Strategy<Value = String> {
 fn selector() -> impl Strategy<Value = String> {
     prop_oneof![
         (pick(&["x", "y", "z"])).prop_map(|a| format!("{{matchLabels: {{app: {a}}}}}")),
-        (pick(&["x", "y"]), pick(&["dev", "prod"])).prop_map(|(a, e)| format!("{{matchLabels: {{app: {a}, env: {e}}}}}")),
-        (subset(&["x", "y", "z"])).prop_map(|v| format!("{{matchExpressions: [{{key: app, operator: In, values: {v}}}]}}")),
-        (subset(&["dev", "prod"])).prop_map(|v| format!("{{matchExpressions: [{{key: env, operator: NotIn, values: {v}}}, {{key: app, operator: Exists}}]}}")),
+        (pick(&["x", "y"]), pick(&["dev", "prod"]))
+            .prop_map(|(a, e)| format!("{{matchLabels: {{app: {a}, env: {e}}}}}")),
+        (subset(&["x", "y", "z"]))
+            .prop_map(|v| format!("{{matchExpressions: [{{key: app, operator: In, values: {v}}}]}}")),
+        (subset(&["dev", "prod"])).prop_map(|v| format!(
+            "{{matchExpressions: [{{key: env, operator: NotIn, values: {v}}}, {{key: app, operator: Exists}}]}}"
+        )),
         Just("{matchExpressions: [{key: env, operator: DoesNotExist}]}".to_owned()),
-        (pick(&["acme", "globex"]), pick(&["a", "b"]), pick(&["*", "**", "i1", "i*"])).prop_map(|(t, n, i)| format!("{{spiffeIds: [\"spiffe://td/tenant/{t}/agent/{n}/{i}\"]}}")),
-        (pick(&["acme", "globex"])).prop_map(|t| format!("{{spiffeIds: [\"spiffe://td/tenant/{t}/**\"]}}")),
-        (pick(&["*", "b"])).prop_map(|n| format!("{{spiffeIds: [\"spiffe://td/tenant/*/agent/{n}/**\"], matchLabels: {{app: x}}}}")),
+        (pick(&["acme", "globex"]), pick(&["a", "b"]), pick(&["*", "**", "i1", "i*", "{id}"]))
+            .prop_map(|(t, n, i)| format!("{{spiffeIds: [\"spiffe://td/tenant/{t}/agent/{n}/{i}\"]}}")),
+        (pick(&["acme", "globex"]))
+            .prop_map(|t| format!("{{spiffeIds: [\"spiffe://td/tenant/{t}/**\"]}}")),
+        (pick(&["*", "b"])).prop_map(|n| format!(
+            "{{spiffeIds: [\"spiffe://td/tenant/*/agent/{n}/**\"], matchLabels: {{app: x}}}}"
+        )),
+        (pick(&["i*", "*"])).prop_map(|i| format!(
+            "{{spiffeIds: [\"spiffe://td/tenant/acme/agent/a/{i}/agent/*/j1\", \"spiffe://other/tenant/acme/agent/a/{i}\"]}}"
+        )),
         Just("{allAgents: true}".to_owned()),
     ]
 }
@@ -66,6 +77,7 @@ fn condition() -> impl Strategy<Value = String> {
         "",
         "context.args.n > 2",
         "context.args.s == \"v\"",
+        "context.args.n + 9223372036854775806 > 0",
         "context.intent like \"*fix*\"",
         "context.findings.injection_score > 50",
         "principal.depth == 1",
@@ -84,19 +96,24 @@ fn mcp_target(with_condition: bool) -> impl Strategy<Value = String> {
         pick(&["s1", "s2", "s*"]),
         subset(&["t1", "t2", "t3", "get_*", "*"]),
         condition(),
+        pick(&[
+            "",
+            "",
+            ", resources: [\"file:///docs/*\"]",
+            ", resources: [\"*\"]",
+            ", prompts: [pr]",
+            ", prompts: [\"p*\"], resources: [\"mem://*/x\"]",
+        ]),
     )
-        .prop_map(move |(s, t, c)| {
-            let c = if with_condition
-                && !c.contains("intent")
-                && !c.contains("depth")
-                && !c.contains("injection")
-            {
-                c
-            } else {
+        .prop_map(move |(s, t, c, extra)| {
+            let c = if with_condition { c } else { String::new() };
+            // Argument conditions type-check only where every clause of the rule has arguments.
+            let c = if c.contains("args") && (s != "s1" || extra.contains("resources")) {
                 String::new()
+            } else {
+                c
             };
-            let c = if s == "s1" { c } else { String::new() };
-            format!("{{server: {s}, tools: {t}{c}}}")
+            format!("{{server: {s}, tools: {t}{extra}{c}}}")
         })
 }
 
@@ -104,11 +121,19 @@ fn egress_target() -> impl Strategy<Value = String> {
     prop_oneof![
         (
             subset(&["a.com", "*.a.com", "**.a.com", "other.io"]),
-            subset(&["443", "80-90"])
+            subset(&["443", "80-90"]),
+            pick(&["", ", protocol: udp", ", protocol: tcp"]),
         )
-            .prop_map(|(h, p)| format!("{{hosts: {h}, ports: {p}}}")),
-        (pick(&["10.0.0.0/8", "10.1.0.0/16", "0.0.0.0/0"]))
-            .prop_map(|c| format!("{{cidrs: [\"{c}\"]}}")),
+            .prop_map(|(h, p, proto)| format!("{{hosts: {h}, ports: {p}{proto}}}")),
+        (pick(&[
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "0.0.0.0/0",
+            "2001:db8::/32",
+            "::/0"
+        ]))
+        .prop_map(|c| format!("{{cidrs: [\"{c}\"]}}")),
+        Just("{hosts: [\"*.a.com\"], cidrs: [\"10.1.0.0/16\"], ports: [443]}".to_owned()),
     ]
 }
 
@@ -116,7 +141,14 @@ fn http_target() -> impl Strategy<Value = String> {
     (
         pick(&["svc1", "svc2", "svc*"]),
         subset(&["GET", "POST", "*"]),
-        subset(&["/v1/*", "/v1/**", "/v2/items/{id}", "/**"]),
+        subset(&[
+            "/v1/*",
+            "/v1/**",
+            "/v2/items/{id}",
+            "/**",
+            "/files/*.pdf",
+            "/v*/a",
+        ]),
     )
         .prop_map(|(s, m, p)| format!("{{service: {s}, methods: {m}, paths: {p}}}"))
 }
@@ -147,7 +179,14 @@ fn policy(index: usize) -> impl Strategy<Value = String> {
         prop::collection::vec(http_target(), 0..2),
         prop::collection::vec(a2a_target(), 0..2),
         prop::collection::vec(target(), 0..2),
-        prop::collection::vec(target(), 0..2),
+        prop::collection::vec(
+            prop_oneof![
+                target(),
+                Just("{mcp: {server: \"s*\", tools: [\"*\"]}}".to_owned()),
+                Just("{egress: {hosts: [\"**.a.com\"]}}".to_owned()),
+            ],
+            0..3,
+        ),
         prop::collection::vec(target(), 0..2),
         prop::option::of(1u64..5),
     )
@@ -158,19 +197,38 @@ fn policy(index: usize) -> impl Strategy<Value = String> {
             }
             s.push_str(&format!("}}\nspec:\n  selector: {sel}\n"));
             let list = |name: &str, items: &[String]| {
-                if items.is_empty() { String::new() } else { format!("  {name}: [{}]\n", items.join(", ")) }
+                if items.is_empty() {
+                    String::new()
+                } else {
+                    format!("  {name}: [{}]\n", items.join(", "))
+                }
             };
             s.push_str(&list("mcp", &mcp));
             s.push_str(&list("egress", &egress));
             s.push_str(&list("http", &http));
             s.push_str(&list("a2a", &a2a));
             s.push_str(&list("deny", &deny));
-            let approvals: Vec<String> = approval.iter().map(|t| format!("{{match: {t}, approvers: {{group: g, required: 1}}}}")).collect();
+            let approvals: Vec<String> = approval
+                .iter()
+                .map(|t| format!("{{match: {t}, approvers: {{group: g, required: 1}}}}"))
+                .collect();
             s.push_str(&list("approval", &approvals));
-            let gates: Vec<String> = events.iter().map(|t| format!("{{match: {t}, after: {{type: spike, within: 10m, attributes: {{k: {{agent: name}}}}}}}}")).collect();
+            let gates: Vec<String> = events
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    let attribute = if i % 2 == 0 { "{k: {agent: name}}" } else { "{k: {arg: s}}" };
+                    format!("{{match: {t}, after: {{type: spike, within: 10m, attributes: {attribute}}}}}")
+                })
+                .collect();
             s.push_str(&list("events", &gates));
-            if let Some(n) = limit {
-                s.push_str(&format!("  limits: {{requestsPerMinute: {n}}}\n"));
+            match limit {
+                Some(n) if n % 2 == 0 => s.push_str(&format!("  limits: {{requestsPerMinute: {n}}}\n")),
+                Some(n) => s.push_str(&format!(
+                    "  limits: {{requestsPerMinute: {n}, bytesPerHour: {}Ki}}\n",
+                    n * 10
+                )),
+                None => {}
             }
             s
         })
@@ -209,9 +267,10 @@ fn request() -> impl Strategy<Value = DecisionRequest> {
         prop::option::of(pick(&["sub", "b"])),
         prop::option::of(pick(&["x", "y", "z"])),
         prop::option::of(pick(&["dev", "prod"])),
+        pick(&["td", "td", "td", "other"]),
     )
-        .prop_map(|(t, n, i, sub, app, env)| {
-            let mut id = format!("spiffe://td/tenant/{t}/agent/{n}/{i}");
+        .prop_map(|(t, n, i, sub, app, env, td)| {
+            let mut id = format!("spiffe://{td}/tenant/{t}/agent/{n}/{i}");
             if let Some(sub) = sub {
                 id.push_str(&format!("/agent/{sub}/j1"));
             }
@@ -225,21 +284,51 @@ fn request() -> impl Strategy<Value = DecisionRequest> {
             serde_json::json!({"spiffeId": id, "labels": labels})
         });
     let action = prop_oneof![
-        (pick(&["s1", "s2", "s3"]), pick(&["t1", "t2", "t3", "get_x", "zz"]), prop::option::of(0i64..5), prop::option::of(pick(&["v", "w"])))
+        (
+            pick(&["s1", "s2", "s3"]),
+            pick(&["t1", "t2", "t3", "get_x", "zz"]),
+            prop::option::of(0i64..5),
+            prop::option::of(pick(&["v", "w"])),
+        )
             .prop_map(|(s, t, n, sv)| {
                 let mut args = serde_json::Map::new();
-                if let Some(n) = n { args.insert("n".into(), n.into()); }
-                if let Some(sv) = sv { args.insert("s".into(), sv.into()); }
+                if let Some(n) = n {
+                    args.insert("n".into(), n.into());
+                }
+                if let Some(sv) = sv {
+                    args.insert("s".into(), sv.into());
+                }
                 serde_json::json!({"kind": "mcp.tools/call", "server": s, "tool": t, "args": args})
             }),
         (pick(&["s1", "s2"])).prop_map(|s| serde_json::json!({"kind": "mcp.tools/list", "server": s})),
-        (pick(&["a.com", "x.a.com", "y.x.a.com", "other.io", "10.1.2.3"]), pick(&[443u16, 85, 22]), prop::option::of(pick(&["10.1.0.9", "192.168.1.1"])))
-            .prop_map(|(h, p, ip)| serde_json::json!({"kind": "egress.connect", "host": h, "port": p, "ip": ip})),
-        (pick(&["svc1", "svc2", "svcx"]), pick(&["GET", "POST", "DELETE"]), pick(&["/v1/a", "/v1/a/b", "/v2/items/7", "/", "/v3"]))
+        (
+            pick(&["a.com", "x.a.com", "y.x.a.com", "other.io", "10.1.2.3", "[2001:db8::1]", "A.COM."]),
+            pick(&[443u16, 85, 22]),
+            prop::option::of(pick(&["10.1.0.9", "192.168.1.1", "2001:db8::7"])),
+            pick(&["tcp", "udp"]),
+        )
+            .prop_map(|(h, p, ip, proto)| serde_json::json!(
+                {"kind": "egress.connect", "host": h, "port": p, "ip": ip, "protocol": proto}
+            )),
+        (
+            pick(&["svc1", "svc2", "svcx"]),
+            pick(&["GET", "POST", "DELETE"]),
+            pick(&["/v1/a", "/v1/a/b", "/v2/items/7", "/", "/v3", "/files/x.pdf", "/files/x.pdf/y", "/v9/a", "/v1/%61"]),
+        )
             .prop_map(|(s, m, p)| serde_json::json!({"kind": "http", "service": s, "method": m, "path": p})),
-        (pick(&["p1", "p2", "w-1", "q"]), pick(&["a2a.message/send", "a2a.tasks/get", "a2a.tasks/cancel"]))
+        (
+            pick(&["p1", "p2", "w-1", "q"]),
+            pick(&["a2a.message/send", "a2a.tasks/get", "a2a.tasks/cancel"]),
+        )
             .prop_map(|(p, k)| serde_json::json!({"kind": k, "peer": p})),
-        Just(serde_json::json!({"kind": "mcp.prompts/get", "server": "s2", "prompt": "pr", "args": {"topic": "x"}})),
+        (pick(&["s1", "s2"]), pick(&["pr", "px", "q"])).prop_map(|(s, p)| serde_json::json!(
+            {"kind": "mcp.prompts/get", "server": s, "prompt": p, "args": {"topic": "x"}}
+        )),
+        (
+            pick(&["s1", "s2"]),
+            pick(&["file:///docs/a", "file:///etc/passwd", "mem://k/x", "mem://k/y"]),
+        )
+            .prop_map(|(s, u)| serde_json::json!({"kind": "mcp.resources/read", "server": s, "uri": u})),
     ];
     let context = (
         pick(&["", "fix it", "bad"]),
@@ -247,12 +336,22 @@ fn request() -> impl Strategy<Value = DecisionRequest> {
         any::<bool>(),
         any::<bool>(),
         prop::option::of(0u8..100),
+        pick(&[0u64, 30_000, u64::MAX]),
     )
-        .prop_map(|(intent, rpm, event, approved, injection)| {
-            let mut c = serde_json::json!({"time": 1_000_000, "usage": {"requestsLastMinute": rpm, "bytesLastHour": 0}});
-            if !intent.is_empty() { c["intent"] = intent.into(); }
+        .prop_map(|(intent, rpm, event, approved, injection, bytes)| {
+            let mut c = serde_json::json!({
+                "time": 1_000_000,
+                "usage": {"requestsLastMinute": rpm, "bytesLastHour": bytes},
+                "bodyBytes": 100,
+            });
+            if !intent.is_empty() {
+                c["intent"] = intent.into();
+            }
             if event {
-                c["events"] = serde_json::json!([{"id": "e", "type": "spike", "time": 999_900, "publisher": "m", "attributes": {"k": "a"}}]);
+                c["events"] = serde_json::json!([
+                    {"id": "e", "type": "spike", "time": 999_900, "publisher": "m", "attributes": {"k": "a"}},
+                    {"id": "f", "type": "spike", "time": 999_800, "publisher": "m", "attributes": {"k": "v"}},
+                ]);
             }
             if approved {
                 c["approved"] = serde_json::json!(["p0#approval[0]", "acme/p1#approval[0]"]);
@@ -270,8 +369,22 @@ fn request() -> impl Strategy<Value = DecisionRequest> {
     })
 }
 
+/// Equal decisions: same outcome and reason, errors on both sides or neither (their wording may
+/// differ between the Rust matcher and Cedar), same requirements and deciding policies.
 fn same(a: &Decision, b: &Decision) -> bool {
-    a.outcome == b.outcome && a.deciding == b.deciding && a.bundle == b.bundle
+    let shape = |d: &Decision| match &d.outcome {
+        Outcome::Allow => ("allow", None, false, vec![]),
+        Outcome::Deny { reason, errors } => {
+            ("deny", Some(reason.clone()), !errors.is_empty(), vec![])
+        }
+        Outcome::NeedsApproval { requirements } => (
+            "needs-approval",
+            None,
+            false,
+            requirements.iter().map(|r| r.id.clone()).collect(),
+        ),
+    };
+    shape(a) == shape(b) && a.deciding == b.deciding && a.bundle == b.bundle
 }
 
 proptest! {
@@ -300,6 +413,7 @@ fn generated_cases_reach_every_outcome() {
     let mut runner = TestRunner::deterministic();
     let mut seen = std::collections::BTreeMap::<&'static str, usize>::new();
     let mut forbidden = 0;
+    let mut errors = 0;
     for _ in 0..60 {
         let sources = bundle_sources().new_tree(&mut runner).unwrap().current();
         let bundle = Bundle::from_sources(sources, LoadLimits::default()).unwrap();
@@ -316,6 +430,10 @@ fn generated_cases_reach_every_outcome() {
             ) {
                 forbidden += 1;
             }
+            if matches!(&d.outcome, warden_model::Outcome::Deny { errors: e, .. } if !e.is_empty())
+            {
+                errors += 1;
+            }
         }
     }
     assert!(seen.get("allow").copied().unwrap_or(0) > 50, "{seen:?}");
@@ -323,5 +441,6 @@ fn generated_cases_reach_every_outcome() {
         seen.get("needs-approval").copied().unwrap_or(0) > 5,
         "{seen:?}"
     );
+    assert!(errors > 5, "{seen:?} errors={errors}");
     assert!(forbidden > 50, "{seen:?} forbidden={forbidden}");
 }
