@@ -7,13 +7,23 @@ use warden_policy::synth::synthetic;
 use warden_policy::{Bundle, LoadLimits};
 
 fn main() {
+    let iterations: u32 = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200_000);
     let size = std::env::args()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(1000);
     let s = synthetic(size, 4096, 11);
+    let loading = std::time::Instant::now();
     let bundle =
         Bundle::from_sources(s.sources, LoadLimits::default()).expect("synthetic bundle loads");
+    println!(
+        "{} policies loaded in {:?}",
+        bundle.len(),
+        loading.elapsed()
+    );
     let evaluated: usize = s
         .requests
         .iter()
@@ -25,11 +35,11 @@ fn main() {
     );
     let started = std::time::Instant::now();
     let mut allowed = 0;
-    for request in s.requests.iter().cycle().take(200_000) {
+    for request in s.requests.iter().cycle().take(iterations as usize) {
         allowed += usize::from(bundle.decide(request).is_allowed());
     }
     println!(
         "{allowed} allowed, {:?} per decision",
-        started.elapsed() / 200_000
+        started.elapsed() / iterations
     );
 }

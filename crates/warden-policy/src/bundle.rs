@@ -6,6 +6,7 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use cedar_policy::{
     ActionConstraint, Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator,
@@ -66,7 +67,7 @@ pub struct TestCase {
 #[derive(Debug, Clone)]
 pub struct PolicyInfo {
     pub reference: PolicyRef,
-    pub text: String,
+    pub text: Arc<str>,
     pub role: PolicyRole,
     pub gate: Option<usize>,
     pub approval: Option<usize>,
@@ -241,19 +242,24 @@ impl Bundle {
             }
         };
 
-        let mut cedar_policies = Vec::with_capacity(compiled.policies.len());
-        for (n, policy) in compiled.policies.iter().enumerate() {
-            match Policy::parse(Some(PolicyId::new(format!("p{n}"))), &policy.text) {
-                Ok(p) => cedar_policies.push(p),
-                Err(e) => diagnostics.push(origin_error(
-                    &policy.origin,
-                    format!("invalid Cedar: {}", one_line(&e.to_string())),
-                )),
+        let full_texts: Vec<(usize, &str)> = compiled
+            .policies
+            .iter()
+            .map(|p| p.text.as_str())
+            .enumerate()
+            .collect();
+        let cedar_policies = match parse_numbered(&full_texts) {
+            Ok(parsed) => parsed.into_iter().map(|(_, p)| p).collect::<Vec<_>>(),
+            Err(failures) => {
+                for (n, e) in failures {
+                    diagnostics.push(origin_error(
+                        &compiled.policies[n].origin,
+                        format!("invalid Cedar: {e}"),
+                    ));
+                }
+                return Err(LoadError { diagnostics });
             }
-        }
-        if diagnostics.iter().any(Diagnostic::is_error) {
-            return Err(LoadError { diagnostics });
-        }
+        };
 
         let validation_set = match PolicySet::from_policies(cedar_policies.iter().cloned()) {
             Ok(set) => set,
@@ -289,32 +295,42 @@ impl Bundle {
         let mut grant_ids = Vec::new();
         let mut approval_ids = Vec::new();
         let mut infos = Vec::with_capacity(compiled.policies.len());
+        let residual_texts: Vec<(usize, &str)> = compiled
+            .policies
+            .iter()
+            .enumerate()
+            .filter_map(|(n, p)| Some((n, p.residual.as_deref()?)))
+            .collect();
+        let mut residuals: HashMap<usize, Policy> = match parse_numbered(&residual_texts) {
+            Ok(parsed) => parsed.into_iter().collect(),
+            Err(failures) => {
+                return Err(LoadError {
+                    diagnostics: failures
+                        .into_iter()
+                        .map(|(n, e)| {
+                            origin_error(
+                                &compiled.policies[n].origin,
+                                format!("internal error compiling the condition: {e}"),
+                            )
+                        })
+                        .collect(),
+                });
+            }
+        };
         for (n, (policy, cedar)) in compiled.policies.iter().zip(cedar_policies).enumerate() {
             let id = u32::try_from(n).unwrap_or(u32::MAX);
-            let residual = match &policy.residual {
-                Some(text) => match Policy::parse(Some(PolicyId::new(format!("p{n}"))), text) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        return Err(LoadError {
-                            diagnostics: vec![origin_error(
-                                &policy.origin,
-                                format!(
-                                    "internal error compiling the condition: {}",
-                                    one_line(&e.to_string())
-                                ),
-                            )],
-                        });
-                    }
-                },
-                None => None,
-            };
+            let residual = residuals.remove(&n);
+            let text: Arc<str> = Arc::from(policy.text.as_str());
             let entry = Indexed {
+                number: n,
+                text: Arc::clone(&text),
                 policy: cedar,
                 principals: policy.principals.clone(),
                 kinds: policy.kinds.clone(),
                 resources: policy.resources.clone(),
                 matcher: policy.matcher.clone(),
                 residual,
+                gate: policy.gate,
             };
             match policy.role {
                 PolicyRole::Grant => {
@@ -334,7 +350,7 @@ impl Bundle {
                     document: policy.origin.document.clone(),
                     rule: policy.origin.rule.clone(),
                 },
-                text: policy.text.clone(),
+                text,
                 role: policy.role,
                 gate: policy.gate,
                 approval: policy.approval,
@@ -430,6 +446,31 @@ impl Bundle {
 
     pub(crate) fn info(&self, id: &PolicyId) -> Option<&PolicyInfo> {
         self.policies.get(policy_number(id)?)
+    }
+}
+
+/// Policies by global number.
+pub(crate) type Numbered = Vec<(usize, Policy)>;
+/// Policy numbers with what went wrong.
+pub(crate) type Failures = Vec<(usize, String)>;
+
+/// Parses numbered policy texts, each exactly one policy, naming them `p<number>`.
+///
+/// One parser run per policy: parsing them all as one text was measured slower and, since Cedar
+/// keeps source spans per policy, took twice the memory.
+pub(crate) fn parse_numbered(texts: &[(usize, &str)]) -> Result<Numbered, Failures> {
+    let mut parsed = Vec::with_capacity(texts.len());
+    let mut failures = Vec::new();
+    for (n, text) in texts {
+        match Policy::parse(Some(PolicyId::new(format!("p{n}"))), text) {
+            Ok(p) => parsed.push((*n, p)),
+            Err(e) => failures.push((*n, one_line(&e.to_string()))),
+        }
+    }
+    if failures.is_empty() {
+        Ok(parsed)
+    } else {
+        Err(failures)
     }
 }
 

@@ -55,7 +55,6 @@ pub enum PrincipalKey {
 /// What the index files a policy under, on the resource side.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceKey {
-    Any,
     /// A service, MCP server or A2A peer by exact name.
     Name(String),
     Host(String),

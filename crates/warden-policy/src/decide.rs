@@ -571,10 +571,13 @@ impl Bundle {
         };
         let entities = &cedar.entities.entities;
         match slicing {
-            Slicing::Off => absorb(
-                AUTHORIZER.is_authorized(&cedar.request, set.all(), entities),
-                None,
-            ),
+            Slicing::Off => match set.all() {
+                Ok(all) => absorb(
+                    AUTHORIZER.is_authorized(&cedar.request, all, entities),
+                    None,
+                ),
+                Err(e) => verdict.errors.push(e),
+            },
             Slicing::On => {
                 for c in pending {
                     if let Some(single) = set.single(*c) {
@@ -641,7 +644,7 @@ impl Bundle {
             .filter_map(|r| self.policies.get(policy_number(&r.id)?))
             .map(|p| PolicySource {
                 policy: p.reference.clone(),
-                cedar: p.text.clone(),
+                cedar: p.text.to_string(),
             })
             .collect();
         explanation
@@ -685,13 +688,13 @@ impl Bundle {
         // Arguments of the wrong type deny whatever the policies say, so they are converted
         // (and checked) before anything is evaluated.
         let args = self.converted_args(&request.action).map_err(one)?;
-        let keys = RequestKeys::new(&request.agent, kind, &request.action.resource());
+        let keys = RequestKeys::new(&request.agent, &request.action);
 
         let grant_candidates = self.candidates(&self.grants, &keys, slicing);
         let approval_candidates = self.candidates(&self.approvals, &keys, slicing);
         let gates: BTreeSet<usize> = grant_candidates
             .iter()
-            .filter_map(|c| self.policies[self.grant_ids[*c as usize] as usize].gate)
+            .filter_map(|c| self.grants.gate(*c))
             .collect();
         let open_gates: BTreeSet<usize> = gates
             .into_iter()
