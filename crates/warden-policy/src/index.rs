@@ -167,9 +167,10 @@ pub struct Indexed {
 
 /// A set of Cedar policies with its slicing index.
 ///
-/// Sliced evaluation runs each candidate on its own (a one-policy set built at load) and combines
-/// the results as Cedar would; one set per distinct candidate list would be cheaper per call but
-/// needs a cache that the number of agent × resource combinations outgrows.
+/// Sliced evaluation checks each candidate's [`Matcher`] and gives Cedar only what is left — a
+/// residual condition or a raw policy, each a one-policy set built at load — combining the results
+/// as Cedar would. (One set per distinct candidate list needs a cache that the number of
+/// agent × resource combinations outgrows.)
 pub struct SlicedSet {
     /// Per policy: what Cedar evaluates when sliced (the residual, or the whole raw policy);
     /// `None` when the matcher decides alone.

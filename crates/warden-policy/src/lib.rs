@@ -4,8 +4,10 @@
 //! raw Cedar. A directory of them loads as one [`Bundle`]: compiled to Cedar, validated in strict
 //! mode against Warden's schema, indexed for slicing, and hashed. [`Bundle::decide`] answers a
 //! [`warden_model::DecisionRequest`] deny-by-default, with `forbid` over `permit`, and any
-//! evaluation error denying. [`Engine`] holds the bundle in service and swaps in a new one
-//! atomically, keeping the last good one when a reload fails.
+//! evaluation error denying. Decisions evaluate only the policies the slicing index selects, and
+//! of those, Cedar sees only what Warden's exact matchers leave to it; the unsliced Cedar
+//! evaluation stays the reference, and tests hold the two equal. [`Engine`] holds the bundle in
+//! service and swaps in a new one atomically, keeping the last good one when a reload fails.
 
 mod bundle;
 mod compile;
