@@ -911,26 +911,23 @@ fn mcp_clauses(
     }
     let keys = name_keys(&[&server]);
     let server_name = example_name(&server);
-    let tool_examples: Vec<Action> = tools
-        .iter()
-        .filter_map(|t| {
-            Some(Action::McpToolsCall {
-                server: server_name.clone()?,
-                tool: example_name(t)?,
-                args: Default::default(),
-            })
-        })
-        .collect();
-    let prompt_examples: Vec<Action> = prompts
-        .iter()
-        .filter_map(|t| {
-            Some(Action::McpPromptsGet {
-                server: server_name.clone()?,
-                prompt: example_name(t)?,
-                args: Default::default(),
-            })
-        })
-        .collect();
+    let named_examples =
+        |patterns: &[NamePattern], make: fn(Name, Name) -> Action| -> Vec<Action> {
+            patterns
+                .iter()
+                .filter_map(|p| Some(make(server_name.clone()?, example_name(p)?)))
+                .collect()
+        };
+    let tool_examples = named_examples(&tools, |server, tool| Action::McpToolsCall {
+        server,
+        tool,
+        args: Default::default(),
+    });
+    let prompt_examples = named_examples(&prompts, |server, prompt| Action::McpPromptsGet {
+        server,
+        prompt,
+        args: Default::default(),
+    });
     let resource_examples: Vec<Action> = rule
         .resources
         .iter()
