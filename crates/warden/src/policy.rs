@@ -344,6 +344,42 @@ fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+enum Line {
+    Text(String),
+    TooLong,
+    NotUtf8,
+}
+
+/// Reads one line of at most `max` bytes without ever holding more: a longer line is consumed
+/// and reported, so a client cannot make the process buffer an unbounded line.
+fn read_bounded_line(reader: &mut impl BufRead, max: u64) -> io::Result<Option<Line>> {
+    let mut buf = Vec::new();
+    let read = reader.by_ref().take(max + 1).read_until(b'\n', &mut buf)?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if buf.last() != Some(&b'\n') && buf.len() as u64 > max {
+        // Skip the rest of the line in bounded chunks.
+        loop {
+            let (done, used) = {
+                let chunk = reader.fill_buf()?;
+                match chunk.iter().position(|b| *b == b'\n') {
+                    Some(i) => (true, i + 1),
+                    None => (chunk.is_empty(), chunk.len()),
+                }
+            };
+            reader.consume(used);
+            if done {
+                break;
+            }
+        }
+        return Ok(Some(Line::TooLong));
+    }
+    Ok(Some(
+        String::from_utf8(buf).map_or(Line::NotUtf8, Line::Text),
+    ))
+}
+
 fn report_reload(result: Result<ReloadOutcome, LoadError>) {
     match result {
         Ok(ReloadOutcome::Swapped { old, new }) => {
@@ -388,20 +424,23 @@ fn decide(args: &DecideArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let stdin = io::stdin();
+    let mut stdin = io::stdin().lock();
     let mut stdout = io::stdout().lock();
-    for (n, line) in stdin.lock().lines().enumerate() {
-        let line = line.context("cannot read stdin")?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let response = if line.len() as u64 > MAX_REQUEST_BYTES {
-            json!({"line": n + 1, "error": format!("request larger than {MAX_REQUEST_BYTES} bytes")})
-        } else {
-            match serde_json::from_str::<DecisionRequest>(&line) {
-                Ok(request) => serde_json::to_value(engine.decide(&request))?,
-                Err(e) => json!({"line": n + 1, "error": format!("invalid request: {e}")}),
+    let mut n = 0;
+    while let Some(line) =
+        read_bounded_line(&mut stdin, MAX_REQUEST_BYTES).context("cannot read stdin")?
+    {
+        n += 1;
+        let response = match line {
+            Line::TooLong => {
+                json!({"line": n, "error": format!("request larger than {MAX_REQUEST_BYTES} bytes")})
             }
+            Line::NotUtf8 => json!({"line": n, "error": "request is not UTF-8"}),
+            Line::Text(text) if text.trim().is_empty() => continue,
+            Line::Text(text) => match serde_json::from_str::<DecisionRequest>(&text) {
+                Ok(request) => serde_json::to_value(engine.decide(&request))?,
+                Err(e) => json!({"line": n, "error": format!("invalid request: {e}")}),
+            },
         };
         writeln!(stdout, "{response}")?;
         stdout.flush()?;

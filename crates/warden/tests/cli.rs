@@ -295,3 +295,32 @@ fn decide_reloads_and_keeps_the_last_good_bundle() {
     drop(stdin);
     assert!(child.wait().unwrap().success());
 }
+
+/// An oversized or non-UTF-8 line is refused on its own; the requests after it are still answered.
+#[test]
+fn decide_bounds_each_line() {
+    let dir = policy_dir("a.com");
+    let mut child = warden()
+        .args(["policy", "decide", s(dir.path())])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        stdin.write_all(&vec![b'x'; 3 << 20]).unwrap();
+        stdin.write_all(b"\n\xff\xfe\n").unwrap();
+        writeln!(stdin, "{REQUEST}").unwrap();
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0]["error"].as_str().unwrap().contains("larger than"));
+    assert!(lines[1]["error"].as_str().unwrap().contains("not UTF-8"));
+    assert_eq!(lines[2]["outcome"], "allow");
+}
