@@ -29,3 +29,14 @@ pub use decide::{Explanation, PolicySource, Slicing};
 pub use diagnostic::{Diagnostic, LoadError, Severity};
 pub use document::{ExpectedOutcome, TestCaseSpec};
 pub use engine::{Engine, ReloadOutcome};
+
+/// Parses one YAML (or JSON) document from outside, refusing pathological nesting first: the YAML
+/// deserializer takes time quadratic in nesting depth, the pre-check stops at its limit at once.
+pub fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, String> {
+    if let Err((message, line, column)) = locate::Locator::new(text) {
+        return Err(format!(
+            "not valid YAML at line {line}, column {column}: {message}"
+        ));
+    }
+    serde_yaml::from_str(text).map_err(|e| e.to_string())
+}

@@ -221,8 +221,10 @@ fn read_request(source: &str) -> anyhow::Result<DecisionRequest> {
         bail!("the request is larger than {MAX_REQUEST_BYTES} bytes");
     }
     // YAML is a superset of JSON, so one parser reads both.
-    serde_yaml::from_str(&text).with_context(|| {
-        format!("{source} is not a valid request; see docs/policy.md (\"Requests\") for the format")
+    warden_policy::parse_yaml(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{source} is not a valid request: {e}; see docs/policy.md (\"Requests\") for the format"
+        )
     })
 }
 
