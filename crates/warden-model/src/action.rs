@@ -192,7 +192,8 @@ impl Host {
             .and_then(|v| v.strip_suffix(']'))
             .unwrap_or(value);
         if let Ok(ip) = bracketless.parse::<IpAddr>() {
-            return Ok(Self::Ip(ip));
+            // `::ffff:10.0.0.1` is 10.0.0.1: canonical, so IPv4 rules apply to it too.
+            return Ok(Self::Ip(ip.to_canonical()));
         }
         let name = value
             .strip_suffix('.')
@@ -580,7 +581,7 @@ impl TryFrom<ActionWire> for Action {
                 host: require(w.host, kind, "host")?,
                 port: require(w.port, kind, "port")?,
                 protocol: w.protocol.unwrap_or(Protocol::Tcp),
-                ip: w.ip,
+                ip: w.ip.map(|ip| ip.to_canonical()),
             },
             ActionKind::McpToolsCall => Self::McpToolsCall {
                 server: require(w.server, kind, "server")?,
@@ -722,6 +723,21 @@ mod tests {
         ] {
             assert!(HttpPath::new(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4() {
+        assert_eq!(
+            Host::new("::ffff:169.254.169.254").unwrap().to_string(),
+            "169.254.169.254"
+        );
+        let mapped: Action = serde_json::from_str(
+            r#"{"kind":"egress.connect","host":"a.com","port":443,"ip":"::ffff:10.1.0.9"}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(mapped, Action::EgressConnect { ip: Some(ip), .. } if ip.to_string() == "10.1.0.9")
+        );
     }
 
     #[test]

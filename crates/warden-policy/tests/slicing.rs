@@ -304,7 +304,7 @@ fn request() -> impl Strategy<Value = DecisionRequest> {
         (
             pick(&["a.com", "x.a.com", "y.x.a.com", "other.io", "10.1.2.3", "[2001:db8::1]", "A.COM."]),
             pick(&[443u16, 85, 22]),
-            prop::option::of(pick(&["10.1.0.9", "192.168.1.1", "2001:db8::7"])),
+            prop::option::of(pick(&["10.1.0.9", "192.168.1.1", "2001:db8::7", "::ffff:10.1.0.9"])),
             pick(&["tcp", "udp"]),
         )
             .prop_map(|(h, p, ip, proto)| serde_json::json!(

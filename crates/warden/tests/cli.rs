@@ -97,7 +97,7 @@ fn test_runs_the_example_suite() {
         text(&out.stdout),
         text(&out.stderr)
     );
-    assert!(text(&out.stdout).contains("44 passed, 0 failed"));
+    assert!(text(&out.stdout).contains("45 passed, 0 failed"));
     let out = run(&[
         "policy",
         "test",
