@@ -1,0 +1,315 @@
+//! The X.509-SVID certificate authority.
+//!
+//! An SVID (SPIFFE Verifiable Identity Document) here is a leaf certificate with exactly one URI
+//! SAN — the agent's SPIFFE ID — signed by the trust domain's CA, valid for minutes. Rotation
+//! keeps the previous root trusted until the last SVID it signed has expired, so no live SVID is
+//! stranded.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+    SerialNumber,
+};
+use thiserror::Error;
+use time::OffsetDateTime;
+use warden_model::{SpiffeId, TrustDomain};
+
+/// Lifetime of an SVID when the caller does not ask for another.
+pub const DEFAULT_SVID_TTL: Duration = Duration::from_secs(15 * 60);
+/// The longest lifetime an SVID may have.
+pub const MAX_SVID_TTL: Duration = Duration::from_secs(60 * 60);
+/// How far back an SVID's validity starts, for clocks slightly behind the issuer's.
+const BACKDATE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Error)]
+pub enum AuthorityError {
+    #[error(
+        "SPIFFE ID {id} is not in trust domain {trust_domain}; this authority issues only for its own"
+    )]
+    ForeignTrustDomain { id: String, trust_domain: String },
+    #[error("SVID lifetime must be between 1 second and {} minutes, not {requested:?}", MAX_SVID_TTL.as_secs() / 60)]
+    Lifetime { requested: Duration },
+    #[error(
+        "the CA certificate expires before the SVID would; rotate the CA (`warden authority rotate`)"
+    )]
+    CaExpiring,
+    #[error("CA lifetime must be at least twice the longest SVID lifetime ({} minutes)", 2 * MAX_SVID_TTL.as_secs() / 60)]
+    CaLifetime,
+    #[error("cryptographic operation failed: {0}")]
+    Crypto(String),
+}
+
+impl From<rcgen::Error> for AuthorityError {
+    fn from(e: rcgen::Error) -> Self {
+        Self::Crypto(e.to_string())
+    }
+}
+
+/// An issued SVID: the leaf certificate and its private key.
+pub struct Svid {
+    pub spiffe_id: SpiffeId,
+    pub certificate_der: Vec<u8>,
+    pub certificate_pem: String,
+    /// PKCS#8, PEM. Held only by the agent it was issued to.
+    pub private_key_pem: String,
+    pub not_after: OffsetDateTime,
+}
+
+impl std::fmt::Debug for Svid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Svid")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One CA key and its self-signed root.
+struct CaKey {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    not_after: OffsetDateTime,
+    /// Unix time at which the last SVID this key signed expires.
+    last_svid_expiry: AtomicI64,
+}
+
+/// A previous CA key, still trusted until `trusted_until`.
+struct Retired {
+    key: CaKey,
+    trusted_until: OffsetDateTime,
+}
+
+/// The certificate authority of one trust domain.
+pub struct CertificateAuthority {
+    trust_domain: TrustDomain,
+    ca_lifetime: Duration,
+    active: CaKey,
+    retired: Vec<Retired>,
+    /// Bumped on every change of the trusted roots, as SPIFFE bundles' `spiffe_sequence`.
+    sequence: u64,
+}
+
+fn random_serial() -> Result<SerialNumber, AuthorityError> {
+    let mut bytes = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| AuthorityError::Crypto("no randomness".into()))?;
+    // Positive and non-zero, as RFC 5280 requires of serial numbers.
+    bytes[0] = (bytes[0] & 0x7f) | 0x01;
+    Ok(SerialNumber::from_slice(&bytes))
+}
+
+impl CaKey {
+    fn generate(
+        trust_domain: &TrustDomain,
+        now: OffsetDateTime,
+        lifetime: Duration,
+    ) -> Result<Self, AuthorityError> {
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::OrganizationName, "Warden");
+        name.push(DnType::CommonName, format!("Warden CA {trust_domain}"));
+        params.distinguished_name = name;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{trust_domain}")
+                .try_into()
+                .map_err(|e: rcgen::Error| AuthorityError::Crypto(e.to_string()))?,
+        )];
+        params.serial_number = Some(random_serial()?);
+        params.not_before = now - BACKDATE;
+        params.not_after = now + lifetime;
+        let not_after = params.not_after;
+        Ok(Self {
+            issuer: CertifiedIssuer::self_signed(params, key)?,
+            not_after,
+            last_svid_expiry: AtomicI64::new(now.unix_timestamp()),
+        })
+    }
+
+    fn last_svid_expiry(&self) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(self.last_svid_expiry.load(Ordering::Acquire))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+    }
+}
+
+impl CertificateAuthority {
+    /// A new authority with a fresh CA key valid for `ca_lifetime`.
+    pub fn new(
+        trust_domain: TrustDomain,
+        ca_lifetime: Duration,
+        now: OffsetDateTime,
+    ) -> Result<Self, AuthorityError> {
+        if ca_lifetime < 2 * MAX_SVID_TTL {
+            return Err(AuthorityError::CaLifetime);
+        }
+        let active = CaKey::generate(&trust_domain, now, ca_lifetime)?;
+        Ok(Self {
+            trust_domain,
+            ca_lifetime,
+            active,
+            retired: Vec::new(),
+            sequence: 1,
+        })
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// Issues an SVID for `id`, valid for `ttl` (default 15 minutes, at most an hour).
+    pub fn issue_svid(
+        &self,
+        id: &SpiffeId,
+        ttl: Option<Duration>,
+        now: OffsetDateTime,
+    ) -> Result<Svid, AuthorityError> {
+        if id.trust_domain() != self.trust_domain.as_str() {
+            return Err(AuthorityError::ForeignTrustDomain {
+                id: id.to_string(),
+                trust_domain: self.trust_domain.to_string(),
+            });
+        }
+        let ttl = ttl.unwrap_or(DEFAULT_SVID_TTL);
+        if ttl.is_zero() || ttl > MAX_SVID_TTL {
+            return Err(AuthorityError::Lifetime { requested: ttl });
+        }
+        let not_after = now + ttl;
+        if not_after > self.active.not_after {
+            return Err(AuthorityError::CaExpiring);
+        }
+        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        // SPIFFE identifies by the URI SAN alone; the subject stays empty.
+        params.distinguished_name = DistinguishedName::new();
+        params.subject_alt_names =
+            vec![SanType::URI(id.as_str().try_into().map_err(
+                |e: rcgen::Error| AuthorityError::Crypto(e.to_string()),
+            )?)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        params.serial_number = Some(random_serial()?);
+        params.not_before = now - BACKDATE;
+        params.not_after = not_after;
+        let cert = params.signed_by(&key, &self.active.issuer)?;
+        self.active
+            .last_svid_expiry
+            .fetch_max(not_after.unix_timestamp(), Ordering::AcqRel);
+        Ok(Svid {
+            spiffe_id: id.clone(),
+            certificate_der: cert.der().to_vec(),
+            certificate_pem: cert.pem(),
+            private_key_pem: key.serialize_pem(),
+            not_after,
+        })
+    }
+
+    /// Replaces the signing key. The old root stays in the trust bundle until the last SVID it
+    /// signed has expired, so every live SVID keeps verifying.
+    pub fn rotate(&mut self, now: OffsetDateTime) -> Result<(), AuthorityError> {
+        let fresh = CaKey::generate(&self.trust_domain, now, self.ca_lifetime)?;
+        let old = std::mem::replace(&mut self.active, fresh);
+        let trusted_until = old.last_svid_expiry();
+        self.retired.push(Retired {
+            key: old,
+            trusted_until,
+        });
+        self.sequence += 1;
+        self.prune(now);
+        Ok(())
+    }
+
+    /// Drops retired roots whose every SVID has expired.
+    pub fn prune(&mut self, now: OffsetDateTime) {
+        let before = self.retired.len();
+        self.retired.retain(|r| r.trusted_until > now);
+        if self.retired.len() != before {
+            self.sequence += 1;
+        }
+    }
+
+    /// The roots to trust now: the active one first, then retired ones still covering SVIDs.
+    pub fn trust_bundle(&self) -> TrustBundle {
+        let keys = std::iter::once(&self.active).chain(self.retired.iter().map(|r| &r.key));
+        TrustBundle {
+            trust_domain: self.trust_domain.clone(),
+            sequence: self.sequence,
+            roots: keys
+                .map(|k| Root {
+                    der: k.issuer.der().to_vec(),
+                    pem: k.issuer.pem(),
+                    public_key: k.issuer.key().public_key_raw().to_vec(),
+                })
+                .collect(),
+        }
+    }
+}
+
+struct Root {
+    der: Vec<u8>,
+    pem: String,
+    /// Uncompressed P-256 point: 0x04 ‖ x ‖ y.
+    public_key: Vec<u8>,
+}
+
+/// The roots a verifier should trust for a trust domain.
+pub struct TrustBundle {
+    pub trust_domain: TrustDomain,
+    pub sequence: u64,
+    roots: Vec<Root>,
+}
+
+impl TrustBundle {
+    /// DER of each root certificate, active first.
+    pub fn roots_der(&self) -> impl Iterator<Item = &[u8]> {
+        self.roots.iter().map(|r| r.der.as_slice())
+    }
+
+    /// The roots as concatenated PEM.
+    pub fn to_pem(&self) -> String {
+        self.roots.iter().map(|r| r.pem.as_str()).collect()
+    }
+
+    /// The bundle in the SPIFFE Trust Domain and Bundle format: a JWK Set whose keys have
+    /// `use: x509-svid` and carry the root certificate in `x5c`.
+    pub fn to_spiffe_json(&self, refresh_hint: Duration) -> serde_json::Value {
+        let keys: Vec<serde_json::Value> = self
+            .roots
+            .iter()
+            .map(|r| {
+                let (x, y) = r
+                    .public_key
+                    .get(1..)
+                    .unwrap_or_default()
+                    .split_at(r.public_key.len().saturating_sub(1) / 2);
+                serde_json::json!({
+                    "use": "x509-svid",
+                    "kty": "EC",
+                    "crv": "P-256",
+                    "x": URL_SAFE_NO_PAD.encode(x),
+                    "y": URL_SAFE_NO_PAD.encode(y),
+                    "x5c": [STANDARD.encode(&r.der)],
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "keys": keys,
+            "spiffe_sequence": self.sequence,
+            "spiffe_refresh_hint": refresh_hint.as_secs(),
+        })
+    }
+}
