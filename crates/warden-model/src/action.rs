@@ -440,6 +440,24 @@ pub enum Resource {
     A2aPeer(Name),
 }
 
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Service(name) => write!(f, "service {name}"),
+            Self::Host {
+                host: Host::Ip(std::net::IpAddr::V6(ip)),
+                port,
+            } => write!(f, "[{ip}]:{port}"),
+            Self::Host { host, port } => write!(f, "{host}:{port}"),
+            Self::McpServer(server) => write!(f, "MCP server {server}"),
+            Self::McpTool { server, tool } => write!(f, "tool {server}/{tool}"),
+            Self::McpResource { server, uri } => write!(f, "resource {server} {uri}"),
+            Self::McpPrompt { server, prompt } => write!(f, "prompt {server}/{prompt}"),
+            Self::A2aPeer(peer) => write!(f, "agent {peer}"),
+        }
+    }
+}
+
 impl Action {
     pub const MAX_URI_LEN: usize = 8192;
 
@@ -723,6 +741,18 @@ mod tests {
         ] {
             assert!(HttpPath::new(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn resources_display_for_people() {
+        let tool: Action =
+            serde_json::from_str(r#"{"kind":"mcp.tools/call","server":"k8s","tool":"scale"}"#)
+                .unwrap();
+        assert_eq!(tool.resource().to_string(), "tool k8s/scale");
+        let v6: Action =
+            serde_json::from_str(r#"{"kind":"egress.connect","host":"[2001:db8::1]","port":443}"#)
+                .unwrap();
+        assert_eq!(v6.resource().to_string(), "[2001:db8::1]:443");
     }
 
     #[test]

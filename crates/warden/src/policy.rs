@@ -256,7 +256,7 @@ fn print_explanation(request: &DecisionRequest, e: &Explanation) {
     );
     println!("agent      {}", request.agent.spiffe_id());
     println!(
-        "action     {} on {:?}",
+        "action     {} on {}",
         request.action.kind(),
         request.action.resource()
     );
@@ -325,7 +325,7 @@ fn diff(args: &DiffArgs) -> anyhow::Result<ExitCode> {
         Output::Text => {
             for c in &changes {
                 println!(
-                    "{} → {}  {} {} {:?}  ({})",
+                    "{} → {}  {} {} {}  ({})",
                     c.old.outcome.label(),
                     c.new.outcome.label(),
                     c.request.agent.spiffe_id(),
