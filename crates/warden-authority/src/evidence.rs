@@ -170,3 +170,110 @@ impl EvidenceIssuer {
         }
     }
 }
+
+/// How verified evidence becomes a SPIFFE ID: the first rule whose conditions hold wins.
+///
+/// Claims are addressed by JSON pointer (`/kubernetes.io/namespace`), since claim names contain
+/// dots. A template is a SPIFFE ID with `{pointer}` placeholders; every substituted value must be
+/// a single valid path segment, so a hostile claim (`../admin`, `a/b`) cannot forge another
+/// identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityRule {
+    /// Claims that must hold exactly these string values.
+    pub when: Vec<(String, String)>,
+    /// e.g. `spiffe://acme.example/tenant/{/kubernetes.io/namespace}/agent/{/kubernetes.io/serviceaccount/name}/{/kubernetes.io/pod/name}`
+    pub spiffe_id: String,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum MappingError {
+    #[error("no identity rule matches this evidence")]
+    NoMatchingRule,
+    #[error("claim `{pointer}` is missing or not a string")]
+    MissingClaim { pointer: String },
+    #[error(
+        "claim `{pointer}` is not usable in a SPIFFE ID (letters, digits, `.`, `-`, `_`; not `.` or `..`)"
+    )]
+    UnsafeClaim { pointer: String },
+    #[error("the template `{0}` has an unclosed `{{`")]
+    Template(String),
+    #[error(transparent)]
+    Id(#[from] warden_model::ModelError),
+}
+
+/// Looks a claim up by JSON pointer (RFC 6901) and returns it if it is a string.
+fn claim<'a>(claims: &'a Map<String, Value>, pointer: &str) -> Option<&'a str> {
+    let mut tokens = pointer
+        .strip_prefix('/')?
+        .split('/')
+        .map(|t| t.replace("~1", "/").replace("~0", "~"));
+    let mut value = claims.get(&tokens.next()?)?;
+    for token in tokens {
+        value = match value {
+            Value::Object(map) => map.get(&token)?,
+            Value::Array(items) => items.get(token.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    value.as_str()
+}
+
+fn safe_segment(value: &str) -> bool {
+    !value.is_empty()
+        && value != "."
+        && value != ".."
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+impl IdentityRule {
+    /// The SPIFFE ID this rule gives `evidence`, or `None` if its conditions do not hold.
+    fn apply(
+        &self,
+        evidence: &VerifiedEvidence,
+    ) -> Result<Option<warden_model::SpiffeId>, MappingError> {
+        if !self
+            .when
+            .iter()
+            .all(|(pointer, want)| claim(&evidence.claims, pointer) == Some(want.as_str()))
+        {
+            return Ok(None);
+        }
+        let mut id = String::with_capacity(self.spiffe_id.len());
+        let mut rest = self.spiffe_id.as_str();
+        while let Some(open) = rest.find('{') {
+            id.push_str(&rest[..open]);
+            let close = rest[open..]
+                .find('}')
+                .ok_or_else(|| MappingError::Template(self.spiffe_id.clone()))?;
+            let pointer = &rest[open + 1..open + close];
+            let value =
+                claim(&evidence.claims, pointer).ok_or_else(|| MappingError::MissingClaim {
+                    pointer: pointer.to_owned(),
+                })?;
+            if !safe_segment(value) {
+                return Err(MappingError::UnsafeClaim {
+                    pointer: pointer.to_owned(),
+                });
+            }
+            id.push_str(value);
+            rest = &rest[open + close + 1..];
+        }
+        id.push_str(rest);
+        Ok(Some(warden_model::SpiffeId::new(id)?))
+    }
+}
+
+/// The SPIFFE ID of the first rule whose conditions hold for `evidence`.
+pub fn map_identity(
+    rules: &[IdentityRule],
+    evidence: &VerifiedEvidence,
+) -> Result<warden_model::SpiffeId, MappingError> {
+    for rule in rules {
+        if let Some(id) = rule.apply(evidence)? {
+            return Ok(id);
+        }
+    }
+    Err(MappingError::NoMatchingRule)
+}

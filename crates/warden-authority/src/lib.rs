@@ -10,4 +10,7 @@ mod evidence;
 pub use ca::{
     AuthorityError, CertificateAuthority, DEFAULT_SVID_TTL, MAX_SVID_TTL, Svid, TrustBundle,
 };
-pub use evidence::{EvidenceError, EvidenceIssuer, MAX_TOKEN_BYTES, VerifiedEvidence};
+pub use evidence::{
+    EvidenceError, EvidenceIssuer, IdentityRule, MAX_TOKEN_BYTES, MappingError, VerifiedEvidence,
+    map_identity,
+};
