@@ -5,11 +5,13 @@
 //! Task grants, delegation, join tokens and revocation build on this (issue 3 continues).
 
 mod ca;
+mod dpop;
 mod evidence;
 
 pub use ca::{
     AuthorityError, CertificateAuthority, DEFAULT_SVID_TTL, MAX_SVID_TTL, Svid, TrustBundle,
 };
+pub use dpop::{DpopError, DpopVerifier, MAX_PROOF_BYTES, ProofRequest, thumbprint};
 pub use evidence::{
     EvidenceError, EvidenceIssuer, IdentityRule, MAX_TOKEN_BYTES, MappingError, VerifiedEvidence,
     map_identity,

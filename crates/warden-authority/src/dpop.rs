@@ -1,0 +1,227 @@
+//! Proof of possession for callers without mTLS, in the shape of RFC 9449 (DPoP).
+//!
+//! With each request the holder signs a short JWT — method, URL, time, a unique id, and the hash
+//! of the credential it presents — with the key the credential is bound to. A copied credential is
+//! useless without that key, and a captured proof is useless for another request, another URL,
+//! later, or twice.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use serde_json::Value;
+use thiserror::Error;
+
+/// Longest proof accepted, in bytes.
+pub const MAX_PROOF_BYTES: usize = 8 * 1024;
+/// JWK members that carry private or symmetric key material, never allowed in a proof.
+const SECRET_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "k"];
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DpopError {
+    #[error("the proof is larger than {MAX_PROOF_BYTES} bytes")]
+    TooLarge,
+    #[error("the proof is not a well-formed DPoP JWT: {0}")]
+    Malformed(String),
+    #[error("the proof's `typ` must be `dpop+jwt`")]
+    Type,
+    #[error("algorithm `{0}` is not accepted for proofs")]
+    Algorithm(String),
+    #[error("the proof's `jwk` must be a public key")]
+    PrivateKey,
+    #[error("the proof is signed with another key than the credential is bound to")]
+    WrongKey,
+    #[error("the signature does not verify")]
+    BadSignature,
+    #[error("the proof is for method {0}, not this request's")]
+    Method(String),
+    #[error("the proof is for another URL")]
+    Url,
+    #[error("the proof is too old or from the future")]
+    Time,
+    #[error("the proof was already used")]
+    Replayed,
+    #[error("the proof does not carry the hash of the presented credential")]
+    CredentialHash,
+    #[error("too many recent proofs to track replays; refusing until older ones age out")]
+    Saturated,
+}
+
+/// The request a proof must match.
+pub struct ProofRequest<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    /// The credential presented with the request; its SHA-256 must be the proof's `ath`.
+    pub credential: &'a str,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+#[derive(Deserialize)]
+struct ProofClaims {
+    jti: String,
+    htm: String,
+    htu: String,
+    iat: i64,
+    ath: Option<String>,
+}
+
+/// Verifies proofs and remembers their ids for as long as they could be replayed.
+pub struct DpopVerifier {
+    algorithms: Vec<Algorithm>,
+    max_age: Duration,
+    max_tracked: usize,
+    /// Proof id → the time after which its `iat` is too old anyway.
+    seen: Mutex<HashMap<String, i64>>,
+}
+
+/// The RFC 7638 SHA-256 thumbprint of a public JWK, base64url: what a credential binds to.
+pub fn thumbprint(jwk: &Jwk) -> Result<String, DpopError> {
+    jwk.thumbprint(ThumbprintHash::SHA256)
+        .map_err(|e| DpopError::Malformed(e.to_string()))
+}
+
+fn normalise_url(url: &str) -> String {
+    let without = url.split(['?', '#']).next().unwrap_or_default();
+    match without.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let path = if path.is_empty() { "/" } else { path };
+            format!(
+                "{}://{}{}",
+                scheme.to_ascii_lowercase(),
+                authority.to_ascii_lowercase(),
+                path
+            )
+        }
+        None => without.to_owned(),
+    }
+}
+
+impl DpopVerifier {
+    /// Accepts proofs made with `algorithms` (asymmetric only) and at most `max_age` old,
+    /// tracking up to `max_tracked` recent proof ids.
+    pub fn new(algorithms: Vec<Algorithm>, max_age: Duration, max_tracked: usize) -> Self {
+        let algorithms = algorithms
+            .into_iter()
+            .filter(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
+            .collect();
+        Self {
+            algorithms,
+            max_age,
+            max_tracked,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks `proof` for `request`, made with the key whose thumbprint is `bound_thumbprint`.
+    pub fn verify(
+        &self,
+        proof: &str,
+        request: &ProofRequest<'_>,
+        bound_thumbprint: &str,
+    ) -> Result<(), DpopError> {
+        if proof.len() > MAX_PROOF_BYTES {
+            return Err(DpopError::TooLarge);
+        }
+        let mut parts = proof.split('.');
+        let (Some(header), Some(_), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(DpopError::Malformed(
+                "a JWT has three dot-separated parts".into(),
+            ));
+        };
+        let header: Value = URL_SAFE_NO_PAD
+            .decode(header)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| DpopError::Malformed("the header is not base64url JSON".into()))?;
+        if header.get("typ").and_then(Value::as_str) != Some("dpop+jwt") {
+            return Err(DpopError::Type);
+        }
+        let alg_name = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let alg = alg_name
+            .parse::<Algorithm>()
+            .ok()
+            .filter(|a| self.algorithms.contains(a))
+            .ok_or_else(|| DpopError::Algorithm(alg_name.clone()))?;
+        let raw_jwk = header
+            .get("jwk")
+            .ok_or_else(|| DpopError::Malformed("the header has no `jwk`".into()))?;
+        if SECRET_MEMBERS.iter().any(|m| raw_jwk.get(m).is_some()) {
+            return Err(DpopError::PrivateKey);
+        }
+        let jwk: Jwk = serde_json::from_value(raw_jwk.clone())
+            .map_err(|e| DpopError::Malformed(format!("bad `jwk`: {e}")))?;
+        if thumbprint(&jwk)? != bound_thumbprint {
+            return Err(DpopError::WrongKey);
+        }
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| DpopError::WrongKey)?;
+        if key.family() != alg.family() {
+            return Err(DpopError::Algorithm(alg_name));
+        }
+        let mut validation = Validation::new(alg);
+        validation.algorithms = vec![alg];
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        let claims = jsonwebtoken::decode::<ProofClaims>(proof, &key, &validation)
+            .map_err(|e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => DpopError::BadSignature,
+                other => DpopError::Malformed(format!("{other:?}")),
+            })?
+            .claims;
+        if !claims.htm.eq_ignore_ascii_case(request.method) {
+            return Err(DpopError::Method(claims.htm));
+        }
+        if normalise_url(&claims.htu) != normalise_url(request.url) {
+            return Err(DpopError::Url);
+        }
+        let max_age = i64::try_from(self.max_age.as_secs()).unwrap_or(i64::MAX);
+        // A little future skew is tolerated; the past is bounded by `max_age`.
+        if claims.iat > request.now.saturating_add(5)
+            || request.now.saturating_sub(claims.iat) > max_age
+        {
+            return Err(DpopError::Time);
+        }
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, request.credential.as_bytes());
+        if claims.ath.as_deref() != Some(URL_SAFE_NO_PAD.encode(digest.as_ref()).as_str()) {
+            return Err(DpopError::CredentialHash);
+        }
+        self.remember(claims.jti, claims.iat.saturating_add(max_age), request.now)
+    }
+
+    /// Records a proof id, refusing one seen before. Ids leave once their proof is too old to be
+    /// accepted anyway, so the table holds only the replay window.
+    fn remember(&self, jti: String, expires: i64, now: i64) -> Result<(), DpopError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= self.max_tracked {
+            seen.retain(|_, until| *until >= now);
+            if seen.len() >= self.max_tracked {
+                return Err(DpopError::Saturated);
+            }
+        }
+        match seen.entry(jti) {
+            std::collections::hash_map::Entry::Occupied(mut entry) if *entry.get() < now => {
+                entry.insert(expires);
+                Ok(())
+            }
+            std::collections::hash_map::Entry::Occupied(_) => Err(DpopError::Replayed),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(expires);
+                Ok(())
+            }
+        }
+    }
+}
