@@ -271,7 +271,7 @@ impl Bundle {
         let result =
             Validator::new(schema.clone()).validate(&validation_set, ValidationMode::Strict);
         for error in result.validation_errors() {
-            let n = policy_number(error.policy_id()).unwrap_or(0);
+            let n = policy_number(error.policy_id().as_ref()).unwrap_or(0);
             let origin = &compiled.policies[n].origin;
             let help = miette::Diagnostic::help(error).map(|h| h.to_string());
             let mut d = origin_error(
@@ -445,7 +445,7 @@ impl Bundle {
     }
 
     pub(crate) fn info(&self, id: &PolicyId) -> Option<&PolicyInfo> {
-        self.policies.get(policy_number(id)?)
+        self.policies.get(policy_number(id.as_ref())?)
     }
 }
 
@@ -474,8 +474,9 @@ pub(crate) fn parse_numbered(texts: &[(usize, &str)]) -> Result<Numbered, Failur
     }
 }
 
-fn policy_number(id: &PolicyId) -> Option<usize> {
-    id.to_string().strip_prefix('p')?.parse().ok()
+/// The global number of a policy named `p<number>`.
+pub(crate) fn policy_number(id: &str) -> Option<usize> {
+    id.strip_prefix('p')?.parse().ok()
 }
 
 fn origin_error(origin: &Origin, message: String) -> Diagnostic {

@@ -564,6 +564,19 @@ fn compile_selector(
     })
 }
 
+/// Parses one name pattern, reporting a bad one at `field`.
+fn name_pattern(
+    cx: &DocContext<'_>,
+    field: &str,
+    text: &str,
+    out: &mut Vec<Diagnostic>,
+) -> Option<NamePattern> {
+    NamePattern::parse(text)
+        .map_err(|e| out.push(cx.error(field, e)))
+        .ok()
+}
+
+/// Parses a list of name patterns; `None` if any is bad (each reported).
 fn names(
     cx: &DocContext<'_>,
     field: &str,
@@ -573,20 +586,12 @@ fn names(
     if !check_len(cx, field, list, out) {
         return None;
     }
-    let mut ok = true;
-    let patterns = list
+    let parsed: Vec<Option<NamePattern>> = list
         .iter()
         .enumerate()
-        .filter_map(|(i, p)| match NamePattern::parse(p) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                out.push(cx.error(&format!("{field}[{i}]"), e));
-                ok = false;
-                None
-            }
-        })
+        .map(|(i, p)| name_pattern(cx, &format!("{field}[{i}]"), p, out))
         .collect();
-    ok.then_some(patterns)
+    parsed.into_iter().collect()
 }
 
 fn name_keys(patterns: &[&NamePattern]) -> Vec<ResourceKey> {
@@ -735,13 +740,7 @@ fn http_clauses(
     rule: &HttpRule,
     out: &mut Vec<Diagnostic>,
 ) -> Option<Vec<Clause>> {
-    let service = match NamePattern::parse(&rule.service) {
-        Ok(s) => s,
-        Err(e) => {
-            out.push(cx.error(&format!("{field}.service"), e));
-            return None;
-        }
-    };
+    let service = name_pattern(cx, &format!("{field}.service"), &rule.service, out)?;
     let mut ok = check_len(cx, &format!("{field}.methods"), &rule.methods, out)
         && check_len(cx, &format!("{field}.paths"), &rule.paths, out);
     if rule.methods.is_empty() {
@@ -846,13 +845,7 @@ fn mcp_clauses(
     implies_listing: bool,
     out: &mut Vec<Diagnostic>,
 ) -> Option<Vec<Clause>> {
-    let server = match NamePattern::parse(&rule.server) {
-        Ok(s) => s,
-        Err(e) => {
-            out.push(cx.error(&format!("{field}.server"), e));
-            return None;
-        }
-    };
+    let server = name_pattern(cx, &format!("{field}.server"), &rule.server, out)?;
     if server == NamePattern::Any {
         out.push(cx.warning(&format!("{field}.server"), "`*` covers every MCP server"));
     }

@@ -16,7 +16,7 @@ use warden_model::{
     FindingKind, Host, Outcome, PolicyRef, Resource,
 };
 
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, policy_number};
 use crate::compile::Gate;
 use crate::document::AttributeSource;
 use crate::index::{FastMap, RequestKeys, SlicedSet};
@@ -114,8 +114,12 @@ fn segments_record<'a>(
 /// call the same tools again and again; building it costs more than evaluating the handful of
 /// policies a sliced decision runs, so it is built once per pair and shared.
 pub(crate) struct EntityCache {
-    entries: std::sync::RwLock<FastMap<(AgentIdentity, Resource), Arc<RequestEntities>>>,
+    /// By agent, then resource, so a lookup borrows the caller's identity instead of cloning it.
+    /// The map and how many entries it holds in all.
+    entries: std::sync::RwLock<(EntityMap, usize)>,
 }
+
+type EntityMap = FastMap<AgentIdentity, FastMap<Resource, Arc<RequestEntities>>>;
 
 pub(crate) struct RequestEntities {
     agent: EntityUid,
@@ -128,31 +132,42 @@ impl EntityCache {
 
     pub(crate) fn new() -> Self {
         Self {
-            entries: std::sync::RwLock::new(FastMap::default()),
+            entries: std::sync::RwLock::new((FastMap::default(), 0)),
         }
     }
 
     fn get(&self, agent: &AgentIdentity, action: &Action) -> Result<Arc<RequestEntities>, String> {
-        let key = (agent.clone(), action.resource());
+        let resource = action.resource();
         if let Ok(entries) = self.entries.read()
-            && let Some(hit) = entries.get(&key)
+            && let Some(hit) = entries
+                .0
+                .get(agent)
+                .and_then(|by_resource| by_resource.get(&resource))
         {
             return Ok(Arc::clone(hit));
         }
         let (agent_uid, agent_entity) = agent_entity(agent)?;
-        let (resource_uid, resource) = resource_entity(action)?;
-        let entities =
-            Entities::from_entities([agent_entity, resource], None).map_err(|e| e.to_string())?;
+        let (resource_uid, resource_entity) = resource_entity(action)?;
+        let entities = Entities::from_entities([agent_entity, resource_entity], None)
+            .map_err(|e| e.to_string())?;
         let built = Arc::new(RequestEntities {
             agent: agent_uid,
             resource: resource_uid,
             entities,
         });
-        if let Ok(mut entries) = self.entries.write() {
-            if entries.len() >= Self::LIMIT {
+        if let Ok(mut guard) = self.entries.write() {
+            let (entries, count) = &mut *guard;
+            if *count >= Self::LIMIT {
                 entries.clear();
+                *count = 0;
             }
-            entries.insert(key, Arc::clone(&built));
+            let previous = entries
+                .entry(agent.clone())
+                .or_default()
+                .insert(resource, Arc::clone(&built));
+            if previous.is_none() {
+                *count += 1;
+            }
         }
         Ok(built)
     }
@@ -463,14 +478,42 @@ fn new_decision_id() -> DecisionId {
     })
 }
 
+/// What an evaluation found, in global policy numbers: references are built only for what a
+/// decision or an explanation shows.
+struct Judgement {
+    outcome: Outcome,
+    permits: Vec<usize>,
+    forbids: Vec<usize>,
+    approvals: Vec<usize>,
+    gates: Vec<String>,
+    evaluated: usize,
+}
+
+impl Judgement {
+    /// The policies that decided: the forbids that denied, or the permits that allowed and the
+    /// approval rules still pending.
+    fn deciding(&self) -> Vec<usize> {
+        match &self.outcome {
+            Outcome::Allow => self.permits.clone(),
+            Outcome::Deny {
+                reason: DenyReason::Forbidden,
+                ..
+            } => self.forbids.clone(),
+            Outcome::Deny { .. } => Vec::new(),
+            Outcome::NeedsApproval { .. } => self
+                .permits
+                .iter()
+                .chain(&self.approvals)
+                .copied()
+                .collect(),
+        }
+    }
+}
+
 /// What Cedar needs to evaluate a request, built only when some policy needs Cedar.
 struct CedarInput {
     request: Request,
     entities: Arc<RequestEntities>,
-}
-
-fn policy_number(id: &str) -> Option<usize> {
-    id.strip_prefix('p')?.parse().ok()
 }
 
 /// Which policies of one set matched, by effect, and what failed.
@@ -489,7 +532,18 @@ impl Bundle {
 
     /// Decides with or without slicing; both must agree, which tests check.
     pub fn decide_with(&self, request: &DecisionRequest, slicing: Slicing) -> Decision {
-        self.reason(request, slicing).decision
+        let judgement = self.judgement(request, slicing);
+        self.decision(&judgement)
+    }
+
+    /// The decision a judgement makes, naming only its deciding policies.
+    fn decision(&self, judgement: &Judgement) -> Decision {
+        Decision {
+            id: new_decision_id(),
+            deciding: self.refs_of(&judgement.deciding()),
+            outcome: judgement.outcome.clone(),
+            bundle: self.hash.clone(),
+        }
     }
 
     fn candidates(&self, set: &SlicedSet, keys: &RequestKeys, slicing: Slicing) -> Vec<u32> {
@@ -630,57 +684,61 @@ impl Bundle {
 
     /// Decides `request` and says why, with the Cedar text of every policy involved.
     pub fn explain(&self, request: &DecisionRequest, slicing: Slicing) -> Explanation {
-        let mut explanation = self.reason(request, slicing);
-        let mut named: Vec<&PolicyRef> = explanation
+        let judgement = self.judgement(request, slicing);
+        let mut named: Vec<usize> = judgement
             .permits
             .iter()
-            .chain(&explanation.forbids)
-            .chain(&explanation.approvals)
+            .chain(&judgement.forbids)
+            .chain(&judgement.approvals)
+            .copied()
             .collect();
-        named.sort_by_key(|r| policy_number(&r.id));
-        named.dedup_by_key(|r| r.id.as_str());
-        explanation.sources = named
-            .into_iter()
-            .filter_map(|r| self.policies.get(policy_number(&r.id)?))
-            .map(|p| PolicySource {
-                policy: p.reference.clone(),
-                cedar: p.text.to_string(),
-            })
-            .collect();
-        explanation
+        named.sort_unstable();
+        named.dedup();
+        let errors = match &judgement.outcome {
+            Outcome::Deny { errors, .. } => errors.clone(),
+            _ => Vec::new(),
+        };
+        Explanation {
+            decision: self.decision(&judgement),
+            evaluated: judgement.evaluated,
+            total: self.policies.len(),
+            permits: self.refs_of(&judgement.permits),
+            forbids: self.refs_of(&judgement.forbids),
+            approvals: self.refs_of(&judgement.approvals),
+            gates: judgement.gates,
+            errors,
+            sources: named
+                .into_iter()
+                .filter_map(|n| self.policies.get(n))
+                .map(|p| PolicySource {
+                    policy: p.reference.clone(),
+                    cedar: p.text.to_string(),
+                })
+                .collect(),
+        }
     }
 
-    /// The decision and the policies involved, without their text.
-    fn reason(&self, request: &DecisionRequest, slicing: Slicing) -> Explanation {
-        let mut explanation = Explanation {
-            decision: Decision {
-                id: new_decision_id(),
-                outcome: Outcome::denied(DenyReason::NoMatchingGrant),
-                deciding: vec![],
-                bundle: self.hash.clone(),
-            },
+    /// Evaluates `request`; any failure becomes an evaluation-error denial.
+    fn judgement(&self, request: &DecisionRequest, slicing: Slicing) -> Judgement {
+        let mut judgement = Judgement {
+            outcome: Outcome::denied(DenyReason::NoMatchingGrant),
+            permits: Vec::new(),
+            forbids: Vec::new(),
+            approvals: Vec::new(),
+            gates: Vec::new(),
             evaluated: 0,
-            total: self.policies.len(),
-            permits: vec![],
-            forbids: vec![],
-            approvals: vec![],
-            gates: vec![],
-            errors: vec![],
-            sources: vec![],
         };
-        if let Err(errors) = self.evaluate(request, slicing, &mut explanation) {
-            explanation.errors = errors.clone();
-            explanation.decision.outcome = Outcome::evaluation_error(errors);
-            explanation.decision.deciding.clear();
+        if let Err(errors) = self.evaluate(request, slicing, &mut judgement) {
+            judgement.outcome = Outcome::evaluation_error(errors);
         }
-        explanation
+        judgement
     }
 
     fn evaluate(
         &self,
         request: &DecisionRequest,
         slicing: Slicing,
-        out: &mut Explanation,
+        out: &mut Judgement,
     ) -> Result<(), Vec<String>> {
         let one = |e: String| vec![e];
         let now = request.context.time.unwrap_or_else(now_unix);
@@ -762,16 +820,14 @@ impl Bundle {
             return Err(granted.errors);
         }
         if !granted.forbids.is_empty() {
-            out.forbids = self.refs_of(&granted.forbids);
-            out.decision.outcome = Outcome::denied(DenyReason::Forbidden);
-            out.decision.deciding = out.forbids.clone();
+            out.forbids = granted.forbids;
+            out.outcome = Outcome::denied(DenyReason::Forbidden);
             return Ok(());
         }
         if granted.permits.is_empty() {
             return Ok(());
         }
-        let deciding = self.refs_of(&granted.permits);
-        out.permits = deciding.clone();
+        out.permits = granted.permits;
         out.evaluated += approval_candidates.len();
         if let Some(cedar) = &cedar {
             self.judge(
@@ -786,8 +842,7 @@ impl Bundle {
             return Err(pending.errors);
         }
         if pending.permits.is_empty() {
-            out.decision.outcome = Outcome::Allow;
-            out.decision.deciding = deciding;
+            out.outcome = Outcome::Allow;
             return Ok(());
         }
         let requirements = pending
@@ -798,12 +853,8 @@ impl Bundle {
             .into_iter()
             .map(|r| self.requirements[r].clone())
             .collect();
-        out.approvals = self.refs_of(&pending.permits);
-        out.decision.outcome = Outcome::NeedsApproval { requirements };
-        out.decision.deciding = deciding
-            .into_iter()
-            .chain(out.approvals.iter().cloned())
-            .collect();
+        out.approvals = pending.permits;
+        out.outcome = Outcome::NeedsApproval { requirements };
         Ok(())
     }
 }

@@ -136,7 +136,9 @@ impl RequestKeys {
                         rest = suffix;
                     }
                 }
-                Host::Ip(ip) => resources.push(key(HOST, &[&ip.to_string()])),
+                // Host patterns never name an address (those are CIDR rules, filed under
+                // "any resource"), so there is no key to look up.
+                Host::Ip(_) => {}
             },
         }
         Self {
