@@ -12,9 +12,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
     SerialNumber,
 };
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use time::OffsetDateTime;
 use warden_model::{SpiffeId, TrustDomain};
@@ -71,7 +72,9 @@ impl std::fmt::Debug for Svid {
 
 /// One CA key and its self-signed root.
 struct CaKey {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    issuer: Issuer<'static, KeyPair>,
+    certificate_der: Vec<u8>,
+    certificate_pem: String,
     not_after: OffsetDateTime,
     /// Unix time at which the last SVID this key signed expires.
     last_svid_expiry: AtomicI64,
@@ -128,12 +131,41 @@ impl CaKey {
         params.serial_number = Some(random_serial()?);
         params.not_before = now - BACKDATE;
         params.not_after = now + lifetime;
-        let not_after = params.not_after;
+        let key_pem = key.serialize_pem();
+        let root = CertifiedIssuer::self_signed(params, key)?;
+        Self::restore(&root.pem(), &key_pem, now.unix_timestamp())
+    }
+
+    /// Rebuilds a key from its stored root certificate and private key.
+    fn restore(
+        certificate_pem: &str,
+        key_pem: &str,
+        last_svid_expiry: i64,
+    ) -> Result<Self, AuthorityError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(certificate_pem, key)?;
+        let (_, block) = x509_parser::pem::parse_x509_pem(certificate_pem.as_bytes())
+            .map_err(|e| AuthorityError::Crypto(format!("stored CA certificate: {e}")))?;
+        let certificate_der = block.contents;
+        let (_, cert) = x509_parser::parse_x509_certificate(&certificate_der)
+            .map_err(|e| AuthorityError::Crypto(format!("stored CA certificate: {e}")))?;
+        let not_after = OffsetDateTime::from_unix_timestamp(cert.validity().not_after.timestamp())
+            .map_err(|e| AuthorityError::Crypto(e.to_string()))?;
         Ok(Self {
-            issuer: CertifiedIssuer::self_signed(params, key)?,
+            issuer,
+            certificate_pem: certificate_pem.to_owned(),
+            certificate_der,
             not_after,
-            last_svid_expiry: AtomicI64::new(now.unix_timestamp()),
+            last_svid_expiry: AtomicI64::new(last_svid_expiry),
         })
+    }
+
+    fn export(&self) -> StoredCaKey {
+        StoredCaKey {
+            certificate_pem: self.certificate_pem.clone(),
+            key_pem: self.issuer.key().serialize_pem(),
+            last_svid_expiry: self.last_svid_expiry.load(Ordering::Acquire),
+        }
     }
 
     fn last_svid_expiry(&self) -> OffsetDateTime {
@@ -164,6 +196,60 @@ impl CertificateAuthority {
 
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
+    }
+
+    /// Everything needed to restore this authority, private keys included: store it as a secret.
+    pub fn export(&self) -> StoredAuthority {
+        StoredAuthority {
+            trust_domain: self.trust_domain.clone(),
+            ca_lifetime_secs: self.ca_lifetime.as_secs(),
+            active: self.active.export(),
+            retired: self
+                .retired
+                .iter()
+                .map(|r| StoredRetired {
+                    key: r.key.export(),
+                    trusted_until: r.trusted_until.unix_timestamp(),
+                })
+                .collect(),
+            sequence: self.sequence,
+        }
+    }
+
+    /// Restores an exported authority. SVIDs issued after the last export are not known to it, so
+    /// the active key is taken to have signed SVIDs as long-lived as allowed from `now`: a
+    /// rotation right after a restart keeps the old root long enough for any of them.
+    pub fn restore(stored: &StoredAuthority, now: OffsetDateTime) -> Result<Self, AuthorityError> {
+        let conservative = (now + MAX_SVID_TTL)
+            .unix_timestamp()
+            .max(stored.active.last_svid_expiry);
+        let active = CaKey::restore(
+            &stored.active.certificate_pem,
+            &stored.active.key_pem,
+            conservative,
+        )?;
+        let retired = stored
+            .retired
+            .iter()
+            .map(|r| {
+                Ok(Retired {
+                    key: CaKey::restore(
+                        &r.key.certificate_pem,
+                        &r.key.key_pem,
+                        r.key.last_svid_expiry,
+                    )?,
+                    trusted_until: OffsetDateTime::from_unix_timestamp(r.trusted_until)
+                        .map_err(|e| AuthorityError::Crypto(e.to_string()))?,
+                })
+            })
+            .collect::<Result<_, AuthorityError>>()?;
+        Ok(Self {
+            trust_domain: stored.trust_domain.clone(),
+            ca_lifetime: Duration::from_secs(stored.ca_lifetime_secs),
+            active,
+            retired,
+            sequence: stored.sequence,
+        })
     }
 
     /// Issues an SVID for `id`, valid for `ttl` (default 15 minutes, at most an hour).
@@ -250,13 +336,37 @@ impl CertificateAuthority {
             sequence: self.sequence,
             roots: keys
                 .map(|k| Root {
-                    der: k.issuer.der().to_vec(),
-                    pem: k.issuer.pem(),
+                    der: k.certificate_der.clone(),
+                    pem: k.certificate_pem.clone(),
                     public_key: k.issuer.key().public_key_raw().to_vec(),
                 })
                 .collect(),
         }
     }
+}
+
+/// A CA key as stored: root certificate and private key, PEM.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct StoredCaKey {
+    certificate_pem: String,
+    key_pem: String,
+    last_svid_expiry: i64,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+pub struct StoredRetired {
+    key: StoredCaKey,
+    trusted_until: i64,
+}
+
+/// An authority as stored (see [`CertificateAuthority::export`]).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct StoredAuthority {
+    trust_domain: TrustDomain,
+    ca_lifetime_secs: u64,
+    active: StoredCaKey,
+    retired: Vec<StoredRetired>,
+    sequence: u64,
 }
 
 struct Root {

@@ -14,7 +14,8 @@ mod rights;
 mod verify;
 
 pub use ca::{
-    AuthorityError, CertificateAuthority, DEFAULT_SVID_TTL, MAX_SVID_TTL, Svid, TrustBundle,
+    AuthorityError, CertificateAuthority, DEFAULT_SVID_TTL, MAX_SVID_TTL, StoredAuthority, Svid,
+    TrustBundle,
 };
 pub use dpop::{DpopError, DpopVerifier, MAX_PROOF_BYTES, ProofRequest, thumbprint};
 pub use evidence::{

@@ -262,3 +262,20 @@ fn the_bundle_exports_as_pem_and_spiffe_json() {
         assert!(root.is_ca());
     }
 }
+
+#[test]
+fn an_exported_authority_restores_with_its_roots_and_keeps_issuing() {
+    let mut ca = authority();
+    let before = ca.issue_svid(&agent(), None, now()).unwrap();
+    ca.rotate(now()).unwrap();
+    let stored = serde_json::to_string(&ca.export()).unwrap();
+    let restored =
+        CertificateAuthority::restore(&serde_json::from_str(&stored).unwrap(), now()).unwrap();
+    let bundle = restored.trust_bundle();
+    assert_eq!(bundle.to_pem(), ca.trust_bundle().to_pem());
+    assert_eq!(bundle.sequence, ca.trust_bundle().sequence);
+    // An SVID from before the rotation and one from the restored authority both verify.
+    verify(&bundle, &before.certificate_der, now()).unwrap();
+    let after = restored.issue_svid(&agent(), None, now()).unwrap();
+    verify(&bundle, &after.certificate_der, now()).unwrap();
+}
