@@ -12,8 +12,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SanType,
-    SerialNumber,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+    SanType, SerialNumber,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -43,6 +43,8 @@ pub enum AuthorityError {
     CaLifetime,
     #[error("cryptographic operation failed: {0}")]
     Crypto(String),
+    #[error("the SVID is not valid: {0}")]
+    InvalidSvid(String),
 }
 
 impl From<rcgen::Error> for AuthorityError {
@@ -369,6 +371,22 @@ pub struct StoredAuthority {
     sequence: u64,
 }
 
+/// RFC 7638 thumbprint of a P-256 public key given as an uncompressed point (0x04 ‖ x ‖ y).
+pub fn p256_thumbprint(point: &[u8]) -> Option<String> {
+    if point.len() != 65 || point[0] != 4 {
+        return None;
+    }
+    let (x, y) = point[1..].split_at(32);
+    // Members in lexicographic order, no whitespace, as RFC 7638 requires.
+    let canonical = format!(
+        r#"{{"crv":"P-256","kty":"EC","x":"{}","y":"{}"}}"#,
+        URL_SAFE_NO_PAD.encode(x),
+        URL_SAFE_NO_PAD.encode(y)
+    );
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+    Some(URL_SAFE_NO_PAD.encode(digest.as_ref()))
+}
+
 struct Root {
     der: Vec<u8>,
     pem: String,
@@ -383,7 +401,87 @@ pub struct TrustBundle {
     roots: Vec<Root>,
 }
 
+/// An SVID a peer presented, verified against a trust bundle.
+#[derive(Debug, Clone)]
+pub struct PresentedSvid {
+    pub spiffe_id: SpiffeId,
+    /// RFC 7638 thumbprint of the SVID's public key, to match proofs of possession signed with it.
+    pub key_thumbprint: String,
+}
+
 impl TrustBundle {
+    /// Verifies a leaf certificate (DER) as a client SVID of this trust domain at `now`: chain to
+    /// one of the roots, validity, client-auth usage, exactly one URI SAN holding a SPIFFE ID of
+    /// this trust domain.
+    pub fn verify_svid(
+        &self,
+        leaf_der: &[u8],
+        now: OffsetDateTime,
+    ) -> Result<PresentedSvid, AuthorityError> {
+        use rustls_pki_types::{CertificateDer, UnixTime};
+        let invalid = |why: String| AuthorityError::InvalidSvid(why);
+        let roots: Vec<CertificateDer<'static>> = self
+            .roots
+            .iter()
+            .map(|r| CertificateDer::from(r.der.clone()))
+            .collect();
+        let anchors = roots
+            .iter()
+            .map(|r| webpki::anchor_from_trusted_cert(r).map_err(|e| invalid(e.to_string())))
+            .collect::<Result<Vec<_>, _>>()?;
+        let leaf = CertificateDer::from(leaf_der.to_vec());
+        let cert = webpki::EndEntityCert::try_from(&leaf).map_err(|e| invalid(e.to_string()))?;
+        let time = UnixTime::since_unix_epoch(Duration::from_secs(
+            u64::try_from(now.unix_timestamp()).unwrap_or(0),
+        ));
+        cert.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &[],
+            time,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| invalid(format!("does not chain to this trust domain's roots: {e}")))?;
+        let (_, parsed) =
+            x509_parser::parse_x509_certificate(leaf_der).map_err(|e| invalid(e.to_string()))?;
+        let uris: Vec<&str> = parsed
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let [uri] = uris.as_slice() else {
+            return Err(invalid(format!(
+                "an SVID has exactly one URI SAN, this has {}",
+                uris.len()
+            )));
+        };
+        let spiffe_id = SpiffeId::new(*uri).map_err(|e| invalid(e.to_string()))?;
+        if spiffe_id.trust_domain() != self.trust_domain.as_str() {
+            return Err(invalid(format!(
+                "{spiffe_id} is not in trust domain {}",
+                self.trust_domain
+            )));
+        }
+        let point = parsed.public_key().subject_public_key.data.as_ref();
+        Ok(PresentedSvid {
+            spiffe_id,
+            key_thumbprint: p256_thumbprint(point).ok_or_else(|| {
+                invalid("the SVID's key is not an uncompressed P-256 point".into())
+            })?,
+        })
+    }
     /// DER of each root certificate, active first.
     pub fn roots_der(&self) -> impl Iterator<Item = &[u8]> {
         self.roots.iter().map(|r| r.der.as_slice())

@@ -14,8 +14,8 @@ mod rights;
 mod verify;
 
 pub use ca::{
-    AuthorityError, CertificateAuthority, DEFAULT_SVID_TTL, MAX_SVID_TTL, StoredAuthority, Svid,
-    TrustBundle,
+    AuthorityError, CertificateAuthority, DEFAULT_SVID_TTL, MAX_SVID_TTL, PresentedSvid,
+    StoredAuthority, Svid, TrustBundle, p256_thumbprint,
 };
 pub use dpop::{DpopError, DpopVerifier, MAX_PROOF_BYTES, ProofRequest, thumbprint};
 pub use evidence::{

@@ -279,3 +279,42 @@ fn an_exported_authority_restores_with_its_roots_and_keeps_issuing() {
     let after = restored.issue_svid(&agent(), None, now()).unwrap();
     verify(&bundle, &after.certificate_der, now()).unwrap();
 }
+
+#[test]
+fn a_presented_svid_verifies_with_its_id_and_key_thumbprint() {
+    let ca = authority();
+    let svid = ca.issue_svid(&agent(), None, now()).unwrap();
+    let presented = ca
+        .trust_bundle()
+        .verify_svid(&svid.certificate_der, now())
+        .unwrap();
+    assert_eq!(presented.spiffe_id, agent());
+    // The thumbprint matches the one computed from the private key's JWK form.
+    let point = rcgen::KeyPair::from_pem(&svid.private_key_pem)
+        .unwrap()
+        .public_key_raw()
+        .to_vec();
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(serde_json::json!({
+        "kty": "EC", "crv": "P-256",
+        "x": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&point[1..33]),
+        "y": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&point[33..]),
+    }))
+    .unwrap();
+    assert_eq!(
+        presented.key_thumbprint,
+        warden_authority::thumbprint(&jwk).unwrap()
+    );
+    // Expired, foreign, or garbage: refused.
+    assert!(
+        ca.trust_bundle()
+            .verify_svid(&svid.certificate_der, now() + DAY)
+            .is_err()
+    );
+    assert!(
+        authority()
+            .trust_bundle()
+            .verify_svid(&svid.certificate_der, now())
+            .is_err()
+    );
+    assert!(ca.trust_bundle().verify_svid(b"garbage", now()).is_err());
+}

@@ -1,0 +1,1 @@
+//! Warden control plane.
