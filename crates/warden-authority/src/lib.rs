@@ -28,5 +28,5 @@ pub use grant::{
     MAX_GRANT_TTL, MAX_PURPOSE_BYTES, MAX_RIGHTS, Presenter, attenuate,
 };
 pub use revocation::{Revocation, RevocationSet};
-pub use rights::{MAX_PATTERN_BYTES, Pattern, Right, target_of};
+pub use rights::{MAX_PATTERN_BYTES, Pattern, Right, first_uncovered, target_of};
 pub use verify::{DEFAULT_CACHE_CAPACITY, GrantVerifier, VerifiedGrant, datalog_authorize};

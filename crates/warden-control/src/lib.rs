@@ -1,1 +1,20 @@
-//! Warden control plane.
+//! Warden's control plane: the REST API over the authority — agents, attestation, credentials,
+//! delegation, revocation, trust bundles — with its state in an embedded store.
+
+mod api;
+mod client;
+mod config;
+mod control;
+mod jwks;
+mod store;
+
+pub use api::{OPENAPI, router, serve};
+pub use client::{ClientError, HttpClient, HttpResponse};
+pub use config::{AttestorConfig, ControlConfig, RuleConfig};
+pub use control::{
+    AgentRecord, AgentView, AttestRequest, Control, ControlError, CredentialRequest, Credentials,
+    Evidence, ExchangeRequest, ExchangeResponse, GRANT_TOKEN_TYPE, GrantRecord, InstanceNode,
+    InstanceRecord, RegisterAgent, RevocationsView, Role, SvidView, TOKEN_EXCHANGE_GRANT_TYPE,
+    parse_scope,
+};
+pub use store::{Store, StoreError};

@@ -1,0 +1,370 @@
+//! The REST API under `/v1`: JSON in and out, admin credentials with roles, errors that say what
+//! to do. Operations that write wait for the store's fsync before answering.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use warden_authority::Revocation;
+use warden_model::Name;
+
+use crate::control::{
+    AttestRequest, Control, ControlError, CredentialRequest, ExchangeRequest, RegisterAgent, Role,
+};
+
+/// The OpenAPI document served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+/// Largest request body accepted.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Longest a revocation watch may hold a request open.
+const MAX_WATCH: Duration = Duration::from_secs(60);
+
+impl ControlError {
+    fn status(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ControlError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status();
+        let message = match &self {
+            // Internal details go to the log, not to the caller.
+            Self::Internal(detail) => {
+                eprintln!("warden-control: internal error: {detail}");
+                "internal error; see the control plane's log".to_owned()
+            }
+            other => other.to_string(),
+        };
+        (
+            status,
+            Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ControlError>;
+
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> ApiResult<T> {
+    payload
+        .map(|Json(v)| v)
+        .map_err(|e| ControlError::BadRequest(format!("invalid request body: {}", e.body_text())))
+}
+
+/// Runs a store-touching operation off the async workers (commits wait for fsync).
+async fn blocking<T: Send + 'static>(
+    control: &Arc<Control>,
+    op: impl FnOnce(&Control) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let control = Arc::clone(control);
+    tokio::task::spawn_blocking(move || op(&control))
+        .await
+        .map_err(|e| ControlError::Internal(e.to_string()))?
+}
+
+/// Authenticates the request's admin token for `role`.
+async fn require(control: &Arc<Control>, headers: &HeaderMap, role: Role) -> ApiResult<()> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ControlError::Unauthorized(
+                "send an admin token: `Authorization: Bearer wdn_…` (WARDEN_TOKEN for the CLI)"
+                    .into(),
+            )
+        })?
+        .to_owned();
+    blocking(control, move |c| c.authenticate(&token, role).map(|_| ())).await
+}
+
+fn name(what: &str, value: String) -> ApiResult<Name> {
+    Name::new(value).map_err(|e| ControlError::BadRequest(format!("{what}: {e}")))
+}
+
+pub fn router(control: Arc<Control>) -> Router {
+    Router::new()
+        .route(
+            "/v1/health",
+            get(|| async { Json(json!({"status": "ok"})) }),
+        )
+        .route(
+            "/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .route("/v1/bundle", get(bundle))
+        .route("/v1/revocations", get(revocations).post(revoke))
+        .route("/v1/agents", get(list_agents).post(register_agent))
+        .route("/v1/agents/{tenant}/{name}", get(show_agent))
+        .route("/v1/agents/{tenant}/{name}/revoke", post(revoke_agent))
+        .route("/v1/agents/{tenant}/{name}/credentials", post(credentials))
+        .route("/v1/agents/{tenant}/{name}/join-tokens", post(join_token))
+        .route("/v1/attest", post(attest))
+        .route("/v1/token", post(token_exchange))
+        .route("/v1/authority/rotate", post(rotate))
+        .route("/v1/admins", post(create_admin))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(control)
+}
+
+/// Serves the API until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    control: Arc<Control>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(control))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn bundle(State(control): State<Arc<Control>>) -> ApiResult<impl IntoResponse> {
+    Ok(Json(blocking(&control, |c| c.bundle()).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevocationQuery {
+    #[serde(default)]
+    since: u64,
+    /// Seconds to wait for a newer version (long poll); 0 answers at once.
+    #[serde(default)]
+    wait: u64,
+}
+
+async fn revocations(
+    State(control): State<Arc<Control>>,
+    query: Result<Query<RevocationQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let Query(query) =
+        query.map_err(|e| ControlError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    if query.wait > 0 {
+        control
+            .wait_for_revocations(query.since, Duration::from_secs(query.wait).min(MAX_WATCH))
+            .await;
+    }
+    let since = query.since;
+    Ok(Json(
+        blocking(&control, move |c| c.revocations_since(since)).await?,
+    ))
+}
+
+async fn revoke(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    payload: Result<Json<Revocation>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Admin).await?;
+    let revocation = body(payload)?;
+    let version = blocking(&control, move |c| c.revoke(revocation)).await?;
+    Ok((StatusCode::CREATED, Json(json!({"version": version}))))
+}
+
+async fn list_agents(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Viewer).await?;
+    Ok(Json(blocking(&control, |c| c.list_agents()).await?))
+}
+
+async fn register_agent(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    payload: Result<Json<RegisterAgent>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Admin).await?;
+    let request = body(payload)?;
+    let record = blocking(&control, move |c| c.register_agent(request)).await?;
+    Ok((StatusCode::CREATED, Json(record)))
+}
+
+async fn show_agent(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    Path((tenant, agent)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Viewer).await?;
+    let (tenant, agent) = (name("tenant", tenant)?, name("agent", agent)?);
+    Ok(Json(
+        blocking(&control, move |c| c.agent(&tenant, &agent)).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeAgent {
+    reason: String,
+}
+
+async fn revoke_agent(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    Path((tenant, agent)): Path<(String, String)>,
+    payload: Result<Json<RevokeAgent>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Admin).await?;
+    let (tenant, agent) = (name("tenant", tenant)?, name("agent", agent)?);
+    let reason = body(payload)?.reason;
+    let version = blocking(&control, move |c| c.revoke_agent(&tenant, &agent, &reason)).await?;
+    Ok(Json(json!({"version": version})))
+}
+
+async fn credentials(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    Path((tenant, agent)): Path<(String, String)>,
+    payload: Result<Json<CredentialRequest>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Admin).await?;
+    let (tenant, agent) = (name("tenant", tenant)?, name("agent", agent)?);
+    let request = body(payload)?;
+    let issued = blocking(&control, move |c| {
+        c.issue_credentials(&tenant, &agent, request, "admin")
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(issued)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct JoinTokenRequest {
+    #[serde(default = "default_join_ttl")]
+    ttl_seconds: u64,
+}
+
+fn default_join_ttl() -> u64 {
+    3600
+}
+
+async fn join_token(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    Path((tenant, agent)): Path<(String, String)>,
+    payload: Result<Json<JoinTokenRequest>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Admin).await?;
+    let (tenant, agent) = (name("tenant", tenant)?, name("agent", agent)?);
+    let ttl = Duration::from_secs(body(payload)?.ttl_seconds);
+    let (token, expires) =
+        blocking(&control, move |c| c.create_join_token(&tenant, &agent, ttl)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"token": token, "expires": expires})),
+    ))
+}
+
+async fn attest(
+    State(control): State<Arc<Control>>,
+    payload: Result<Json<AttestRequest>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let request = body(payload)?;
+    // Verification may fetch the issuer's keys (async); issuing commits to the store.
+    let issued = Arc::clone(&control).attest(request).await?;
+    Ok((StatusCode::CREATED, Json(issued)))
+}
+
+/// RFC 8693 token exchange: form-encoded in, OAuth-shaped errors out.
+async fn token_exchange(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    form: axum::body::Bytes,
+) -> Response {
+    let header_value = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mut request = ExchangeRequest {
+        proof: header_value("dpop"),
+        svid: header_value("warden-svid"),
+        ..ExchangeRequest::default()
+    };
+    for (key, value) in form_urlencoded::parse(&form) {
+        let value = value.into_owned();
+        match key.as_ref() {
+            "grant_type" => request.grant_type = value,
+            "subject_token" => request.subject_token = value,
+            "subject_token_type" => request.subject_token_type = value,
+            "scope" => request.scope = value,
+            "sub_agent" => request.sub_agent = value,
+            "sub_instance" => request.sub_instance = Some(value),
+            "purpose" => request.purpose = Some(value),
+            "holder_key" => request.holder_key = Some(value),
+            "expires_in" => match value.parse() {
+                Ok(secs) => request.expires_in = Some(secs),
+                Err(_) => return oauth_error("invalid_request", "expires_in must be seconds"),
+            },
+            _ => {}
+        }
+    }
+    match blocking(&control, move |c| c.exchange(request)).await {
+        Ok(response) => Json(response).into_response(),
+        Err(e) => {
+            let code = match e {
+                ControlError::BadRequest(_) => "invalid_request",
+                ControlError::Forbidden(_) => "invalid_scope",
+                ControlError::Internal(_) => return e.into_response(),
+                _ => "invalid_grant",
+            };
+            oauth_error(code, &e.to_string())
+        }
+    }
+}
+
+fn oauth_error(code: &str, description: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": code, "error_description": description})),
+    )
+        .into_response()
+}
+
+async fn rotate(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Admin).await?;
+    Ok(Json(blocking(&control, |c| c.rotate()).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateAdmin {
+    name: String,
+    role: Role,
+}
+
+async fn create_admin(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    payload: Result<Json<CreateAdmin>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Admin).await?;
+    let request = body(payload)?;
+    let token = blocking(&control, move |c| {
+        c.create_admin(&request.name, request.role)
+    })
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"token": token, "note": "shown once; store it now"})),
+    ))
+}

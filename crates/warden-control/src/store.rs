@@ -1,0 +1,221 @@
+//! Durable control-plane state in one redb file. Every write commits with fsync before the API
+//! acknowledges it, so nothing acknowledged is lost to a restart or a crash.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use warden_authority::Revocation;
+
+/// Named singletons: the CA, grant keys.
+pub(crate) const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+/// SHA-256 (hex) of an admin token → the admin.
+pub(crate) const ADMINS: TableDefinition<&str, &str> = TableDefinition::new("admins");
+/// `tenant/name` → registered agent.
+pub(crate) const AGENTS: TableDefinition<&str, &str> = TableDefinition::new("agents");
+/// SPIFFE ID → an agent instance credentials were issued to.
+pub(crate) const INSTANCES: TableDefinition<&str, &str> = TableDefinition::new("instances");
+/// Grant id → what it was issued for.
+pub(crate) const GRANTS: TableDefinition<&str, &str> = TableDefinition::new("grants");
+/// SHA-256 (hex) of a join token → its record.
+pub(crate) const JOIN_TOKENS: TableDefinition<&str, &str> = TableDefinition::new("join_tokens");
+/// Version → the revocation added at that version.
+const REVOCATIONS: TableDefinition<u64, &str> = TableDefinition::new("revocations");
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("the state store at {path} could not be opened: {source}")]
+    Open {
+        path: PathBuf,
+        source: redb::DatabaseError,
+    },
+    #[error("state store error: {0}")]
+    Storage(String),
+    #[error("stored record `{key}` is unreadable: {reason}")]
+    Corrupt { key: String, reason: String },
+}
+
+macro_rules! storage_error {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                Self::Storage(e.to_string())
+            }
+        }
+    )*};
+}
+storage_error!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+fn decode<T: DeserializeOwned>(key: &str, json: &str) -> Result<T, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Storage(e.to_string()))
+}
+
+/// The embedded store.
+pub struct Store {
+    db: Database,
+}
+
+/// What a conditional write found.
+pub enum Written {
+    Done,
+    /// The key already existed; nothing was written.
+    Exists,
+}
+
+impl Store {
+    /// Opens (creating if needed) `dir/control.redb`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Storage(format!(
+                "cannot create the data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join("control.redb");
+        let db = Database::create(&path).map_err(|source| StoreError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let store = Self { db };
+        // Create every table up front so reads never meet a missing one.
+        let tx = store.db.begin_write()?;
+        for table in [META, ADMINS, AGENTS, INSTANCES, GRANTS, JOIN_TOKENS] {
+            tx.open_table(table)?;
+        }
+        tx.open_table(REVOCATIONS)?;
+        tx.commit()?;
+        Ok(store)
+    }
+
+    pub(crate) fn get<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &str>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(table)?;
+        table.get(key)?.map(|v| decode(key, v.value())).transpose()
+    }
+
+    pub(crate) fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &str>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let json = encode(value)?;
+        let tx = self.db.begin_write()?;
+        tx.open_table(table)?.insert(key, json.as_str())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes only if `key` is absent, atomically.
+    pub(crate) fn put_new<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &str>,
+        key: &str,
+        value: &T,
+    ) -> Result<Written, StoreError> {
+        let json = encode(value)?;
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(table)?;
+            if t.get(key)?.is_some() {
+                return Ok(Written::Exists);
+            }
+            t.insert(key, json.as_str())?;
+        }
+        tx.commit()?;
+        Ok(Written::Done)
+    }
+
+    /// Reads, changes and writes one record in a single transaction. `change` returns the new
+    /// value (or an error, which aborts without writing).
+    pub(crate) fn update<T, E>(
+        &self,
+        table: TableDefinition<&str, &str>,
+        key: &str,
+        change: impl FnOnce(Option<T>) -> Result<T, E>,
+    ) -> Result<Result<T, E>, StoreError>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        let tx = self.db.begin_write()?;
+        let updated = {
+            let mut t = tx.open_table(table)?;
+            let current = t.get(key)?.map(|v| decode(key, v.value())).transpose()?;
+            match change(current) {
+                Err(e) => return Ok(Err(e)),
+                Ok(updated) => {
+                    t.insert(key, encode(&updated)?.as_str())?;
+                    updated
+                }
+            }
+        };
+        tx.commit()?;
+        Ok(Ok(updated))
+    }
+
+    /// Every record of a table, in key order.
+    pub(crate) fn list<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<&str, &str>,
+    ) -> Result<Vec<(String, T)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(table)?;
+        table
+            .iter()?
+            .map(|entry| {
+                let (k, v) = entry?;
+                Ok((k.value().to_owned(), decode(k.value(), v.value())?))
+            })
+            .collect()
+    }
+
+    pub(crate) fn is_empty(&self, table: TableDefinition<&str, &str>) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(table)?.is_empty()?)
+    }
+
+    /// Appends a revocation at the next version and returns that version.
+    pub fn append_revocation(&self, revocation: &Revocation) -> Result<u64, StoreError> {
+        let json = encode(revocation)?;
+        let tx = self.db.begin_write()?;
+        let version = {
+            let mut t = tx.open_table(REVOCATIONS)?;
+            let next = t.last()?.map_or(1, |(k, _)| k.value() + 1);
+            t.insert(next, json.as_str())?;
+            next
+        };
+        tx.commit()?;
+        Ok(version)
+    }
+
+    /// Every revocation with its version, oldest first.
+    pub fn revocations(&self) -> Result<Vec<(u64, Revocation)>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let table = tx.open_table(REVOCATIONS)?;
+        table
+            .iter()?
+            .map(|entry| {
+                let (k, v) = entry?;
+                Ok((k.value(), decode(&k.value().to_string(), v.value())?))
+            })
+            .collect()
+    }
+}
