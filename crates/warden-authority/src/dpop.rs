@@ -225,3 +225,70 @@ impl DpopVerifier {
         }
     }
 }
+
+/// The holder's side: signs a proof for each request with a P-256 key (a PoP key, or an SVID's).
+pub struct ProofSigner {
+    key: rcgen::KeyPair,
+}
+
+impl ProofSigner {
+    /// A fresh key, for a caller binding a new grant to it.
+    pub fn generate() -> Result<Self, DpopError> {
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map(|key| Self { key })
+            .map_err(|e| DpopError::Malformed(e.to_string()))
+    }
+
+    /// A PKCS#8 PEM P-256 key, such as an SVID's private key.
+    pub fn from_pem(pem: &str) -> Result<Self, DpopError> {
+        let key = rcgen::KeyPair::from_pem(pem).map_err(|e| DpopError::Malformed(e.to_string()))?;
+        if key.public_key_raw().len() != 65 {
+            return Err(DpopError::Algorithm("only P-256 keys sign proofs".into()));
+        }
+        Ok(Self { key })
+    }
+
+    pub fn private_key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
+    /// The RFC 7638 thumbprint a grant is bound to.
+    pub fn thumbprint(&self) -> String {
+        crate::ca::p256_thumbprint(self.key.public_key_raw()).unwrap_or_default()
+    }
+
+    /// A proof for one request presenting `credential`.
+    pub fn proof(
+        &self,
+        method: &str,
+        url: &str,
+        credential: &str,
+        now: i64,
+    ) -> Result<String, DpopError> {
+        let point = self.key.public_key_raw();
+        let jwk: Jwk = serde_json::from_value(serde_json::json!({
+            "kty": "EC", "crv": "P-256",
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
+        }))
+        .map_err(|e| DpopError::Malformed(e.to_string()))?;
+        let mut header = jsonwebtoken::Header::new(Algorithm::ES256);
+        header.typ = Some("dpop+jwt".into());
+        header.jwk = Some(jwk);
+        let mut jti = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut jti)
+            .map_err(|_| DpopError::Malformed("no randomness".into()))?;
+        let ath = URL_SAFE_NO_PAD.encode(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, credential.as_bytes()).as_ref(),
+        );
+        let claims = serde_json::json!({
+            "jti": URL_SAFE_NO_PAD.encode(jti), "htm": method, "htu": url, "iat": now, "ath": ath,
+        });
+        jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ec_der(&self.key.serialize_der()),
+        )
+        .map_err(|e| DpopError::Malformed(e.to_string()))
+    }
+}

@@ -13,7 +13,7 @@ use http::{Method, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
 use serde_json::{Value, json};
-use warden_authority::{GrantRoots, Presenter};
+use warden_authority::{GrantRoots, Presenter, ProofSigner};
 use warden_control::{AttestorConfig, Control, ControlConfig, HttpClient, RuleConfig};
 use warden_model::{Action, SpiffeId};
 
@@ -489,31 +489,15 @@ async fn kubernetes_tokens_attest_against_a_fetched_and_rotated_jwks() {
     plane.stop().await;
 }
 
-/// A DPoP-shaped proof for the token endpoint, signed with `key`.
-fn proof(key: &KeyPair, url: &str, credential: &str, jti: &str) -> String {
-    let p = key.public_key_raw();
-    let mut header = Header::new(Algorithm::ES256);
-    header.typ = Some("dpop+jwt".into());
-    header.jwk = Some(
-        serde_json::from_value(json!({"kty": "EC", "crv": "P-256",
-            "x": URL_SAFE_NO_PAD.encode(&p[1..33]), "y": URL_SAFE_NO_PAD.encode(&p[33..65])}))
-        .unwrap(),
-    );
-    let ath = URL_SAFE_NO_PAD.encode(
-        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, credential.as_bytes()).as_ref(),
-    );
-    let claims = json!({"jti": jti, "htm": "POST", "htu": url,
-        "iat": time::OffsetDateTime::now_utc().unix_timestamp(), "ath": ath});
-    jsonwebtoken::encode(
-        &header,
-        &claims,
-        &EncodingKey::from_ec_der(&key.serialize_der()),
-    )
-    .unwrap()
-}
-
-fn thumbprint(key: &KeyPair) -> String {
-    warden_authority::p256_thumbprint(key.public_key_raw()).unwrap()
+fn proof(signer: &ProofSigner, url: &str, credential: &str) -> String {
+    signer
+        .proof(
+            "POST",
+            url,
+            credential,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        )
+        .unwrap()
 }
 
 async fn exchange(
@@ -559,13 +543,13 @@ async fn online_delegation_needs_proof_of_possession_and_stays_narrower() {
     let token_url = format!("{}/v1/token", plane.url);
 
     // A key-bound parent (serverless).
-    let parent_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
+    let parent_key = ProofSigner::generate().unwrap();
     let (_, creds) = plane
         .call(
             Method::POST,
             "/v1/agents/shop/planner/credentials",
             Some(&admin),
-            Some(json!({"task": "t-9", "instance": "fn-1", "keyThumbprint": thumbprint(&parent_key)})),
+            Some(json!({"task": "t-9", "instance": "fn-1", "keyThumbprint": parent_key.thumbprint()})),
         )
         .await;
     assert!(
@@ -602,8 +586,8 @@ async fn online_delegation_needs_proof_of_possession_and_stays_narrower() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"], "invalid_grant", "{body}");
-    let thief = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-    let stolen = proof(&thief, &token_url, grant, "j-thief");
+    let thief = ProofSigner::generate().unwrap();
+    let stolen = proof(&thief, &token_url, grant);
     let (_, body) = exchange(
         &plane,
         &with_token(form("mcp.tools/call=github/x"), grant),
@@ -613,12 +597,12 @@ async fn online_delegation_needs_proof_of_possession_and_stays_narrower() {
     assert_eq!(body["error"], "invalid_grant", "{body}");
 
     // Asking for more than the parent holds.
-    let p1 = proof(&parent_key, &token_url, grant, "j-1");
+    let p1 = proof(&parent_key, &token_url, grant);
     let (_, body) = exchange(&plane, &with_token(form("*=*"), grant), &[("dpop", &p1)]).await;
     assert_eq!(body["error"], "invalid_scope", "{body}");
 
     // A proper exchange.
-    let p2 = proof(&parent_key, &token_url, grant, "j-2");
+    let p2 = proof(&parent_key, &token_url, grant);
     let (status, child) = exchange(
         &plane,
         &with_token(form("mcp.tools/call=github/x"), grant),
@@ -661,14 +645,14 @@ async fn online_delegation_needs_proof_of_possession_and_stays_narrower() {
             .into_boxed_str(),
     );
     let svid_pem = child["svid"]["certificatePem"].as_str().unwrap();
-    let svid_key = KeyPair::from_pem(child["svid"]["privateKeyPem"].as_str().unwrap()).unwrap();
+    let svid_key = ProofSigner::from_pem(child["svid"]["privateKeyPem"].as_str().unwrap()).unwrap();
     let svid_der = STANDARD.encode(
         x509_parser::pem::parse_x509_pem(svid_pem.as_bytes())
             .unwrap()
             .1
             .contents,
     );
-    let p3 = proof(&svid_key, &token_url, child_grant, "j-3");
+    let p3 = proof(&svid_key, &token_url, child_grant);
     let mut f = with_token(form("mcp.tools/call=github/x"), child_grant);
     f[3] = ("sub_agent", "tester");
     let (status, grandchild) =
@@ -676,7 +660,7 @@ async fn online_delegation_needs_proof_of_possession_and_stays_narrower() {
     assert_eq!(status, StatusCode::OK, "{grandchild}");
     assert_eq!(grandchild["act"]["act"]["sub"], child["act"]["sub"]);
     // Without the SVID attached.
-    let p4 = proof(&svid_key, &token_url, child_grant, "j-4");
+    let p4 = proof(&svid_key, &token_url, child_grant);
     let (_, body) = exchange(&plane, &f, &[("dpop", &p4)]).await;
     assert_eq!(body["error"], "invalid_grant", "{body}");
 

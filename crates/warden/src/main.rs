@@ -1,5 +1,6 @@
 //! `warden`: the one binary of the Warden security fabric for AI agents.
 
+mod control;
 mod policy;
 
 /// Policy evaluation allocates many small, short-lived objects; with a large bundle resident,
@@ -32,6 +33,37 @@ enum Command {
     /// Check, test, explain and compare AgentPolicy bundles.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Run a part of the fabric (today: the control plane).
+    Serve(control::ServeArgs),
+    /// Register agents, issue and delegate their credentials, revoke them.
+    Agent {
+        #[command(subcommand)]
+        command: control::AgentCommand,
+        #[command(flatten)]
+        connection: control::Connection,
+    },
+    /// Exchange evidence (a join token or a platform identity token) for credentials.
+    Attest {
+        #[command(flatten)]
+        args: control::AttestArgs,
+        #[command(flatten)]
+        connection: control::Connection,
+    },
+    /// Rotate the authority's keys; print the trust bundle.
+    Authority {
+        #[command(subcommand)]
+        command: control::AuthorityCommand,
+        #[command(flatten)]
+        connection: control::Connection,
+    },
+    /// Revoke a grant (and all delegated from it), a task, an agent, or a revocation id.
+    Revoke {
+        #[arg(value_enum)]
+        kind: control::RevocationKind,
+        value: String,
+        #[command(flatten)]
+        connection: control::Connection,
+    },
 }
 
 /// How results are printed.
@@ -55,6 +87,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Policy(command) => policy::run(command),
+        Command::Serve(args) => control::serve(args),
+        Command::Agent {
+            command,
+            connection,
+        } => control::agent(command, connection),
+        Command::Attest { args, connection } => control::attest(args, connection),
+        Command::Authority {
+            command,
+            connection,
+        } => control::authority(command, connection),
+        Command::Revoke {
+            kind,
+            value,
+            connection,
+        } => control::revoke(kind, value, connection),
     };
     match result {
         Ok(code) => code,
