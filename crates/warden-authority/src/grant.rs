@@ -7,17 +7,16 @@
 //! so the two can never disagree, and the fast path can check rights in plain Rust. Each block's
 //! constraints must all hold: a child's effective rights are the intersection of its ancestors'.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
-use biscuit_auth::builder::{BlockBuilder, Term};
+use biscuit_auth::builder::BlockBuilder;
 use biscuit_auth::{Biscuit, KeyPair, PrivateKey, PublicKey};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use time::OffsetDateTime;
 use warden_model::{SpiffeId, TaskId};
 
-use crate::rights::{Right, first_uncovered};
+use crate::rights::{Pattern, Right, first_uncovered};
 
 /// Lifetime of a grant when the caller does not ask for another.
 pub const DEFAULT_GRANT_TTL: Duration = Duration::from_secs(15 * 60);
@@ -154,48 +153,51 @@ pub(crate) struct BlockClaims {
     pub rights: Vec<Right>,
 }
 
-fn date(unix: i64) -> Term {
-    Term::Date(u64::try_from(unix).unwrap_or(0))
+/// RFC 3339 in UTC, as Biscuit prints dates.
+fn rfc3339(unix: i64) -> String {
+    let t = OffsetDateTime::from_unix_timestamp(unix).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// Whether a string can sit inside a Datalog string literal as is: no quote, backslash or
+/// control character, so the printed form of a block is unambiguous.
+pub(crate) fn datalog_safe(value: &str) -> bool {
+    !value
+        .chars()
+        .any(|c| c == '"' || c == '\\' || c.is_control())
 }
 
 impl BlockClaims {
-    /// The Datalog a block with these claims carries.
-    pub(crate) fn to_block(&self) -> Result<BlockBuilder, GrantError> {
+    /// The Datalog of a block with these claims, exactly as Biscuit prints it. Every string in it
+    /// has passed [`datalog_safe`] (validated types, or `validate`), so values are inlined.
+    pub(crate) fn source(&self) -> String {
         let mut code = String::new();
-        let mut params: HashMap<String, Term> = HashMap::new();
-        let mut param = |value: Term| {
-            let name = format!("p{}", params.len());
-            params.insert(name.clone(), value);
-            format!("{{{name}}}")
-        };
         if let Some(header) = &self.grant {
-            let facts = [
-                ("grant", Term::Str(header.id.clone())),
-                ("agent", Term::Str(header.agent.to_string())),
-                ("task", Term::Str(header.task.to_string())),
-                ("purpose", Term::Str(header.purpose.clone())),
-                ("depth", Term::Integer(header.depth as i64)),
-            ];
-            for (name, value) in facts {
-                code += &format!("{name}({});\n", param(value));
-            }
+            code += &format!(
+                "grant(\"{}\");\nagent(\"{}\");\ntask(\"{}\");\ndepth({});\n",
+                header.id, header.agent, header.task, header.depth
+            );
         }
         code += &format!(
             "check if time($time), $time <= {};\n",
-            param(date(self.expires))
+            rfc3339(self.expires)
         );
         match &self.holder {
             Some(Holder::Spiffe(id)) => {
-                let exact = param(Term::Str(id.to_string()));
-                let under = param(Term::Str(format!("{id}/")));
-                code +=
-                    &format!("check if presenter($p), $p == {exact} || $p.starts_with({under});\n");
+                code += &format!(
+                    "check if presenter($p), $p == \"{id}\" || $p.starts_with(\"{id}/\");\n"
+                );
             }
             Some(Holder::Key(jkt)) => {
-                code += &format!(
-                    "check if presenter_key($k), $k == {};\n",
-                    param(Term::Str(jkt.clone()))
-                );
+                code += &format!("check if presenter_key($k), $k == \"{jkt}\";\n");
             }
             None => {}
         }
@@ -206,23 +208,23 @@ impl BlockClaims {
                 let mut clause = String::from("action($a, $r)");
                 for (var, pattern) in [("$a", &right.action), ("$r", &right.target)] {
                     match pattern {
-                        crate::Pattern::Exact(v) => {
-                            clause += &format!(", {var} == {}", param(Term::Str(v.clone())))
-                        }
-                        crate::Pattern::Prefix(p) if p.is_empty() => {}
-                        crate::Pattern::Prefix(p) => {
-                            clause +=
-                                &format!(", {var}.starts_with({})", param(Term::Str(p.clone())))
-                        }
+                        Pattern::Exact(v) => clause += &format!(", {var} == \"{v}\""),
+                        Pattern::Prefix(p) if p.is_empty() => {}
+                        Pattern::Prefix(p) => clause += &format!(", {var}.starts_with(\"{p}\")"),
                     }
                 }
                 clause
             })
             .collect();
         code += &format!("check if {};\n", alternatives.join(" or "));
+        code
+    }
+
+    /// The block to append or sign: the Datalog, with the claims as its context.
+    pub(crate) fn to_block(&self) -> Result<BlockBuilder, GrantError> {
         let context = serde_json::to_string(self).map_err(|e| GrantError::Crypto(e.to_string()))?;
         BlockBuilder::new()
-            .code_with_params(code, params, HashMap::new())
+            .code(self.source())
             .map(|b| b.context(context))
             .map_err(|e| GrantError::Invalid(format!("could not encode the grant: {e}")))
     }
@@ -241,12 +243,26 @@ impl BlockClaims {
         for right in &self.rights {
             right.validate()?;
         }
-        if let Some(header) = &self.grant
-            && header.purpose.len() > MAX_PURPOSE_BYTES
+        if let Some(Holder::Key(jkt)) = &self.holder
+            && (jkt.is_empty()
+                || jkt.len() > 128
+                || !jkt
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
         {
-            return Err(GrantError::Invalid(format!(
-                "the purpose is longer than {MAX_PURPOSE_BYTES} bytes"
-            )));
+            return Err(GrantError::Invalid(
+                "a key binding is a base64url RFC 7638 thumbprint".into(),
+            ));
+        }
+        if let Some(header) = &self.grant {
+            if header.purpose.len() > MAX_PURPOSE_BYTES {
+                return Err(GrantError::Invalid(format!(
+                    "the purpose is longer than {MAX_PURPOSE_BYTES} bytes"
+                )));
+            }
+            if header.id.len() != 32 || !header.id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(GrantError::Invalid("a grant id is 32 hex digits".into()));
+            }
         }
         Ok(())
     }
@@ -505,11 +521,15 @@ fn read_claims(contexts: Vec<Option<String>>) -> Result<Vec<BlockClaims>, GrantE
 
 /// Checks each block's shape and Datalog against its claims, and that attenuation blocks only
 /// narrow the holder. Returns the claims.
-pub(crate) fn canonical_claims(
-    contexts: Vec<Option<String>>,
-    source: impl Fn(usize) -> Result<String, String>,
-) -> Result<Vec<BlockClaims>, GrantError> {
-    let claims = read_claims(contexts)?;
+fn canonical_claims(biscuit: &Biscuit) -> Result<Vec<BlockClaims>, GrantError> {
+    let claims = read_claims(biscuit.context())?;
+    let source = |block: usize| {
+        let symbols = biscuit.block_symbols(block).map_err(|e| e.to_string())?;
+        if !symbols.iter().all(|s| datalog_safe(s)) {
+            return Err("it holds a string with a quote, backslash or control character".into());
+        }
+        biscuit.print_block_source(block).map_err(|e| e.to_string())
+    };
     let mut holder: Option<&Holder> = None;
     for (block, c) in claims.iter().enumerate() {
         let fail = |reason: String| GrantError::NotCanonical { block, reason };
@@ -535,9 +555,8 @@ pub(crate) fn canonical_claims(
             }
             holder = Some(next);
         }
-        let expected = c.to_block()?.to_string();
         let actual = source(block).map_err(fail)?;
-        if expected != actual {
+        if c.source() != actual {
             return Err(fail(
                 "its Datalog does not match its claims (was it written by hand?)".into(),
             ));
@@ -624,9 +643,7 @@ pub(crate) fn parse(
         ) => GrantError::BadSignature,
         other => GrantError::Malformed(other.to_string()),
     })?;
-    let claims = canonical_claims(biscuit.context(), |i| {
-        biscuit.print_block_source(i).map_err(|e| e.to_string())
-    })?;
+    let claims = canonical_claims(&biscuit)?;
     Ok((biscuit, claims))
 }
 

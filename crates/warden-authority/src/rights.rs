@@ -29,9 +29,9 @@ impl Pattern {
                 "pattern longer than {MAX_PATTERN_BYTES} bytes"
             )));
         }
-        if text.chars().any(char::is_control) {
+        if !crate::grant::datalog_safe(text) {
             return Err(GrantError::InvalidRight(
-                "patterns may not contain control characters".into(),
+                "patterns may not contain quotes, backslashes or control characters".into(),
             ));
         }
         match text.strip_suffix('*') {
@@ -151,7 +151,8 @@ pub fn any_permits(rights: &[Right], kind: &str, target: &str) -> bool {
     rights.iter().any(|r| r.permits(kind, target))
 }
 
-/// Whether what `narrower` permits, `wider` permits too (each right covered by one of `wider`).
+/// The first right of `narrower` that no right of `wider` covers, if any: `None` means whatever
+/// `narrower` permits, `wider` permits too.
 pub fn first_uncovered<'a>(wider: &[Right], narrower: &'a [Right]) -> Option<&'a Right> {
     narrower.iter().find(|n| !wider.iter().any(|w| w.covers(n)))
 }
@@ -189,6 +190,8 @@ mod tests {
         assert!(Pattern::parse("a**").is_err());
         assert!(Pattern::parse("").is_err());
         assert!(Pattern::parse("a\nb").is_err());
+        assert!(Pattern::parse("a\"b").is_err());
+        assert!(Pattern::parse("a\\\\b").is_err());
     }
 
     #[test]

@@ -358,6 +358,31 @@ fn a_block_whose_datalog_differs_from_its_claims_is_refused() {
         matches!(err, GrantError::NotCanonical { block: 1, .. }),
         "{err}"
     );
+    // A string holding a quote can make different Datalog print like the claims' Datalog:
+    // `$a == "mcp.tools/call\", $r == \"x"` prints as two comparisons. Refused outright.
+    let expires = t() + 60;
+    let claims = serde_json::json!({"expires": expires,
+        "rights": [{"action": "mcp.tools/call", "target": "x"}]});
+    let mut params = HashMap::new();
+    params.insert("exp".to_owned(), Term::Date(expires as u64));
+    params.insert(
+        "a".to_owned(),
+        Term::Str("mcp.tools/call\", $r == \"x".to_owned()),
+    );
+    let lookalike = BlockBuilder::new()
+        .code_with_params(
+            "check if time($time), $time <= {exp};\ncheck if action($a, $r), $a == {a};",
+            params,
+            HashMap::new(),
+        )
+        .unwrap()
+        .context(claims.to_string());
+    let lookalike = biscuit.append(lookalike).unwrap().to_base64().unwrap();
+    let err = f.verifier.verify(&lookalike, t()).unwrap_err();
+    assert!(
+        matches!(err, GrantError::NotCanonical { block: 1, ref reason } if reason.contains("quote")),
+        "{err}"
+    );
     // A block with no claims at all.
     let bare = biscuit
         .append(BlockBuilder::new().code("check if true;").unwrap())
