@@ -50,6 +50,8 @@ pub enum DpopError {
     CredentialHash,
     #[error("too many recent proofs to track replays; refusing until older ones age out")]
     Saturated,
+    #[error("the proof could not be recorded against replay ({0}); refusing it")]
+    ReplayCheck(String),
 }
 
 /// The request a proof must match.
@@ -75,9 +77,52 @@ struct ProofClaims {
 pub struct DpopVerifier {
     algorithms: Vec<Algorithm>,
     max_age: Duration,
+    replays: Box<dyn ReplayGuard>,
+}
+
+/// Where seen proof ids are kept. In memory by default; a durable guard (the control plane's
+/// store) keeps a restart from reopening the replay window.
+pub trait ReplayGuard: Send + Sync {
+    /// Records `jti` until `expires` (unix seconds), refusing an id recorded and not yet expired.
+    fn remember(&self, jti: &str, expires: i64, now: i64) -> Result<(), DpopError>;
+}
+
+/// Seen proof ids in memory, bounded: when full of live ids, proofs are refused rather than
+/// replays risked.
+pub struct MemoryReplayGuard {
     max_tracked: usize,
     /// Proof id → the time after which its `iat` is too old anyway.
     seen: Mutex<HashMap<String, i64>>,
+}
+
+impl MemoryReplayGuard {
+    pub fn new(max_tracked: usize) -> Self {
+        Self {
+            max_tracked,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl ReplayGuard for MemoryReplayGuard {
+    /// Ids leave once their proof is too old to be accepted anyway, so the table holds only the
+    /// replay window.
+    fn remember(&self, jti: &str, expires: i64, now: i64) -> Result<(), DpopError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= self.max_tracked {
+            seen.retain(|_, until| *until >= now);
+            if seen.len() >= self.max_tracked {
+                return Err(DpopError::Saturated);
+            }
+        }
+        match seen.get(jti) {
+            Some(until) if *until >= now => Err(DpopError::Replayed),
+            _ => {
+                seen.insert(jti.to_owned(), expires);
+                Ok(())
+            }
+        }
+    }
 }
 
 /// The RFC 7638 SHA-256 thumbprint of a public JWK, base64url: what a credential binds to.
@@ -107,6 +152,19 @@ impl DpopVerifier {
     /// Accepts proofs made with `algorithms` (asymmetric only) and at most `max_age` old,
     /// tracking up to `max_tracked` recent proof ids.
     pub fn new(algorithms: Vec<Algorithm>, max_age: Duration, max_tracked: usize) -> Self {
+        Self::with_guard(
+            algorithms,
+            max_age,
+            Box::new(MemoryReplayGuard::new(max_tracked)),
+        )
+    }
+
+    /// As [`DpopVerifier::new`], keeping seen proof ids in `replays`.
+    pub fn with_guard(
+        algorithms: Vec<Algorithm>,
+        max_age: Duration,
+        replays: Box<dyn ReplayGuard>,
+    ) -> Self {
         let algorithms = algorithms
             .into_iter()
             .filter(|a| !matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512))
@@ -114,8 +172,7 @@ impl DpopVerifier {
         Self {
             algorithms,
             max_age,
-            max_tracked,
-            seen: Mutex::new(HashMap::new()),
+            replays,
         }
     }
 
@@ -199,30 +256,8 @@ impl DpopVerifier {
         if claims.ath.as_deref() != Some(URL_SAFE_NO_PAD.encode(digest.as_ref()).as_str()) {
             return Err(DpopError::CredentialHash);
         }
-        self.remember(claims.jti, claims.iat.saturating_add(max_age), request.now)
-    }
-
-    /// Records a proof id, refusing one seen before. Ids leave once their proof is too old to be
-    /// accepted anyway, so the table holds only the replay window.
-    fn remember(&self, jti: String, expires: i64, now: i64) -> Result<(), DpopError> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= self.max_tracked {
-            seen.retain(|_, until| *until >= now);
-            if seen.len() >= self.max_tracked {
-                return Err(DpopError::Saturated);
-            }
-        }
-        match seen.entry(jti) {
-            std::collections::hash_map::Entry::Occupied(mut entry) if *entry.get() < now => {
-                entry.insert(expires);
-                Ok(())
-            }
-            std::collections::hash_map::Entry::Occupied(_) => Err(DpopError::Replayed),
-            std::collections::hash_map::Entry::Vacant(entry) => {
-                entry.insert(expires);
-                Ok(())
-            }
-        }
+        self.replays
+            .remember(&claims.jti, claims.iat.saturating_add(max_age), request.now)
     }
 }
 

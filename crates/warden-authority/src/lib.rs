@@ -17,7 +17,10 @@ pub use ca::{
     AuthorityError, CertificateAuthority, DEFAULT_SVID_TTL, MAX_SVID_TTL, PresentedSvid,
     StoredAuthority, Svid, TrustBundle, p256_thumbprint,
 };
-pub use dpop::{DpopError, DpopVerifier, MAX_PROOF_BYTES, ProofRequest, ProofSigner, thumbprint};
+pub use dpop::{
+    DpopError, DpopVerifier, MAX_PROOF_BYTES, MemoryReplayGuard, ProofRequest, ProofSigner,
+    ReplayGuard, thumbprint,
+};
 pub use evidence::{
     EvidenceError, EvidenceIssuer, IdentityRule, MAX_TOKEN_BYTES, MappingError, VerifiedEvidence,
     map_identity,

@@ -3,7 +3,7 @@
 //! is acknowledged.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use aws_lc_rs::digest;
@@ -13,9 +13,9 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use time::OffsetDateTime;
 use warden_authority::{
-    CertificateAuthority, DelegationRequest, DpopVerifier, GrantIssuer, GrantKey, GrantRequest,
-    GrantRoots, GrantVerifier, Holder, MAX_GRANT_TTL, Presenter, ProofRequest, Revocation,
-    RevocationSet, Right, StoredAuthority, VerifiedGrant,
+    CertificateAuthority, DelegationRequest, DpopError, DpopVerifier, GrantIssuer, GrantKey,
+    GrantRequest, GrantRoots, GrantVerifier, Holder, MAX_GRANT_TTL, Presenter, ProofRequest,
+    ReplayGuard, Revocation, RevocationSet, Right, StoredAuthority, VerifiedGrant,
 };
 use warden_model::{AgentIdentity, Name, SpiffeId, TaskId};
 
@@ -353,9 +353,22 @@ fn agent_key(tenant: &Name, name: &Name) -> String {
     format!("{tenant}/{name}")
 }
 
+/// Seen proof-of-possession ids, kept in the store so a restart does not reopen the replay window.
+struct StoredReplays(Arc<Store>);
+
+impl ReplayGuard for StoredReplays {
+    fn remember(&self, jti: &str, expires: i64, now: i64) -> Result<(), DpopError> {
+        match self.0.remember_proof(&sha256_hex(jti), expires, now) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(DpopError::Replayed),
+            Err(e) => Err(DpopError::ReplayCheck(e.to_string())),
+        }
+    }
+}
+
 /// The control plane.
 pub struct Control {
-    store: Store,
+    store: Arc<Store>,
     config: ControlConfig,
     public_url: String,
     ca: RwLock<CertificateAuthority>,
@@ -372,7 +385,7 @@ impl Control {
     /// first start and restoring them afterwards.
     pub fn open(config: ControlConfig) -> anyhow::Result<Self> {
         use anyhow::Context as _;
-        let store = Store::open(&config.data_dir)?;
+        let store = Arc::new(Store::open(&config.data_dir)?);
         let ca = match store.get::<StoredAuthority>(META, "authority")? {
             Some(stored) => CertificateAuthority::restore(&stored, now())
                 .context("the stored CA could not be restored")?,
@@ -418,6 +431,7 @@ impl Control {
             .map(Attestor::from_config)
             .collect::<anyhow::Result<Vec<_>>>()?;
         let (revocation_version, _) = tokio::sync::watch::channel(version);
+        let replays = Box::new(StoredReplays(Arc::clone(&store)));
         Ok(Self {
             store,
             public_url: config.public_url(),
@@ -425,13 +439,13 @@ impl Control {
             issuer: RwLock::new(GrantIssuer::new(active, config.max_delegation_depth)),
             verifier,
             attestors,
-            proofs: DpopVerifier::new(
+            proofs: DpopVerifier::with_guard(
                 vec![
                     jsonwebtoken::Algorithm::ES256,
                     jsonwebtoken::Algorithm::EdDSA,
                 ],
                 Duration::from_secs(60),
-                100_000,
+                replays,
             ),
             client: HttpClient::new(Duration::from_secs(5)).map_err(|e| anyhow::anyhow!("{e}"))?,
             revocation_version,

@@ -23,6 +23,10 @@ pub(crate) const GRANTS: TableDefinition<&str, &str> = TableDefinition::new("gra
 pub(crate) const JOIN_TOKENS: TableDefinition<&str, &str> = TableDefinition::new("join_tokens");
 /// Version → the revocation added at that version.
 const REVOCATIONS: TableDefinition<u64, &str> = TableDefinition::new("revocations");
+/// SHA-256 (hex) of a proof-of-possession id → when it may be forgotten (unix seconds).
+const PROOFS: TableDefinition<&str, i64> = TableDefinition::new("proofs");
+/// Proof records written between sweeps of expired ones.
+const PROOF_SWEEP_EVERY: u64 = 1024;
 
 #[derive(Debug, Error)]
 pub enum StoreError {
@@ -67,6 +71,7 @@ fn encode<T: Serialize>(value: &T) -> Result<String, StoreError> {
 /// The embedded store.
 pub struct Store {
     db: Database,
+    proofs_written: std::sync::atomic::AtomicU64,
 }
 
 /// What a conditional write found.
@@ -90,13 +95,17 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        let store = Self { db };
+        let store = Self {
+            db,
+            proofs_written: std::sync::atomic::AtomicU64::new(0),
+        };
         // Create every table up front so reads never meet a missing one.
         let tx = store.db.begin_write()?;
         for table in [META, ADMINS, AGENTS, INSTANCES, GRANTS, JOIN_TOKENS] {
             tx.open_table(table)?;
         }
         tx.open_table(REVOCATIONS)?;
+        tx.open_table(PROOFS)?;
         tx.commit()?;
         Ok(store)
     }
@@ -217,5 +226,29 @@ impl Store {
                 Ok((k.value(), decode(&k.value().to_string(), v.value())?))
             })
             .collect()
+    }
+}
+
+impl Store {
+    /// Records a proof id until `expires`; `false` if it is already recorded and live (a replay).
+    /// Expired ids are swept now and then, so the table holds about one replay window.
+    pub fn remember_proof(&self, id: &str, expires: i64, now: i64) -> Result<bool, StoreError> {
+        let written = self
+            .proofs_written
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tx = self.db.begin_write()?;
+        let fresh = {
+            let mut t = tx.open_table(PROOFS)?;
+            if written % PROOF_SWEEP_EVERY == 0 {
+                t.retain(|_, until| until >= now)?;
+            }
+            let live = t.get(id)?.is_some_and(|until| until.value() >= now);
+            if !live {
+                t.insert(id, expires)?;
+            }
+            !live
+        };
+        tx.commit()?;
+        Ok(fresh)
     }
 }

@@ -36,7 +36,11 @@ fn config(dir: &Path, attestation: Vec<AttestorConfig>) -> ControlConfig {
 }
 
 async fn start(dir: &Path, attestation: Vec<AttestorConfig>) -> Plane {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_at(dir, attestation, "127.0.0.1:0").await
+}
+
+async fn start_at(dir: &Path, attestation: Vec<AttestorConfig>, address: &str) -> Plane {
+    let listener = tokio::net::TcpListener::bind(address).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut config = config(dir, attestation);
     config.listen = addr;
@@ -837,5 +841,60 @@ async fn rotation_keeps_old_grants_verifying_and_publishes_new_roots() {
             .verify(creds["grant"].as_str().unwrap(), now)
             .unwrap();
     }
+    plane.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_proof_stays_used_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = start(dir.path(), vec![]).await;
+    let admin = plane.admin().unwrap().to_owned();
+    plane
+        .call(
+            Method::POST,
+            "/v1/agents",
+            Some(&admin),
+            Some(register_body()),
+        )
+        .await;
+    let key = ProofSigner::generate().unwrap();
+    let (_, creds) = plane
+        .call(
+            Method::POST,
+            "/v1/agents/shop/planner/credentials",
+            Some(&admin),
+            Some(json!({"task": "t", "keyThumbprint": key.thumbprint()})),
+        )
+        .await;
+    let grant = creds["grant"].as_str().unwrap();
+    let form = [
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        (
+            "subject_token_type",
+            "urn:warden:params:oauth:token-type:grant",
+        ),
+        ("scope", "mcp.tools/call=github/x"),
+        ("sub_agent", "coder"),
+        ("subject_token", grant),
+    ];
+    let used = proof(&key, &format!("{}/v1/token", plane.url), grant);
+    let (status, body) = exchange(&plane, &form, &[("dpop", &used)]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let port = plane.url.rsplit(':').next().unwrap().to_owned();
+    plane.stop().await;
+
+    // Same data directory, same address (the proof names the URL), within the proof's minute.
+    let plane = start_at(dir.path(), vec![], &format!("127.0.0.1:{port}")).await;
+    let (_, body) = exchange(&plane, &form, &[("dpop", &used)]).await;
+    assert_eq!(body["error"], "invalid_grant", "{body}");
+    assert!(
+        body["error_description"]
+            .as_str()
+            .unwrap()
+            .contains("already used")
+    );
     plane.stop().await;
 }
