@@ -239,7 +239,7 @@ impl Store {
         let tx = self.db.begin_write()?;
         let fresh = {
             let mut t = tx.open_table(PROOFS)?;
-            if written % PROOF_SWEEP_EVERY == 0 {
+            if written.is_multiple_of(PROOF_SWEEP_EVERY) {
                 t.retain(|_, until| until >= now)?;
             }
             let live = t.get(id)?.is_some_and(|until| until.value() >= now);
