@@ -11,6 +11,7 @@ mod store;
 pub use api::{OPENAPI, router, serve};
 pub use client::{ClientError, HttpClient, HttpResponse};
 pub use config::{AttestorConfig, ControlConfig, RuleConfig};
+pub use jwks::{AttestError, Attestor};
 pub use control::{
     AgentRecord, AgentView, AttestRequest, Control, ControlError, CredentialRequest, Credentials,
     Evidence, ExchangeRequest, ExchangeResponse, GRANT_TOKEN_TYPE, GrantRecord, InstanceNode,

@@ -898,3 +898,28 @@ async fn a_used_proof_stays_used_across_a_restart() {
     );
     plane.stop().await;
 }
+
+/// The YAML blocks of docs/configuration.md, in order.
+fn documented_yaml() -> Vec<String> {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+    )
+    .unwrap();
+    doc.split("```yaml\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn the_documented_configuration_parses() {
+    let blocks = documented_yaml();
+    let config: ControlConfig = serde_yaml::from_str(&blocks[0]).unwrap();
+    assert_eq!(config.trust_domain.as_str(), "acme.example");
+    assert_eq!(config.attestation[0].rules.len(), 1);
+    let clouds: Vec<AttestorConfig> = serde_yaml::from_str(&blocks[1]).unwrap();
+    assert_eq!(clouds.len(), 3);
+    for attestor in config.attestation.iter().chain(&clouds) {
+        warden_control::Attestor::from_config(attestor).unwrap();
+    }
+}
