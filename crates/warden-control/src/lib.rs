@@ -11,11 +11,11 @@ mod store;
 pub use api::{OPENAPI, router, serve};
 pub use client::{ClientError, HttpClient, HttpResponse};
 pub use config::{AttestorConfig, ControlConfig, RuleConfig};
-pub use jwks::{AttestError, Attestor};
 pub use control::{
     AgentRecord, AgentView, AttestRequest, Control, ControlError, CredentialRequest, Credentials,
     Evidence, ExchangeRequest, ExchangeResponse, GRANT_TOKEN_TYPE, GrantRecord, InstanceNode,
     InstanceRecord, RegisterAgent, RevocationsView, Role, SvidView, TOKEN_EXCHANGE_GRANT_TYPE,
     parse_scope,
 };
+pub use jwks::{AttestError, Attestor};
 pub use store::{Store, StoreError};
