@@ -541,41 +541,26 @@ impl Control {
             })
     }
 
+    /// Every instance and grant record, to assemble lineage trees from.
+    fn instances_and_grants(
+        &self,
+    ) -> Result<(Vec<InstanceRecord>, Vec<GrantRecord>), ControlError> {
+        Ok((self.store.values(INSTANCES)?, self.store.values(GRANTS)?))
+    }
+
     pub fn list_agents(&self) -> Result<Vec<AgentView>, ControlError> {
-        let instances: Vec<InstanceRecord> = self
-            .store
-            .list(INSTANCES)?
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
-        let grants: Vec<GrantRecord> = self
-            .store
-            .list(GRANTS)?
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
+        let (instances, grants) = self.instances_and_grants()?;
         Ok(self
             .store
-            .list::<AgentRecord>(AGENTS)?
+            .values::<AgentRecord>(AGENTS)?
             .into_iter()
-            .map(|(_, agent)| lineage(agent, &instances, &grants))
+            .map(|agent| lineage(agent, &instances, &grants))
             .collect())
     }
 
     pub fn agent(&self, tenant: &Name, name: &Name) -> Result<AgentView, ControlError> {
         let agent = self.agent_record(tenant, name)?;
-        let instances: Vec<InstanceRecord> = self
-            .store
-            .list(INSTANCES)?
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
-        let grants: Vec<GrantRecord> = self
-            .store
-            .list(GRANTS)?
-            .into_iter()
-            .map(|(_, v)| v)
-            .collect();
+        let (instances, grants) = self.instances_and_grants()?;
         Ok(lineage(agent, &instances, &grants))
     }
 

@@ -181,17 +181,17 @@ impl Store {
     }
 
     /// Every record of a table, in key order.
-    pub(crate) fn list<T: DeserializeOwned>(
+    pub(crate) fn values<T: DeserializeOwned>(
         &self,
         table: TableDefinition<&str, &str>,
-    ) -> Result<Vec<(String, T)>, StoreError> {
+    ) -> Result<Vec<T>, StoreError> {
         let tx = self.db.begin_read()?;
         let table = tx.open_table(table)?;
         table
             .iter()?
             .map(|entry| {
                 let (k, v) = entry?;
-                Ok((k.value().to_owned(), decode(k.value(), v.value())?))
+                decode(k.value(), v.value())
             })
             .collect()
     }

@@ -94,6 +94,36 @@ impl Plane {
         (response.status, value)
     }
 
+    async fn register(&self, admin: &str) {
+        let (status, body) = self
+            .call(
+                Method::POST,
+                "/v1/agents",
+                Some(admin),
+                Some(register_body()),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+
+    async fn credentials(&self, admin: &str, request: Value) -> Value {
+        let (status, creds) = self
+            .call(
+                Method::POST,
+                "/v1/agents/shop/planner/credentials",
+                Some(admin),
+                Some(request),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{creds}");
+        creds
+    }
+
+    async fn attest(&self, request: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, "/v1/attest", None, Some(request))
+            .await
+    }
+
     fn admin(&self) -> Option<&str> {
         self.admin.as_deref()
     }
@@ -272,14 +302,7 @@ async fn join_tokens_work_once_and_expire() {
     let dir = tempfile::tempdir().unwrap();
     let plane = start(dir.path(), vec![]).await;
     let admin = plane.admin().unwrap().to_owned();
-    plane
-        .call(
-            Method::POST,
-            "/v1/agents",
-            Some(&admin),
-            Some(register_body()),
-        )
-        .await;
+    plane.register(&admin).await;
     let (status, join) = plane
         .call(
             Method::POST,
@@ -291,13 +314,9 @@ async fn join_tokens_work_once_and_expire() {
     assert_eq!(status, StatusCode::CREATED);
     let token = join["token"].as_str().unwrap();
     let attest = json!({"evidence": {"type": "join-token", "token": token}, "task": "boot"});
-    let (status, creds) = plane
-        .call(Method::POST, "/v1/attest", None, Some(attest.clone()))
-        .await;
+    let (status, creds) = plane.attest(attest.clone()).await;
     assert_eq!(status, StatusCode::CREATED, "{creds}");
-    let (status, body) = plane
-        .call(Method::POST, "/v1/attest", None, Some(attest))
-        .await;
+    let (status, body) = plane.attest(attest).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(
         body["error"]["message"]
@@ -316,11 +335,8 @@ async fn join_tokens_work_once_and_expire() {
         .await;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let (status, body) = plane
-        .call(
-            Method::POST,
-            "/v1/attest",
-            None,
-            Some(json!({"evidence": {"type": "join-token", "token": short["token"]}, "task": "boot"})),
+        .attest(
+            json!({"evidence": {"type": "join-token", "token": short["token"]}, "task": "boot"}),
         )
         .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
@@ -333,12 +349,7 @@ async fn join_tokens_work_once_and_expire() {
     // Unknown and junk tokens.
     for junk in ["wjt_unknown", &"x".repeat(5000)] {
         let (status, _) = plane
-            .call(
-                Method::POST,
-                "/v1/attest",
-                None,
-                Some(json!({"evidence": {"type": "join-token", "token": junk}, "task": "boot"})),
-            )
+            .attest(json!({"evidence": {"type": "join-token", "token": junk}, "task": "boot"}))
             .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
@@ -420,25 +431,13 @@ async fn kubernetes_tokens_attest_against_a_fetched_and_rotated_jwks() {
     let dir = tempfile::tempdir().unwrap();
     let plane = start(dir.path(), vec![attestor]).await;
     let admin = plane.admin().unwrap().to_owned();
-    plane
-        .call(
-            Method::POST,
-            "/v1/agents",
-            Some(&admin),
-            Some(register_body()),
-        )
-        .await;
+    plane.register(&admin).await;
     let attest = |token: String| json!({"evidence": {"type": "jwt", "token": token}, "task": "t"});
 
     let (status, creds) = plane
-        .call(
-            Method::POST,
-            "/v1/attest",
-            None,
-            Some(attest(
-                first.sign(&k8s_claims("shop", "planner", "pod-1", "warden")),
-            )),
-        )
+        .attest(attest(
+            first.sign(&k8s_claims("shop", "planner", "pod-1", "warden")),
+        ))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{creds}");
     assert_eq!(
@@ -449,14 +448,9 @@ async fn kubernetes_tokens_attest_against_a_fetched_and_rotated_jwks() {
     // The issuer rotates: a token under the new key triggers a refetch and verifies.
     *keys.write().unwrap() = json!({"keys": [first.jwk(), second.jwk()]});
     let (status, creds) = plane
-        .call(
-            Method::POST,
-            "/v1/attest",
-            None,
-            Some(attest(
-                second.sign(&k8s_claims("shop", "planner", "pod-2", "warden")),
-            )),
-        )
+        .attest(attest(
+            second.sign(&k8s_claims("shop", "planner", "pod-2", "warden")),
+        ))
         .await;
     assert_eq!(status, StatusCode::CREATED, "{creds}");
 
@@ -480,9 +474,7 @@ async fn kubernetes_tokens_attest_against_a_fetched_and_rotated_jwks() {
         ),
     ];
     for (i, token) in cases.into_iter().enumerate() {
-        let (status, body) = plane
-            .call(Method::POST, "/v1/attest", None, Some(attest(token)))
-            .await;
+        let (status, body) = plane.attest(attest(token)).await;
         assert!(
             status == StatusCode::UNAUTHORIZED
                 || status == StatusCode::FORBIDDEN
@@ -536,24 +528,15 @@ async fn online_delegation_needs_proof_of_possession_and_stays_narrower() {
     let dir = tempfile::tempdir().unwrap();
     let plane = start(dir.path(), vec![]).await;
     let admin = plane.admin().unwrap().to_owned();
-    plane
-        .call(
-            Method::POST,
-            "/v1/agents",
-            Some(&admin),
-            Some(register_body()),
-        )
-        .await;
+    plane.register(&admin).await;
     let token_url = format!("{}/v1/token", plane.url);
 
     // A key-bound parent (serverless).
     let parent_key = ProofSigner::generate().unwrap();
-    let (_, creds) = plane
-        .call(
-            Method::POST,
-            "/v1/agents/shop/planner/credentials",
-            Some(&admin),
-            Some(json!({"task": "t-9", "instance": "fn-1", "keyThumbprint": parent_key.thumbprint()})),
+    let creds = plane
+        .credentials(
+            &admin,
+            json!({"task": "t-9", "instance": "fn-1", "keyThumbprint": parent_key.thumbprint()}),
         )
         .await;
     assert!(
@@ -700,21 +683,9 @@ async fn revocations_are_versioned_watchable_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let plane = start(dir.path(), vec![]).await;
     let admin = plane.admin().unwrap().to_owned();
-    plane
-        .call(
-            Method::POST,
-            "/v1/agents",
-            Some(&admin),
-            Some(register_body()),
-        )
-        .await;
-    let (_, creds) = plane
-        .call(
-            Method::POST,
-            "/v1/agents/shop/planner/credentials",
-            Some(&admin),
-            Some(json!({"task": "t-1", "instance": "i-1"})),
-        )
+    plane.register(&admin).await;
+    let creds = plane
+        .credentials(&admin, json!({"task": "t-1", "instance": "i-1"}))
         .await;
     let (_, bundle_before) = plane.call(Method::GET, "/v1/bundle", None, None).await;
 
@@ -803,36 +774,15 @@ async fn rotation_keeps_old_grants_verifying_and_publishes_new_roots() {
     let dir = tempfile::tempdir().unwrap();
     let plane = start(dir.path(), vec![]).await;
     let admin = plane.admin().unwrap().to_owned();
-    plane
-        .call(
-            Method::POST,
-            "/v1/agents",
-            Some(&admin),
-            Some(register_body()),
-        )
-        .await;
-    let (_, before) = plane
-        .call(
-            Method::POST,
-            "/v1/agents/shop/planner/credentials",
-            Some(&admin),
-            Some(json!({"task": "t-1"})),
-        )
-        .await;
+    plane.register(&admin).await;
+    let before = plane.credentials(&admin, json!({"task": "t-1"})).await;
     let (status, bundle) = plane
         .call(Method::POST, "/v1/authority/rotate", Some(&admin), None)
         .await;
     assert_eq!(status, StatusCode::OK, "{bundle}");
     assert_eq!(bundle["grantRoots"]["keys"].as_array().unwrap().len(), 2);
     assert_eq!(bundle["spiffe"]["keys"].as_array().unwrap().len(), 2);
-    let (_, after) = plane
-        .call(
-            Method::POST,
-            "/v1/agents/shop/planner/credentials",
-            Some(&admin),
-            Some(json!({"task": "t-2"})),
-        )
-        .await;
+    let after = plane.credentials(&admin, json!({"task": "t-2"})).await;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let roots = GrantRoots::from_json(&bundle["grantRoots"]).unwrap();
     let verifier = warden_authority::GrantVerifier::new(roots, 3);
@@ -849,21 +799,12 @@ async fn a_used_proof_stays_used_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let plane = start(dir.path(), vec![]).await;
     let admin = plane.admin().unwrap().to_owned();
-    plane
-        .call(
-            Method::POST,
-            "/v1/agents",
-            Some(&admin),
-            Some(register_body()),
-        )
-        .await;
+    plane.register(&admin).await;
     let key = ProofSigner::generate().unwrap();
-    let (_, creds) = plane
-        .call(
-            Method::POST,
-            "/v1/agents/shop/planner/credentials",
-            Some(&admin),
-            Some(json!({"task": "t", "keyThumbprint": key.thumbprint()})),
+    let creds = plane
+        .credentials(
+            &admin,
+            json!({"task": "t", "keyThumbprint": key.thumbprint()}),
         )
         .await;
     let grant = creds["grant"].as_str().unwrap();
@@ -922,4 +863,30 @@ fn the_documented_configuration_parses() {
     for attestor in config.attestation.iter().chain(&clouds) {
         warden_control::Attestor::from_config(attestor).unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_documented_operation_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = start(dir.path(), vec![]).await;
+    let doc: Value = serde_json::from_str(warden_control::OPENAPI).unwrap();
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path.replace("{tenant}", "shop").replace("{name}", "nobody");
+        for method in item.as_object().unwrap().keys() {
+            let method: Method = method.to_uppercase().parse().unwrap();
+            let (status, body) = plane
+                .call(method.clone(), &concrete, None, Some(json!({})))
+                .await;
+            // The router's own 404/405 have no JSON body; handlers always answer with one.
+            assert!(
+                status != StatusCode::METHOD_NOT_ALLOWED
+                    && !(status == StatusCode::NOT_FOUND && body.is_null()),
+                "{method} {path} is documented but not served ({status})"
+            );
+            operations += 1;
+        }
+    }
+    assert_eq!(operations, 15);
+    plane.stop().await;
 }

@@ -201,39 +201,28 @@ fn the_cli_drives_the_control_plane_and_state_survives_kill_9() {
     );
     assert!(child.join("svid.pem").exists());
     let offline = work.path().join("offline");
-    server.ok(
-        &admin,
-        &[
-            "agent",
-            "delegate",
-            "--offline",
-            "--grant",
-            parent.join("grant").to_str().unwrap(),
-            "--sub-agent",
-            "tester",
-            "--right",
-            "mcp.tools/call=github/x",
-            "--out",
-            offline.to_str().unwrap(),
-        ],
-    );
+    let delegate_offline = |right: &str| {
+        server.warden(
+            &admin,
+            &[
+                "agent",
+                "delegate",
+                "--offline",
+                "--grant",
+                parent.join("grant").to_str().unwrap(),
+                "--sub-agent",
+                "tester",
+                "--right",
+                right,
+                "--out",
+                offline.to_str().unwrap(),
+            ],
+        )
+    };
+    assert!(delegate_offline("mcp.tools/call=github/x").status.success());
+    assert!(offline.join("grant").exists());
     // Asking for more than the parent holds fails with the reason.
-    let out = server.warden(
-        &admin,
-        &[
-            "agent",
-            "delegate",
-            "--offline",
-            "--grant",
-            parent.join("grant").to_str().unwrap(),
-            "--sub-agent",
-            "tester",
-            "--right",
-            "*=*",
-            "--out",
-            offline.to_str().unwrap(),
-        ],
-    );
+    let out = delegate_offline("*=*");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("more than the parent holds"));
 
