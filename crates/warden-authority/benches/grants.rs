@@ -38,6 +38,7 @@ fn rights(list: &[(&str, &str)]) -> Vec<Right> {
 fn request(agent: &SpiffeId) -> GrantRequest {
     GrantRequest {
         agent: agent.clone(),
+        labels: Default::default(),
         task: Name::new("ticket-1").expect("valid"),
         purpose: "benchmark".into(),
         rights: rights(&[

@@ -14,7 +14,7 @@ use biscuit_auth::{Biscuit, KeyPair, PrivateKey, PublicKey};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use time::OffsetDateTime;
-use warden_model::{SpiffeId, TaskId};
+use warden_model::{Labels, SpiffeId, TaskId};
 
 use crate::rights::{Pattern, Right, first_uncovered};
 
@@ -137,6 +137,9 @@ pub struct GrantHeader {
     /// The agents that delegated, root first: RFC 8693's actor chain.
     #[serde(default)]
     pub actors: Vec<SpiffeId>,
+    /// The agent's labels as registered, which policies select on; sub-agents inherit them.
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub labels: Labels,
 }
 
 /// The claims of one block.
@@ -281,6 +284,8 @@ pub struct IssuedGrant {
 #[derive(Debug, Clone)]
 pub struct GrantRequest {
     pub agent: SpiffeId,
+    /// The agent's registered labels, carried signed so gateways can apply policy.
+    pub labels: Labels,
     pub task: TaskId,
     pub purpose: String,
     pub rights: Vec<Right>,
@@ -402,6 +407,7 @@ impl GrantIssuer {
                 depth: 0,
                 lineage: Vec::new(),
                 actors: Vec::new(),
+                labels: request.labels,
             },
             (now + ttl).unix_timestamp(),
             request.holder,
@@ -454,6 +460,7 @@ impl GrantIssuer {
                 depth,
                 lineage,
                 actors,
+                labels: header.labels.clone(),
             },
             expires,
             request.holder,

@@ -63,6 +63,7 @@ fn mint(f: &Fixture, holder: Holder, list: &[(&str, &str)], ttl: Duration) -> St
         .mint(
             GrantRequest {
                 agent: id(PARENT),
+                labels: Default::default(),
                 task: Name::new("ticket-42").unwrap(),
                 purpose: "fix the failing build".into(),
                 rights: rights(list),
@@ -188,6 +189,7 @@ fn lifetimes_and_rights_are_bounded_at_issue() {
     let f = fixture();
     let request = |ttl, rights: Vec<Right>, holder| GrantRequest {
         agent: id(PARENT),
+        labels: Default::default(),
         task: Name::new("t").unwrap(),
         purpose: "p".into(),
         rights,
@@ -661,6 +663,7 @@ fn forged_and_foreign_signatures_are_refused() {
             .mint(
                 GrantRequest {
                     agent: id(PARENT),
+                    labels: Default::default(),
                     task: Name::new("t").unwrap(),
                     purpose: "p".into(),
                     rights: rights(&[("*", "*")]),

@@ -2,7 +2,6 @@
 //! attestation, delegation, revocation, rotation. Every change is committed to the store before it
 //! is acknowledged.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,7 +16,7 @@ use warden_authority::{
     GrantRequest, GrantRoots, GrantVerifier, Holder, MAX_GRANT_TTL, Presenter, ProofRequest,
     ReplayGuard, Revocation, RevocationSet, Right, StoredAuthority, VerifiedGrant,
 };
-use warden_model::{AgentIdentity, Name, SpiffeId, TaskId};
+use warden_model::{AgentIdentity, Labels, Name, SpiffeId, TaskId};
 
 use crate::client::HttpClient;
 use crate::config::ControlConfig;
@@ -111,7 +110,7 @@ pub struct AgentRecord {
     pub tenant: Name,
     pub name: Name,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// The most any grant for this agent may allow; requests may narrow it.
     pub rights: Vec<Right>,
     pub created: i64,
@@ -177,7 +176,7 @@ pub struct RegisterAgent {
     pub tenant: Name,
     pub name: Name,
     #[serde(default)]
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     pub rights: Vec<Right>,
 }
 
@@ -510,10 +509,6 @@ impl Control {
         for right in &request.rights {
             right.validate()?;
         }
-        for (k, v) in &request.labels {
-            warden_model::LabelKey::new(k.clone()).map_err(|e| bad(e.to_string()))?;
-            warden_model::LabelValue::new(v.clone()).map_err(|e| bad(e.to_string()))?;
-        }
         let record = AgentRecord {
             tenant: request.tenant,
             name: request.name,
@@ -661,6 +656,7 @@ impl Control {
         let issued = self.read_issuer()?.mint(
             GrantRequest {
                 agent: id.clone(),
+                labels: agent.labels.clone(),
                 task: task.clone(),
                 purpose: request.purpose.clone(),
                 rights,

@@ -275,7 +275,7 @@ async fn credentials_are_issued_within_the_registered_rights() {
         json!({"kind": "mcp.tools/call", "server": "github", "tool": "x", "args": {}}),
     )
     .unwrap();
-    plane
+    let grant = plane
         .control
         .verifier()
         .authorize(
@@ -285,6 +285,11 @@ async fn credentials_are_issued_within_the_registered_rights() {
             time::OffsetDateTime::now_utc().unix_timestamp(),
         )
         .unwrap();
+    // The registered labels travel signed in the grant, for the gateway's policy decisions.
+    assert_eq!(
+        serde_json::to_value(&grant.header().labels).unwrap(),
+        json!({"team": "dev"})
+    );
     let (status, agent) = plane
         .call(Method::GET, "/v1/agents/shop/planner", Some(&admin), None)
         .await;
