@@ -261,6 +261,36 @@ impl CertificateAuthority {
         ttl: Option<Duration>,
         now: OffsetDateTime,
     ) -> Result<Svid, AuthorityError> {
+        self.issue(id, Vec::new(), ttl, now)
+    }
+
+    /// Issues a certificate for a Warden server (a gateway): its SPIFFE ID plus the DNS names
+    /// and addresses clients dial, so ordinary TLS clients can verify it too.
+    pub fn issue_server_certificate(
+        &self,
+        id: &SpiffeId,
+        dns_names: &[String],
+        addresses: &[std::net::IpAddr],
+        ttl: Option<Duration>,
+        now: OffsetDateTime,
+    ) -> Result<Svid, AuthorityError> {
+        let mut sans = Vec::new();
+        for name in dns_names {
+            sans.push(SanType::DnsName(name.as_str().try_into().map_err(
+                |e: rcgen::Error| AuthorityError::Crypto(e.to_string()),
+            )?));
+        }
+        sans.extend(addresses.iter().map(|ip| SanType::IpAddress(*ip)));
+        self.issue(id, sans, ttl, now)
+    }
+
+    fn issue(
+        &self,
+        id: &SpiffeId,
+        extra_sans: Vec<SanType>,
+        ttl: Option<Duration>,
+        now: OffsetDateTime,
+    ) -> Result<Svid, AuthorityError> {
         if id.trust_domain() != self.trust_domain.as_str() {
             return Err(AuthorityError::ForeignTrustDomain {
                 id: id.to_string(),
@@ -283,6 +313,7 @@ impl CertificateAuthority {
             vec![SanType::URI(id.as_str().try_into().map_err(
                 |e: rcgen::Error| AuthorityError::Crypto(e.to_string()),
             )?)];
+        params.subject_alt_names.extend(extra_sans);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![

@@ -18,12 +18,12 @@ use warden_authority::{
 };
 use warden_model::{AgentIdentity, Labels, Name, SpiffeId, TaskId};
 
-use crate::client::HttpClient;
 use crate::config::ControlConfig;
 use crate::jwks::{AttestError, Attestor, unverified_issuer};
 use crate::store::{
     ADMINS, AGENTS, GRANTS, INSTANCES, JOIN_TOKENS, META, Store, StoreError, Written,
 };
+use warden_http::HttpClient;
 
 /// Longest lifetime of a join token.
 pub const MAX_JOIN_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -319,6 +319,8 @@ pub struct BundleView {
     pub spiffe: serde_json::Value,
     /// Public keys grants are signed with.
     pub grant_roots: serde_json::Value,
+    /// Delegation steps allowed below a root grant; gateways enforce the same limit.
+    pub max_delegation_depth: usize,
 }
 
 fn sha256_hex(value: &str) -> String {
@@ -1062,6 +1064,7 @@ impl Control {
             x509_pem: bundle.to_pem(),
             spiffe: bundle.to_spiffe_json(Duration::from_secs(300)),
             grant_roots: self.grant_roots()?.to_json(),
+            max_delegation_depth: self.config.max_delegation_depth,
         })
     }
 
@@ -1070,6 +1073,29 @@ impl Control {
         Ok(grant_keys(&keys)
             .map_err(|e| ControlError::Internal(e.to_string()))?
             .1)
+    }
+
+    /// A certificate for an in-process gateway: SPIFFE ID `spiffe://<td>/warden/gateway/<name>`
+    /// plus the names and addresses clients dial. Valid for an hour; renew it well before.
+    pub fn issue_server_identity(
+        &self,
+        name: &Name,
+        dns_names: &[String],
+        addresses: &[std::net::IpAddr],
+    ) -> Result<SvidView, ControlError> {
+        let id = self.spiffe_id(&format!("warden/gateway/{name}"))?;
+        let svid = self.read_ca()?.issue_server_certificate(
+            &id,
+            dns_names,
+            addresses,
+            Some(warden_authority::MAX_SVID_TTL),
+            now(),
+        )?;
+        Ok(SvidView {
+            certificate_pem: svid.certificate_pem,
+            private_key_pem: svid.private_key_pem,
+            expires: svid.not_after.unix_timestamp(),
+        })
     }
 
     /// Verifies a grant as gateways will: for `warden grant verify` and tests.

@@ -13,8 +13,8 @@ use warden_authority::{
     EvidenceError, EvidenceIssuer, IdentityRule, MAX_TOKEN_BYTES, VerifiedEvidence,
 };
 
-use crate::client::HttpClient;
 use crate::config::AttestorConfig;
+use warden_http::HttpClient;
 
 /// Keys older than this are refetched before use.
 const MAX_KEY_AGE: Duration = Duration::from_secs(300);

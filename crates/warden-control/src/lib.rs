@@ -2,14 +2,12 @@
 //! delegation, revocation, trust bundles — with its state in an embedded store.
 
 mod api;
-mod client;
 mod config;
 mod control;
 mod jwks;
 mod store;
 
 pub use api::{OPENAPI, router, serve};
-pub use client::{ClientError, HttpClient, HttpResponse};
 pub use config::{AttestorConfig, ControlConfig, RuleConfig};
 pub use control::{
     AgentRecord, AgentView, AttestRequest, Control, ControlError, CredentialRequest, Credentials,
@@ -19,3 +17,4 @@ pub use control::{
 };
 pub use jwks::{AttestError, Attestor};
 pub use store::{Store, StoreError};
+pub use warden_http::{ClientError, HttpClient, HttpResponse};

@@ -143,6 +143,8 @@ pub enum DenyReason {
     Forbidden,
     /// Evaluation failed; Warden denies rather than guess.
     EvaluationError,
+    /// Policy allows the action, but the caller's task grant does not cover it.
+    OutsideGrant,
 }
 
 /// The verdict. Errors exist only inside a denial, and approval requirements only where they are

@@ -28,7 +28,7 @@ pub use compile::{PolicyRole, Samples};
 pub use decide::{Explanation, PolicySource, Slicing};
 pub use diagnostic::{Diagnostic, LoadError, Severity};
 pub use document::{ExpectedOutcome, TestCaseSpec};
-pub use engine::{Engine, ReloadOutcome};
+pub use engine::{Engine, ReloadOutcome, WatchGuard};
 
 /// Parses one YAML (or JSON) document from outside, refusing pathological nesting first: the YAML
 /// deserializer takes time quadratic in nesting depth, the pre-check stops at its limit at once.

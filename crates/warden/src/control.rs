@@ -1,56 +1,22 @@
-//! `warden serve` and the commands that talk to a running control plane: agents, credentials,
-//! attestation, delegation, revocation and the authority.
+//! The commands that talk to a running control plane: agents, credentials, attestation,
+//! delegation, revocation and the authority.
 
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail, ensure};
+use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use http::Method;
 use serde_json::{Value, json};
 use warden_authority::{Attenuation, GrantRoots, ProofSigner, Right};
-use warden_control::{Control, ControlConfig, HttpClient};
+use warden_control::HttpClient;
 
 use crate::Output;
 
 /// Largest answer read from the control plane.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
-
-#[derive(Args)]
-pub struct ServeArgs {
-    /// Configuration file (YAML); every setting has a default. See docs/configuration.md.
-    #[arg(long, env = "WARDEN_CONFIG")]
-    config: Option<PathBuf>,
-    /// Which part of the fabric to run.
-    #[arg(long, value_enum, default_value_t = ServeRole::Control)]
-    role: ServeRole,
-    /// Address of the REST API (overrides the file).
-    #[arg(long, env = "WARDEN_LISTEN")]
-    listen: Option<SocketAddr>,
-    /// Directory of the embedded store (overrides the file).
-    #[arg(long, env = "WARDEN_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// SPIFFE trust domain (overrides the file).
-    #[arg(long, env = "WARDEN_TRUST_DOMAIN")]
-    trust_domain: Option<String>,
-    /// Also write the bootstrap admin token (first start only) to this file, mode 0600.
-    #[arg(long)]
-    bootstrap_token_file: Option<PathBuf>,
-}
-
-#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
-enum ServeRole {
-    /// The control plane: authority, agents, credentials, revocation.
-    Control,
-    /// The data plane (arrives with the gateway).
-    Gateway,
-    /// Both in one process.
-    All,
-}
 
 /// Where the control plane is and who is asking.
 #[derive(Args, Clone)]
@@ -224,7 +190,7 @@ pub enum RevocationKind {
     RevocationId,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -232,68 +198,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    if args.role != ServeRole::Control {
-        bail!(
-            "`--role gateway` and `--role all` arrive with the gateway; run `--role control` for now"
-        );
-    }
-    let mut config = match &args.config {
-        Some(path) => ControlConfig::load(path)?,
-        None => ControlConfig::default(),
-    };
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if let Some(dir) = args.data_dir {
-        config.data_dir = dir;
-    }
-    if let Some(td) = args.trust_domain {
-        config.trust_domain = warden_model::TrustDomain::new(td)?;
-    }
-    ensure!(
-        config.listen.ip().is_loopback(),
-        "the control plane serves plain HTTP, so it listens on loopback only ({} is not); \
-         put it behind a TLS-terminating proxy on the same host for remote access",
-        config.listen
-    );
-    runtime()?.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let url = format!("http://{}", listener.local_addr()?);
-        let control = Arc::new(Control::open(config)?);
-        if let Some(token) = control.bootstrap()? {
-            println!("Bootstrap admin token (shown once; store it now):\n  {token}");
-            println!("Use it as:  export WARDEN_TOKEN={token}");
-            if let Some(path) = &args.bootstrap_token_file {
-                write_secret(path, &format!("{token}\n"))?;
-            }
-        }
-        println!("warden control plane listening on {url}  (API: {url}/v1, OpenAPI: {url}/v1/openapi.json)");
-        std::io::stdout().flush()?;
-        warden_control::serve(control, listener, shutdown_signal()).await?;
-        println!("warden control plane stopped");
-        Ok(ExitCode::SUCCESS)
-    })
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-}
-
 /// Writes a file only its owner can read.
-fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = std::fs::OpenOptions::new()
         .write(true)

@@ -1,6 +1,8 @@
 //! `warden`: the one binary of the Warden security fabric for AI agents.
 
 mod control;
+mod demo;
+mod fabric;
 mod policy;
 
 /// Policy evaluation allocates many small, short-lived objects; with a large bundle resident,
@@ -33,8 +35,11 @@ enum Command {
     /// Check, test, explain and compare AgentPolicy bundles.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
-    /// Run a part of the fabric (today: the control plane).
-    Serve(control::ServeArgs),
+    /// The whole fabric on localhost — control plane, gateway, demo MCP server and policies —
+    /// with copy-paste examples.
+    Up(fabric::UpArgs),
+    /// Run a part of the fabric: the control plane, the gateway, or both.
+    Serve(fabric::ServeArgs),
     /// Register agents, issue and delegate their credentials, revoke them.
     Agent {
         #[command(subcommand)]
@@ -87,7 +92,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Policy(command) => policy::run(command),
-        Command::Serve(args) => control::serve(args),
+        Command::Up(args) => fabric::up(args),
+        Command::Serve(args) => fabric::serve(args),
         Command::Agent {
             command,
             connection,

@@ -272,6 +272,9 @@ fn print_explanation(request: &DecisionRequest, e: &Explanation) {
                 println!("why        no policy grants this action (deny by default)")
             }
             warden_model::DenyReason::Forbidden => println!("why        a deny rule matched"),
+            warden_model::DenyReason::OutsideGrant => {
+                println!("why        policy allows it, but the task grant does not")
+            }
             warden_model::DenyReason::EvaluationError => {
                 println!("why        evaluation failed, so Warden denies:");
                 for err in errors {

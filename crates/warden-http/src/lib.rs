@@ -1,5 +1,6 @@
-//! A small HTTP client (hyper + rustls on aws-lc-rs) with bounded responses and timeouts: used to
-//! fetch issuers' JWKS and by the CLI to talk to the control plane.
+//! A small HTTP client (hyper + rustls on aws-lc-rs) with bounded responses and timeouts: the
+//! control plane fetches issuers' JWKS with it, gateways the trust bundle and revocations, and the
+//! CLI talks to the control plane.
 
 use std::time::Duration;
 
@@ -45,6 +46,48 @@ impl HttpClient {
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(provider)
             .map_err(|e| ClientError::Tls(e.to_string()))?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        Ok(Self {
+            inner: Client::builder(TokioExecutor::new()).build(connector),
+            timeout,
+        })
+    }
+
+    /// A client trusting only `roots_pem` (a Warden trust bundle), optionally presenting a client
+    /// certificate (an SVID) for mTLS.
+    pub fn with_tls(
+        timeout: Duration,
+        roots_pem: &str,
+        client_identity: Option<(&str, &str)>,
+    ) -> Result<Self, ClientError> {
+        use rustls_pki_types::pem::PemObject as _;
+        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+        let tls = |e: &dyn std::fmt::Display| ClientError::Tls(e.to_string());
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+            roots.add(cert.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| tls(&e))?
+            .with_root_certificates(roots);
+        let config = match client_identity {
+            None => builder.with_no_client_auth(),
+            Some((cert_pem, key_pem)) => {
+                let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| tls(&e))?;
+                let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls(&e))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| tls(&e))?
+            }
+        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(config)
             .https_or_http()
             .enable_http1()
             .build();
@@ -110,6 +153,27 @@ impl HttpClient {
                 url: url.to_owned(),
                 timeout: self.timeout,
             })?
+    }
+}
+
+impl HttpClient {
+    /// Sends a prepared request and returns as soon as the response head arrives; the body
+    /// streams. The timeout covers connecting and the head only.
+    pub async fn stream(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
+        let url = request.uri().to_string();
+        tokio::time::timeout(self.timeout, self.inner.request(request))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                url: url.clone(),
+                timeout: self.timeout,
+            })?
+            .map_err(|e| ClientError::Connect {
+                url,
+                reason: error_chain(&e),
+            })
     }
 }
 

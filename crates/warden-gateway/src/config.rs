@@ -1,0 +1,125 @@
+//! Gateway configuration: listener, upstreams, limits. Every setting has a default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use warden_model::Name;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct GatewayConfig {
+    /// Where agents connect (TLS; client certificates optional, verified when presented).
+    pub listen: SocketAddr,
+    /// The URL agents use, which proofs of possession name; defaults to `https://<listen>`.
+    pub public_url: Option<String>,
+    /// The AgentPolicy bundle directory; reloaded on change.
+    pub policies: PathBuf,
+    /// The control plane, for trust bundle, grant keys and revocations.
+    pub control_url: String,
+    /// Server certificate and key (PEM) for `--role gateway`; in `--role all` the gateway gets an
+    /// SVID from the in-process authority instead.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub limits: Limits,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            public_url: None,
+            policies: PathBuf::from("policies"),
+            control_url: "http://127.0.0.1:8181".into(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            upstreams: Vec::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn public_url(&self, bound: SocketAddr) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("https://{bound}"))
+            .trim_end_matches('/')
+            .to_owned()
+    }
+}
+
+/// What an upstream speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    /// An MCP server over streamable HTTP; agents use `/mcp/<name>`.
+    Mcp,
+    /// A plain HTTP API; agents use `/http/<name>/<path>`.
+    Http,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamConfig {
+    pub name: Name,
+    pub kind: UpstreamKind,
+    /// Base URL; for MCP, the server's endpoint (e.g. `http://127.0.0.1:9000/mcp`).
+    pub url: String,
+    /// The upstream's own credential, injected by the gateway; agents' credentials are never
+    /// passed through.
+    #[serde(default)]
+    pub credential: Option<InjectedCredential>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct InjectedCredential {
+    /// Header to set, e.g. `authorization`.
+    pub header: String,
+    /// Environment variable holding the value (preferred: keeps secrets out of files).
+    #[serde(default)]
+    pub value_env: Option<String>,
+    /// Or the value itself.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    /// Per request, to the upstream's first byte.
+    pub upstream_timeout_secs: u64,
+    /// For a client to finish sending headers (slow clients are cut off).
+    pub header_timeout_secs: u64,
+    /// Requests in flight at once; more get 503.
+    pub max_concurrent_requests: usize,
+    /// MCP sessions tracked (session → agent binding).
+    pub max_sessions: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            max_header_bytes: 32 * 1024,
+            upstream_timeout_secs: 60,
+            header_timeout_secs: 10,
+            max_concurrent_requests: 1024,
+            max_sessions: 100_000,
+        }
+    }
+}
+
+impl Limits {
+    pub fn upstream_timeout(&self) -> Duration {
+        Duration::from_secs(self.upstream_timeout_secs)
+    }
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_timeout_secs)
+    }
+}

@@ -1,0 +1,142 @@
+//! Identify: who is calling, from the mTLS client certificate and the task grant.
+//!
+//! A grant is always required — it names the task and bounds what it may touch. It comes as
+//! `Authorization: Bearer <grant>` over mTLS (bound to the SVID's SPIFFE ID), or as
+//! `Authorization: DPoP <grant>` with a `DPoP` proof signed by the key the grant is bound to.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderMap;
+use thiserror::Error;
+use warden_authority::{
+    DpopVerifier, GrantError, GrantVerifier, Holder, Presenter, ProofRequest, VerifiedGrant,
+};
+use warden_model::{AgentIdentity, SpiffeId};
+
+/// An identified caller.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub identity: AgentIdentity,
+    pub grant: Arc<VerifiedGrant>,
+}
+
+/// Why a caller could not be identified. Messages say what to send; none leaks more.
+#[derive(Debug, Error)]
+pub enum Unidentified {
+    #[error(
+        "no task grant: send `Authorization: Bearer <grant>` over mTLS, or `Authorization: DPoP <grant>` with a DPoP proof"
+    )]
+    NoGrant,
+    #[error("a bearer grant needs the client certificate (SVID) it is bound to")]
+    NoClientCertificate,
+    #[error("a DPoP grant needs a `DPoP` proof header")]
+    NoProof,
+    #[error("the grant is refused: {0}")]
+    Grant(#[from] GrantError),
+    #[error("the proof of possession is refused: {0}")]
+    Proof(String),
+    #[error("the caller's identity is revoked")]
+    Revoked,
+    #[error("the caller's SPIFFE ID is not an agent ID: {0}")]
+    NotAnAgent(String),
+}
+
+pub struct Identifier {
+    grants: Arc<GrantVerifier>,
+    proofs: DpopVerifier,
+    public_url: String,
+}
+
+impl Identifier {
+    pub fn new(grants: Arc<GrantVerifier>, public_url: String) -> Self {
+        Self {
+            grants,
+            proofs: DpopVerifier::new(
+                vec![
+                    jsonwebtoken::Algorithm::ES256,
+                    jsonwebtoken::Algorithm::EdDSA,
+                ],
+                Duration::from_secs(60),
+                1_000_000,
+            ),
+            public_url,
+        }
+    }
+
+    pub fn grants(&self) -> &GrantVerifier {
+        &self.grants
+    }
+
+    /// Identifies a request: `peer` is the verified client certificate's SPIFFE ID, if any.
+    pub fn identify(
+        &self,
+        peer: Option<&SpiffeId>,
+        method: &str,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        now: i64,
+    ) -> Result<Caller, Unidentified> {
+        let authorization = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(Unidentified::NoGrant)?;
+        let revocations = self.grants.revocations();
+        if let Some(peer) = peer
+            && revocations.agent_revoked(peer.as_str()).is_some()
+        {
+            return Err(Unidentified::Revoked);
+        }
+        let (grant, presenter_id) = if let Some(token) = authorization.strip_prefix("Bearer ") {
+            let peer = peer.ok_or(Unidentified::NoClientCertificate)?;
+            let grant = self.grants.verify(token.trim(), now)?;
+            grant.check_presenter(Presenter::Svid(peer))?;
+            (grant, peer.clone())
+        } else if let Some(token) = authorization.strip_prefix("DPoP ") {
+            let token = token.trim();
+            let grant = self.grants.verify(token, now)?;
+            let proof = headers
+                .get("dpop")
+                .and_then(|v| v.to_str().ok())
+                .ok_or(Unidentified::NoProof)?;
+            let bound = grant
+                .holders()
+                .find_map(|h| match h {
+                    Holder::Key(jkt) => Some(jkt.clone()),
+                    Holder::Spiffe(_) => None,
+                })
+                .ok_or_else(|| {
+                    Unidentified::Proof(
+                        "this grant is bound to an SVID; present it over mTLS as a Bearer grant"
+                            .into(),
+                    )
+                })?;
+            let url = format!("{}{}", self.public_url, path_and_query);
+            self.proofs
+                .verify(
+                    proof,
+                    &ProofRequest {
+                        method,
+                        url: &url,
+                        credential: token,
+                        now,
+                    },
+                    &bound,
+                )
+                .map_err(|e| Unidentified::Proof(e.to_string()))?;
+            grant.check_presenter(Presenter::Key(&bound))?;
+            let id = grant.agent().clone();
+            (grant, id)
+        } else {
+            return Err(Unidentified::NoGrant);
+        };
+        let header = grant.header();
+        let identity = AgentIdentity::new(
+            presenter_id,
+            header.labels.clone(),
+            Some(header.task.clone()),
+        )
+        .map_err(|e| Unidentified::NotAnAgent(e.to_string()))?;
+        Ok(Caller { identity, grant })
+    }
+}

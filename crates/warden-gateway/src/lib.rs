@@ -1,0 +1,257 @@
+//! Warden's gateway: the data plane every agent call goes through. It identifies the caller
+//! (mTLS SVID and task grant), classifies the request into an action (MCP, HTTP), inspects it,
+//! decides (policy AND grant), records the decision, forwards to the upstream with the
+//! upstream's own credential, and publishes the decision as an event.
+//!
+//! Protocol adapters (`mcp`, the HTTP adapter in `server`) only classify and forward; the
+//! `pipeline` decides.
+
+mod config;
+mod identify;
+mod mcp;
+mod metrics;
+mod pipeline;
+mod server;
+mod sync;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use http::HeaderValue;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, broadcast, oneshot};
+use warden_http::HttpClient;
+use warden_policy::{Engine, LoadLimits};
+
+pub use config::{GatewayConfig, InjectedCredential, Limits, UpstreamConfig, UpstreamKind};
+pub use identify::{Caller, Identifier, Unidentified};
+pub use mcp::{DENIED, NEEDS_APPROVAL};
+pub use metrics::Metrics;
+pub use pipeline::{
+    DecisionEvent, Inspector, LogRecorder, PassThrough, Pipeline, Recorder, Verdict,
+};
+
+/// The gateway's own TLS identity: an SVID from the authority, or a certificate from files.
+pub struct TlsIdentity {
+    pub certificate_pem: String,
+    pub private_key_pem: String,
+}
+
+/// The certificate the listener presents, replaceable while it runs (renewal).
+#[derive(Debug)]
+struct RotatingCertificate(arc_swap::ArcSwap<rustls::sign::CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for RotatingCertificate {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.load_full())
+    }
+}
+
+fn certified_key(identity: &TlsIdentity) -> anyhow::Result<rustls::sign::CertifiedKey> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(identity.certificate_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("the gateway certificate is not PEM")?;
+    let key = PrivateKeyDer::from_pem_slice(identity.private_key_pem.as_bytes())
+        .context("the gateway key is not PEM")?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    rustls::sign::CertifiedKey::from_der(chain, key, &provider)
+        .context("the gateway certificate and key do not match")
+}
+
+/// A running gateway.
+pub struct RunningGateway {
+    pub address: SocketAddr,
+    pub public_url: String,
+    certificate: Arc<RotatingCertificate>,
+    state: Arc<server::State>,
+    stop: Option<oneshot::Sender<()>>,
+    served: tokio::task::JoinHandle<()>,
+    _sync: tokio::task::JoinHandle<()>,
+    _watch: Option<warden_policy::WatchGuard>,
+}
+
+impl RunningGateway {
+    /// Every decision as it is made.
+    pub fn decisions(&self) -> broadcast::Receiver<DecisionEvent> {
+        self.state.pipeline.subscribe()
+    }
+
+    /// Presents a new certificate from the next handshake on (renewal before expiry).
+    pub fn set_identity(&self, identity: &TlsIdentity) -> anyhow::Result<()> {
+        self.certificate.0.store(Arc::new(certified_key(identity)?));
+        Ok(())
+    }
+
+    /// Stops accepting, drains in-flight requests (up to 30 seconds), and returns.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.served).await;
+    }
+}
+
+/// Starts a gateway on `listener`: fetches the trust bundle, grant keys and revocations from
+/// the control plane (and keeps them current), loads and watches the policy bundle.
+pub async fn start(
+    config: GatewayConfig,
+    tls: TlsIdentity,
+    listener: TcpListener,
+) -> anyhow::Result<RunningGateway> {
+    // One crypto provider for the process; a second call finds it installed.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let address = listener.local_addr()?;
+    let public_url = config.public_url(address);
+    let client = HttpClient::new(config.limits.upstream_timeout())?;
+    let trust = sync::Trust::fetch(&client, &config.control_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach the control plane at {} for the trust bundle",
+                config.control_url
+            )
+        })?;
+    let policy = Arc::new(
+        Engine::load(&config.policies, LoadLimits::default()).map_err(|e| {
+            anyhow::anyhow!(
+                "the policy bundle {} does not load:\n{e}",
+                config.policies.display()
+            )
+        })?,
+    );
+    let watch = policy
+        .watch(|outcome| match outcome {
+            Ok(outcome) => tracing::info!("policy bundle reload: {outcome:?}"),
+            Err(e) => {
+                tracing::error!("policy bundle reload failed; keeping the last good one:\n{e}")
+            }
+        })
+        .ok();
+    let upstreams = config
+        .upstreams
+        .iter()
+        .map(resolve_upstream)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let certificate = Arc::new(RotatingCertificate(arc_swap::ArcSwap::from_pointee(
+        certified_key(&tls)?,
+    )));
+    let tls_config = server_tls(Arc::clone(&certificate), &trust.roots_der)?;
+    let metrics = Arc::new(Metrics::default());
+    let pipeline = Pipeline::new(
+        policy,
+        Arc::new(PassThrough),
+        Arc::new(LogRecorder),
+        Arc::clone(&metrics),
+    );
+    server::set_connection_limits(
+        config.limits.header_timeout(),
+        config.limits.max_header_bytes,
+    );
+    let state = Arc::new(server::State {
+        identifier: Identifier::new(Arc::clone(&trust.grants), public_url.clone()),
+        pipeline,
+        upstreams,
+        sessions: mcp::Sessions::new(config.limits.max_sessions),
+        client: client.clone(),
+        metrics,
+        permits: Semaphore::new(config.limits.max_concurrent_requests),
+        config,
+    });
+    let sync = tokio::spawn(sync::follow(
+        client,
+        state.config.control_url.clone(),
+        Arc::clone(&trust.grants),
+    ));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let served = tokio::spawn(server::serve(
+        Arc::clone(&state),
+        listener,
+        Arc::new(tls_config),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Ok(RunningGateway {
+        address,
+        public_url,
+        certificate,
+        state,
+        stop: Some(stop),
+        served,
+        _sync: sync,
+        _watch: watch,
+    })
+}
+
+fn resolve_upstream(config: &UpstreamConfig) -> anyhow::Result<server::Upstream> {
+    let uri: http::Uri = config
+        .url
+        .parse()
+        .with_context(|| format!("upstream {}: invalid url {}", config.name, config.url))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) {
+        bail!("upstream {}: url must be http or https", config.name);
+    }
+    let credential = match &config.credential {
+        None => None,
+        Some(c) => {
+            let value = match (&c.value_env, &c.value) {
+                (Some(var), None) => std::env::var(var).with_context(|| {
+                    format!(
+                        "upstream {}: environment variable {var} (its credential) is not set",
+                        config.name
+                    )
+                })?,
+                (None, Some(value)) => value.clone(),
+                _ => bail!(
+                    "upstream {}: set exactly one of credential.valueEnv and credential.value",
+                    config.name
+                ),
+            };
+            let name = http::HeaderName::from_bytes(c.header.as_bytes())
+                .with_context(|| format!("upstream {}: invalid header name", config.name))?;
+            let mut value = HeaderValue::from_str(&value)
+                .with_context(|| format!("upstream {}: invalid credential value", config.name))?;
+            value.set_sensitive(true);
+            Some((name, value))
+        }
+    };
+    Ok(server::Upstream {
+        config: config.clone(),
+        credential,
+    })
+}
+
+/// TLS for agents: the gateway's certificate; client certificates optional, and verified
+/// against the trust bundle when presented.
+fn server_tls(
+    certificate: Arc<RotatingCertificate>,
+    roots_der: &[Vec<u8>],
+) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls_pki_types::CertificateDer;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for der in roots_der {
+        roots
+            .add(CertificateDer::from(der.clone()))
+            .context("a trust bundle root is not a usable certificate")?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::clone(&provider),
+    )
+    .allow_unauthenticated()
+    .build()
+    .context("cannot build the client certificate verifier")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(certificate);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}

@@ -1,0 +1,196 @@
+//! The decision pipeline after identification: inspect → decide → record → observe. Protocol
+//! adapters classify requests into actions and forward them; only this module decides.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+use warden_model::{
+    Action, Decision, DecisionRequest, DenyReason, Finding, Outcome, RequestContext,
+};
+use warden_policy::Engine;
+
+use crate::identify::Caller;
+use crate::metrics::Metrics;
+
+/// Looks at content and reports findings (never verdicts). The inspection issue fills this in.
+pub trait Inspector: Send + Sync {
+    fn inspect_request(&self, action: &Action, body: &[u8]) -> Vec<Finding>;
+}
+
+/// Reports nothing: the stage exists, with its interface, until scanners arrive.
+pub struct PassThrough;
+
+impl Inspector for PassThrough {
+    fn inspect_request(&self, _action: &Action, _body: &[u8]) -> Vec<Finding> {
+        Vec::new()
+    }
+}
+
+/// One decision as recorded and observed.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DecisionEvent {
+    pub time: i64,
+    pub decision_id: String,
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DenyReason>,
+    pub deciding: Vec<String>,
+    pub bundle: String,
+    pub agent: String,
+    pub task: Option<String>,
+    pub grant: String,
+    pub action: String,
+    pub resource: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub intent: Option<String>,
+    pub findings: Vec<Finding>,
+    pub decide_micros: u64,
+}
+
+/// Keeps the record of every decision. The audit issue replaces the log with the Merkle log;
+/// the interface stays.
+pub trait Recorder: Send + Sync {
+    fn record(&self, event: &DecisionEvent);
+}
+
+/// Structured log lines (target `warden::decision`).
+pub struct LogRecorder;
+
+impl Recorder for LogRecorder {
+    fn record(&self, event: &DecisionEvent) {
+        match serde_json::to_string(event) {
+            Ok(line) => tracing::info!(target: "warden::decision", "{line}"),
+            Err(e) => tracing::error!(target: "warden::decision", "unrecordable decision: {e}"),
+        }
+    }
+}
+
+/// What the pipeline concluded for one action.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    pub decision: Decision,
+}
+
+impl Verdict {
+    pub fn allowed(&self) -> bool {
+        self.decision.is_allowed()
+    }
+}
+
+pub struct Pipeline {
+    policy: Arc<Engine>,
+    inspector: Arc<dyn Inspector>,
+    recorder: Arc<dyn Recorder>,
+    events: broadcast::Sender<DecisionEvent>,
+    metrics: Arc<Metrics>,
+}
+
+impl Pipeline {
+    pub fn new(
+        policy: Arc<Engine>,
+        inspector: Arc<dyn Inspector>,
+        recorder: Arc<dyn Recorder>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            policy,
+            inspector,
+            recorder,
+            events: broadcast::channel(4096).0,
+            metrics,
+        }
+    }
+
+    /// A stream of every decision, for detectors and live views.
+    pub fn subscribe(&self) -> broadcast::Receiver<DecisionEvent> {
+        self.events.subscribe()
+    }
+
+    /// Decides one action: policy AND the caller's grant must allow it. Records and publishes
+    /// the decision.
+    pub fn decide(
+        &self,
+        caller: &Caller,
+        action: Action,
+        body: &[u8],
+        intent: Option<String>,
+    ) -> Verdict {
+        let started = Instant::now();
+        let findings = self.inspector.inspect_request(&action, body);
+        self.metrics.stage("inspect", started.elapsed());
+        let decide_started = Instant::now();
+        let request = DecisionRequest {
+            agent: caller.identity.clone(),
+            action,
+            context: RequestContext {
+                intent: intent.clone(),
+                findings: findings.clone(),
+                body_bytes: body.len() as u64,
+                ..RequestContext::default()
+            },
+        };
+        let mut decision = self.policy.decide(&request);
+        if !matches!(decision.outcome, Outcome::Deny { .. })
+            && caller.grant.permits(&request.action).is_err()
+        {
+            decision.outcome = Outcome::denied(DenyReason::OutsideGrant);
+            decision.deciding.clear();
+        }
+        let decide_time = decide_started.elapsed();
+        self.metrics.stage("decide", decide_time);
+        self.metrics.decision(decision.outcome.label());
+        let record_started = Instant::now();
+        let event = self.event(caller, &request, &decision, findings, intent, decide_time);
+        self.recorder.record(&event);
+        // No subscriber is fine; a slow one misses events rather than slowing calls.
+        let _ = self.events.send(event);
+        self.metrics.stage("record", record_started.elapsed());
+        Verdict { decision }
+    }
+
+    /// Whether the caller may do `action` — policy and grant — without recording anything: for
+    /// filtering listings, where each item is a possibility, not a call.
+    pub fn may(&self, caller: &Caller, action: &Action) -> bool {
+        let request = DecisionRequest {
+            agent: caller.identity.clone(),
+            action: action.clone(),
+            context: RequestContext::default(),
+        };
+        !matches!(self.policy.decide(&request).outcome, Outcome::Deny { .. })
+            && caller.grant.permits(action).is_ok()
+    }
+
+    fn event(
+        &self,
+        caller: &Caller,
+        request: &DecisionRequest,
+        decision: &Decision,
+        findings: Vec<Finding>,
+        intent: Option<String>,
+        took: Duration,
+    ) -> DecisionEvent {
+        let reason = match &decision.outcome {
+            Outcome::Deny { reason, .. } => Some(reason.clone()),
+            _ => None,
+        };
+        DecisionEvent {
+            time: time::OffsetDateTime::now_utc().unix_timestamp(),
+            decision_id: decision.id.to_string(),
+            outcome: decision.outcome.label(),
+            reason,
+            deciding: decision.deciding.iter().map(ToString::to_string).collect(),
+            bundle: decision.bundle.to_string(),
+            agent: caller.identity.spiffe_id().to_string(),
+            task: caller.identity.task().map(ToString::to_string),
+            grant: caller.grant.id().to_owned(),
+            action: request.action.kind().as_str().to_owned(),
+            resource: request.action.resource().to_string(),
+            intent,
+            findings,
+            decide_micros: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+        }
+    }
+}

@@ -1,0 +1,651 @@
+//! The listener: TLS (client certificates optional, verified against the trust bundle when
+//! presented), HTTP/1.1 with header size and time limits, routing to the adapters, concurrency
+//! limit, graceful shutdown.
+
+// The `Err` of the helpers below is the early response that ends the request; boxing it would
+// only add an allocation to the refusal path.
+#![allow(clippy::result_large_err)]
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use warden_http::HttpClient;
+use warden_model::{Action, HttpMethod, HttpPath, Name, SpiffeId};
+
+use crate::config::{GatewayConfig, UpstreamConfig, UpstreamKind};
+use crate::identify::{Caller, Identifier};
+use crate::mcp::{self, Classified, Listing, Message, Sessions, SseRewriter};
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// Headers a client's request may carry to an MCP upstream; everything else (its credentials
+/// above all) stays at the gateway.
+const MCP_FORWARDED: [&str; 5] = [
+    "content-type",
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+];
+/// Headers never forwarded to an HTTP upstream.
+const HOP_AND_CREDENTIALS: [&str; 12] = [
+    "authorization",
+    "proxy-authorization",
+    "dpop",
+    "cookie",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+];
+/// Largest listing response the gateway buffers to filter.
+const MAX_LISTING_BYTES: usize = 16 * 1024 * 1024;
+
+pub struct Upstream {
+    pub config: UpstreamConfig,
+    /// The resolved credential header, if any.
+    pub credential: Option<(http::HeaderName, HeaderValue)>,
+}
+
+pub struct State {
+    pub config: GatewayConfig,
+    pub identifier: Identifier,
+    pub pipeline: Pipeline,
+    pub upstreams: Vec<Upstream>,
+    pub sessions: Sessions,
+    pub client: HttpClient,
+    pub metrics: Arc<Metrics>,
+    pub permits: Semaphore,
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn problem(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json_response(
+        status,
+        &json!({"error": {"code": code, "message": message}}),
+    )
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and drains in-flight requests.
+pub async fn serve(
+    state: Arc<State>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let Ok((tcp, remote)) = accepted else { continue };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let state = Arc::clone(&state);
+                let watcher = graceful.watcher();
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(
+                        state.config.limits.header_timeout(),
+                        acceptor.accept(tcp),
+                    );
+                    let Ok(Ok(stream)) = handshake.await else {
+                        tracing::debug!(%remote, "TLS handshake failed or timed out");
+                        return;
+                    };
+                    let peer = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|certs| certs.first())
+                        .and_then(|leaf| spiffe_id_of(leaf.as_ref()));
+                    let peer = Arc::new(peer);
+                    let service = hyper::service::service_fn(move |request| {
+                        let state = Arc::clone(&state);
+                        let peer = Arc::clone(&peer);
+                        async move { Ok::<_, Infallible>(handle(&state, (*peer).as_ref(), request).await) }
+                    });
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    http.timer(TokioTimer::new())
+                        .header_read_timeout(state_header_timeout())
+                        .max_buf_size(state_max_buf());
+                    let connection = http.serve_connection(TokioIo::new(stream), service);
+                    if let Err(e) = watcher.watch(connection).await {
+                        tracing::debug!(%remote, "connection ended: {e}");
+                    }
+                });
+            }
+        }
+    }
+    // Give in-flight requests time to finish.
+    let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
+}
+
+// hyper's builder wants plain values at construction; the limits are process-wide settings.
+static HEADER_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+static MAX_BUF: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+pub fn set_connection_limits(header_timeout: Duration, max_header_bytes: usize) {
+    let _ = HEADER_TIMEOUT.set(header_timeout);
+    // hyper's minimum buffer is 8 KiB.
+    let _ = MAX_BUF.set(max_header_bytes.max(8192));
+}
+
+fn state_header_timeout() -> Duration {
+    HEADER_TIMEOUT
+        .get()
+        .copied()
+        .unwrap_or(Duration::from_secs(10))
+}
+
+fn state_max_buf() -> usize {
+    MAX_BUF.get().copied().unwrap_or(32 * 1024)
+}
+
+/// The SPIFFE ID in a verified client certificate's single URI SAN.
+fn spiffe_id_of(der: &[u8]) -> Option<SpiffeId> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+        x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
+        _ => None,
+    });
+    let uri = uris.next()?;
+    if uris.next().is_some() {
+        return None;
+    }
+    SpiffeId::new(uri).ok()
+}
+
+async fn handle(
+    state: &State,
+    peer: Option<&SpiffeId>,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let Ok(_permit) = state.permits.try_acquire() else {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests in flight; retry shortly",
+        );
+    };
+    state.metrics.enter();
+    let path = request.uri().path().to_owned();
+    let (adapter, response) = route(state, peer, &path, request).await;
+    state.metrics.leave();
+    state.metrics.request(adapter, response.status().as_u16());
+    response
+}
+
+async fn route(
+    state: &State,
+    peer: Option<&SpiffeId>,
+    path: &str,
+    request: Request<Incoming>,
+) -> (&'static str, Response<Body>) {
+    if path == "/healthz" {
+        return (
+            "health",
+            json_response(StatusCode::OK, &json!({"status": "ok"})),
+        );
+    }
+    if path == "/metrics" {
+        let mut response = Response::new(full(state.metrics.render()));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return ("metrics", response);
+    }
+    let mut segments = path.trim_start_matches('/').splitn(3, '/');
+    let (kind, name, rest) = (segments.next(), segments.next(), segments.next());
+    let upstream = name.and_then(|n| state.upstreams.iter().find(|u| u.config.name.as_str() == n));
+    match (kind, upstream) {
+        (Some("mcp"), Some(u)) if u.config.kind == UpstreamKind::Mcp && rest.is_none() => {
+            ("mcp", mcp_request(state, peer, u, request).await)
+        }
+        (Some("http"), Some(u)) if u.config.kind == UpstreamKind::Http => {
+            let rest = format!("/{}", rest.unwrap_or_default());
+            ("http", http_request(state, peer, u, &rest, request).await)
+        }
+        _ => (
+            "none",
+            problem(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; use /mcp/<upstream> or /http/<upstream>/<path>",
+            ),
+        ),
+    }
+}
+
+/// Reads the request body within the size limit.
+async fn read_body(state: &State, body: Incoming) -> Result<Bytes, Response<Body>> {
+    let limit = state.config.limits.max_body_bytes;
+    Limited::new(body, limit)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .map_err(|_| {
+            problem(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                &format!("request bodies are limited to {limit} bytes"),
+            )
+        })
+}
+
+fn identify(
+    state: &State,
+    peer: Option<&SpiffeId>,
+    request: &Request<Incoming>,
+) -> Result<Caller, Response<Body>> {
+    let started = Instant::now();
+    let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let result = state.identifier.identify(
+        peer,
+        request.method().as_str(),
+        path_and_query,
+        request.headers(),
+        time::OffsetDateTime::now_utc().unix_timestamp(),
+    );
+    state.metrics.stage("identify", started.elapsed());
+    result.map_err(|e| {
+        let mut response = problem(StatusCode::UNAUTHORIZED, "unauthenticated", &e.to_string());
+        response.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"warden\", DPoP realm=\"warden\""),
+        );
+        response
+    })
+}
+
+/// Builds a request to the upstream with only the allowed headers, plus its own credential.
+fn upstream_request(
+    upstream: &Upstream,
+    method: Method,
+    url: &str,
+    headers: &HeaderMap,
+    keep: impl Fn(&str) -> bool,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, Response<Body>> {
+    let mut builder = Request::builder().method(method).uri(url);
+    for (name, value) in headers {
+        if keep(name.as_str()) {
+            builder = builder.header(name, value);
+        }
+    }
+    if let Some((name, value)) = &upstream.credential {
+        builder = builder.header(name, value);
+    }
+    builder.body(Full::new(body)).map_err(|e| {
+        problem(
+            StatusCode::BAD_GATEWAY,
+            "bad_upstream_request",
+            &format!("cannot build the upstream request: {e}"),
+        )
+    })
+}
+
+async fn forward(
+    state: &State,
+    request: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, Response<Body>> {
+    let started = Instant::now();
+    let result = state.client.stream(request).await.map_err(|e| {
+        tracing::warn!("upstream unavailable: {e}");
+        problem(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unavailable",
+            "the upstream did not answer",
+        )
+    });
+    state.metrics.stage("forward", started.elapsed());
+    result
+}
+
+/// The upstream's response with only the headers a client needs.
+fn relay(upstream: Response<Incoming>, keep: &[&'static str]) -> Response<Body> {
+    let (parts, body) = upstream.into_parts();
+    let mut response = Response::new(body.map_err(|e| Box::new(e) as BoxError).boxed());
+    *response.status_mut() = parts.status;
+    for name in keep {
+        if let Some(value) = parts.headers.get(*name) {
+            response
+                .headers_mut()
+                .insert(http::HeaderName::from_static(name), value.clone());
+        }
+    }
+    response
+}
+
+const MCP_RESPONSE_HEADERS: [&str; 3] = ["content-type", "mcp-session-id", "mcp-protocol-version"];
+
+async fn mcp_request(
+    state: &State,
+    peer: Option<&SpiffeId>,
+    upstream: &Upstream,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let caller = match identify(state, peer, &request) {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    let agent = caller.identity.spiffe_id().clone();
+    let session = request
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(session) = &session
+        && !state.sessions.owned_by(session, &agent)
+    {
+        // Unknown and foreign sessions look the same: the client starts a new one.
+        return problem(
+            StatusCode::NOT_FOUND,
+            "unknown_session",
+            "unknown MCP session; initialize a new one",
+        );
+    }
+    let method = request.method().clone();
+    let headers = request.headers().clone();
+    let intent_header = headers
+        .get("warden-intent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let keep = |name: &str| MCP_FORWARDED.contains(&name);
+    let server = upstream.config.name.clone();
+    match method {
+        Method::GET | Method::DELETE => {
+            let Some(session) = session else {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "no_session",
+                    "GET and DELETE need an Mcp-Session-Id",
+                );
+            };
+            let outgoing = match upstream_request(
+                upstream,
+                method.clone(),
+                &upstream.config.url,
+                &headers,
+                keep,
+                Bytes::new(),
+            ) {
+                Ok(r) => r,
+                Err(response) => return response,
+            };
+            let response = match forward(state, outgoing).await {
+                Ok(r) => r,
+                Err(response) => return response,
+            };
+            if method == Method::DELETE && response.status().is_success() {
+                state.sessions.end(&session);
+            }
+            relay(response, &MCP_RESPONSE_HEADERS)
+        }
+        Method::POST => {
+            let body = match read_body(state, request.into_body()).await {
+                Ok(b) => b,
+                Err(response) => return response,
+            };
+            let classify_started = Instant::now();
+            let message = mcp::parse(&body);
+            state.metrics.stage("classify", classify_started.elapsed());
+            let listing = match message {
+                Err(invalid) => {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        &mcp::error(&Value::Null, &invalid),
+                    );
+                }
+                // Session plumbing and answers to the server's own requests touch nothing.
+                Ok(Message::Notification | Message::Response) => None,
+                Ok(Message::Request {
+                    id,
+                    method: rpc,
+                    params,
+                }) => {
+                    let intent = mcp::intent(&params, intent_header.as_deref());
+                    match mcp::classify(&server, &rpc, &params) {
+                        Classified::Refused(invalid) => {
+                            return json_response(StatusCode::OK, &mcp::error(&id, &invalid));
+                        }
+                        Classified::Plumbing => None,
+                        Classified::Action(action) => {
+                            let what = describe(&action);
+                            let verdict = state.pipeline.decide(&caller, action, &body, intent);
+                            if !verdict.allowed() {
+                                return json_response(
+                                    StatusCode::OK,
+                                    &mcp::refusal(&id, &verdict, &what),
+                                );
+                            }
+                            None
+                        }
+                        Classified::Listing(listing, action) => {
+                            if let Some(action) = action {
+                                let what = describe(&action);
+                                let verdict = state.pipeline.decide(&caller, action, &body, intent);
+                                if !verdict.allowed() {
+                                    return json_response(
+                                        StatusCode::OK,
+                                        &mcp::refusal(&id, &verdict, &what),
+                                    );
+                                }
+                            }
+                            Some(listing)
+                        }
+                    }
+                }
+            };
+            let outgoing = match upstream_request(
+                upstream,
+                Method::POST,
+                &upstream.config.url,
+                &headers,
+                keep,
+                body,
+            ) {
+                Ok(r) => r,
+                Err(response) => return response,
+            };
+            let response = match forward(state, outgoing).await {
+                Ok(r) => r,
+                Err(response) => return response,
+            };
+            if session.is_none()
+                && let Some(new) = response
+                    .headers()
+                    .get("mcp-session-id")
+                    .and_then(|v| v.to_str().ok())
+            {
+                state.sessions.bind(new, &agent);
+            }
+            match listing {
+                None => relay(response, &MCP_RESPONSE_HEADERS),
+                Some(listing) => filtered(state, &caller, &server, listing, response).await,
+            }
+        }
+        _ => problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "MCP uses POST, GET and DELETE",
+        ),
+    }
+}
+
+fn describe(action: &Action) -> String {
+    format!("{} on {}", action.kind(), action.resource())
+}
+
+/// Relays a listing response with the items the caller may not use removed, whether the
+/// upstream answered with JSON or with an SSE stream.
+async fn filtered(
+    state: &State,
+    caller: &Caller,
+    server: &Name,
+    listing: Listing,
+    response: Response<Incoming>,
+) -> Response<Body> {
+    let may = |action: &Action| state.pipeline.may(caller, action);
+    let is_sse = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    let (parts, body) = response.into_parts();
+    let mut head = Response::new(());
+    *head.status_mut() = parts.status;
+    for name in MCP_RESPONSE_HEADERS {
+        if let Some(value) = parts.headers.get(name) {
+            head.headers_mut()
+                .insert(http::HeaderName::from_static(name), value.clone());
+        }
+    }
+    let rewrite = |data: &str| -> String {
+        match serde_json::from_str::<Value>(data) {
+            Ok(mut message) => {
+                mcp::filter_listing(&mut message, listing, server, &may);
+                message.to_string()
+            }
+            Err(_) => data.to_owned(),
+        }
+    };
+    let bytes = match Limited::new(body, MAX_LISTING_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return problem(
+                StatusCode::BAD_GATEWAY,
+                "upstream_too_large",
+                "the upstream's listing is too large",
+            );
+        }
+    };
+    let out = if is_sse {
+        let mut rewriter = SseRewriter::new(rewrite);
+        let mut out = rewriter.feed(&bytes);
+        out.extend(rewriter.finish());
+        out
+    } else {
+        rewrite(&String::from_utf8_lossy(&bytes)).into_bytes()
+    };
+    let (parts, ()) = head.into_parts();
+    Response::from_parts(parts, full(out))
+}
+
+async fn http_request(
+    state: &State,
+    peer: Option<&SpiffeId>,
+    upstream: &Upstream,
+    rest: &str,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let caller = match identify(state, peer, &request) {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    let action = match (
+        HttpMethod::new(request.method().as_str()),
+        HttpPath::new(rest),
+    ) {
+        (Ok(method), Ok(path)) => Action::Http {
+            service: upstream.config.name.clone(),
+            method,
+            path,
+        },
+        (Err(e), _) | (_, Err(e)) => {
+            return problem(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
+        }
+    };
+    let query = request
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let intent = request
+        .headers()
+        .get("warden-intent")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(1024).collect());
+    let method = request.method().clone();
+    let headers = request.headers().clone();
+    let body = match read_body(state, request.into_body()).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let url = match &action {
+        Action::Http { path, .. } => format!(
+            "{}{}{query}",
+            upstream.config.url.trim_end_matches('/'),
+            path.as_str()
+        ),
+        _ => unreachable!("built above as Action::Http"),
+    };
+    let what = describe(&action);
+    let verdict = state.pipeline.decide(&caller, action, &body, intent);
+    if !verdict.allowed() {
+        // Denied and needs-approval are both 403; the body's `data.outcome` tells them apart and
+        // carries what an approval request needs.
+        let refusal = mcp::refusal(&Value::Null, &verdict, &what);
+        return json_response(StatusCode::FORBIDDEN, &json!({"error": refusal["error"]}));
+    }
+    let outgoing = match upstream_request(
+        upstream,
+        method,
+        &url,
+        &headers,
+        |name| !HOP_AND_CREDENTIALS.contains(&name) && !name.starts_with("warden-"),
+        body,
+    ) {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    match forward(state, outgoing).await {
+        Ok(response) => {
+            let (parts, body) = response.into_parts();
+            let mut out = Response::new(body.map_err(|e| Box::new(e) as BoxError).boxed());
+            *out.status_mut() = parts.status;
+            for (name, value) in &parts.headers {
+                if !HOP_AND_CREDENTIALS.contains(&name.as_str()) && name != "set-cookie" {
+                    out.headers_mut().append(name, value.clone());
+                }
+            }
+            out
+        }
+        Err(response) => response,
+    }
+}
