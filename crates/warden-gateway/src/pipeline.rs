@@ -151,16 +151,16 @@ impl Pipeline {
         Verdict { decision }
     }
 
-    /// Whether the caller may do `action` — policy and grant — without recording anything: for
-    /// filtering listings, where each item is a possibility, not a call.
+    /// Whether the caller could use `action` with suitable arguments — policy and grant —
+    /// without recording anything: for filtering listings, where each item is a possibility,
+    /// not a call.
     pub fn may(&self, caller: &Caller, action: &Action) -> bool {
         let request = DecisionRequest {
             agent: caller.identity.clone(),
             action: action.clone(),
             context: RequestContext::default(),
         };
-        !matches!(self.policy.decide(&request).outcome, Outcome::Deny { .. })
-            && caller.grant.permits(action).is_ok()
+        caller.grant.permits(action).is_ok() && self.policy.could_allow(&request)
     }
 
     fn event(

@@ -530,6 +530,28 @@ impl Bundle {
         self.decide_with(request, Slicing::On)
     }
 
+    /// Whether some argument values could let `request` through: its decision is not a denial,
+    /// or a permitting rule's structure (who, which kind, which resource) matches and only its
+    /// conditions stand in the way. Listings use it, so a tool an agent may call with the right
+    /// arguments stays visible; every call is still decided with its real arguments. A rule that
+    /// forbids the request as it stands hides it.
+    pub fn could_allow(&self, request: &DecisionRequest) -> bool {
+        match self.decide(request).outcome {
+            Outcome::Allow | Outcome::NeedsApproval { .. } => true,
+            Outcome::Deny {
+                reason: DenyReason::Forbidden,
+                ..
+            } => false,
+            Outcome::Deny { .. } => {
+                let keys = RequestKeys::new(&request.agent, &request.action);
+                self.grants.candidates(&keys).into_iter().any(|c| {
+                    !self.grants.is_forbid(c)
+                        && self.grants.matcher(c).is_some_and(|m| m.matches(request))
+                })
+            }
+        }
+    }
+
     /// Decides with or without slicing; both must agree, which tests check.
     pub fn decide_with(&self, request: &DecisionRequest, slicing: Slicing) -> Decision {
         let judgement = self.judgement(request, slicing);

@@ -61,6 +61,11 @@ impl Engine {
         self.current.load().decide(request)
     }
 
+    /// See [`Bundle::could_allow`].
+    pub fn could_allow(&self, request: &DecisionRequest) -> bool {
+        self.current.load().could_allow(request)
+    }
+
     /// Loads the directory again. On success the new bundle replaces the old one in a single
     /// atomic step; on failure the old one keeps serving and the errors are returned.
     pub fn reload(&self) -> Result<ReloadOutcome, LoadError> {

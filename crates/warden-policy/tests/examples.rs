@@ -150,3 +150,25 @@ permit (principal, action in [Action::"a2a.message/send", Action::"a2a.message/s
         assert_eq!(d.outcome, Outcome::Allow, "{action}: {d:?}");
     }
 }
+
+#[test]
+fn a_tool_allowed_only_for_some_arguments_could_still_be_allowed() {
+    let bundle = examples();
+    let request = |tool: &str, labels: &str| -> DecisionRequest {
+        serde_json::from_str(&format!(
+            r#"{{"agent": {{"spiffeId": "spiffe://acme.example/tenant/acme/agent/support-bot/i-1", "labels": {labels}}},
+                "action": {{"kind": "mcp.tools/call", "server": "github", "tool": "{tool}", "args": {{}}}}}}"#
+        ))
+        .unwrap()
+    };
+    let bot = r#"{"app": "support-bot"}"#;
+    // Allowed outright.
+    assert!(bundle.could_allow(&request("list_issues", bot)));
+    // Denied without arguments, allowed for acme's repositories: visible.
+    let conditional = request("create_comment", bot);
+    assert!(!bundle.decide(&conditional).is_allowed());
+    assert!(bundle.could_allow(&conditional));
+    // No rule at all, or another agent: hidden.
+    assert!(!bundle.could_allow(&request("delete_repo", bot)));
+    assert!(!bundle.could_allow(&request("create_comment", r#"{"app": "other"}"#)));
+}

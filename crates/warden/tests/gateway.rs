@@ -1,0 +1,354 @@
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+//! `warden up` as a user runs it, and MCP calls through its gateway: mTLS with the agent's SVID
+//! and grant, decisions on tool arguments, filtered listings, refusals of bad credentials and bad
+//! input, key-bound grants with DPoP proofs, and revocation reaching the gateway.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::{Method, StatusCode};
+use serde_json::{Value, json};
+use warden_control::HttpClient;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Up {
+    child: Child,
+    dir: tempfile::TempDir,
+    control: String,
+    gateway: String,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn up() -> Up {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, g, d) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("up")
+        .args(["--control-listen", &format!("127.0.0.1:{c}")])
+        .args(["--gateway-listen", &format!("127.0.0.1:{g}")])
+        .args(["--demo-listen", &format!("127.0.0.1:{d}")])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        banner += &line;
+        banner.push('\n');
+        if line.contains("Stop with Ctrl-C") {
+            break;
+        }
+    }
+    assert!(banner.contains("Warden is up"), "{banner}");
+    std::thread::spawn(move || lines.for_each(drop));
+    Up {
+        child,
+        dir,
+        control: format!("http://127.0.0.1:{c}"),
+        gateway: format!("https://127.0.0.1:{g}"),
+    }
+}
+
+impl Up {
+    fn warden(&self, args: &[&str]) -> std::process::Output {
+        let token =
+            std::fs::read_to_string(self.dir.path().join("warden-data/admin-token")).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("WARDEN_CONTROL_URL", &self.control)
+            .env("WARDEN_TOKEN", token.trim())
+            .output()
+            .unwrap()
+    }
+
+    /// Credentials for a demo agent instance, written to a directory.
+    fn credentials(&self, name: &str, extra: &[&str]) -> PathBuf {
+        let out = self.dir.path().join(name);
+        let mut args = vec![
+            "agent",
+            "credential",
+            "demo/assistant",
+            "--task",
+            "t-1",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let result = self.warden(&args);
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        out
+    }
+}
+
+fn read(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file)).unwrap()
+}
+
+/// An mTLS client holding an agent's SVID (or none), trusting the fabric's bundle.
+fn client(creds: &Path, with_svid: bool) -> HttpClient {
+    let (cert, key) = (read(creds, "svid.pem"), read(creds, "svid-key.pem"));
+    HttpClient::with_tls(
+        Duration::from_secs(10),
+        &read(creds, "bundle.pem"),
+        with_svid.then_some((cert.as_str(), key.as_str())),
+    )
+    .unwrap()
+}
+
+async fn post(
+    client: &HttpClient,
+    url: &str,
+    authorization: Option<&str>,
+    extra: &[(&str, &str)],
+    body: &[u8],
+) -> (StatusCode, Value) {
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    if let Some(a) = authorization {
+        headers.push(("authorization", a));
+    }
+    headers.extend_from_slice(extra);
+    let r = client
+        .send(Method::POST, url, &headers, Some(body.to_vec()), 1 << 20)
+        .await
+        .unwrap();
+    (
+        r.status,
+        serde_json::from_slice(&r.body).unwrap_or(Value::Null),
+    )
+}
+
+fn call(id: u64, tool: &str, args: Value) -> Vec<u8> {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+           "params": {"name": tool, "arguments": args}})
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mcp_calls_through_the_gateway_are_decided_on_tool_and_arguments() {
+    let up = up();
+    let creds = up.credentials("assistant", &[]);
+    let grant = format!("Bearer {}", read(&creds, "grant"));
+    let mcp = format!("{}/mcp/demo", up.gateway);
+    let agent = client(&creds, true);
+
+    let (status, allowed) = post(
+        &agent,
+        &mcp,
+        Some(&grant),
+        &[],
+        &call(1, "delete_records", json!({"table": "scratch"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        allowed["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("scratch"),
+        "{allowed}"
+    );
+
+    let (status, denied) = post(
+        &agent,
+        &mcp,
+        Some(&grant),
+        &[],
+        &call(2, "delete_records", json!({"table": "customers"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(denied["error"]["code"], warden_gateway::DENIED);
+    assert_eq!(denied["id"], 2);
+    let message = denied["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("decision") && !message.contains("assistant.yaml"),
+        "{message}"
+    );
+
+    // The listing shows what the agent could call: not read_secrets.
+    let (_, listed) = post(
+        &agent,
+        &mcp,
+        Some(&grant),
+        &[],
+        br#"{"jsonrpc":"2.0","id":3,"method":"tools/list"}"#,
+    )
+    .await;
+    let mut names: Vec<&str> = listed["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["add", "delete_records", "echo"], "{listed}");
+
+    // The decision was counted.
+    let metrics = agent
+        .send(
+            Method::GET,
+            &format!("{}/metrics", up.gateway),
+            &[],
+            None,
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(
+        text.contains("warden_decisions_total{outcome=\"deny\"}"),
+        "{text}"
+    );
+    assert!(text.contains("warden_stage_seconds_bucket{stage=\"decide\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stolen_missing_or_misused_credentials_are_refused() {
+    let up = up();
+    let mine = up.credentials("mine", &[]);
+    let theirs = up.credentials("theirs", &[]);
+    let mcp = format!("{}/mcp/demo", up.gateway);
+    let body = call(1, "echo", json!({"text": "hi"}));
+    let my_grant = format!("Bearer {}", read(&mine, "grant"));
+
+    // No grant; a grant without the SVID it is bound to; my grant over another agent's mTLS.
+    let (status, _) = post(&client(&mine, true), &mcp, None, &[], &body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = post(&client(&mine, false), &mcp, Some(&my_grant), &[], &body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, refused) = post(&client(&theirs, true), &mcp, Some(&my_grant), &[], &body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{refused}");
+    // Garbage in the grant.
+    let (status, _) = post(&client(&mine, true), &mcp, Some("Bearer AAAA"), &[], &body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Bad input is refused and the gateway keeps serving.
+    let agent = client(&mine, true);
+    let cases: [&[u8]; 4] = [
+        b"{not json",
+        br#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#,
+        br#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
+        br#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage"}"#,
+    ];
+    for case in cases {
+        let (status, answer) = post(&agent, &mcp, Some(&my_grant), &[], case).await;
+        assert!(
+            status == StatusCode::BAD_REQUEST || answer["error"]["code"].as_i64().is_some(),
+            "{status} {answer}"
+        );
+    }
+    // An oversized body: 413, or the connection closed while the client still writes.
+    let huge = vec![b' '; 5 * 1024 * 1024];
+    let headers = [
+        ("content-type", "application/json"),
+        ("authorization", my_grant.as_str()),
+    ];
+    match agent
+        .send(Method::POST, &mcp, &headers, Some(huge), 1 << 20)
+        .await
+    {
+        Ok(r) => assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE),
+        Err(e) => assert!(
+            e.to_string().contains("Broken pipe") || e.to_string().contains("reset"),
+            "{e}"
+        ),
+    }
+    let (status, ok) = post(&agent, &mcp, Some(&my_grant), &[], &body).await;
+    assert_eq!(status, StatusCode::OK, "{ok}");
+    assert_eq!(ok["result"]["content"][0]["text"], "hi");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_bound_grant_works_with_proofs_and_revocation_reaches_the_gateway() {
+    let up = up();
+    let creds = up.credentials("serverless", &["--pop"]);
+    let signer = warden_authority::ProofSigner::from_pem(&read(&creds, "pop-key.pem")).unwrap();
+    let grant = read(&creds, "grant");
+    let mcp = format!("{}/mcp/demo", up.gateway);
+    let no_mtls =
+        HttpClient::with_tls(Duration::from_secs(10), &read(&creds, "bundle.pem"), None).unwrap();
+    let now = || time::OffsetDateTime::now_utc().unix_timestamp();
+    let authorization = format!("DPoP {grant}");
+
+    let proof = signer.proof("POST", &mcp, &grant, now()).unwrap();
+    let body = call(1, "add", json!({"a": 2, "b": 3}));
+    let (status, sum) = post(
+        &no_mtls,
+        &mcp,
+        Some(&authorization),
+        &[("dpop", &proof)],
+        &body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{sum}");
+    assert_eq!(sum["result"]["content"][0]["text"], "5");
+    // The same proof again, and a bearer use without any proof: refused.
+    let (status, _) = post(
+        &no_mtls,
+        &mcp,
+        Some(&authorization),
+        &[("dpop", &proof)],
+        &body,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = post(&no_mtls, &mcp, Some(&format!("Bearer {grant}")), &[], &body).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Revoke the task; the gateway learns within about a second.
+    let revoked = up.warden(&["revoke", "task", "t-1"]);
+    assert!(revoked.status.success());
+    let started = Instant::now();
+    loop {
+        let proof = signer.proof("POST", &mcp, &grant, now()).unwrap();
+        let (status, _) = post(
+            &no_mtls,
+            &mcp,
+            Some(&authorization),
+            &[("dpop", &proof)],
+            &body,
+        )
+        .await;
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "revocation did not reach the gateway"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
