@@ -352,3 +352,197 @@ async fn a_key_bound_grant_works_with_proofs_and_revocation_reaches_the_gateway(
         started.elapsed()
     );
 }
+
+#[test]
+fn the_official_python_mcp_client_works_through_the_gateway_unchanged() {
+    let up = up();
+    let creds = up.credentials("python", &[]);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_client.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(format!("{}/mcp/demo", up.gateway))
+        .arg(&creds)
+        .output()
+        .expect("python3 runs (CI installs the `mcp` package: pip install mcp)");
+    assert!(
+        out.status.success(),
+        "the MCP Python SDK client failed (is `mcp` installed?):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        seen["tools"],
+        json!(["add", "delete_records", "echo"]),
+        "{seen}"
+    );
+    assert!(seen["allowed"].as_str().unwrap().contains("scratch"));
+    assert_eq!(seen["denied"]["code"], warden_gateway::DENIED, "{seen}");
+    assert_eq!(seen["echo"], "through warden");
+}
+
+/// Kills a child process when dropped.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for_port(port: u16) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const PYTHON_POLICY: &str = "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: py, namespace: demo}\nspec:\n  selector: {matchLabels: {app: assistant}}\n  mcp:\n    - {server: demo, tools: [echo, add]}\n    - {server: demo, tools: [delete_records], when: 'context.args.table == \"scratch\"'}\n---\napiVersion: warden.dev/v1alpha1\nkind: ToolCatalog\nmetadata: {name: py-tools}\nspec:\n  servers:\n    - name: demo\n      tools:\n        - {name: delete_records, inputSchema: {type: object, properties: {table: {type: string}}}}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_python_mcp_server_over_sse_with_sessions_bound_to_their_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let python_port = free_port();
+    let _python = Reaped(
+        Command::new("python3")
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_server.py"))
+            .arg(python_port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs (CI installs `mcp`)"),
+    );
+    wait_for_port(python_port);
+    let (control_port, gateway_port) = (free_port(), free_port());
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/py.yaml"), PYTHON_POLICY).unwrap();
+    let config = format!(
+        "control:\n  listen: 127.0.0.1:{control_port}\n  dataDir: {data}\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  policies: {policies}\n  upstreams:\n    - {{name: demo, kind: mcp, url: 'http://127.0.0.1:{python_port}/mcp'}}\n",
+        data = dir.path().join("data").display(),
+        policies = dir.path().join("policies").display(),
+    );
+    std::fs::write(dir.path().join("warden.yaml"), config).unwrap();
+    let _fabric = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["serve", "--role", "all", "--config"])
+            .arg(dir.path().join("warden.yaml"))
+            .arg("--bootstrap-token-file")
+            .arg(dir.path().join("token"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(gateway_port);
+    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
+    let warden = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(args)
+            .env(
+                "WARDEN_CONTROL_URL",
+                format!("http://127.0.0.1:{control_port}"),
+            )
+            .env("WARDEN_TOKEN", token.trim())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    warden(&[
+        "agent",
+        "register",
+        "demo/assistant",
+        "--label",
+        "app=assistant",
+        "--right",
+        "mcp.*=demo/*",
+    ]);
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    for creds in [&a, &b] {
+        warden(&[
+            "agent",
+            "credential",
+            "demo/assistant",
+            "--task",
+            "t",
+            "--out",
+            creds.to_str().unwrap(),
+        ]);
+    }
+    let mcp = format!("https://127.0.0.1:{gateway_port}/mcp/demo");
+
+    // The unchanged Python client against the Python server, through the gateway: the listing
+    // arrives as SSE and is filtered all the same.
+    let out = Command::new("python3")
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_client.py"))
+        .arg(&mcp)
+        .arg(&a)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        seen["tools"],
+        json!(["add", "delete_records", "echo"]),
+        "{seen}"
+    );
+    assert_eq!(seen["allowed"], "python deleted all records of scratch");
+    assert_eq!(seen["denied"]["code"], warden_gateway::DENIED);
+
+    // A session belongs to the agent instance that opened it.
+    let initialize = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
+    let grant_a = format!("Bearer {}", read(&a, "grant"));
+    let grant_b = format!("Bearer {}", read(&b, "grant"));
+    let headers = |grant: &str| {
+        vec![
+            ("content-type", "application/json".to_owned()),
+            ("accept", "application/json, text/event-stream".to_owned()),
+            ("authorization", grant.to_owned()),
+        ]
+    };
+    let send = |client: HttpClient, headers: Vec<(&'static str, String)>, body: Vec<u8>| {
+        let url = mcp.clone();
+        async move {
+            let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            client
+                .send(Method::POST, &url, &refs, Some(body), 1 << 20)
+                .await
+                .unwrap()
+        }
+    };
+    let opened = send(client(&a, true), headers(&grant_a), initialize.to_vec()).await;
+    assert_eq!(opened.status, StatusCode::OK);
+    let session = opened.headers["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let list = br#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#.to_vec();
+    let mut as_b = headers(&grant_b);
+    as_b.push(("mcp-session-id", session.clone()));
+    let stolen = send(client(&b, true), as_b, list.clone()).await;
+    assert_eq!(
+        stolen.status,
+        StatusCode::NOT_FOUND,
+        "another agent cannot use the session"
+    );
+    let mut as_a = headers(&grant_a);
+    as_a.push(("mcp-session-id", session));
+    let own = send(client(&a, true), as_a, list).await;
+    assert_eq!(own.status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&own.body);
+    assert!(
+        text.contains("\"echo\"") && !text.contains("read_secrets"),
+        "{text}"
+    );
+}

@@ -1,0 +1,45 @@
+"""An unchanged official MCP Python SDK client, pointed at Warden's gateway.
+
+Usage: mcp_client.py URL CREDENTIALS_DIR
+Prints one JSON document with what it saw. Only the URL and the credentials (mTLS with the
+agent's SVID, its grant as a bearer token) differ from talking to the server directly.
+"""
+
+import asyncio
+import json
+import ssl
+import sys
+
+import httpx2
+from mcp import ClientSession, MCPError
+from mcp.client.streamable_http import streamable_http_client
+
+
+async def main(url: str, creds: str) -> None:
+    tls = ssl.create_default_context(cafile=f"{creds}/bundle.pem")
+    tls.load_cert_chain(f"{creds}/svid.pem", f"{creds}/svid-key.pem")
+    with open(f"{creds}/grant") as f:
+        grant = f.read().strip()
+    seen = {}
+    async with httpx2.AsyncClient(
+        verify=tls, headers={"Authorization": f"Bearer {grant}"}, timeout=30
+    ) as http:
+        async with streamable_http_client(url, http_client=http) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                listed = await session.list_tools()
+                seen["tools"] = sorted(tool.name for tool in listed.tools)
+                allowed = await session.call_tool("delete_records", {"table": "scratch"})
+                seen["allowed"] = allowed.content[0].text
+                try:
+                    await session.call_tool("delete_records", {"table": "customers"})
+                    seen["denied"] = None
+                except MCPError as e:
+                    seen["denied"] = {"code": e.code, "message": e.error.message}
+                echo = await session.call_tool("echo", {"text": "through warden"})
+                seen["echo"] = echo.content[0].text
+    print(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))

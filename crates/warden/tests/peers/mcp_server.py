@@ -1,0 +1,45 @@
+"""An official MCP Python SDK server (MCPServer), stateful, answering over SSE.
+
+Usage: mcp_server.py PORT
+Serves streamable HTTP at http://127.0.0.1:PORT/mcp with sessions.
+"""
+
+import sys
+
+from mcp.server.mcpserver import MCPServer
+
+server = MCPServer("python-demo")
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Echo the text back."""
+    return text
+
+
+@server.tool()
+def add(a: int, b: int) -> str:
+    """Add two integers."""
+    return str(a + b)
+
+
+@server.tool()
+def delete_records(table: str) -> str:
+    """Delete every record of a table (deletes nothing)."""
+    return f"python deleted all records of {table}"
+
+
+@server.tool()
+def read_secrets() -> str:
+    """Read the secrets store."""
+    return "you should never see this"
+
+
+if __name__ == "__main__":
+    server.run(
+        transport="streamable-http",
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        json_response=False,
+        stateless_http=False,
+    )
