@@ -860,7 +860,8 @@ fn documented_yaml() -> Vec<String> {
 #[test]
 fn the_documented_configuration_parses() {
     let blocks = documented_yaml();
-    let config: ControlConfig = serde_yaml::from_str(&blocks[0]).unwrap();
+    let file: serde_yaml::Value = serde_yaml::from_str(&blocks[0]).unwrap();
+    let config: ControlConfig = serde_yaml::from_value(file["control"].clone()).unwrap();
     assert_eq!(config.trust_domain.as_str(), "acme.example");
     assert_eq!(config.attestation[0].rules.len(), 1);
     let clouds: Vec<AttestorConfig> = serde_yaml::from_str(&blocks[1]).unwrap();
