@@ -13,6 +13,7 @@ mod metrics;
 mod pipeline;
 mod server;
 mod sync;
+mod usage;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -13,6 +13,7 @@ use warden_policy::Engine;
 
 use crate::identify::Caller;
 use crate::metrics::Metrics;
+use crate::usage::UsageMeter;
 
 /// Looks at content and reports findings (never verdicts). The inspection issue fills this in.
 pub trait Inspector: Send + Sync {
@@ -86,6 +87,7 @@ pub struct Pipeline {
     recorder: Arc<dyn Recorder>,
     events: broadcast::Sender<DecisionEvent>,
     metrics: Arc<Metrics>,
+    usage: UsageMeter,
 }
 
 impl Pipeline {
@@ -101,6 +103,7 @@ impl Pipeline {
             recorder,
             events: broadcast::channel(4096).0,
             metrics,
+            usage: UsageMeter::new(100_000),
         }
     }
 
@@ -122,12 +125,16 @@ impl Pipeline {
         let findings = self.inspector.inspect_request(&action, body);
         self.metrics.stage("inspect", started.elapsed());
         let decide_started = Instant::now();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let agent = caller.identity.spiffe_id();
         let request = DecisionRequest {
             agent: caller.identity.clone(),
             action,
             context: RequestContext {
+                time: Some(now),
                 intent: intent.clone(),
                 findings: findings.clone(),
+                usage: self.usage.usage(agent, now),
                 body_bytes: body.len() as u64,
                 ..RequestContext::default()
             },
@@ -139,6 +146,12 @@ impl Pipeline {
             decision.outcome = Outcome::denied(DenyReason::OutsideGrant);
             decision.deciding.clear();
         }
+        let forwarded_bytes = if decision.is_allowed() {
+            body.len() as u64
+        } else {
+            0
+        };
+        self.usage.add(agent, now, forwarded_bytes);
         let decide_time = decide_started.elapsed();
         self.metrics.stage("decide", decide_time);
         self.metrics.decision(decision.outcome.label());

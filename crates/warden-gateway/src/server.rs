@@ -260,11 +260,16 @@ async fn read_body(state: &State, body: Incoming) -> Result<Bytes, Response<Body
         .await
         .map(|c| c.to_bytes())
         .map_err(|_| {
-            problem(
+            let mut response = problem(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 &format!("request bodies are limited to {limit} bytes"),
-            )
+            );
+            // The rest of the body is never read, so the connection cannot carry another request.
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            response
         })
 }
 

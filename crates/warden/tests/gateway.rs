@@ -546,3 +546,40 @@ async fn a_stateful_python_mcp_server_over_sse_with_sessions_bound_to_their_agen
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_edits_reload_live_and_rate_limits_hold_per_agent() {
+    let up = up();
+    let creds = up.credentials("limited", &[]);
+    let other = up.credentials("unlimited", &[]);
+    let policy = up.dir.path().join("warden-data/policies/assistant.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&policy, text + "  limits: {requestsPerMinute: 3}\n").unwrap();
+    // The gateway reloads on save (debounced); give it a moment.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mcp = format!("{}/mcp/demo", up.gateway);
+    let body = call(1, "echo", json!({"text": "x"}));
+    let grant = format!("Bearer {}", read(&creds, "grant"));
+    let agent = client(&creds, true);
+    for i in 0..3 {
+        let (_, answer) = post(&agent, &mcp, Some(&grant), &[], &body).await;
+        assert!(answer["result"].is_object(), "call {i}: {answer}");
+    }
+    let (_, limited) = post(&agent, &mcp, Some(&grant), &[], &body).await;
+    assert_eq!(
+        limited["error"]["code"],
+        warden_gateway::DENIED,
+        "{limited}"
+    );
+    assert_eq!(limited["error"]["data"]["reason"], "forbidden");
+    // Another instance has its own budget.
+    let (_, fresh) = post(
+        &client(&other, true),
+        &mcp,
+        Some(&format!("Bearer {}", read(&other, "grant"))),
+        &[],
+        &body,
+    )
+    .await;
+    assert!(fresh["result"].is_object(), "{fresh}");
+}
