@@ -62,6 +62,9 @@ pub struct LogRecorder;
 
 impl Recorder for LogRecorder {
     fn record(&self, event: &DecisionEvent) {
+        if !tracing::enabled!(target: "warden::decision", tracing::Level::INFO) {
+            return;
+        }
         match serde_json::to_string(event) {
             Ok(line) => tracing::info!(target: "warden::decision", "{line}"),
             Err(e) => tracing::error!(target: "warden::decision", "unrecordable decision: {e}"),

@@ -48,7 +48,7 @@ impl HttpClient {
             .map_err(|e| ClientError::Tls(e.to_string()))?
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(tcp());
         Ok(Self {
             inner: Client::builder(TokioExecutor::new()).build(connector),
             timeout,
@@ -90,7 +90,7 @@ impl HttpClient {
             .with_tls_config(config)
             .https_or_http()
             .enable_http1()
-            .build();
+            .wrap_connector(tcp());
         Ok(Self {
             inner: Client::builder(TokioExecutor::new()).build(connector),
             timeout,
@@ -175,6 +175,15 @@ impl HttpClient {
                 reason: error_chain(&e),
             })
     }
+}
+
+/// TCP with Nagle off: requests and answers here are small, and waiting to coalesce them only
+/// adds latency.
+fn tcp() -> HttpConnector {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.enforce_http(false);
+    connector
 }
 
 fn error_chain(error: &dyn std::error::Error) -> String {
