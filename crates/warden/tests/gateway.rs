@@ -583,3 +583,110 @@ async fn policy_edits_reload_live_and_rate_limits_hold_per_agent() {
     .await;
     assert!(fresh["result"].is_object(), "{fresh}");
 }
+
+/// A raw TLS connection to the gateway, for requests no well-behaved client would send.
+async fn raw_tls(
+    port: u16,
+    bundle_pem: &str,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Reads until the peer closes or `limit` passes; returns what arrived and whether it closed.
+async fn read_until_close(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    limit: Duration,
+) -> (String, bool) {
+    use tokio::io::AsyncReadExt as _;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&seen).into_owned(), true),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&seen).into_owned(), false),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_oversized_headers_and_slow_clients_are_cut_off_while_others_are_served() {
+    use tokio::io::AsyncWriteExt as _;
+    let up = up();
+    let creds = up.credentials("raw", &[]);
+    let bundle = read(&creds, "bundle.pem");
+    let port: u16 = up.gateway.rsplit(':').next().unwrap().parse().unwrap();
+
+    // Content-Length and Transfer-Encoding together (RFC 9112 §6.3): the message is read as
+    // chunked, answered once, and the connection closed, so the request hidden behind it is never
+    // read, let alone forwarded.
+    let mut smuggler = raw_tls(port, &bundle).await;
+    smuggler
+        .write_all(
+            b"POST /mcp/demo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPOST /mcp/demo HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_close(&mut smuggler, Duration::from_secs(5)).await;
+    assert!(closed, "the connection stays open: {answer}");
+    assert!(
+        answer.matches("HTTP/1.1 ").count() <= 1,
+        "a second request was read: {answer}"
+    );
+    assert!(!answer.contains("200 OK"), "{answer}");
+
+    // Headers far beyond the limit.
+    let mut bloated = raw_tls(port, &bundle).await;
+    let header = format!(
+        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let _ = bloated.write_all(header.as_bytes()).await;
+    let (answer, closed) = read_until_close(&mut bloated, Duration::from_secs(5)).await;
+    assert!(closed && !answer.contains("200 OK"), "{answer}");
+
+    // A slow client sends half a request and stalls; the gateway keeps serving everyone else
+    // and cuts the slow one off after the header timeout (10 s by default).
+    let mut slow = raw_tls(port, &bundle).await;
+    slow.write_all(b"POST /mcp/demo HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    let healthy = client(&creds, true);
+    for _ in 0..20 {
+        let r = healthy
+            .send(
+                Method::GET,
+                &format!("{}/healthz", up.gateway),
+                &[],
+                None,
+                1 << 10,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+    }
+    let started = Instant::now();
+    let (_, closed) = read_until_close(&mut slow, Duration::from_secs(15)).await;
+    assert!(closed, "the slow client was not cut off");
+    assert!(started.elapsed() < Duration::from_secs(12));
+}
