@@ -68,17 +68,20 @@ impl Identifier {
         &self.grants
     }
 
-    /// Identifies a request: `peer` is the verified client certificate's SPIFFE ID, if any.
+    /// Identifies a request: `peer` is the verified client certificate's SPIFFE ID, if any, and
+    /// `credential` the header carrying the grant (`Authorization`, or `Proxy-Authorization` for
+    /// egress through the forward proxy).
     pub fn identify(
         &self,
         peer: Option<&SpiffeId>,
         method: &str,
         path_and_query: &str,
         headers: &HeaderMap,
+        credential: &http::HeaderName,
         now: i64,
     ) -> Result<Caller, Unidentified> {
         let authorization = headers
-            .get(http::header::AUTHORIZATION)
+            .get(credential)
             .and_then(|v| v.to_str().ok())
             .ok_or(Unidentified::NoGrant)?;
         let revocations = self.grants.revocations();

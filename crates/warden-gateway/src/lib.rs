@@ -7,6 +7,7 @@
 //! `pipeline` decides.
 
 mod config;
+mod egress;
 mod identify;
 mod mcp;
 mod metrics;
@@ -149,10 +150,6 @@ pub async fn start(
         Arc::new(PassThrough),
         Arc::new(LogRecorder),
         Arc::clone(&metrics),
-    );
-    server::set_connection_limits(
-        config.limits.header_timeout(),
-        config.limits.max_header_bytes,
     );
     let state = Arc::new(server::State {
         identifier: Identifier::new(Arc::clone(&trust.grants), public_url.clone()),

@@ -75,13 +75,13 @@ pub struct State {
     pub permits: Semaphore,
 }
 
-fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed()
 }
 
-fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     let mut response = Response::new(full(value.to_string()));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -91,14 +91,15 @@ fn json_response(status: StatusCode, value: &Value) -> Response<Body> {
     response
 }
 
-fn problem(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+pub(crate) fn problem(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     json_response(
         status,
         &json!({"error": {"code": code, "message": message}}),
     )
 }
 
-/// Serves until `shutdown` resolves, then stops accepting and drains in-flight requests.
+/// Serves until `shutdown` resolves, then stops accepting and drains in-flight requests (for up
+/// to 30 seconds).
 pub async fn serve(
     state: Arc<State>,
     listener: TcpListener,
@@ -106,7 +107,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection holds a sender; when all are gone, every connection has finished.
+    let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -116,12 +119,13 @@ pub async fn serve(
                 let _ = tcp.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let state = Arc::clone(&state);
-                let watcher = graceful.watcher();
+                let alive = alive.clone();
+                let mut stopping = stopping.clone();
                 tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(
-                        state.config.limits.header_timeout(),
-                        acceptor.accept(tcp),
-                    );
+                    let _alive = alive;
+                    let limits = state.config.limits.clone();
+                    let handshake =
+                        tokio::time::timeout(limits.header_timeout(), acceptor.accept(tcp));
                     let Ok(Ok(stream)) = handshake.await else {
                         tracing::debug!(%remote, "TLS handshake failed or timed out");
                         return;
@@ -139,40 +143,31 @@ pub async fn serve(
                         async move { Ok::<_, Infallible>(handle(&state, (*peer).as_ref(), request).await) }
                     });
                     let mut http = hyper::server::conn::http1::Builder::new();
+                    // hyper's smallest read buffer is 8 KiB.
                     http.timer(TokioTimer::new())
-                        .header_read_timeout(state_header_timeout())
-                        .max_buf_size(state_max_buf());
-                    let connection = http.serve_connection(TokioIo::new(stream), service);
-                    if let Err(e) = watcher.watch(connection).await {
+                        .header_read_timeout(limits.header_timeout())
+                        .max_buf_size(limits.max_header_bytes.max(8192));
+                    let connection = http
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades();
+                    tokio::pin!(connection);
+                    let result = tokio::select! {
+                        result = connection.as_mut() => result,
+                        () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
+                            connection.as_mut().graceful_shutdown();
+                            connection.await
+                        }
+                    };
+                    if let Err(e) = result {
                         tracing::debug!(%remote, "connection ended: {e}");
                     }
                 });
             }
         }
     }
-    // Give in-flight requests time to finish.
-    let _ = tokio::time::timeout(Duration::from_secs(30), graceful.shutdown()).await;
-}
-
-// hyper's builder wants plain values at construction; the limits are process-wide settings.
-static HEADER_TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-static MAX_BUF: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-
-pub fn set_connection_limits(header_timeout: Duration, max_header_bytes: usize) {
-    let _ = HEADER_TIMEOUT.set(header_timeout);
-    // hyper's minimum buffer is 8 KiB.
-    let _ = MAX_BUF.set(max_header_bytes.max(8192));
-}
-
-fn state_header_timeout() -> Duration {
-    HEADER_TIMEOUT
-        .get()
-        .copied()
-        .unwrap_or(Duration::from_secs(10))
-}
-
-fn state_max_buf() -> usize {
-    MAX_BUF.get().copied().unwrap_or(32 * 1024)
+    let _ = stop.send(true);
+    drop(alive);
+    let _ = tokio::time::timeout(Duration::from_secs(30), drained.recv()).await;
 }
 
 /// The SPIFFE ID in a verified client certificate's single URI SAN.
@@ -204,7 +199,11 @@ async fn handle(
     };
     state.metrics.enter();
     let path = request.uri().path().to_owned();
-    let (adapter, response) = route(state, peer, &path, request).await;
+    let (adapter, response) = if crate::egress::is_proxy_request(&request) {
+        ("egress", crate::egress::handle(state, peer, request).await)
+    } else {
+        route(state, peer, &path, request).await
+    };
     state.metrics.leave();
     state.metrics.request(adapter, response.status().as_u16());
     response
@@ -273,25 +272,40 @@ async fn read_body(state: &State, body: Incoming) -> Result<Bytes, Response<Body
         })
 }
 
-fn identify(
+pub(crate) fn identify(
     state: &State,
     peer: Option<&SpiffeId>,
     request: &Request<Incoming>,
 ) -> Result<Caller, Response<Body>> {
+    let proxied = crate::egress::is_proxy_request(request);
     let started = Instant::now();
     let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let credential = if proxied {
+        http::header::PROXY_AUTHORIZATION
+    } else {
+        http::header::AUTHORIZATION
+    };
     let result = state.identifier.identify(
         peer,
         request.method().as_str(),
         path_and_query,
         request.headers(),
+        &credential,
         time::OffsetDateTime::now_utc().unix_timestamp(),
     );
     state.metrics.stage("identify", started.elapsed());
     result.map_err(|e| {
-        let mut response = problem(StatusCode::UNAUTHORIZED, "unauthenticated", &e.to_string());
+        let (status, challenge) = if proxied {
+            (
+                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                http::header::PROXY_AUTHENTICATE,
+            )
+        } else {
+            (StatusCode::UNAUTHORIZED, http::header::WWW_AUTHENTICATE)
+        };
+        let mut response = problem(status, "unauthenticated", &e.to_string());
         response.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
+            challenge,
             HeaderValue::from_static("Bearer realm=\"warden\", DPoP realm=\"warden\""),
         );
         response
@@ -513,7 +527,7 @@ async fn mcp_request(
     }
 }
 
-fn describe(action: &Action) -> String {
+pub(crate) fn describe(action: &Action) -> String {
     format!("{} on {}", action.kind(), action.resource())
 }
 

@@ -26,6 +26,7 @@ struct Up {
     dir: tempfile::TempDir,
     control: String,
     gateway: String,
+    demo_port: u16,
 }
 
 impl Drop for Up {
@@ -65,6 +66,7 @@ fn up() -> Up {
         dir,
         control: format!("http://127.0.0.1:{c}"),
         gateway: format!("https://127.0.0.1:{g}"),
+        demo_port: d,
     }
 }
 
@@ -689,4 +691,123 @@ async fn smuggling_oversized_headers_and_slow_clients_are_cut_off_while_others_a
     let (_, closed) = read_until_close(&mut slow, Duration::from_secs(15)).await;
     assert!(closed, "the slow client was not cut off");
     assert!(started.elapsed() < Duration::from_secs(12));
+}
+
+/// curl through the gateway's forward proxy with the agent's SVID and grant.
+fn curl_via_proxy(up: &Up, creds: &Path, tunnel: bool, url: &str) -> (String, String) {
+    let mut command = Command::new("curl");
+    command
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "10"])
+        .args(["--proxy", &up.gateway])
+        .arg("--proxy-cacert")
+        .arg(creds.join("bundle.pem"))
+        .arg("--proxy-cert")
+        .arg(creds.join("svid.pem"))
+        .arg("--proxy-key")
+        .arg(creds.join("svid-key.pem"))
+        .args([
+            "--proxy-header",
+            &format!("Proxy-Authorization: Bearer {}", read(creds, "grant")),
+        ]);
+    if tunnel {
+        command.arg("--proxytunnel");
+    }
+    let out = command.arg(url).output().expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (code.to_owned(), body.to_owned())
+}
+
+#[test]
+fn egress_through_the_forward_proxy_is_decided_on_host_port_and_address() {
+    let up = up();
+    // An agent whose registered rights include egress (the demo assistant's are MCP only).
+    let registered = up.warden(&[
+        "agent",
+        "register",
+        "demo/browser",
+        "--label",
+        "app=assistant",
+        "--right",
+        "egress.connect=*",
+    ]);
+    assert!(
+        registered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&registered.stderr)
+    );
+    let creds = up.dir.path().join("browser");
+    let issued = up.warden(&[
+        "agent",
+        "credential",
+        "demo/browser",
+        "--task",
+        "browse",
+        "--out",
+        creds.to_str().unwrap(),
+    ]);
+    assert!(issued.status.success());
+    let demo_port = up.demo_port;
+    let policy = up.dir.path().join("warden-data/policies/assistant.yaml");
+    let original = std::fs::read_to_string(&policy).unwrap();
+    let target = format!("http://localhost:{demo_port}/mcp");
+
+    // The name is allowed, but it resolves to a loopback address no rule allows: refused, both
+    // as plain HTTP through the proxy and as a CONNECT tunnel.
+    std::fs::write(
+        &policy,
+        format!("{original}  egress:\n    - hosts: [localhost]\n      ports: [{demo_port}]\n"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    for tunnel in [false, true] {
+        let (code, body) = curl_via_proxy(&up, &creds, tunnel, &target);
+        assert!(
+            code == "403" || (tunnel && code == "000"),
+            "tunnel={tunnel}: {code} {body}"
+        );
+    }
+
+    // Allow the address too: the request reaches the demo server (which answers GET /mcp itself).
+    std::fs::write(
+        &policy,
+        format!("{original}  egress:\n    - hosts: [localhost]\n      ports: [{demo_port}]\n    - cidrs: [127.0.0.1/32]\n      ports: [{demo_port}]\n"),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    for tunnel in [false, true] {
+        let (code, body) = curl_via_proxy(&up, &creds, tunnel, &target);
+        assert!(
+            code != "403" && code != "407" && code != "000",
+            "tunnel={tunnel}: {code} {body}"
+        );
+    }
+
+    // Private ranges, the metadata address and hosts no policy names: refused.
+    for url in [
+        "http://10.0.0.1/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://93.184.215.14/",
+        "http://[::1]:80/",
+    ] {
+        let (code, body) = curl_via_proxy(&up, &creds, false, url);
+        assert_eq!(code, "403", "{url}: {body}");
+    }
+    // No credential: 407.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--proxy",
+            &up.gateway,
+        ])
+        .arg("--proxy-cacert")
+        .arg(creds.join("bundle.pem"))
+        .arg(&target)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "407");
 }

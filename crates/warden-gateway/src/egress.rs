@@ -1,0 +1,345 @@
+//! The forward proxy for egress: `CONNECT host:port` (HTTPS_PROXY) and absolute-form HTTP
+//! requests, authenticated with the grant in `Proxy-Authorization` over the same mTLS listener.
+//!
+//! The destination is resolved once; the decision covers the host, the port and the address; and
+//! the connection goes to exactly that address, so a name that changes its answer (DNS
+//! rebinding) cannot slip past. Private, loopback, link-local, cloud-metadata and other special
+//! addresses are refused unless a policy allows that address itself (an egress `cidrs` rule) —
+//! allowing a host name is not enough.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use warden_model::{Action, Host, Protocol, SpiffeId};
+
+use crate::identify::Caller;
+use crate::server::{Body, BoxError, State, describe, identify, json_response, problem};
+
+/// How long name resolution and the connection to the destination may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a request is for the forward proxy rather than a named upstream.
+pub fn is_proxy_request<B>(request: &Request<B>) -> bool {
+    request.method() == Method::CONNECT || request.uri().scheme().is_some()
+}
+
+/// Addresses nobody reaches by accident: refused unless a policy allows the address itself.
+pub fn is_special(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local() // includes the cloud metadata address 169.254.169.254
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+                || (a == 192 && b == 0 && v4.octets()[2] == 0) // IETF protocol assignments
+                || a >= 240 // reserved
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_special(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00 // unique local, incl. AWS metadata fd00:ec2::254
+                    || (first & 0xffc0) == 0xfe80 // link-local
+                    || first == 0x2001 && v6.segments()[1] == 0x0db8 // documentation
+                    || first == 0x0064 && v6.segments()[1] == 0xff9b // NAT64, reaches IPv4 inside
+            }
+        },
+    }
+}
+
+fn refused(verdict: &crate::pipeline::Verdict, what: &str) -> Response<Body> {
+    let refusal = crate::mcp::refusal(&serde_json::Value::Null, verdict, what);
+    json_response(
+        StatusCode::FORBIDDEN,
+        &serde_json::json!({"error": refusal["error"]}),
+    )
+}
+
+/// Resolves, decides and returns the one address to connect to, or the refusal.
+async fn decide_destination(
+    state: &State,
+    caller: &Caller,
+    authority: &str,
+    default_port: u16,
+    intent: Option<String>,
+) -> Result<SocketAddr, Response<Body>> {
+    let bad = |why: &str| problem(StatusCode::BAD_REQUEST, "bad_destination", why);
+    let (host_text, port) = split_authority(authority, default_port)
+        .ok_or_else(|| bad("the destination must be host:port"))?;
+    let host = Host::new(&host_text).map_err(|e| bad(&e.to_string()))?;
+    let addresses: Vec<IpAddr> = match &host {
+        Host::Ip(ip) => vec![*ip],
+        Host::Dns(_) => {
+            let lookup = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                tokio::net::lookup_host((host.to_string(), port)),
+            )
+            .await;
+            match lookup {
+                Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                _ => {
+                    return Err(problem(
+                        StatusCode::BAD_GATEWAY,
+                        "unresolvable",
+                        &format!("{host} does not resolve"),
+                    ));
+                }
+            }
+        }
+    };
+    let ip = *addresses.first().ok_or_else(|| {
+        problem(
+            StatusCode::BAD_GATEWAY,
+            "unresolvable",
+            &format!("{host} has no address"),
+        )
+    })?;
+    let connect = |host: Host| Action::EgressConnect {
+        host,
+        port,
+        protocol: Protocol::Tcp,
+        ip: Some(ip),
+    };
+    let action = connect(host.clone());
+    let what = describe(&action);
+    let verdict = state.pipeline.decide(caller, action, &[], intent.clone());
+    if !verdict.allowed() {
+        return Err(refused(&verdict, &what));
+    }
+    if is_special(ip) && !matches!(host, Host::Ip(_)) {
+        // The name is allowed, but it points somewhere special: the address needs its own rule.
+        let action = connect(Host::Ip(ip));
+        let what = format!("{} (which {host} resolves to)", describe(&action));
+        let verdict = state.pipeline.decide(caller, action, &[], intent);
+        if !verdict.allowed() {
+            return Err(refused(&verdict, &what));
+        }
+    }
+    // An address literal was decided as itself: only a `cidrs` rule allows it.
+    Ok(SocketAddr::new(ip, port))
+}
+
+fn split_authority(authority: &str, default_port: u16) -> Option<(String, u16)> {
+    let authority: http::uri::Authority = authority.parse().ok()?;
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    Some((
+        host.to_owned(),
+        authority.port_u16().unwrap_or(default_port),
+    ))
+}
+
+async fn dial(address: SocketAddr) -> Result<tokio::net::TcpStream, Response<Body>> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        _ => Err(problem(
+            StatusCode::BAD_GATEWAY,
+            "unreachable",
+            "the destination did not accept the connection",
+        )),
+    }
+}
+
+pub async fn handle(
+    state: &State,
+    peer: Option<&SpiffeId>,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let caller = match identify(state, peer, &request) {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    let intent = request
+        .headers()
+        .get("warden-intent")
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.chars().take(1024).collect());
+    if request.method() == Method::CONNECT {
+        let Some(authority) = request.uri().authority().map(|a| a.as_str().to_owned()) else {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "bad_destination",
+                "CONNECT needs host:port",
+            );
+        };
+        let address = match decide_destination(state, &caller, &authority, 443, intent).await {
+            Ok(a) => a,
+            Err(response) => return response,
+        };
+        let outbound = match dial(address).await {
+            Ok(s) => s,
+            Err(response) => return response,
+        };
+        tokio::spawn(async move {
+            match hyper::upgrade::on(request).await {
+                Ok(upgraded) => {
+                    let mut client = TokioIo::new(upgraded);
+                    let mut outbound = outbound;
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut outbound).await;
+                }
+                Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
+            }
+        });
+        return Response::new(crate::server::full(Bytes::new()));
+    }
+    absolute_form(state, &caller, request, intent).await
+}
+
+/// A plain-HTTP request through the proxy (`GET http://host/path`).
+async fn absolute_form(
+    state: &State,
+    caller: &Caller,
+    request: Request<Incoming>,
+    intent: Option<String>,
+) -> Response<Body> {
+    if request.uri().scheme_str() != Some("http") {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad_destination",
+            "only http:// is proxied in absolute form; use CONNECT (HTTPS_PROXY) for https",
+        );
+    }
+    let Some(authority) = request.uri().authority().map(|a| a.as_str().to_owned()) else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad_destination",
+            "no host in the URL",
+        );
+    };
+    let address = match decide_destination(state, caller, &authority, 80, intent).await {
+        Ok(a) => a,
+        Err(response) => return response,
+    };
+    let (parts, body) = request.into_parts();
+    let limit = state.config.limits.max_body_bytes;
+    let Ok(body) = Limited::new(body, limit)
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+    else {
+        return problem(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "request body too large",
+        );
+    };
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut outgoing = Request::builder().method(parts.method).uri(path);
+    for (name, value) in &parts.headers {
+        let keep = !matches!(
+            name.as_str(),
+            "proxy-authorization"
+                | "proxy-connection"
+                | "connection"
+                | "keep-alive"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "content-length"
+                | "dpop"
+        ) && !name.as_str().starts_with("warden-");
+        if keep {
+            outgoing = outgoing.header(name, value);
+        }
+    }
+    let Ok(outgoing) = outgoing
+        .header(http::header::HOST, authority)
+        .body(Full::new(body))
+    else {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "cannot rebuild the request",
+        );
+    };
+    let stream = match dial(address).await {
+        Ok(s) => s,
+        Err(response) => return response,
+    };
+    let exchange = async {
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        sender.send_request(outgoing).await
+    };
+    match tokio::time::timeout(state.config.limits.upstream_timeout(), exchange).await {
+        Ok(Ok(response)) => {
+            let (parts, body) = response.into_parts();
+            Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+        }
+        _ => problem(
+            StatusCode::BAD_GATEWAY,
+            "upstream_unavailable",
+            "the destination did not answer",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_addresses_are_recognised() {
+        for ip in [
+            "10.0.0.1",
+            "172.16.5.4",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.169.254",
+            "0.0.0.0",
+            "100.64.0.1",
+            "255.255.255.255",
+            "224.0.0.1",
+            "::1",
+            "fd00:ec2::254",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+            "64:ff9b::a00:1",
+        ] {
+            assert!(is_special(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.215.14", "140.82.112.3", "2606:4700::6810:84e5"] {
+            assert!(!is_special(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn authorities_split_with_default_ports() {
+        assert_eq!(
+            split_authority("api.github.com:443", 80),
+            Some(("api.github.com".into(), 443))
+        );
+        assert_eq!(
+            split_authority("example.com", 80),
+            Some(("example.com".into(), 80))
+        );
+        assert_eq!(
+            split_authority("[::1]:8080", 80),
+            Some(("::1".into(), 8080))
+        );
+    }
+}
