@@ -81,6 +81,19 @@ async fn decide_destination(
     let (host_text, port) = split_authority(authority, default_port)
         .ok_or_else(|| bad("the destination must be host:port"))?;
     let host = Host::new(&host_text).map_err(|e| bad(&e.to_string()))?;
+    // A grant that does not cover the destination is refused before any lookup, so it cannot be
+    // used to make the gateway resolve names (DNS exfiltration).
+    let named = Action::EgressConnect {
+        host: host.clone(),
+        port,
+        protocol: Protocol::Tcp,
+        ip: None,
+    };
+    if caller.grant.permits(&named).is_err() {
+        let what = describe(&named);
+        let verdict = state.pipeline.decide(caller, named, &[], intent);
+        return Err(refused(&verdict, &what));
+    }
     let addresses: Vec<IpAddr> = match &host {
         Host::Ip(ip) => vec![*ip],
         Host::Dns(_) => {
