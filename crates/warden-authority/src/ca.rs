@@ -449,70 +449,82 @@ impl TrustBundle {
         leaf_der: &[u8],
         now: OffsetDateTime,
     ) -> Result<PresentedSvid, AuthorityError> {
-        use rustls_pki_types::{CertificateDer, UnixTime};
-        let invalid = |why: String| AuthorityError::InvalidSvid(why);
-        let roots: Vec<CertificateDer<'static>> = self
-            .roots
-            .iter()
-            .map(|r| CertificateDer::from(r.der.clone()))
-            .collect();
-        let anchors = roots
-            .iter()
-            .map(|r| webpki::anchor_from_trusted_cert(r).map_err(|e| invalid(e.to_string())))
-            .collect::<Result<Vec<_>, _>>()?;
-        let leaf = CertificateDer::from(leaf_der.to_vec());
-        let cert = webpki::EndEntityCert::try_from(&leaf).map_err(|e| invalid(e.to_string()))?;
-        let time = UnixTime::since_unix_epoch(Duration::from_secs(
-            u64::try_from(now.unix_timestamp()).unwrap_or(0),
-        ));
-        cert.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &anchors,
-            &[],
-            time,
-            webpki::KeyUsage::client_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| invalid(format!("does not chain to this trust domain's roots: {e}")))?;
-        let (_, parsed) =
-            x509_parser::parse_x509_certificate(leaf_der).map_err(|e| invalid(e.to_string()))?;
-        let uris: Vec<&str> = parsed
-            .subject_alternative_name()
-            .ok()
-            .flatten()
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let [uri] = uris.as_slice() else {
-            return Err(invalid(format!(
-                "an SVID has exactly one URI SAN, this has {}",
-                uris.len()
-            )));
-        };
-        let spiffe_id = SpiffeId::new(*uri).map_err(|e| invalid(e.to_string()))?;
-        if spiffe_id.trust_domain() != self.trust_domain.as_str() {
-            return Err(invalid(format!(
-                "{spiffe_id} is not in trust domain {}",
-                self.trust_domain
-            )));
-        }
-        let point = parsed.public_key().subject_public_key.data.as_ref();
-        Ok(PresentedSvid {
-            spiffe_id,
-            key_thumbprint: p256_thumbprint(point).ok_or_else(|| {
-                invalid("the SVID's key is not an uncompressed P-256 point".into())
-            })?,
-        })
+        let roots: Vec<Vec<u8>> = self.roots.iter().map(|r| r.der.clone()).collect();
+        verify_svid(&roots, self.trust_domain.as_str(), leaf_der, now)
     }
+}
+
+/// Verifies a leaf certificate (DER) as a client SVID of `trust_domain` against root
+/// certificates (DER) at `now`; see [`TrustBundle::verify_svid`].
+pub fn verify_svid(
+    roots_der: &[Vec<u8>],
+    trust_domain: &str,
+    leaf_der: &[u8],
+    now: OffsetDateTime,
+) -> Result<PresentedSvid, AuthorityError> {
+    use rustls_pki_types::{CertificateDer, UnixTime};
+    let invalid = |why: String| AuthorityError::InvalidSvid(why);
+    let roots: Vec<CertificateDer<'static>> = roots_der
+        .iter()
+        .map(|der| CertificateDer::from(der.clone()))
+        .collect();
+    let anchors = roots
+        .iter()
+        .map(|r| webpki::anchor_from_trusted_cert(r).map_err(|e| invalid(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    let leaf = CertificateDer::from(leaf_der.to_vec());
+    let cert = webpki::EndEntityCert::try_from(&leaf).map_err(|e| invalid(e.to_string()))?;
+    let time = UnixTime::since_unix_epoch(Duration::from_secs(
+        u64::try_from(now.unix_timestamp()).unwrap_or(0),
+    ));
+    cert.verify_for_usage(
+        webpki::ALL_VERIFICATION_ALGS,
+        &anchors,
+        &[],
+        time,
+        webpki::KeyUsage::client_auth(),
+        None,
+        None,
+    )
+    .map_err(|e| invalid(format!("does not chain to this trust domain's roots: {e}")))?;
+    let (_, parsed) =
+        x509_parser::parse_x509_certificate(leaf_der).map_err(|e| invalid(e.to_string()))?;
+    let uris: Vec<&str> = parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(uri) => Some(*uri),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let [uri] = uris.as_slice() else {
+        return Err(invalid(format!(
+            "an SVID has exactly one URI SAN, this has {}",
+            uris.len()
+        )));
+    };
+    let spiffe_id = SpiffeId::new(*uri).map_err(|e| invalid(e.to_string()))?;
+    if spiffe_id.trust_domain() != trust_domain {
+        return Err(invalid(format!(
+            "{spiffe_id} is not in trust domain {trust_domain}"
+        )));
+    }
+    let point = parsed.public_key().subject_public_key.data.as_ref();
+    Ok(PresentedSvid {
+        spiffe_id,
+        key_thumbprint: p256_thumbprint(point)
+            .ok_or_else(|| invalid("the SVID's key is not an uncompressed P-256 point".into()))?,
+    })
+}
+
+impl TrustBundle {
     /// DER of each root certificate, active first.
     pub fn roots_der(&self) -> impl Iterator<Item = &[u8]> {
         self.roots.iter().map(|r| r.der.as_slice())

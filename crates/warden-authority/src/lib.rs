@@ -15,7 +15,7 @@ mod verify;
 
 pub use ca::{
     AuthorityError, CertificateAuthority, DEFAULT_SVID_TTL, MAX_SVID_TTL, PresentedSvid,
-    StoredAuthority, Svid, TrustBundle, p256_thumbprint,
+    StoredAuthority, Svid, TrustBundle, p256_thumbprint, verify_svid,
 };
 pub use dpop::{
     DpopError, DpopVerifier, MAX_PROOF_BYTES, MemoryReplayGuard, ProofRequest, ProofSigner,

@@ -13,6 +13,7 @@ mod mcp;
 mod metrics;
 mod pipeline;
 mod server;
+mod stdio;
 mod sync;
 mod usage;
 
@@ -33,6 +34,7 @@ pub use metrics::Metrics;
 pub use pipeline::{
     DecisionEvent, Inspector, LogRecorder, PassThrough, Pipeline, Recorder, Verdict,
 };
+pub use stdio::{StdioConfig, run as run_stdio};
 
 /// The gateway's own TLS identity: an SVID from the authority, or a certificate from files.
 pub struct TlsIdentity {

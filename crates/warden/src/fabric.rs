@@ -409,3 +409,38 @@ Stop with Ctrl-C."#,
         policies = policies.display(),
     );
 }
+
+#[derive(Args)]
+pub struct McpStdioArgs {
+    /// Credentials directory from `warden agent credential --out` (grant, svid.pem).
+    #[arg(long)]
+    credential: PathBuf,
+    /// The server's name in policies.
+    #[arg(long)]
+    server: String,
+    /// The policy bundle directory.
+    #[arg(long, env = "WARDEN_POLICIES")]
+    policies: PathBuf,
+    /// The control plane (grant keys and revocations).
+    #[arg(
+        long,
+        env = "WARDEN_CONTROL_URL",
+        default_value = "http://127.0.0.1:8181"
+    )]
+    control_url: String,
+    /// The stdio MCP server to run, after `--`.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+pub fn mcp_stdio(args: McpStdioArgs) -> anyhow::Result<ExitCode> {
+    let server = Name::new(args.server).map_err(|e| anyhow::anyhow!("--server: {e}"))?;
+    let code = runtime()?.block_on(warden_gateway::run_stdio(warden_gateway::StdioConfig {
+        control_url: args.control_url,
+        policies: args.policies,
+        server,
+        credentials: args.credential,
+        command: args.command,
+    }))?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}

@@ -40,6 +40,10 @@ enum Command {
     Up(fabric::UpArgs),
     /// Run a part of the fabric: the control plane, the gateway, or both.
     Serve(fabric::ServeArgs),
+    /// Run a local stdio MCP server behind Warden's pipeline: calls are decided, listings
+    /// filtered, decisions recorded. `warden mcp-stdio --credential DIR --server NAME
+    /// --policies DIR -- <command> [args…]`
+    McpStdio(fabric::McpStdioArgs),
     /// Register agents, issue and delegate their credentials, revoke them.
     Agent {
         #[command(subcommand)]
@@ -94,6 +98,7 @@ fn main() -> ExitCode {
         Command::Policy(command) => policy::run(command),
         Command::Up(args) => fabric::up(args),
         Command::Serve(args) => fabric::serve(args),
+        Command::McpStdio(args) => fabric::mcp_stdio(args),
         Command::Agent {
             command,
             connection,

@@ -811,3 +811,43 @@ fn egress_through_the_forward_proxy_is_decided_on_host_port_and_address() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "407");
 }
+
+#[test]
+fn a_stdio_mcp_server_runs_behind_the_same_pipeline() {
+    let up = up();
+    let creds = up.credentials("stdio", &[]);
+    let peers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers");
+    let out = Command::new("python3")
+        .arg(peers.join("mcp_stdio_client.py"))
+        .arg(env!("CARGO_BIN_EXE_warden"))
+        .args([
+            "mcp-stdio",
+            "--server",
+            "demo",
+            "--control-url",
+            &up.control,
+        ])
+        .arg("--credential")
+        .arg(&creds)
+        .arg("--policies")
+        .arg(up.dir.path().join("warden-data/policies"))
+        .arg("--")
+        .arg("python3")
+        .arg(peers.join("mcp_server.py"))
+        .arg("stdio")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        seen["tools"],
+        json!(["add", "delete_records", "echo"]),
+        "{seen}"
+    );
+    assert_eq!(seen["allowed"], "python deleted all records of scratch");
+    assert_eq!(seen["denied"]["code"], warden_gateway::DENIED, "{seen}");
+}

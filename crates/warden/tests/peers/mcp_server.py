@@ -1,7 +1,7 @@
-"""An official MCP Python SDK server (MCPServer), stateful, answering over SSE.
+"""An official MCP Python SDK server (MCPServer).
 
-Usage: mcp_server.py PORT
-Serves streamable HTTP at http://127.0.0.1:PORT/mcp with sessions.
+Usage: mcp_server.py PORT   serves streamable HTTP at http://127.0.0.1:PORT/mcp, stateful, over SSE
+       mcp_server.py stdio  serves over stdin/stdout
 """
 
 import sys
@@ -36,6 +36,9 @@ def read_secrets() -> str:
 
 
 if __name__ == "__main__":
+    if sys.argv[1] == "stdio":
+        server.run(transport="stdio")
+        sys.exit(0)
     server.run(
         transport="streamable-http",
         host="127.0.0.1",

@@ -1,0 +1,274 @@
+//! A local stdio MCP server behind the same pipeline: `warden mcp-stdio` sits between an MCP
+//! client and the server process it starts, reading newline-delimited JSON-RPC from both sides.
+//! Requests are classified and decided as at the gateway; refused ones never reach the server;
+//! listings coming back are filtered.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::sync::{Mutex, mpsc};
+use warden_authority::Presenter;
+use warden_http::HttpClient;
+use warden_model::{AgentIdentity, Name};
+use warden_policy::{Engine, LoadLimits};
+
+use crate::identify::Caller;
+use crate::mcp::{self, Classified, Listing, Message};
+use crate::metrics::Metrics;
+use crate::pipeline::{LogRecorder, PassThrough, Pipeline};
+
+/// Longest JSON-RPC line accepted from either side.
+const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+
+pub struct StdioConfig {
+    /// The control plane, for grant keys and revocations.
+    pub control_url: String,
+    /// The policy bundle.
+    pub policies: PathBuf,
+    /// The server's name in policies (`server:` of `mcp` rules).
+    pub server: Name,
+    /// A credentials directory from `warden agent credential --out`: `grant`, `svid.pem`.
+    pub credentials: PathBuf,
+    /// The server command and its arguments.
+    pub command: Vec<String>,
+}
+
+/// Reads one line of at most `MAX_LINE_BYTES`; `None` at end of input.
+async fn read_line(
+    reader: &mut (impl tokio::io::AsyncBufRead + Unpin),
+) -> anyhow::Result<Option<String>> {
+    let mut line = Vec::new();
+    let read = reader
+        .take(MAX_LINE_BYTES as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .await?;
+    if read == 0 {
+        return Ok(None);
+    }
+    if line.len() > MAX_LINE_BYTES {
+        bail!("a JSON-RPC message longer than {MAX_LINE_BYTES} bytes");
+    }
+    Ok(Some(String::from_utf8_lossy(&line).trim_end().to_owned()))
+}
+
+/// Runs the server behind the pipeline until the client closes its input; returns the server's
+/// exit code.
+pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let client = HttpClient::new(Duration::from_secs(10))?;
+    let trust = crate::sync::Trust::fetch(&client, &config.control_url)
+        .await
+        .with_context(|| format!("cannot reach the control plane at {}", config.control_url))?;
+    tokio::spawn(crate::sync::follow(
+        client,
+        config.control_url.clone(),
+        Arc::clone(&trust.grants),
+    ));
+    let read = |file: &str| {
+        std::fs::read_to_string(config.credentials.join(file))
+            .with_context(|| format!("cannot read {}", config.credentials.join(file).display()))
+    };
+    let token = read("grant")?.trim().to_owned();
+    let svid_pem = read("svid.pem")?;
+    let (_, block) = x509_parser::pem::parse_x509_pem(svid_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("svid.pem is not a PEM certificate: {e}"))?;
+    let now = || time::OffsetDateTime::now_utc();
+    let svid = {
+        let (_, cert) = x509_parser::parse_x509_certificate(&block.contents)
+            .map_err(|e| anyhow::anyhow!("svid.pem: {e}"))?;
+        let trust_domain = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .and_then(|san| {
+                san.value.general_names.iter().find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(uri) => {
+                        warden_model::SpiffeId::new(*uri).ok()
+                    }
+                    _ => None,
+                })
+            })
+            .context("svid.pem holds no SPIFFE ID")?;
+        warden_authority::verify_svid(
+            &trust.roots_der,
+            trust_domain.trust_domain(),
+            &block.contents,
+            now(),
+        )?
+    };
+    let grant = trust.grants.verify(&token, now().unix_timestamp())?;
+    grant.check_presenter(Presenter::Svid(&svid.spiffe_id))?;
+    let header = grant.header();
+    let caller = Caller {
+        identity: AgentIdentity::new(
+            svid.spiffe_id.clone(),
+            header.labels.clone(),
+            Some(header.task.clone()),
+        )?,
+        grant: Arc::clone(&grant),
+    };
+    let policy = Arc::new(
+        Engine::load(&config.policies, LoadLimits::default()).map_err(|e| {
+            anyhow::anyhow!(
+                "the policy bundle {} does not load:\n{e}",
+                config.policies.display()
+            )
+        })?,
+    );
+    let _watch = policy.watch(|_| {}).ok();
+    let pipeline = Arc::new(Pipeline::new(
+        policy,
+        Arc::new(PassThrough),
+        Arc::new(LogRecorder),
+        Arc::new(Metrics::default()),
+    ));
+
+    let (program, args) = config
+        .command
+        .split_first()
+        .context("no server command given")?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start {program}"))?;
+    let mut server_in = child.stdin.take().context("server stdin")?;
+    let server_out = child.stdout.take().context("server stdout")?;
+
+    // One writer for our stdout, fed by both directions.
+    let (out, mut outgoing) = mpsc::channel::<String>(256);
+    let writer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        while let Some(line) = outgoing.recv().await {
+            if stdout.write_all(line.as_bytes()).await.is_err()
+                || stdout.write_all(b"\n").await.is_err()
+                || stdout.flush().await.is_err()
+            {
+                break;
+            }
+        }
+    });
+    let listings: Arc<Mutex<HashMap<String, Listing>>> = Arc::default();
+
+    // Server → client: filter listings, pass the rest.
+    let from_server = {
+        let (out, listings, pipeline, caller, server) = (
+            out.clone(),
+            Arc::clone(&listings),
+            Arc::clone(&pipeline),
+            caller.clone(),
+            config.server.clone(),
+        );
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(server_out);
+            while let Ok(Some(line)) = read_line(&mut reader).await {
+                let mut forwarded = line;
+                if let Ok(mut message) = serde_json::from_str::<Value>(&forwarded)
+                    && let Some(id) = message.get("id").map(Value::to_string)
+                    && let Some(listing) = listings.lock().await.remove(&id)
+                {
+                    let may = |action: &warden_model::Action| pipeline.may(&caller, action);
+                    mcp::filter_listing(&mut message, listing, &server, &may);
+                    forwarded = message.to_string();
+                }
+                if out.send(forwarded).await.is_err() {
+                    break;
+                }
+            }
+        })
+    };
+
+    // Client → server: decide, forward or refuse.
+    let mut reader = BufReader::new(tokio::io::stdin());
+    loop {
+        let line = match read_line(&mut reader).await {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!("client input refused: {e}");
+                break;
+            }
+        };
+        if line.is_empty() {
+            continue;
+        }
+        let refuse = |id: &Value, invalid: &mcp::Invalid| mcp::error(id, invalid).to_string();
+        let forward = match mcp::parse(line.as_bytes()) {
+            Err(invalid) => Err(refuse(&Value::Null, &invalid)),
+            Ok(Message::Notification | Message::Response) => Ok(()),
+            Ok(Message::Request { id, method, params }) => {
+                // The grant may have expired or been revoked since the start.
+                if let Err(e) = trust.grants.verify(&token, now().unix_timestamp()) {
+                    Err(refuse(
+                        &id,
+                        &mcp::Invalid {
+                            code: mcp::DENIED,
+                            message: format!("the credential is refused: {e}"),
+                        },
+                    ))
+                } else {
+                    let intent = mcp::intent(&params, None);
+                    match mcp::classify(&config.server, &method, &params) {
+                        Classified::Refused(invalid) => Err(refuse(&id, &invalid)),
+                        Classified::Plumbing => Ok(()),
+                        Classified::Action(action) => {
+                            let what = crate::server::describe(&action);
+                            let verdict = pipeline.decide(&caller, action, line.as_bytes(), intent);
+                            if verdict.allowed() {
+                                Ok(())
+                            } else {
+                                Err(mcp::refusal(&id, &verdict, &what).to_string())
+                            }
+                        }
+                        Classified::Listing(listing, action) => {
+                            let refused = action.and_then(|action| {
+                                let what = crate::server::describe(&action);
+                                let verdict =
+                                    pipeline.decide(&caller, action, line.as_bytes(), intent);
+                                (!verdict.allowed())
+                                    .then(|| mcp::refusal(&id, &verdict, &what).to_string())
+                            });
+                            match refused {
+                                Some(refusal) => Err(refusal),
+                                None => {
+                                    listings.lock().await.insert(id.to_string(), listing);
+                                    Ok(())
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        match forward {
+            Ok(()) => {
+                if server_in.write_all(line.as_bytes()).await.is_err()
+                    || server_in.write_all(b"\n").await.is_err()
+                    || server_in.flush().await.is_err()
+                {
+                    break;
+                }
+            }
+            Err(refusal) => {
+                if out.send(refusal).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(server_in);
+    let status = child.wait().await?;
+    let _ = from_server.await;
+    drop(out);
+    let _ = writer.await;
+    Ok(status.code().unwrap_or(1))
+}
