@@ -355,6 +355,28 @@ async fn a_key_bound_grant_works_with_proofs_and_revocation_reaches_the_gateway(
     );
 }
 
+/// What a Python SDK client reported: it succeeded, saw the filtered tool list, had the allowed
+/// call answered with `allowed` and the denied one refused by Warden.
+fn expect_python_run(out: std::process::Output, allowed: &str) -> Value {
+    assert!(
+        out.status.success(),
+        "the MCP Python SDK run failed (is `mcp` installed?):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        seen["tools"],
+        json!(["add", "delete_records", "echo"]),
+        "{seen}"
+    );
+    assert!(
+        seen["allowed"].as_str().unwrap().contains(allowed),
+        "{seen}"
+    );
+    assert_eq!(seen["denied"]["code"], warden_gateway::DENIED, "{seen}");
+    seen
+}
+
 #[test]
 fn the_official_python_mcp_client_works_through_the_gateway_unchanged() {
     let up = up();
@@ -366,19 +388,7 @@ fn the_official_python_mcp_client_works_through_the_gateway_unchanged() {
         .arg(&creds)
         .output()
         .expect("python3 runs (CI installs the `mcp` package: pip install mcp)");
-    assert!(
-        out.status.success(),
-        "the MCP Python SDK client failed (is `mcp` installed?):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        seen["tools"],
-        json!(["add", "delete_records", "echo"]),
-        "{seen}"
-    );
-    assert!(seen["allowed"].as_str().unwrap().contains("scratch"));
-    assert_eq!(seen["denied"]["code"], warden_gateway::DENIED, "{seen}");
+    let seen = expect_python_run(out, "scratch");
     assert_eq!(seen["echo"], "through warden");
 }
 
@@ -488,19 +498,7 @@ async fn a_stateful_python_mcp_server_over_sse_with_sessions_bound_to_their_agen
         .arg(&a)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        seen["tools"],
-        json!(["add", "delete_records", "echo"]),
-        "{seen}"
-    );
-    assert_eq!(seen["allowed"], "python deleted all records of scratch");
-    assert_eq!(seen["denied"]["code"], warden_gateway::DENIED);
+    expect_python_run(out, "python deleted all records of scratch");
 
     // A session belongs to the agent instance that opened it.
     let initialize = br#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}"#;
@@ -837,17 +835,5 @@ fn a_stdio_mcp_server_runs_behind_the_same_pipeline() {
         .arg("stdio")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        seen["tools"],
-        json!(["add", "delete_records", "echo"]),
-        "{seen}"
-    );
-    assert_eq!(seen["allowed"], "python deleted all records of scratch");
-    assert_eq!(seen["denied"]["code"], warden_gateway::DENIED, "{seen}");
+    expect_python_run(out, "python deleted all records of scratch");
 }
