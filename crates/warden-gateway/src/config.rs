@@ -24,6 +24,9 @@ pub struct GatewayConfig {
     pub tls_key_file: Option<PathBuf>,
     pub upstreams: Vec<UpstreamConfig>,
     pub limits: Limits,
+    /// How often the trust bundle (roots, grant keys) is refetched, in seconds; a CA rotation
+    /// reaches the gateway within this long.
+    pub trust_refresh_secs: u64,
 }
 
 impl Default for GatewayConfig {
@@ -37,6 +40,7 @@ impl Default for GatewayConfig {
             tls_key_file: None,
             upstreams: Vec::new(),
             limits: Limits::default(),
+            trust_refresh_secs: 60,
         }
     }
 }

@@ -145,7 +145,10 @@ pub async fn start(
     let certificate = Arc::new(RotatingCertificate(arc_swap::ArcSwap::from_pointee(
         certified_key(&tls)?,
     )));
-    let tls_config = server_tls(Arc::clone(&certificate), &trust.roots_der)?;
+    let tls_config = Arc::new(arc_swap::ArcSwap::from_pointee(server_tls(
+        Arc::clone(&certificate),
+        &trust.roots_der,
+    )?));
     let metrics = Arc::new(Metrics::default());
     let pipeline = Pipeline::new(
         policy,
@@ -163,16 +166,31 @@ pub async fn start(
         permits: Semaphore::new(config.limits.max_concurrent_requests),
         config,
     });
+    // A CA rotation brings new roots: client certificates signed by them verify from then on.
+    let on_roots: sync::OnRoots = {
+        let (tls_config, certificate) = (Arc::clone(&tls_config), Arc::clone(&certificate));
+        Box::new(
+            move |roots: &[Vec<u8>]| match server_tls(Arc::clone(&certificate), roots) {
+                Ok(config) => tls_config.store(Arc::new(config)),
+                Err(e) => {
+                    tracing::error!("new trust bundle roots unusable; keeping the old: {e:#}")
+                }
+            },
+        )
+    };
     let sync = tokio::spawn(sync::follow(
         client,
         state.config.control_url.clone(),
         Arc::clone(&trust.grants),
+        trust.bundle.clone(),
+        std::time::Duration::from_secs(state.config.trust_refresh_secs.max(1)),
+        Some(on_roots),
     ));
     let (stop, stopped) = oneshot::channel::<()>();
     let served = tokio::spawn(server::serve(
         Arc::clone(&state),
         listener,
-        Arc::new(tls_config),
+        tls_config,
         async {
             let _ = stopped.await;
         },

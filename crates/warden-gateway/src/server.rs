@@ -103,10 +103,9 @@ pub(crate) fn problem(status: StatusCode, code: &str, message: &str) -> Response
 pub async fn serve(
     state: Arc<State>,
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     // Every connection holds a sender; when all are gone, every connection has finished.
     let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     let (stop, stopping) = tokio::sync::watch::channel(false);
@@ -117,7 +116,8 @@ pub async fn serve(
             accepted = listener.accept() => {
                 let Ok((tcp, remote)) = accepted else { continue };
                 let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
+                // The configuration current now: roots may have changed since the last connection.
+                let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
                 let state = Arc::clone(&state);
                 let alive = alive.clone();
                 let mut stopping = stopping.clone();

@@ -69,6 +69,9 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
         client,
         config.control_url.clone(),
         Arc::clone(&trust.grants),
+        trust.bundle.clone(),
+        Duration::from_secs(60),
+        None,
     ));
     let read = |file: &str| {
         std::fs::read_to_string(config.credentials.join(file))

@@ -13,14 +13,16 @@ use warden_http::HttpClient;
 
 /// How long one revocation long poll waits at the control plane.
 const WATCH_SECONDS: u64 = 25;
-/// How often the trust bundle (grant keys) is refetched.
-const BUNDLE_REFRESH: Duration = Duration::from_secs(300);
+/// Called with the X.509 roots (DER) whenever they change.
+pub type OnRoots = Box<dyn Fn(&[Vec<u8>]) + Send + Sync>;
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 pub struct Trust {
     pub grants: Arc<GrantVerifier>,
     /// X.509 roots, DER, for verifying client certificates.
     pub roots_der: Vec<Vec<u8>>,
+    /// The bundle as fetched, so later refreshes act only on change.
+    pub bundle: Value,
 }
 
 async fn get_json(client: &HttpClient, url: &str) -> anyhow::Result<Value> {
@@ -68,6 +70,7 @@ impl Trust {
         Ok(Self {
             grants,
             roots_der: roots_der(&bundle)?,
+            bundle,
         })
     }
 }
@@ -87,26 +90,37 @@ fn revocation_set(answer: &Value, current: &RevocationSet) -> anyhow::Result<Rev
 
 /// Follows the control plane for as long as the gateway runs. While it is unreachable the last
 /// known state keeps serving, and the gateway retries with backoff.
-pub async fn follow(client: HttpClient, control_url: String, grants: Arc<GrantVerifier>) {
+pub async fn follow(
+    client: HttpClient,
+    control_url: String,
+    grants: Arc<GrantVerifier>,
+    fetched: Value,
+    refresh: Duration,
+    on_roots: Option<OnRoots>,
+) {
     let base = control_url.trim_end_matches('/').to_owned();
     let mut backoff = Duration::from_millis(250);
     let mut last_bundle = tokio::time::Instant::now();
+    let mut seen = fetched;
     loop {
-        if last_bundle.elapsed() > BUNDLE_REFRESH {
-            match get_json(&client, &format!("{base}/v1/bundle"))
-                .await
-                .and_then(|b| Ok(GrantRoots::from_json(&b["grantRoots"])?))
-            {
-                Ok(roots) => {
-                    grants.set_roots(roots);
+        if last_bundle.elapsed() > refresh {
+            match get_json(&client, &format!("{base}/v1/bundle")).await {
+                Ok(bundle) => {
                     last_bundle = tokio::time::Instant::now();
+                    if seen["grantRoots"] != bundle["grantRoots"]
+                        || seen["x509Pem"] != bundle["x509Pem"]
+                    {
+                        apply_bundle(&bundle, &grants, on_roots.as_deref());
+                        seen = bundle;
+                    }
                 }
                 Err(e) => tracing::warn!("trust bundle refresh failed: {e:#}"),
             }
         }
         let current = grants.revocations();
+        let wait = WATCH_SECONDS.min(refresh.as_secs().max(1));
         let url = format!(
-            "{base}/v1/revocations?since={}&wait={WATCH_SECONDS}",
+            "{base}/v1/revocations?since={}&wait={wait}",
             current.version()
         );
         match get_json(&client, &url)
@@ -123,5 +137,22 @@ pub async fn follow(client: HttpClient, control_url: String, grants: Arc<GrantVe
                 backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+/// Takes in a changed bundle: grant keys (cached verifications start over) and X.509 roots.
+fn apply_bundle(
+    bundle: &Value,
+    grants: &GrantVerifier,
+    on_roots: Option<&(dyn Fn(&[Vec<u8>]) + Send + Sync)>,
+) {
+    match GrantRoots::from_json(&bundle["grantRoots"]) {
+        Ok(roots) => grants.set_roots(roots),
+        Err(e) => tracing::warn!("the trust bundle's grant keys are unreadable: {e}"),
+    }
+    match (roots_der(bundle), on_roots) {
+        (Ok(roots), Some(apply)) => apply(&roots),
+        (Err(e), _) => tracing::warn!("the trust bundle's roots are unreadable: {e:#}"),
+        (Ok(_), None) => {}
     }
 }

@@ -837,3 +837,113 @@ fn a_stdio_mcp_server_runs_behind_the_same_pipeline() {
         .unwrap();
     expect_python_run(out, "python deleted all records of scratch");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_rotation_reaches_the_gateway_and_old_svids_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let (control_port, gateway_port) = (free_port(), free_port());
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/ctl.yaml"),
+        "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: ctl, namespace: ops}\nspec:\n  selector: {matchLabels: {app: probe}}\n  http:\n    - {service: ctl, methods: [GET], paths: [/v1/health]}\n",
+    )
+    .unwrap();
+    let config = format!(
+        "control:\n  listen: 127.0.0.1:{control_port}\n  dataDir: {data}\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  policies: {policies}\n  trustRefreshSecs: 1\n  upstreams:\n    - {{name: ctl, kind: http, url: 'http://127.0.0.1:{control_port}'}}\n",
+        data = dir.path().join("data").display(),
+        policies = dir.path().join("policies").display(),
+    );
+    std::fs::write(dir.path().join("warden.yaml"), config).unwrap();
+    let _fabric = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["serve", "--role", "all", "--config"])
+            .arg(dir.path().join("warden.yaml"))
+            .arg("--bootstrap-token-file")
+            .arg(dir.path().join("token"))
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(gateway_port);
+    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
+    let warden = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(args)
+            .env(
+                "WARDEN_CONTROL_URL",
+                format!("http://127.0.0.1:{control_port}"),
+            )
+            .env("WARDEN_TOKEN", token.trim())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    warden(&[
+        "agent",
+        "register",
+        "ops/probe",
+        "--label",
+        "app=probe",
+        "--right",
+        "http=ctl/*",
+    ]);
+    let before = dir.path().join("before");
+    warden(&[
+        "agent",
+        "credential",
+        "ops/probe",
+        "--task",
+        "t",
+        "--out",
+        before.to_str().unwrap(),
+    ]);
+    let health = format!("https://127.0.0.1:{gateway_port}/http/ctl/v1/health");
+    let get = |creds: PathBuf| {
+        let url = health.clone();
+        async move {
+            let grant = format!("Bearer {}", read(&creds, "grant"));
+            client(&creds, true)
+                .send(
+                    Method::GET,
+                    &url,
+                    &[("authorization", &grant)],
+                    None,
+                    1 << 16,
+                )
+                .await
+                .map(|r| r.status)
+        }
+    };
+    assert_eq!(get(before.clone()).await.unwrap(), StatusCode::OK);
+
+    warden(&["authority", "rotate"]);
+    let after = dir.path().join("after");
+    warden(&[
+        "agent",
+        "credential",
+        "ops/probe",
+        "--task",
+        "t",
+        "--out",
+        after.to_str().unwrap(),
+    ]);
+    // Within a refresh or two the gateway trusts the new root; the old one stays trusted.
+    let started = Instant::now();
+    loop {
+        match get(after.clone()).await {
+            Ok(StatusCode::OK) => break,
+            other => {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "new SVIDs still refused: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert_eq!(get(before).await.unwrap(), StatusCode::OK);
+}
