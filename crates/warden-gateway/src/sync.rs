@@ -13,8 +13,9 @@ use warden_http::HttpClient;
 
 /// How long one revocation long poll waits at the control plane.
 const WATCH_SECONDS: u64 = 25;
-/// Called with the X.509 roots (DER) whenever they change.
-pub type OnRoots = Box<dyn Fn(&[Vec<u8>]) + Send + Sync>;
+/// What to do with the X.509 roots (DER) when they change.
+pub type RootsChanged = dyn Fn(&[Vec<u8>]) + Send + Sync;
+pub type OnRoots = Box<RootsChanged>;
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 
 pub struct Trust {
@@ -141,11 +142,7 @@ pub async fn follow(
 }
 
 /// Takes in a changed bundle: grant keys (cached verifications start over) and X.509 roots.
-fn apply_bundle(
-    bundle: &Value,
-    grants: &GrantVerifier,
-    on_roots: Option<&(dyn Fn(&[Vec<u8>]) + Send + Sync)>,
-) {
+fn apply_bundle(bundle: &Value, grants: &GrantVerifier, on_roots: Option<&RootsChanged>) {
     match GrantRoots::from_json(&bundle["grantRoots"]) {
         Ok(roots) => grants.set_roots(roots),
         Err(e) => tracing::warn!("the trust bundle's grant keys are unreadable: {e}"),
