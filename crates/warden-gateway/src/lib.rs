@@ -121,14 +121,7 @@ pub async fn start(
                 config.control_url
             )
         })?;
-    let policy = Arc::new(
-        Engine::load(&config.policies, LoadLimits::default()).map_err(|e| {
-            anyhow::anyhow!(
-                "the policy bundle {} does not load:\n{e}",
-                config.policies.display()
-            )
-        })?,
-    );
+    let policy = load_policies(&config.policies)?;
     let watch = policy
         .watch(|outcome| match outcome {
             Ok(outcome) => tracing::info!("policy bundle reload: {outcome:?}"),
@@ -205,6 +198,13 @@ pub async fn start(
         _sync: sync,
         _watch: watch,
     })
+}
+
+/// Loads the policy bundle, saying where it failed.
+pub(crate) fn load_policies(dir: &std::path::Path) -> anyhow::Result<Arc<Engine>> {
+    Engine::load(dir, LoadLimits::default())
+        .map(Arc::new)
+        .map_err(|e| anyhow::anyhow!("the policy bundle {} does not load:\n{e}", dir.display()))
 }
 
 fn resolve_upstream(config: &UpstreamConfig) -> anyhow::Result<server::Upstream> {

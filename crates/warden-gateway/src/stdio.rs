@@ -16,7 +16,6 @@ use tokio::sync::{Mutex, mpsc};
 use warden_authority::Presenter;
 use warden_http::HttpClient;
 use warden_model::{AgentIdentity, Name};
-use warden_policy::{Engine, LoadLimits};
 
 use crate::identify::Caller;
 use crate::mcp::{self, Classified, Listing, Message};
@@ -116,14 +115,7 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
         )?,
         grant: Arc::clone(&grant),
     };
-    let policy = Arc::new(
-        Engine::load(&config.policies, LoadLimits::default()).map_err(|e| {
-            anyhow::anyhow!(
-                "the policy bundle {} does not load:\n{e}",
-                config.policies.display()
-            )
-        })?,
-    );
+    let policy = crate::load_policies(&config.policies)?;
     let _watch = policy.watch(|_| {}).ok();
     let pipeline = Arc::new(Pipeline::new(
         policy,

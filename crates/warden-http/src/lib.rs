@@ -43,16 +43,21 @@ impl HttpClient {
     /// A client trusting the public web PKI roots.
     pub fn new(timeout: Duration) -> Result<Self, ClientError> {
         let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_provider_and_webpki_roots(provider)
-            .map_err(|e| ClientError::Tls(e.to_string()))?
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp());
-        Ok(Self {
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        Ok(Self::from_connector(builder, timeout))
+    }
+
+    fn from_connector(
+        builder: hyper_rustls::HttpsConnectorBuilder<hyper_rustls::builderstates::WantsSchemes>,
+        timeout: Duration,
+    ) -> Self {
+        let connector = builder.https_or_http().enable_http1().wrap_connector(tcp());
+        Self {
             inner: Client::builder(TokioExecutor::new()).build(connector),
             timeout,
-        })
+        }
     }
 
     /// A client trusting only `roots_pem` (a Warden trust bundle), optionally presenting a client
@@ -86,15 +91,10 @@ impl HttpClient {
                     .map_err(|e| tls(&e))?
             }
         };
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(config)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(tcp());
-        Ok(Self {
-            inner: Client::builder(TokioExecutor::new()).build(connector),
+        Ok(Self::from_connector(
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
             timeout,
-        })
+        ))
     }
 
     /// Sends a request and reads at most `limit` bytes of the answer.
