@@ -81,7 +81,8 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct InjectedCredential {
-    /// Header to set, e.g. `authorization`.
+    /// Header to set; `authorization` when absent.
+    #[serde(default = "authorization")]
     pub header: String,
     /// Environment variable holding the value (preferred: keeps secrets out of files).
     #[serde(default)]
@@ -89,6 +90,26 @@ pub struct InjectedCredential {
     /// Or the value itself.
     #[serde(default)]
     pub value: Option<String>,
+    /// Or an OAuth 2.0 client-credentials grant the gateway runs itself, sending
+    /// `Bearer <access token>` and fetching a new token before the old one expires.
+    #[serde(default)]
+    pub oauth: Option<OAuthClient>,
+}
+
+fn authorization() -> String {
+    "authorization".into()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OAuthClient {
+    /// The token endpoint (HTTPS; plain HTTP only on loopback).
+    pub token_url: String,
+    pub client_id: String,
+    /// Environment variable holding the client secret.
+    pub client_secret_env: String,
+    #[serde(default)]
+    pub scope: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

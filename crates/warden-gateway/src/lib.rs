@@ -7,6 +7,7 @@
 //! `pipeline` decides.
 
 mod config;
+mod credential;
 mod egress;
 mod identify;
 mod mcp;
@@ -21,13 +22,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
-use http::HeaderValue;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, broadcast, oneshot};
 use warden_http::HttpClient;
 use warden_policy::{Engine, LoadLimits};
 
-pub use config::{GatewayConfig, InjectedCredential, Limits, UpstreamConfig, UpstreamKind};
+pub use config::{
+    GatewayConfig, InjectedCredential, Limits, OAuthClient, UpstreamConfig, UpstreamKind,
+};
 pub use identify::{Caller, Identifier, Unidentified};
 pub use mcp::{DENIED, NEEDS_APPROVAL};
 pub use metrics::Metrics;
@@ -215,30 +217,11 @@ fn resolve_upstream(config: &UpstreamConfig) -> anyhow::Result<server::Upstream>
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
         bail!("upstream {}: url must be http or https", config.name);
     }
-    let credential = match &config.credential {
-        None => None,
-        Some(c) => {
-            let value = match (&c.value_env, &c.value) {
-                (Some(var), None) => std::env::var(var).with_context(|| {
-                    format!(
-                        "upstream {}: environment variable {var} (its credential) is not set",
-                        config.name
-                    )
-                })?,
-                (None, Some(value)) => value.clone(),
-                _ => bail!(
-                    "upstream {}: set exactly one of credential.valueEnv and credential.value",
-                    config.name
-                ),
-            };
-            let name = http::HeaderName::from_bytes(c.header.as_bytes())
-                .with_context(|| format!("upstream {}: invalid header name", config.name))?;
-            let mut value = HeaderValue::from_str(&value)
-                .with_context(|| format!("upstream {}: invalid credential value", config.name))?;
-            value.set_sensitive(true);
-            Some((name, value))
-        }
-    };
+    let credential = config
+        .credential
+        .as_ref()
+        .map(|c| credential::UpstreamCredential::from_config(c, config.name.as_str()))
+        .transpose()?;
     Ok(server::Upstream {
         config: config.clone(),
         credential,

@@ -60,8 +60,28 @@ const MAX_LISTING_BYTES: usize = 16 * 1024 * 1024;
 
 pub struct Upstream {
     pub config: UpstreamConfig,
-    /// The resolved credential header, if any.
-    pub credential: Option<(http::HeaderName, HeaderValue)>,
+    /// The upstream's own credential, if it needs one.
+    pub credential: Option<crate::credential::UpstreamCredential>,
+}
+
+impl Upstream {
+    /// The credential header to send now (fetching a token if it is due).
+    async fn credential(
+        &self,
+        client: &HttpClient,
+    ) -> Result<Option<(http::HeaderName, HeaderValue)>, Response<Body>> {
+        match &self.credential {
+            None => Ok(None),
+            Some(credential) => credential.header(client).await.map(Some).map_err(|e| {
+                tracing::warn!(upstream = %self.config.name, "upstream credential unavailable: {e:#}");
+                problem(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_credential",
+                    "the gateway could not obtain the upstream's credential",
+                )
+            }),
+        }
+    }
 }
 
 pub struct State {
@@ -314,7 +334,7 @@ pub(crate) fn identify(
 
 /// Builds a request to the upstream with only the allowed headers, plus its own credential.
 fn upstream_request(
-    upstream: &Upstream,
+    credential: Option<(http::HeaderName, HeaderValue)>,
     method: Method,
     url: &str,
     headers: &HeaderMap,
@@ -327,7 +347,7 @@ fn upstream_request(
             builder = builder.header(name, value);
         }
     }
-    if let Some((name, value)) = &upstream.credential {
+    if let Some((name, value)) = credential {
         builder = builder.header(name, value);
     }
     builder.body(Full::new(body)).map_err(|e| {
@@ -417,7 +437,10 @@ async fn mcp_request(
                 );
             };
             let outgoing = match upstream_request(
-                upstream,
+                match upstream.credential(&state.client).await {
+                    Ok(c) => c,
+                    Err(response) => return response,
+                },
                 method.clone(),
                 &upstream.config.url,
                 &headers,
@@ -492,7 +515,10 @@ async fn mcp_request(
                 }
             };
             let outgoing = match upstream_request(
-                upstream,
+                match upstream.credential(&state.client).await {
+                    Ok(c) => c,
+                    Err(response) => return response,
+                },
                 Method::POST,
                 &upstream.config.url,
                 &headers,
@@ -643,7 +669,10 @@ async fn http_request(
         return json_response(StatusCode::FORBIDDEN, &json!({"error": refusal["error"]}));
     }
     let outgoing = match upstream_request(
-        upstream,
+        match upstream.credential(&state.client).await {
+            Ok(c) => c,
+            Err(response) => return response,
+        },
         method,
         &url,
         &headers,

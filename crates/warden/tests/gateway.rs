@@ -947,3 +947,138 @@ async fn a_ca_rotation_reaches_the_gateway_and_old_svids_keep_working() {
     }
     assert_eq!(get(before).await.unwrap(), StatusCode::OK);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_gets_its_own_oauth_token_never_the_agents_credential() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    // An OAuth token endpoint and an API that echoes the headers it received.
+    let issued = Arc::new(AtomicUsize::new(0));
+    let app = {
+        let issued = Arc::clone(&issued);
+        axum::Router::new()
+            .route(
+                "/token",
+                axum::routing::post(move |headers: http::HeaderMap, body: String| {
+                    let issued = Arc::clone(&issued);
+                    async move {
+                        use base64::Engine as _;
+                        let expected = format!(
+                            "Basic {}",
+                            base64::engine::general_purpose::STANDARD.encode("warden:s3cret")
+                        );
+                        if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str())
+                            || !body.contains("grant_type=client_credentials")
+                        {
+                            return (StatusCode::UNAUTHORIZED, axum::Json(json!({"error": "invalid_client"})));
+                        }
+                        let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
+                        (StatusCode::OK, axum::Json(json!({"access_token": format!("tok-{n}"), "token_type": "Bearer", "expires_in": 3600})))
+                    }
+                }),
+            )
+            .route(
+                "/echo",
+                axum::routing::get(|headers: http::HeaderMap| async move {
+                    let seen: serde_json::Map<String, Value> = headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or_default())))
+                        .collect();
+                    axum::Json(Value::Object(seen))
+                }),
+            )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let (control_port, gateway_port) = (free_port(), free_port());
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/api.yaml"),
+        "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: api, namespace: ops}\nspec:\n  selector: {matchLabels: {app: probe}}\n  http:\n    - {service: api, methods: [GET], paths: [/echo]}\n",
+    )
+    .unwrap();
+    let config = format!(
+        "control:\n  listen: 127.0.0.1:{control_port}\n  dataDir: {data}\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  policies: {policies}\n  upstreams:\n    - name: api\n      kind: http\n      url: 'http://127.0.0.1:{api_port}'\n      credential:\n        oauth: {{tokenUrl: 'http://127.0.0.1:{api_port}/token', clientId: warden, clientSecretEnv: API_SECRET}}\n",
+        data = dir.path().join("data").display(),
+        policies = dir.path().join("policies").display(),
+    );
+    std::fs::write(dir.path().join("warden.yaml"), config).unwrap();
+    let _fabric = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["serve", "--role", "all", "--config"])
+            .arg(dir.path().join("warden.yaml"))
+            .arg("--bootstrap-token-file")
+            .arg(dir.path().join("token"))
+            .env("API_SECRET", "s3cret")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(gateway_port);
+    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
+    let warden = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(args)
+            .env(
+                "WARDEN_CONTROL_URL",
+                format!("http://127.0.0.1:{control_port}"),
+            )
+            .env("WARDEN_TOKEN", token.trim())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    warden(&[
+        "agent",
+        "register",
+        "ops/probe",
+        "--label",
+        "app=probe",
+        "--right",
+        "http=api/*",
+    ]);
+    let creds = dir.path().join("probe");
+    warden(&[
+        "agent",
+        "credential",
+        "ops/probe",
+        "--task",
+        "t",
+        "--out",
+        creds.to_str().unwrap(),
+    ]);
+    let grant = format!("Bearer {}", read(&creds, "grant"));
+    let agent = client(&creds, true);
+    let url = format!("https://127.0.0.1:{gateway_port}/http/api/echo");
+    for _ in 0..2 {
+        let r = agent
+            .send(
+                Method::GET,
+                &url,
+                &[("authorization", &grant), ("cookie", "session=agent")],
+                None,
+                1 << 16,
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK);
+        let seen: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(seen["authorization"], "Bearer tok-1", "{seen}");
+        assert!(
+            seen.get("cookie").is_none() && seen.get("dpop").is_none(),
+            "{seen}"
+        );
+    }
+    assert_eq!(
+        issued.load(Ordering::SeqCst),
+        1,
+        "the token is cached, not fetched per request"
+    );
+}
