@@ -1082,3 +1082,44 @@ async fn the_upstream_gets_its_own_oauth_token_never_the_agents_credential() {
         "the token is cached, not fetched per request"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_needing_approval_gets_the_documented_distinct_answer() {
+    let up = up();
+    let creds = up.credentials("approval", &[]);
+    let policy = up.dir.path().join("warden-data/policies/assistant.yaml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(
+        &policy,
+        text + "  approval:\n    - match:\n        mcp: {server: demo, tools: [add]}\n      approvers: {group: finance, required: 2}\n      validFor: 10m\n",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let grant = format!("Bearer {}", read(&creds, "grant"));
+    let (status, answer) = post(
+        &client(&creds, true),
+        &format!("{}/mcp/demo", up.gateway),
+        Some(&grant),
+        &[],
+        &call(7, "add", json!({"a": 1, "b": 2})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["id"], 7);
+    assert_eq!(
+        answer["error"]["code"],
+        warden_gateway::NEEDS_APPROVAL,
+        "{answer}"
+    );
+    let data = &answer["error"]["data"];
+    assert_eq!(data["outcome"], "needs-approval");
+    assert!(data["decisionId"].as_str().is_some_and(|id| !id.is_empty()));
+    let requirement = &data["requirements"][0];
+    assert_eq!(requirement["group"], "finance");
+    assert_eq!(requirement["required"], 2);
+    assert_eq!(requirement["validForSeconds"], 600);
+    assert!(
+        requirement["id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{answer}"
+    );
+}
