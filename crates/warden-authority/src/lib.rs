@@ -32,4 +32,4 @@ pub use grant::{
 };
 pub use revocation::{Revocation, RevocationSet};
 pub use rights::{MAX_PATTERN_BYTES, Pattern, Right, first_uncovered, target_of};
-pub use verify::{DEFAULT_CACHE_CAPACITY, GrantVerifier, VerifiedGrant, datalog_authorize};
+pub use verify::{GrantVerifier, VerifiedGrant, datalog_authorize};

@@ -167,7 +167,7 @@ impl VerifiedGrant {
 
 /// Cached verifications kept at most; past this the cache starts over (cold verifications are
 /// still correct, just slower).
-pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
+const CACHE_CAPACITY: usize = 100_000;
 
 type Cache = HashMap<Box<str>, Arc<VerifiedGrant>, foldhash::fast::RandomState>;
 
@@ -177,7 +177,6 @@ pub struct GrantVerifier {
     max_depth: usize,
     revocations: ArcSwap<RevocationSet>,
     cache: RwLock<Cache>,
-    capacity: usize,
 }
 
 impl GrantVerifier {
@@ -187,13 +186,7 @@ impl GrantVerifier {
             max_depth,
             revocations: ArcSwap::from_pointee(RevocationSet::default()),
             cache: RwLock::new(Cache::default()),
-            capacity: DEFAULT_CACHE_CAPACITY,
         }
-    }
-
-    pub fn with_cache_capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity;
-        self
     }
 
     /// Verifies a grant: signatures, form, depth, expiry and revocation. Holder and rights are
@@ -253,7 +246,7 @@ impl GrantVerifier {
 
     fn remember(&self, token: &str, grant: &Arc<VerifiedGrant>) {
         if let Ok(mut cache) = self.cache.write() {
-            if cache.len() >= self.capacity {
+            if cache.len() >= CACHE_CAPACITY {
                 cache.clear();
             }
             cache.insert(token.into(), Arc::clone(grant));

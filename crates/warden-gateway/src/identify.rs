@@ -64,10 +64,6 @@ impl Identifier {
         }
     }
 
-    pub fn grants(&self) -> &GrantVerifier {
-        &self.grants
-    }
-
     /// Identifies a request: `peer` is the verified client certificate's SPIFFE ID, if any, and
     /// `credential` the header carrying the grant (`Authorization`, or `Proxy-Authorization` for
     /// egress through the forward proxy).

@@ -333,8 +333,9 @@ pub(crate) fn identify(
 }
 
 /// Builds a request to the upstream with only the allowed headers, plus its own credential.
-fn upstream_request(
-    credential: Option<(http::HeaderName, HeaderValue)>,
+async fn upstream_request(
+    state: &State,
+    upstream: &Upstream,
     method: Method,
     url: &str,
     headers: &HeaderMap,
@@ -347,7 +348,7 @@ fn upstream_request(
             builder = builder.header(name, value);
         }
     }
-    if let Some((name, value)) = credential {
+    if let Some((name, value)) = upstream.credential(&state.client).await? {
         builder = builder.header(name, value);
     }
     builder.body(Full::new(body)).map_err(|e| {
@@ -437,16 +438,16 @@ async fn mcp_request(
                 );
             };
             let outgoing = match upstream_request(
-                match upstream.credential(&state.client).await {
-                    Ok(c) => c,
-                    Err(response) => return response,
-                },
+                state,
+                upstream,
                 method.clone(),
                 &upstream.config.url,
                 &headers,
                 keep,
                 Bytes::new(),
-            ) {
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(response) => return response,
             };
@@ -515,16 +516,16 @@ async fn mcp_request(
                 }
             };
             let outgoing = match upstream_request(
-                match upstream.credential(&state.client).await {
-                    Ok(c) => c,
-                    Err(response) => return response,
-                },
+                state,
+                upstream,
                 Method::POST,
                 &upstream.config.url,
                 &headers,
                 keep,
                 body,
-            ) {
+            )
+            .await
+            {
                 Ok(r) => r,
                 Err(response) => return response,
             };
@@ -669,16 +670,16 @@ async fn http_request(
         return json_response(StatusCode::FORBIDDEN, &json!({"error": refusal["error"]}));
     }
     let outgoing = match upstream_request(
-        match upstream.credential(&state.client).await {
-            Ok(c) => c,
-            Err(response) => return response,
-        },
+        state,
+        upstream,
         method,
         &url,
         &headers,
         |name| !HOP_AND_CREDENTIALS.contains(&name) && !name.starts_with("warden-"),
         body,
-    ) {
+    )
+    .await
+    {
         Ok(r) => r,
         Err(response) => return response,
     };

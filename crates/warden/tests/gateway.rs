@@ -413,11 +413,74 @@ fn wait_for_port(port: u16) {
     }
 }
 
+/// `warden serve --role all` from a generated configuration: one policy file, and `gateway` the
+/// extra gateway settings (upstreams…), given the control plane's port.
+struct Fabric {
+    _process: Reaped,
+    dir: tempfile::TempDir,
+    control_port: u16,
+    gateway_port: u16,
+    token: String,
+}
+
+impl Fabric {
+    fn start(policy: &str, gateway: impl Fn(u16) -> String, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (control_port, gateway_port) = (free_port(), free_port());
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("policies/policy.yaml"), policy).unwrap();
+        let config = format!(
+            "control:\n  listen: 127.0.0.1:{control_port}\n  dataDir: {data}\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  policies: {policies}\n{extra}",
+            data = dir.path().join("data").display(),
+            policies = dir.path().join("policies").display(),
+            extra = gateway(control_port),
+        );
+        std::fs::write(dir.path().join("warden.yaml"), config).unwrap();
+        let process = Reaped(
+            Command::new(env!("CARGO_BIN_EXE_warden"))
+                .args(["serve", "--role", "all", "--config"])
+                .arg(dir.path().join("warden.yaml"))
+                .arg("--bootstrap-token-file")
+                .arg(dir.path().join("token"))
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_port(gateway_port);
+        let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
+        Self {
+            _process: process,
+            dir,
+            control_port,
+            gateway_port,
+            token: token.trim().to_owned(),
+        }
+    }
+
+    /// Runs a CLI command against this control plane as the bootstrap admin; it must succeed.
+    fn warden(&self, args: &[&str]) {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(args)
+            .env(
+                "WARDEN_CONTROL_URL",
+                format!("http://127.0.0.1:{}", self.control_port),
+            )
+            .env("WARDEN_TOKEN", &self.token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 const PYTHON_POLICY: &str = "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: py, namespace: demo}\nspec:\n  selector: {matchLabels: {app: assistant}}\n  mcp:\n    - {server: demo, tools: [echo, add]}\n    - {server: demo, tools: [delete_records], when: 'context.args.table == \"scratch\"'}\n---\napiVersion: warden.dev/v1alpha1\nkind: ToolCatalog\nmetadata: {name: py-tools}\nspec:\n  servers:\n    - name: demo\n      tools:\n        - {name: delete_records, inputSchema: {type: object, properties: {table: {type: string}}}}\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stateful_python_mcp_server_over_sse_with_sessions_bound_to_their_agent() {
-    let dir = tempfile::tempdir().unwrap();
     let python_port = free_port();
     let _python = Reaped(
         Command::new("python3")
@@ -429,43 +492,17 @@ async fn a_stateful_python_mcp_server_over_sse_with_sessions_bound_to_their_agen
             .expect("python3 runs (CI installs `mcp`)"),
     );
     wait_for_port(python_port);
-    let (control_port, gateway_port) = (free_port(), free_port());
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::write(dir.path().join("policies/py.yaml"), PYTHON_POLICY).unwrap();
-    let config = format!(
-        "control:\n  listen: 127.0.0.1:{control_port}\n  dataDir: {data}\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  policies: {policies}\n  upstreams:\n    - {{name: demo, kind: mcp, url: 'http://127.0.0.1:{python_port}/mcp'}}\n",
-        data = dir.path().join("data").display(),
-        policies = dir.path().join("policies").display(),
-    );
-    std::fs::write(dir.path().join("warden.yaml"), config).unwrap();
-    let _fabric = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(["serve", "--role", "all", "--config"])
-            .arg(dir.path().join("warden.yaml"))
-            .arg("--bootstrap-token-file")
-            .arg(dir.path().join("token"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(gateway_port);
-    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
-    let warden = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(args)
-            .env(
-                "WARDEN_CONTROL_URL",
-                format!("http://127.0.0.1:{control_port}"),
+    let fabric = Fabric::start(
+        PYTHON_POLICY,
+        |_| {
+            format!(
+                "  upstreams:\n    - {{name: demo, kind: mcp, url: 'http://127.0.0.1:{python_port}/mcp'}}\n"
             )
-            .env("WARDEN_TOKEN", token.trim())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+        },
+        &[],
+    );
+    let (dir, gateway_port) = (&fabric.dir, fabric.gateway_port);
+    let warden = |args: &[&str]| fabric.warden(args);
     warden(&[
         "agent",
         "register",
@@ -840,48 +877,17 @@ fn a_stdio_mcp_server_runs_behind_the_same_pipeline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_rotation_reaches_the_gateway_and_old_svids_keep_working() {
-    let dir = tempfile::tempdir().unwrap();
-    let (control_port, gateway_port) = (free_port(), free_port());
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::write(
-        dir.path().join("policies/ctl.yaml"),
+    let fabric = Fabric::start(
         "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: ctl, namespace: ops}\nspec:\n  selector: {matchLabels: {app: probe}}\n  http:\n    - {service: ctl, methods: [GET], paths: [/v1/health]}\n",
-    )
-    .unwrap();
-    let config = format!(
-        "control:\n  listen: 127.0.0.1:{control_port}\n  dataDir: {data}\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  policies: {policies}\n  trustRefreshSecs: 1\n  upstreams:\n    - {{name: ctl, kind: http, url: 'http://127.0.0.1:{control_port}'}}\n",
-        data = dir.path().join("data").display(),
-        policies = dir.path().join("policies").display(),
-    );
-    std::fs::write(dir.path().join("warden.yaml"), config).unwrap();
-    let _fabric = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(["serve", "--role", "all", "--config"])
-            .arg(dir.path().join("warden.yaml"))
-            .arg("--bootstrap-token-file")
-            .arg(dir.path().join("token"))
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(gateway_port);
-    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
-    let warden = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(args)
-            .env(
-                "WARDEN_CONTROL_URL",
-                format!("http://127.0.0.1:{control_port}"),
+        |control| {
+            format!(
+                "  trustRefreshSecs: 1\n  upstreams:\n    - {{name: ctl, kind: http, url: 'http://127.0.0.1:{control}'}}\n"
             )
-            .env("WARDEN_TOKEN", token.trim())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+        },
+        &[],
+    );
+    let (dir, gateway_port) = (&fabric.dir, fabric.gateway_port);
+    let warden = |args: &[&str]| fabric.warden(args);
     warden(&[
         "agent",
         "register",
@@ -992,49 +998,17 @@ async fn the_upstream_gets_its_own_oauth_token_never_the_agents_credential() {
     let api_port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
-    let dir = tempfile::tempdir().unwrap();
-    let (control_port, gateway_port) = (free_port(), free_port());
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
-    std::fs::write(
-        dir.path().join("policies/api.yaml"),
+    let fabric = Fabric::start(
         "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: api, namespace: ops}\nspec:\n  selector: {matchLabels: {app: probe}}\n  http:\n    - {service: api, methods: [GET], paths: [/echo]}\n",
-    )
-    .unwrap();
-    let config = format!(
-        "control:\n  listen: 127.0.0.1:{control_port}\n  dataDir: {data}\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  policies: {policies}\n  upstreams:\n    - name: api\n      kind: http\n      url: 'http://127.0.0.1:{api_port}'\n      credential:\n        oauth: {{tokenUrl: 'http://127.0.0.1:{api_port}/token', clientId: warden, clientSecretEnv: API_SECRET}}\n",
-        data = dir.path().join("data").display(),
-        policies = dir.path().join("policies").display(),
-    );
-    std::fs::write(dir.path().join("warden.yaml"), config).unwrap();
-    let _fabric = Reaped(
-        Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(["serve", "--role", "all", "--config"])
-            .arg(dir.path().join("warden.yaml"))
-            .arg("--bootstrap-token-file")
-            .arg(dir.path().join("token"))
-            .env("API_SECRET", "s3cret")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(gateway_port);
-    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
-    let warden = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(args)
-            .env(
-                "WARDEN_CONTROL_URL",
-                format!("http://127.0.0.1:{control_port}"),
+        |_| {
+            format!(
+                "  upstreams:\n    - name: api\n      kind: http\n      url: 'http://127.0.0.1:{api_port}'\n      credential:\n        oauth: {{tokenUrl: 'http://127.0.0.1:{api_port}/token', clientId: warden, clientSecretEnv: API_SECRET}}\n"
             )
-            .env("WARDEN_TOKEN", token.trim())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
+        },
+        &[("API_SECRET", "s3cret")],
+    );
+    let (dir, gateway_port) = (&fabric.dir, fabric.gateway_port);
+    let warden = |args: &[&str]| fabric.warden(args);
     warden(&[
         "agent",
         "register",
