@@ -355,12 +355,39 @@ async fn a_key_bound_grant_works_with_proofs_and_revocation_reaches_the_gateway(
     );
 }
 
+/// The Python the peer tests run, with the official MCP SDK — installed on first use (pinned),
+/// so `cargo test` sets up what it needs by itself.
+fn python3() -> Command {
+    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    READY.get_or_init(|| {
+        let present = Command::new("python3")
+            .args(["-c", "import mcp, httpx2"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !present {
+            let installed = Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "mcp==2.3.0",
+                ])
+                .status()
+                .expect("python3 with pip runs");
+            assert!(installed.success(), "pip install mcp==2.3.0 failed");
+        }
+    });
+    Command::new("python3")
+}
+
 /// What a Python SDK client reported: it succeeded, saw the filtered tool list, had the allowed
 /// call answered with `allowed` and the denied one refused by Warden.
 fn expect_python_run(out: std::process::Output, allowed: &str) -> Value {
     assert!(
         out.status.success(),
-        "the MCP Python SDK run failed (is `mcp` installed?):\n{}",
+        "the MCP Python SDK run failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let seen: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -382,12 +409,12 @@ fn the_official_python_mcp_client_works_through_the_gateway_unchanged() {
     let up = up();
     let creds = up.credentials("python", &[]);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_client.py");
-    let out = Command::new("python3")
+    let out = python3()
         .arg(&script)
         .arg(format!("{}/mcp/demo", up.gateway))
         .arg(&creds)
         .output()
-        .expect("python3 runs (CI installs the `mcp` package: pip install mcp)");
+        .expect("python3 runs");
     let seen = expect_python_run(out, "scratch");
     assert_eq!(seen["echo"], "through warden");
 }
@@ -483,13 +510,13 @@ const PYTHON_POLICY: &str = "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\
 async fn a_stateful_python_mcp_server_over_sse_with_sessions_bound_to_their_agent() {
     let python_port = free_port();
     let _python = Reaped(
-        Command::new("python3")
+        python3()
             .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_server.py"))
             .arg(python_port.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("python3 runs (CI installs `mcp`)"),
+            .expect("python3 runs"),
     );
     wait_for_port(python_port);
     let fabric = Fabric::start(
@@ -529,7 +556,7 @@ async fn a_stateful_python_mcp_server_over_sse_with_sessions_bound_to_their_agen
 
     // The unchanged Python client against the Python server, through the gateway: the listing
     // arrives as SSE and is filtered all the same.
-    let out = Command::new("python3")
+    let out = python3()
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_client.py"))
         .arg(&mcp)
         .arg(&a)
@@ -852,7 +879,7 @@ fn a_stdio_mcp_server_runs_behind_the_same_pipeline() {
     let up = up();
     let creds = up.credentials("stdio", &[]);
     let peers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers");
-    let out = Command::new("python3")
+    let out = python3()
         .arg(peers.join("mcp_stdio_client.py"))
         .arg(env!("CARGO_BIN_EXE_warden"))
         .args([
