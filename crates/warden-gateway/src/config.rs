@@ -63,6 +63,9 @@ pub enum UpstreamKind {
     Mcp,
     /// A plain HTTP API; agents use `/http/<name>/<path>`.
     Http,
+    /// An A2A agent (JSON-RPC binding); agents use `/a2a/<name>` and read its card at
+    /// `/a2a/<name>/.well-known/agent-card.json`.
+    A2a,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -70,12 +73,31 @@ pub enum UpstreamKind {
 pub struct UpstreamConfig {
     pub name: Name,
     pub kind: UpstreamKind,
-    /// Base URL; for MCP, the server's endpoint (e.g. `http://127.0.0.1:9000/mcp`).
+    /// Base URL; for MCP, the server's endpoint (e.g. `http://127.0.0.1:9000/mcp`); for A2A,
+    /// the agent's JSON-RPC endpoint (the gateway calls it there, whatever its card says).
     pub url: String,
+    /// A2A only: where the agent's card is; defaults to `/.well-known/agent-card.json` at the
+    /// origin of `url`.
+    #[serde(default)]
+    pub card_url: Option<String>,
     /// The upstream's own credential, injected by the gateway; agents' credentials are never
     /// passed through.
     #[serde(default)]
     pub credential: Option<InjectedCredential>,
+}
+
+impl UpstreamConfig {
+    pub fn card_url(&self) -> String {
+        self.card_url.clone().unwrap_or_else(|| {
+            let uri: http::Uri = self.url.parse().unwrap_or_default();
+            match (uri.scheme_str(), uri.authority()) {
+                (Some(scheme), Some(authority)) => {
+                    format!("{scheme}://{authority}/.well-known/agent-card.json")
+                }
+                _ => format!("{}/.well-known/agent-card.json", self.url),
+            }
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,6 +147,8 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     /// MCP sessions tracked (session → agent binding).
     pub max_sessions: usize,
+    /// A2A tasks tracked (task → agent binding); an agent reaches only tasks it created.
+    pub max_tasks: usize,
 }
 
 impl Default for Limits {
@@ -136,6 +160,7 @@ impl Default for Limits {
             header_timeout_secs: 10,
             max_concurrent_requests: 1024,
             max_sessions: 100_000,
+            max_tasks: 100_000,
         }
     }
 }

@@ -62,7 +62,8 @@ pub fn is_special(ip: IpAddr) -> bool {
 }
 
 fn refused(verdict: &crate::pipeline::Verdict, what: &str) -> Response<Body> {
-    let refusal = crate::mcp::refusal(&serde_json::Value::Null, verdict, what);
+    let refusal =
+        crate::jsonrpc::refusal(&serde_json::Value::Null, verdict, what, crate::mcp::CODES);
     json_response(
         StatusCode::FORBIDDEN,
         &serde_json::json!({"error": refusal["error"]}),

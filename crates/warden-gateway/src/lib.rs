@@ -1,19 +1,25 @@
 //! Warden's gateway: the data plane every agent call goes through. It identifies the caller
-//! (mTLS SVID and task grant), classifies the request into an action (MCP, HTTP), inspects it,
+//! (mTLS SVID and task grant), classifies the request into an action (MCP, A2A, HTTP, egress),
+//! inspects it,
 //! decides (policy AND grant), records the decision, forwards to the upstream with the
 //! upstream's own credential, and publishes the decision as an event.
 //!
-//! Protocol adapters (`mcp`, the HTTP adapter in `server`) only classify and forward; the
-//! `pipeline` decides.
+//! Protocol adapters (`mcp`, `a2a` with `a2a_proxy`, the HTTP adapter in `server`, `egress`)
+//! only classify and forward; the `pipeline` decides.
 
+mod a2a;
+mod a2a_proxy;
 mod config;
 mod credential;
 mod egress;
 mod identify;
+mod jsonrpc;
 mod mcp;
 mod metrics;
+mod owners;
 mod pipeline;
 mod server;
+mod sse;
 mod stdio;
 mod sync;
 mod usage;
@@ -27,6 +33,10 @@ use tokio::sync::{Semaphore, broadcast, oneshot};
 use warden_http::HttpClient;
 use warden_policy::{Engine, LoadLimits};
 
+pub use a2a::{
+    DENIED as A2A_DENIED, NEEDS_APPROVAL as A2A_NEEDS_APPROVAL,
+    TASK_NOT_FOUND as A2A_TASK_NOT_FOUND,
+};
 pub use config::{
     GatewayConfig, InjectedCredential, Limits, OAuthClient, UpstreamConfig, UpstreamKind,
 };
@@ -155,7 +165,9 @@ pub async fn start(
         identifier: Identifier::new(Arc::clone(&trust.grants), public_url.clone()),
         pipeline,
         upstreams,
-        sessions: mcp::Sessions::new(config.limits.max_sessions),
+        sessions: owners::Owners::new(config.limits.max_sessions),
+        tasks: Arc::new(owners::Owners::new(config.limits.max_tasks)),
+        public_url: public_url.clone(),
         client: client.clone(),
         metrics,
         permits: Semaphore::new(config.limits.max_concurrent_requests),
@@ -210,12 +222,24 @@ pub(crate) fn load_policies(dir: &std::path::Path) -> anyhow::Result<Arc<Engine>
 }
 
 fn resolve_upstream(config: &UpstreamConfig) -> anyhow::Result<server::Upstream> {
-    let uri: http::Uri = config
-        .url
-        .parse()
-        .with_context(|| format!("upstream {}: invalid url {}", config.name, config.url))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        bail!("upstream {}: url must be http or https", config.name);
+    let check = |field: &str, url: &str| -> anyhow::Result<()> {
+        let uri: http::Uri = url
+            .parse()
+            .with_context(|| format!("upstream {}: invalid {field} {url}", config.name))?;
+        if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+            bail!(
+                "upstream {}: {field} must be an absolute http or https URL",
+                config.name
+            );
+        }
+        Ok(())
+    };
+    check("url", &config.url)?;
+    if let Some(card_url) = &config.card_url {
+        if config.kind != UpstreamKind::A2a {
+            bail!("upstream {}: cardUrl is for kind a2a only", config.name);
+        }
+        check("cardUrl", card_url)?;
     }
     let credential = config
         .credential

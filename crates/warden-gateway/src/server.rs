@@ -24,9 +24,12 @@ use warden_model::{Action, HttpMethod, HttpPath, Name, SpiffeId};
 
 use crate::config::{GatewayConfig, UpstreamConfig, UpstreamKind};
 use crate::identify::{Caller, Identifier};
-use crate::mcp::{self, Classified, Listing, Message, Sessions, SseRewriter};
+use crate::jsonrpc::{self, Message};
+use crate::mcp::{self, Classified, Listing};
 use crate::metrics::Metrics;
+use crate::owners::Owners;
 use crate::pipeline::Pipeline;
+use crate::sse::SseRewriter;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -89,7 +92,10 @@ pub struct State {
     pub identifier: Identifier,
     pub pipeline: Pipeline,
     pub upstreams: Vec<Upstream>,
-    pub sessions: Sessions,
+    /// The URL agents reach the gateway at.
+    pub public_url: String,
+    pub sessions: Owners,
+    pub tasks: Arc<Owners>,
     pub client: HttpClient,
     pub metrics: Arc<Metrics>,
     pub permits: Semaphore,
@@ -256,6 +262,20 @@ async fn route(
         (Some("mcp"), Some(u)) if u.config.kind == UpstreamKind::Mcp && rest.is_none() => {
             ("mcp", mcp_request(state, peer, u, request).await)
         }
+        (Some("a2a"), Some(u)) if u.config.kind == UpstreamKind::A2a => match rest {
+            None => ("a2a", crate::a2a_proxy::rpc(state, peer, u, request).await),
+            Some(card) if crate::a2a_proxy::CARD_PATHS.contains(&card) => {
+                ("a2a", crate::a2a_proxy::card(state, peer, u, request).await)
+            }
+            Some(_) => (
+                "a2a",
+                problem(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "A2A peers answer at /a2a/<peer> and /a2a/<peer>/.well-known/agent-card.json",
+                ),
+            ),
+        },
         (Some("http"), Some(u)) if u.config.kind == UpstreamKind::Http => {
             let rest = format!("/{}", rest.unwrap_or_default());
             ("http", http_request(state, peer, u, &rest, request).await)
@@ -265,14 +285,14 @@ async fn route(
             problem(
                 StatusCode::NOT_FOUND,
                 "not_found",
-                "no such route; use /mcp/<upstream> or /http/<upstream>/<path>",
+                "no such route; use /mcp/<upstream>, /a2a/<upstream> or /http/<upstream>/<path>",
             ),
         ),
     }
 }
 
 /// Reads the request body within the size limit.
-async fn read_body(state: &State, body: Incoming) -> Result<Bytes, Response<Body>> {
+pub(crate) async fn read_body(state: &State, body: Incoming) -> Result<Bytes, Response<Body>> {
     let limit = state.config.limits.max_body_bytes;
     Limited::new(body, limit)
         .collect()
@@ -333,7 +353,7 @@ pub(crate) fn identify(
 }
 
 /// Builds a request to the upstream with only the allowed headers, plus its own credential.
-async fn upstream_request(
+pub(crate) async fn upstream_request(
     state: &State,
     upstream: &Upstream,
     method: Method,
@@ -360,7 +380,7 @@ async fn upstream_request(
     })
 }
 
-async fn forward(
+pub(crate) async fn forward(
     state: &State,
     request: Request<Full<Bytes>>,
 ) -> Result<Response<Incoming>, Response<Body>> {
@@ -378,7 +398,7 @@ async fn forward(
 }
 
 /// The upstream's response with only the headers a client needs.
-fn relay(upstream: Response<Incoming>, keep: &[&'static str]) -> Response<Body> {
+pub(crate) fn relay(upstream: Response<Incoming>, keep: &[&'static str]) -> Response<Body> {
     let (parts, body) = upstream.into_parts();
     let mut response = Response::new(body.map_err(|e| Box::new(e) as BoxError).boxed());
     *response.status_mut() = parts.status;
@@ -466,13 +486,13 @@ async fn mcp_request(
                 Err(response) => return response,
             };
             let classify_started = Instant::now();
-            let message = mcp::parse(&body);
+            let message = jsonrpc::parse(&body);
             state.metrics.stage("classify", classify_started.elapsed());
             let listing = match message {
                 Err(invalid) => {
                     return json_response(
                         StatusCode::BAD_REQUEST,
-                        &mcp::error(&Value::Null, &invalid),
+                        &jsonrpc::error(&Value::Null, &invalid),
                     );
                 }
                 // Session plumbing and answers to the server's own requests touch nothing.
@@ -485,7 +505,7 @@ async fn mcp_request(
                     let intent = mcp::intent(&params, intent_header.as_deref());
                     match mcp::classify(&server, &rpc, &params) {
                         Classified::Refused(invalid) => {
-                            return json_response(StatusCode::OK, &mcp::error(&id, &invalid));
+                            return json_response(StatusCode::OK, &jsonrpc::error(&id, &invalid));
                         }
                         Classified::Plumbing => None,
                         Classified::Action(action) => {
@@ -494,7 +514,7 @@ async fn mcp_request(
                             if !verdict.allowed() {
                                 return json_response(
                                     StatusCode::OK,
-                                    &mcp::refusal(&id, &verdict, &what),
+                                    &jsonrpc::refusal(&id, &verdict, &what, mcp::CODES),
                                 );
                             }
                             None
@@ -506,7 +526,7 @@ async fn mcp_request(
                                 if !verdict.allowed() {
                                     return json_response(
                                         StatusCode::OK,
-                                        &mcp::refusal(&id, &verdict, &what),
+                                        &jsonrpc::refusal(&id, &verdict, &what, mcp::CODES),
                                     );
                                 }
                             }
@@ -666,7 +686,7 @@ async fn http_request(
     if !verdict.allowed() {
         // Denied and needs-approval are both 403; the body's `data.outcome` tells them apart and
         // carries what an approval request needs.
-        let refusal = mcp::refusal(&Value::Null, &verdict, &what);
+        let refusal = jsonrpc::refusal(&Value::Null, &verdict, &what, mcp::CODES);
         return json_response(StatusCode::FORBIDDEN, &json!({"error": refusal["error"]}));
     }
     let outgoing = match upstream_request(

@@ -18,7 +18,8 @@ use warden_http::HttpClient;
 use warden_model::{AgentIdentity, Name};
 
 use crate::identify::Caller;
-use crate::mcp::{self, Classified, Listing, Message};
+use crate::jsonrpc::{self, Message};
+use crate::mcp::{self, Classified, Listing};
 use crate::metrics::Metrics;
 use crate::pipeline::{LogRecorder, PassThrough, Pipeline};
 
@@ -196,8 +197,9 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
         if line.is_empty() {
             continue;
         }
-        let refuse = |id: &Value, invalid: &mcp::Invalid| mcp::error(id, invalid).to_string();
-        let forward = match mcp::parse(line.as_bytes()) {
+        let refuse =
+            |id: &Value, invalid: &jsonrpc::Invalid| jsonrpc::error(id, invalid).to_string();
+        let forward = match jsonrpc::parse(line.as_bytes()) {
             Err(invalid) => Err(refuse(&Value::Null, &invalid)),
             Ok(Message::Notification | Message::Response) => Ok(()),
             Ok(Message::Request { id, method, params }) => {
@@ -205,7 +207,7 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
                 if let Err(e) = trust.grants.verify(&token, now().unix_timestamp()) {
                     Err(refuse(
                         &id,
-                        &mcp::Invalid {
+                        &jsonrpc::Invalid {
                             code: mcp::DENIED,
                             message: format!("the credential is refused: {e}"),
                         },
@@ -221,7 +223,7 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
                             if verdict.allowed() {
                                 Ok(())
                             } else {
-                                Err(mcp::refusal(&id, &verdict, &what).to_string())
+                                Err(jsonrpc::refusal(&id, &verdict, &what, mcp::CODES).to_string())
                             }
                         }
                         Classified::Listing(listing, action) => {
@@ -229,8 +231,9 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
                                 let what = crate::server::describe(&action);
                                 let verdict =
                                     pipeline.decide(&caller, action, line.as_bytes(), intent);
-                                (!verdict.allowed())
-                                    .then(|| mcp::refusal(&id, &verdict, &what).to_string())
+                                (!verdict.allowed()).then(|| {
+                                    jsonrpc::refusal(&id, &verdict, &what, mcp::CODES).to_string()
+                                })
                             });
                             match refused {
                                 Some(refusal) => Err(refusal),

@@ -19,11 +19,25 @@ fn the_documented_gateway_configuration_parses() {
         .unwrap();
     let file: serde_yaml::Value = serde_yaml::from_str(block).unwrap();
     let config: GatewayConfig = serde_yaml::from_value(file["gateway"].clone()).unwrap();
-    assert_eq!(config.upstreams.len(), 2);
+    assert_eq!(config.upstreams.len(), 3);
     assert_eq!(config.upstreams[0].kind, UpstreamKind::Mcp);
     assert_eq!(config.upstreams[1].kind, UpstreamKind::Http);
+    assert_eq!(config.upstreams[2].kind, UpstreamKind::A2a);
     let defaults = GatewayConfig::default();
     assert_eq!(config.limits.max_body_bytes, defaults.limits.max_body_bytes);
     assert_eq!(config.limits.max_sessions, defaults.limits.max_sessions);
+    assert_eq!(config.limits.max_tasks, defaults.limits.max_tasks);
     assert_eq!(config.listen, defaults.listen);
+}
+
+#[test]
+fn an_a2a_card_defaults_to_the_well_known_path_at_the_origin() {
+    let upstream: warden_gateway::UpstreamConfig = serde_yaml::from_str(
+        "{name: researcher, kind: a2a, url: 'http://10.0.0.7:9200/agents/rpc'}",
+    )
+    .unwrap();
+    assert_eq!(
+        upstream.card_url(),
+        "http://10.0.0.7:9200/.well-known/agent-card.json"
+    );
 }

@@ -33,12 +33,16 @@ pub enum ActionKind {
     A2aTasksCancel,
     #[serde(rename = "a2a.tasks/resubscribe")]
     A2aTasksResubscribe,
+    #[serde(rename = "a2a.tasks/list")]
+    A2aTasksList,
+    #[serde(rename = "a2a.tasks/pushNotificationConfig")]
+    A2aTasksPushNotificationConfig,
     #[serde(rename = "a2a.agent/card")]
     A2aAgentCard,
 }
 
 impl ActionKind {
-    pub const ALL: [ActionKind; 12] = [
+    pub const ALL: [ActionKind; 14] = [
         Self::Http,
         Self::EgressConnect,
         Self::McpToolsCall,
@@ -50,6 +54,8 @@ impl ActionKind {
         Self::A2aTasksGet,
         Self::A2aTasksCancel,
         Self::A2aTasksResubscribe,
+        Self::A2aTasksList,
+        Self::A2aTasksPushNotificationConfig,
         Self::A2aAgentCard,
     ];
 
@@ -66,6 +72,8 @@ impl ActionKind {
             Self::A2aTasksGet => "a2a.tasks/get",
             Self::A2aTasksCancel => "a2a.tasks/cancel",
             Self::A2aTasksResubscribe => "a2a.tasks/resubscribe",
+            Self::A2aTasksList => "a2a.tasks/list",
+            Self::A2aTasksPushNotificationConfig => "a2a.tasks/pushNotificationConfig",
             Self::A2aAgentCard => "a2a.agent/card",
         }
     }
@@ -93,7 +101,8 @@ impl fmt::Display for ActionKind {
     }
 }
 
-/// A2A JSON-RPC methods Warden distinguishes.
+/// A2A JSON-RPC methods Warden distinguishes, by their A2A 0.3 names (A2A 1.0's names map onto
+/// them: `SendMessage` is `message/send`, the four push notification config methods are one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum A2aMethod {
     #[serde(rename = "message/send")]
@@ -106,17 +115,25 @@ pub enum A2aMethod {
     TasksCancel,
     #[serde(rename = "tasks/resubscribe")]
     TasksResubscribe,
+    #[serde(rename = "tasks/list")]
+    TasksList,
+    /// Setting, reading, listing or deleting where the peer pushes task updates.
+    #[serde(rename = "tasks/pushNotificationConfig")]
+    TasksPushNotificationConfig,
+    /// The agent card, public or extended.
     #[serde(rename = "agent/card")]
     AgentCard,
 }
 
 impl A2aMethod {
-    pub const ALL: [A2aMethod; 6] = [
+    pub const ALL: [A2aMethod; 8] = [
         Self::MessageSend,
         Self::MessageStream,
         Self::TasksGet,
         Self::TasksCancel,
         Self::TasksResubscribe,
+        Self::TasksList,
+        Self::TasksPushNotificationConfig,
         Self::AgentCard,
     ];
 
@@ -127,6 +144,8 @@ impl A2aMethod {
             Self::TasksGet => ActionKind::A2aTasksGet,
             Self::TasksCancel => ActionKind::A2aTasksCancel,
             Self::TasksResubscribe => ActionKind::A2aTasksResubscribe,
+            Self::TasksList => ActionKind::A2aTasksList,
+            Self::TasksPushNotificationConfig => ActionKind::A2aTasksPushNotificationConfig,
             Self::AgentCard => ActionKind::A2aAgentCard,
         }
     }

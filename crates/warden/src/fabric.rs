@@ -337,6 +337,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 name: Name::new(demo::SERVER).map_err(|e| anyhow::anyhow!("{e}"))?,
                 kind: UpstreamKind::Mcp,
                 url: format!("http://{demo_address}/mcp"),
+                card_url: None,
                 credential: None,
             }],
             ..GatewayConfig::default()

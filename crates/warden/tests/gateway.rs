@@ -4,7 +4,6 @@
 //! input, key-bound grants with DPoP proofs, and revocation reaching the gateway.
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -13,13 +12,8 @@ use http::{Method, StatusCode};
 use serde_json::{Value, json};
 use warden_control::HttpClient;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod common;
+use common::{Fabric, Reaped, client, free_port, python3, read, wait_for_port};
 
 struct Up {
     child: Child,
@@ -104,21 +98,6 @@ impl Up {
         );
         out
     }
-}
-
-fn read(dir: &Path, file: &str) -> String {
-    std::fs::read_to_string(dir.join(file)).unwrap()
-}
-
-/// An mTLS client holding an agent's SVID (or none), trusting the fabric's bundle.
-fn client(creds: &Path, with_svid: bool) -> HttpClient {
-    let (cert, key) = (read(creds, "svid.pem"), read(creds, "svid-key.pem"));
-    HttpClient::with_tls(
-        Duration::from_secs(10),
-        &read(creds, "bundle.pem"),
-        with_svid.then_some((cert.as_str(), key.as_str())),
-    )
-    .unwrap()
 }
 
 async fn post(
@@ -355,33 +334,6 @@ async fn a_key_bound_grant_works_with_proofs_and_revocation_reaches_the_gateway(
     );
 }
 
-/// The Python the peer tests run, with the official MCP SDK — installed on first use (pinned),
-/// so `cargo test` sets up what it needs by itself.
-fn python3() -> Command {
-    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    READY.get_or_init(|| {
-        let present = Command::new("python3")
-            .args(["-c", "import mcp, httpx2"])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !present {
-            let installed = Command::new("python3")
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "--disable-pip-version-check",
-                    "mcp==2.3.0",
-                ])
-                .status()
-                .expect("python3 with pip runs");
-            assert!(installed.success(), "pip install mcp==2.3.0 failed");
-        }
-    });
-    Command::new("python3")
-}
-
 /// What a Python SDK client reported: it succeeded, saw the filtered tool list, had the allowed
 /// call answered with `allowed` and the denied one refused by Warden.
 fn expect_python_run(out: std::process::Output, allowed: &str) -> Value {
@@ -417,91 +369,6 @@ fn the_official_python_mcp_client_works_through_the_gateway_unchanged() {
         .expect("python3 runs");
     let seen = expect_python_run(out, "scratch");
     assert_eq!(seen["echo"], "through warden");
-}
-
-/// Kills a child process when dropped.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_port(port: u16) {
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "nothing listens on {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// `warden serve --role all` from a generated configuration: one policy file, and `gateway` the
-/// extra gateway settings (upstreams…), given the control plane's port.
-struct Fabric {
-    _process: Reaped,
-    dir: tempfile::TempDir,
-    control_port: u16,
-    gateway_port: u16,
-    token: String,
-}
-
-impl Fabric {
-    fn start(policy: &str, gateway: impl Fn(u16) -> String, env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (control_port, gateway_port) = (free_port(), free_port());
-        std::fs::create_dir(dir.path().join("policies")).unwrap();
-        std::fs::write(dir.path().join("policies/policy.yaml"), policy).unwrap();
-        let config = format!(
-            "control:\n  listen: 127.0.0.1:{control_port}\n  dataDir: {data}\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  policies: {policies}\n{extra}",
-            data = dir.path().join("data").display(),
-            policies = dir.path().join("policies").display(),
-            extra = gateway(control_port),
-        );
-        std::fs::write(dir.path().join("warden.yaml"), config).unwrap();
-        let process = Reaped(
-            Command::new(env!("CARGO_BIN_EXE_warden"))
-                .args(["serve", "--role", "all", "--config"])
-                .arg(dir.path().join("warden.yaml"))
-                .arg("--bootstrap-token-file")
-                .arg(dir.path().join("token"))
-                .envs(env.iter().copied())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        wait_for_port(gateway_port);
-        let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
-        Self {
-            _process: process,
-            dir,
-            control_port,
-            gateway_port,
-            token: token.trim().to_owned(),
-        }
-    }
-
-    /// Runs a CLI command against this control plane as the bootstrap admin; it must succeed.
-    fn warden(&self, args: &[&str]) {
-        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(args)
-            .env(
-                "WARDEN_CONTROL_URL",
-                format!("http://127.0.0.1:{}", self.control_port),
-            )
-            .env("WARDEN_TOKEN", &self.token)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
 }
 
 const PYTHON_POLICY: &str = "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: py, namespace: demo}\nspec:\n  selector: {matchLabels: {app: assistant}}\n  mcp:\n    - {server: demo, tools: [echo, add]}\n    - {server: demo, tools: [delete_records], when: 'context.args.table == \"scratch\"'}\n---\napiVersion: warden.dev/v1alpha1\nkind: ToolCatalog\nmetadata: {name: py-tools}\nspec:\n  servers:\n    - name: demo\n      tools:\n        - {name: delete_records, inputSchema: {type: object, properties: {table: {type: string}}}}\n";

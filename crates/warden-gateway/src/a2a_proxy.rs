@@ -1,0 +1,362 @@
+//! Serves `/a2a/<peer>` (JSON-RPC) and `/a2a/<peer>/.well-known/agent-card.json`: identifies the
+//! caller, lets the pipeline decide, keeps every task with the agent that created it, forwards
+//! with the peer's own credential, and relays answers (streams as they arrive).
+
+// The `Err` of the server helpers is the early response that ends the request.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use warden_model::{A2aMethod, Action, Host, Protocol, SpiffeId};
+
+use crate::a2a::{self, Call};
+use crate::identify::Caller;
+use crate::jsonrpc::{self, Invalid, Message};
+use crate::server::{
+    Body, BoxError, State, Upstream, describe, forward, full, identify, json_response, problem,
+    read_body, relay, upstream_request,
+};
+use crate::sse::SseRewriter;
+
+/// Headers a client's request may carry to an A2A peer; its credentials stay at the gateway.
+const FORWARDED: [&str; 5] = [
+    "content-type",
+    "accept",
+    "a2a-version",
+    "a2a-extensions",
+    "last-event-id",
+];
+const RESPONSE_HEADERS: [&str; 3] = ["content-type", "a2a-version", "a2a-extensions"];
+/// Largest non-streamed answer (or agent card) the gateway reads to check or rewrite.
+const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// The paths agent cards are published at (0.3 and later; 0.2).
+pub const CARD_PATHS: [&str; 2] = [".well-known/agent-card.json", ".well-known/agent.json"];
+
+pub async fn card(
+    state: &State,
+    peer: Option<&SpiffeId>,
+    upstream: &Upstream,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let caller = match identify(state, peer, &request) {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    if request.method() != Method::GET {
+        return problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "agent cards are read with GET",
+        );
+    }
+    let action = Action::A2a {
+        peer: upstream.config.name.clone(),
+        method: A2aMethod::AgentCard,
+    };
+    let what = describe(&action);
+    let verdict = state.pipeline.decide(&caller, action, &[], None);
+    if !verdict.allowed() {
+        let refusal = jsonrpc::refusal(&Value::Null, &verdict, &what, a2a::CODES);
+        return json_response(StatusCode::FORBIDDEN, &json!({"error": refusal["error"]}));
+    }
+    let outgoing = match upstream_request(
+        state,
+        upstream,
+        Method::GET,
+        &upstream.config.card_url(),
+        request.headers(),
+        |name| name == "accept",
+        Bytes::new(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let response = match forward(state, outgoing).await {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    if !response.status().is_success() {
+        return problem(
+            StatusCode::BAD_GATEWAY,
+            "no_agent_card",
+            &format!("the peer answered {} for its agent card", response.status()),
+        );
+    }
+    match read_json(response).await {
+        Ok(mut card) => {
+            a2a::rewrite_card(&mut card, &rpc_url(state, upstream));
+            json_response(StatusCode::OK, &card)
+        }
+        Err(response) => response,
+    }
+}
+
+/// The address agents call the peer at: through the gateway.
+fn rpc_url(state: &State, upstream: &Upstream) -> String {
+    format!("{}/a2a/{}", state.public_url, upstream.config.name)
+}
+
+pub async fn rpc(
+    state: &State,
+    peer: Option<&SpiffeId>,
+    upstream: &Upstream,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let caller = match identify(state, peer, &request) {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    if request.method() != Method::POST {
+        return problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "A2A's JSON-RPC binding uses POST",
+        );
+    }
+    let headers = request.headers().clone();
+    let intent_header = headers
+        .get("warden-intent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = match read_body(state, request.into_body()).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let started = std::time::Instant::now();
+    let parsed = jsonrpc::parse(&body);
+    state.metrics.stage("classify", started.elapsed());
+    let (id, rpc, params) = match parsed {
+        Ok(Message::Request { id, method, params }) => (id, method, params),
+        Ok(Message::Notification | Message::Response) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &jsonrpc::error(
+                    &Value::Null,
+                    &Invalid {
+                        code: -32600,
+                        message: "A2A requests carry an `id`".into(),
+                    },
+                ),
+            );
+        }
+        Err(invalid) => {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &jsonrpc::error(&Value::Null, &invalid),
+            );
+        }
+    };
+    let call = match a2a::classify(&upstream.config.name, &rpc, &params) {
+        Ok(call) => call,
+        Err(invalid) => return json_response(StatusCode::OK, &jsonrpc::error(&id, &invalid)),
+    };
+    let agent = caller.identity.spiffe_id().clone();
+    if let Some(task) = &call.task
+        && !state.tasks.owned_by(task, &agent)
+    {
+        // Another agent's task and no task at all look the same.
+        return json_response(
+            StatusCode::OK,
+            &jsonrpc::error(
+                &id,
+                &Invalid {
+                    code: a2a::TASK_NOT_FOUND,
+                    message: "Task not found".into(),
+                },
+            ),
+        );
+    }
+    if let Err(refusal) = decide(state, &caller, &call, &id, &body, &params, intent_header) {
+        return json_response(StatusCode::OK, &refusal);
+    }
+    let outgoing = match upstream_request(
+        state,
+        upstream,
+        Method::POST,
+        &upstream.config.url,
+        &headers,
+        |name| FORWARDED.contains(&name),
+        body,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let response = match forward(state, outgoing).await {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let creates_tasks = matches!(
+        call.action,
+        Action::A2a {
+            method: A2aMethod::MessageSend | A2aMethod::MessageStream,
+            ..
+        }
+    );
+    let is_sse = response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+    if is_sse {
+        return if creates_tasks {
+            streamed(Arc::clone(&state.tasks), agent, response)
+        } else {
+            relay(response, &RESPONSE_HEADERS)
+        };
+    }
+    let (parts, answer) = response.into_parts();
+    let mut head = Response::new(());
+    head.headers_mut()
+        .extend(RESPONSE_HEADERS.iter().filter_map(|name| {
+            let value = parts.headers.get(*name)?.clone();
+            Some((http::HeaderName::from_static(name), value))
+        }));
+    *head.status_mut() = parts.status;
+    let bytes = match Limited::new(answer, MAX_ANSWER_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return problem(
+                StatusCode::BAD_GATEWAY,
+                "upstream_too_large",
+                "the peer's answer is too large",
+            );
+        }
+    };
+    let out = match serde_json::from_slice::<Value>(&bytes) {
+        Ok(mut message) if creates_tasks || call.lists_tasks || call.returns_card => {
+            for task in a2a::task_ids(&message) {
+                if creates_tasks {
+                    state.tasks.bind(&task, &agent);
+                }
+            }
+            if call.lists_tasks {
+                a2a::filter_tasks(&mut message, &|task| state.tasks.owned_by(task, &agent));
+            }
+            if call.returns_card
+                && let Some(card) = message.get_mut("result")
+            {
+                a2a::rewrite_card(card, &rpc_url(state, upstream));
+            }
+            Bytes::from(message.to_string())
+        }
+        _ => bytes,
+    };
+    let (parts, ()) = head.into_parts();
+    Response::from_parts(parts, full(out))
+}
+
+/// Decides the call, and where it asks the peer to push updates, the caller's egress to that
+/// address: a push URL is a way out.
+fn decide(
+    state: &State,
+    caller: &Caller,
+    call: &Call,
+    id: &Value,
+    body: &[u8],
+    params: &Value,
+    intent_header: Option<String>,
+) -> Result<(), Value> {
+    let intent = a2a::intent(params, intent_header.as_deref());
+    let what = describe(&call.action);
+    let verdict = state
+        .pipeline
+        .decide(caller, call.action.clone(), body, intent.clone());
+    if !verdict.allowed() {
+        return Err(jsonrpc::refusal(id, &verdict, &what, a2a::CODES));
+    }
+    let Some(url) = &call.push_url else {
+        return Ok(());
+    };
+    let destination = url.parse::<http::Uri>().ok().and_then(|uri| {
+        let port = match (uri.scheme_str()?, uri.port_u16()) {
+            (_, Some(port)) => port,
+            ("https", None) => 443,
+            ("http", None) => 80,
+            _ => return None,
+        };
+        let host = Host::new(uri.host()?.trim_matches(['[', ']'])).ok()?;
+        Some((host, port))
+    });
+    let Some((host, port)) = destination else {
+        return Err(jsonrpc::error(
+            id,
+            &Invalid {
+                code: -32602,
+                message: "the push notification `url` is not an absolute http(s) URL".into(),
+            },
+        ));
+    };
+    let egress = Action::EgressConnect {
+        host,
+        port,
+        protocol: Protocol::Tcp,
+        ip: None,
+    };
+    let what = format!("push notifications to {}", egress.resource());
+    let verdict = state.pipeline.decide(caller, egress, &[], intent);
+    if verdict.allowed() {
+        Ok(())
+    } else {
+        Err(jsonrpc::refusal(id, &verdict, &what, a2a::CODES))
+    }
+}
+
+async fn read_json(response: Response<Incoming>) -> Result<Value, Response<Body>> {
+    let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+        .collect()
+        .await
+        .map_err(|_| {
+            problem(
+                StatusCode::BAD_GATEWAY,
+                "upstream_too_large",
+                "the peer's answer is too large",
+            )
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|_| {
+        problem(
+            StatusCode::BAD_GATEWAY,
+            "bad_upstream_answer",
+            "the peer's answer is not JSON",
+        )
+    })
+}
+
+/// Relays a stream as it arrives, binding every task it announces to `agent`.
+fn streamed(
+    tasks: Arc<crate::owners::Owners>,
+    agent: SpiffeId,
+    response: Response<Incoming>,
+) -> Response<Body> {
+    let mut events = SseRewriter::new(move |data: &str| {
+        if let Ok(message) = serde_json::from_str::<Value>(data) {
+            for task in a2a::task_ids(&message) {
+                tasks.bind(&task, &agent);
+            }
+        }
+        // Only watched: the bytes relayed are the peer's own.
+        String::new()
+    });
+    let mut relayed = relay(response, &RESPONSE_HEADERS);
+    let body = std::mem::replace(relayed.body_mut(), full(Bytes::new()));
+    *relayed.body_mut() = body
+        .map_frame(move |frame| {
+            if let Some(chunk) = frame.data_ref() {
+                events.feed(chunk);
+            }
+            frame
+        })
+        .map_err(|e: BoxError| e)
+        .boxed();
+    relayed
+}

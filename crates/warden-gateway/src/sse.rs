@@ -1,0 +1,92 @@
+//! Server-sent events, split as bytes arrive.
+
+/// Splits an SSE stream into events as bytes arrive, and rewrites each `data:` payload with
+/// `rewrite`; comments, ids and event names pass unchanged.
+pub struct SseRewriter<F> {
+    buffer: Vec<u8>,
+    rewrite: F,
+}
+
+impl<F: FnMut(&str) -> String> SseRewriter<F> {
+    pub fn new(rewrite: F) -> Self {
+        Self {
+            buffer: Vec::new(),
+            rewrite,
+        }
+    }
+
+    /// Feeds bytes; returns the complete events rewritten.
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.buffer.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        while let Some((end, sep)) = event_end(&self.buffer) {
+            let event: Vec<u8> = self.buffer.drain(..end + sep).collect();
+            out.extend(self.rewrite_event(&event[..end]));
+            out.extend_from_slice(b"\n\n");
+        }
+        out
+    }
+
+    /// Whatever remains when the stream ends.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let rest = std::mem::take(&mut self.buffer);
+        if rest.is_empty() {
+            Vec::new()
+        } else {
+            self.rewrite_event(&rest)
+        }
+    }
+
+    fn rewrite_event(&mut self, event: &[u8]) -> Vec<u8> {
+        let text = String::from_utf8_lossy(event);
+        let mut data = Vec::new();
+        let mut other = Vec::new();
+        for line in text.lines() {
+            match line.strip_prefix("data:") {
+                Some(d) => data.push(d.strip_prefix(' ').unwrap_or(d)),
+                None => other.push(line),
+            }
+        }
+        let mut out = other.join("\n");
+        if !data.is_empty() {
+            if !out.is_empty() {
+                out.push('\n');
+            }
+            out += "data: ";
+            out += &(self.rewrite)(&data.join("\n"));
+        }
+        out.into_bytes()
+    }
+}
+
+/// Where the first event ends in `buffer`, and the length of the blank-line separator.
+fn event_end(buffer: &[u8]) -> Option<(usize, usize)> {
+    let lf = buffer.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_events_are_rewritten_across_chunk_boundaries() {
+        let mut r = SseRewriter::new(|d: &str| d.to_uppercase());
+        let mut out = r.feed(b"event: message\nid: 1\ndata: {\"a\"");
+        assert!(out.is_empty());
+        out.extend(r.feed(b":1}\n\n: keepalive\n\ndata: x\r\n\r\n"));
+        out.extend(r.finish());
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "event: message\nid: 1\ndata: {\"A\":1}\n\n: keepalive\n\ndata: X\n\n"
+        );
+    }
+}

@@ -1,0 +1,158 @@
+//! What the integration tests share: free ports, child processes reaped on drop, a fabric
+//! started from a generated configuration, agent credentials on disk, and the Python with the
+//! official protocol SDKs the peer tests run.
+// Each test binary uses its own share of these.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use warden_control::HttpClient;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn read(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join(file)).unwrap()
+}
+
+/// An mTLS client holding an agent's SVID (or none), trusting the fabric's bundle.
+pub fn client(creds: &Path, with_svid: bool) -> HttpClient {
+    let (cert, key) = (read(creds, "svid.pem"), read(creds, "svid-key.pem"));
+    HttpClient::with_tls(
+        Duration::from_secs(10),
+        &read(creds, "bundle.pem"),
+        with_svid.then_some((cert.as_str(), key.as_str())),
+    )
+    .unwrap()
+}
+
+/// The Python the peer tests run, with the official MCP and A2A SDKs — installed on first use
+/// (pinned in tests/peers/requirements.txt),
+/// so `cargo test` sets up what it needs by itself.
+pub fn python3() -> Command {
+    static READY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    READY.get_or_init(|| {
+        let present = Command::new("python3")
+            .args([
+                "-c",
+                "import mcp, httpx2, a2a.server.routes, starlette, uvicorn",
+            ])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !present {
+            let requirements =
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/requirements.txt");
+            let installed = Command::new("python3")
+                .args([
+                    "-m",
+                    "pip",
+                    "install",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "-r",
+                ])
+                .arg(&requirements)
+                .status()
+                .expect("python3 with pip runs");
+            assert!(
+                installed.success(),
+                "pip install -r {} failed",
+                requirements.display()
+            );
+        }
+    });
+    Command::new("python3")
+}
+
+/// Kills a child process when dropped.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn wait_for_port(port: u16) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `warden serve --role all` from a generated configuration: one policy file, and `gateway` the
+/// extra gateway settings (upstreams…), given the control plane's port.
+pub struct Fabric {
+    _process: Reaped,
+    pub dir: tempfile::TempDir,
+    pub control_port: u16,
+    pub gateway_port: u16,
+    pub token: String,
+}
+
+impl Fabric {
+    pub fn start(policy: &str, gateway: impl Fn(u16) -> String, env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (control_port, gateway_port) = (free_port(), free_port());
+        std::fs::create_dir(dir.path().join("policies")).unwrap();
+        std::fs::write(dir.path().join("policies/policy.yaml"), policy).unwrap();
+        let config = format!(
+            "control:\n  listen: 127.0.0.1:{control_port}\n  dataDir: {data}\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  policies: {policies}\n{extra}",
+            data = dir.path().join("data").display(),
+            policies = dir.path().join("policies").display(),
+            extra = gateway(control_port),
+        );
+        std::fs::write(dir.path().join("warden.yaml"), config).unwrap();
+        let process = Reaped(
+            Command::new(env!("CARGO_BIN_EXE_warden"))
+                .args(["serve", "--role", "all", "--config"])
+                .arg(dir.path().join("warden.yaml"))
+                .arg("--bootstrap-token-file")
+                .arg(dir.path().join("token"))
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        wait_for_port(gateway_port);
+        let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
+        Self {
+            _process: process,
+            dir,
+            control_port,
+            gateway_port,
+            token: token.trim().to_owned(),
+        }
+    }
+
+    /// Runs a CLI command against this control plane as the bootstrap admin; it must succeed.
+    pub fn warden(&self, args: &[&str]) {
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(args)
+            .env(
+                "WARDEN_CONTROL_URL",
+                format!("http://127.0.0.1:{}", self.control_port),
+            )
+            .env("WARDEN_TOKEN", &self.token)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
