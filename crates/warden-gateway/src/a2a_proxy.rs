@@ -338,7 +338,7 @@ fn streamed(
     agent: SpiffeId,
     response: Response<Incoming>,
 ) -> Response<Body> {
-    let mut events = SseRewriter::new(move |data: &str| {
+    let mut events = SseRewriter::new(move |_kind: &str, data: &str| {
         if let Ok(message) = serde_json::from_str::<Value>(data) {
             for task in a2a::task_ids(&message) {
                 tasks.bind(&task, &agent);

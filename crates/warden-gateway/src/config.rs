@@ -61,6 +61,10 @@ impl GatewayConfig {
 pub enum UpstreamKind {
     /// An MCP server over streamable HTTP; agents use `/mcp/<name>`.
     Mcp,
+    /// An MCP server over the older HTTP+SSE transport (protocol 2024-11-05), `url` being its
+    /// event stream; agents open `/mcp/<name>/sse` and post to the endpoint it announces.
+    #[serde(rename = "mcp-sse")]
+    McpSse,
     /// A plain HTTP API; agents use `/http/<name>/<path>`.
     Http,
     /// An A2A agent (JSON-RPC binding); agents use `/a2a/<name>` and read its card at

@@ -1,8 +1,7 @@
 //! Warden's gateway: the data plane every agent call goes through. It identifies the caller
 //! (mTLS SVID and task grant), classifies the request into an action (MCP, A2A, HTTP, egress),
-//! inspects it,
-//! decides (policy AND grant), records the decision, forwards to the upstream with the
-//! upstream's own credential, and publishes the decision as an event.
+//! inspects it, decides (policy AND grant), records the decision, forwards to the upstream with
+//! the upstream's own credential, and publishes the decision as an event.
 //!
 //! Protocol adapters (`mcp`, `a2a` with `a2a_proxy`, the HTTP adapter in `server`, `egress`)
 //! only classify and forward; the `pipeline` decides.
@@ -15,6 +14,7 @@ mod egress;
 mod identify;
 mod jsonrpc;
 mod mcp;
+mod mcp_proxy;
 mod metrics;
 mod owners;
 mod pipeline;
@@ -166,6 +166,7 @@ pub async fn start(
         pipeline,
         upstreams,
         sessions: owners::Owners::new(config.limits.max_sessions),
+        legacy_sessions: mcp_proxy::LegacySessions::default(),
         tasks: Arc::new(owners::Owners::new(config.limits.max_tasks)),
         public_url: public_url.clone(),
         client: client.clone(),

@@ -20,29 +20,19 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use warden_http::HttpClient;
-use warden_model::{Action, HttpMethod, HttpPath, Name, SpiffeId};
+use warden_model::{Action, HttpMethod, HttpPath, SpiffeId};
 
 use crate::config::{GatewayConfig, UpstreamConfig, UpstreamKind};
 use crate::identify::{Caller, Identifier};
-use crate::jsonrpc::{self, Message};
-use crate::mcp::{self, Classified, Listing};
+use crate::jsonrpc;
+use crate::mcp;
 use crate::metrics::Metrics;
 use crate::owners::Owners;
 use crate::pipeline::Pipeline;
-use crate::sse::SseRewriter;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
 
-/// Headers a client's request may carry to an MCP upstream; everything else (its credentials
-/// above all) stays at the gateway.
-const MCP_FORWARDED: [&str; 5] = [
-    "content-type",
-    "accept",
-    "mcp-session-id",
-    "mcp-protocol-version",
-    "last-event-id",
-];
 /// Headers never forwarded to an HTTP upstream.
 const HOP_AND_CREDENTIALS: [&str; 12] = [
     "authorization",
@@ -58,9 +48,6 @@ const HOP_AND_CREDENTIALS: [&str; 12] = [
     "host",
     "content-length",
 ];
-/// Largest listing response the gateway buffers to filter.
-const MAX_LISTING_BYTES: usize = 16 * 1024 * 1024;
-
 pub struct Upstream {
     pub config: UpstreamConfig,
     /// The upstream's own credential, if it needs one.
@@ -95,6 +82,7 @@ pub struct State {
     /// The URL agents reach the gateway at.
     pub public_url: String,
     pub sessions: Owners,
+    pub legacy_sessions: crate::mcp_proxy::LegacySessions,
     pub tasks: Arc<Owners>,
     pub client: HttpClient,
     pub metrics: Arc<Metrics>,
@@ -212,7 +200,7 @@ fn spiffe_id_of(der: &[u8]) -> Option<SpiffeId> {
 }
 
 async fn handle(
-    state: &State,
+    state: &Arc<State>,
     peer: Option<&SpiffeId>,
     request: Request<Incoming>,
 ) -> Response<Body> {
@@ -236,7 +224,7 @@ async fn handle(
 }
 
 async fn route(
-    state: &State,
+    state: &Arc<State>,
     peer: Option<&SpiffeId>,
     path: &str,
     request: Request<Incoming>,
@@ -259,9 +247,28 @@ async fn route(
     let (kind, name, rest) = (segments.next(), segments.next(), segments.next());
     let upstream = name.and_then(|n| state.upstreams.iter().find(|u| u.config.name.as_str() == n));
     match (kind, upstream) {
-        (Some("mcp"), Some(u)) if u.config.kind == UpstreamKind::Mcp && rest.is_none() => {
-            ("mcp", mcp_request(state, peer, u, request).await)
-        }
+        (Some("mcp"), Some(u)) if u.config.kind == UpstreamKind::Mcp && rest.is_none() => (
+            "mcp",
+            crate::mcp_proxy::streamable(state, peer, u, request).await,
+        ),
+        (Some("mcp"), Some(u)) if u.config.kind == UpstreamKind::McpSse => match rest {
+            Some("sse") => (
+                "mcp",
+                crate::mcp_proxy::legacy_stream(state, peer, u, request).await,
+            ),
+            Some("messages") => (
+                "mcp",
+                crate::mcp_proxy::legacy_message(state, peer, u, request).await,
+            ),
+            _ => (
+                "mcp",
+                problem(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    "this MCP server uses the HTTP+SSE transport: open /mcp/<server>/sse",
+                ),
+            ),
+        },
         (Some("a2a"), Some(u)) if u.config.kind == UpstreamKind::A2a => match rest {
             None => ("a2a", crate::a2a_proxy::rpc(state, peer, u, request).await),
             Some(card) if crate::a2a_proxy::CARD_PATHS.contains(&card) => {
@@ -412,225 +419,8 @@ pub(crate) fn relay(upstream: Response<Incoming>, keep: &[&'static str]) -> Resp
     response
 }
 
-const MCP_RESPONSE_HEADERS: [&str; 3] = ["content-type", "mcp-session-id", "mcp-protocol-version"];
-
-async fn mcp_request(
-    state: &State,
-    peer: Option<&SpiffeId>,
-    upstream: &Upstream,
-    request: Request<Incoming>,
-) -> Response<Body> {
-    let caller = match identify(state, peer, &request) {
-        Ok(caller) => caller,
-        Err(response) => return response,
-    };
-    let agent = caller.identity.spiffe_id().clone();
-    let session = request
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if let Some(session) = &session
-        && !state.sessions.owned_by(session, &agent)
-    {
-        // Unknown and foreign sessions look the same: the client starts a new one.
-        return problem(
-            StatusCode::NOT_FOUND,
-            "unknown_session",
-            "unknown MCP session; initialize a new one",
-        );
-    }
-    let method = request.method().clone();
-    let headers = request.headers().clone();
-    let intent_header = headers
-        .get("warden-intent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let keep = |name: &str| MCP_FORWARDED.contains(&name);
-    let server = upstream.config.name.clone();
-    match method {
-        Method::GET | Method::DELETE => {
-            let Some(session) = session else {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "no_session",
-                    "GET and DELETE need an Mcp-Session-Id",
-                );
-            };
-            let outgoing = match upstream_request(
-                state,
-                upstream,
-                method.clone(),
-                &upstream.config.url,
-                &headers,
-                keep,
-                Bytes::new(),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(response) => return response,
-            };
-            let response = match forward(state, outgoing).await {
-                Ok(r) => r,
-                Err(response) => return response,
-            };
-            if method == Method::DELETE && response.status().is_success() {
-                state.sessions.end(&session);
-            }
-            relay(response, &MCP_RESPONSE_HEADERS)
-        }
-        Method::POST => {
-            let body = match read_body(state, request.into_body()).await {
-                Ok(b) => b,
-                Err(response) => return response,
-            };
-            let classify_started = Instant::now();
-            let message = jsonrpc::parse(&body);
-            state.metrics.stage("classify", classify_started.elapsed());
-            let listing = match message {
-                Err(invalid) => {
-                    return json_response(
-                        StatusCode::BAD_REQUEST,
-                        &jsonrpc::error(&Value::Null, &invalid),
-                    );
-                }
-                // Session plumbing and answers to the server's own requests touch nothing.
-                Ok(Message::Notification | Message::Response) => None,
-                Ok(Message::Request {
-                    id,
-                    method: rpc,
-                    params,
-                }) => {
-                    let intent = mcp::intent(&params, intent_header.as_deref());
-                    match mcp::classify(&server, &rpc, &params) {
-                        Classified::Refused(invalid) => {
-                            return json_response(StatusCode::OK, &jsonrpc::error(&id, &invalid));
-                        }
-                        Classified::Plumbing => None,
-                        Classified::Action(action) => {
-                            let what = describe(&action);
-                            let verdict = state.pipeline.decide(&caller, action, &body, intent);
-                            if !verdict.allowed() {
-                                return json_response(
-                                    StatusCode::OK,
-                                    &jsonrpc::refusal(&id, &verdict, &what, mcp::CODES),
-                                );
-                            }
-                            None
-                        }
-                        Classified::Listing(listing, action) => {
-                            if let Some(action) = action {
-                                let what = describe(&action);
-                                let verdict = state.pipeline.decide(&caller, action, &body, intent);
-                                if !verdict.allowed() {
-                                    return json_response(
-                                        StatusCode::OK,
-                                        &jsonrpc::refusal(&id, &verdict, &what, mcp::CODES),
-                                    );
-                                }
-                            }
-                            Some(listing)
-                        }
-                    }
-                }
-            };
-            let outgoing = match upstream_request(
-                state,
-                upstream,
-                Method::POST,
-                &upstream.config.url,
-                &headers,
-                keep,
-                body,
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(response) => return response,
-            };
-            let response = match forward(state, outgoing).await {
-                Ok(r) => r,
-                Err(response) => return response,
-            };
-            if session.is_none()
-                && let Some(new) = response
-                    .headers()
-                    .get("mcp-session-id")
-                    .and_then(|v| v.to_str().ok())
-            {
-                state.sessions.bind(new, &agent);
-            }
-            match listing {
-                None => relay(response, &MCP_RESPONSE_HEADERS),
-                Some(listing) => filtered(state, &caller, &server, listing, response).await,
-            }
-        }
-        _ => problem(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "MCP uses POST, GET and DELETE",
-        ),
-    }
-}
-
 pub(crate) fn describe(action: &Action) -> String {
     format!("{} on {}", action.kind(), action.resource())
-}
-
-/// Relays a listing response with the items the caller may not use removed, whether the
-/// upstream answered with JSON or with an SSE stream.
-async fn filtered(
-    state: &State,
-    caller: &Caller,
-    server: &Name,
-    listing: Listing,
-    response: Response<Incoming>,
-) -> Response<Body> {
-    let may = |action: &Action| state.pipeline.may(caller, action);
-    let is_sse = response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    let (parts, body) = response.into_parts();
-    let mut head = Response::new(());
-    *head.status_mut() = parts.status;
-    for name in MCP_RESPONSE_HEADERS {
-        if let Some(value) = parts.headers.get(name) {
-            head.headers_mut()
-                .insert(http::HeaderName::from_static(name), value.clone());
-        }
-    }
-    let rewrite = |data: &str| -> String {
-        match serde_json::from_str::<Value>(data) {
-            Ok(mut message) => {
-                mcp::filter_listing(&mut message, listing, server, &may);
-                message.to_string()
-            }
-            Err(_) => data.to_owned(),
-        }
-    };
-    let bytes = match Limited::new(body, MAX_LISTING_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return problem(
-                StatusCode::BAD_GATEWAY,
-                "upstream_too_large",
-                "the upstream's listing is too large",
-            );
-        }
-    };
-    let out = if is_sse {
-        let mut rewriter = SseRewriter::new(rewrite);
-        let mut out = rewriter.feed(&bytes);
-        out.extend(rewriter.finish());
-        out
-    } else {
-        rewrite(&String::from_utf8_lossy(&bytes)).into_bytes()
-    };
-    let (parts, ()) = head.into_parts();
-    Response::from_parts(parts, full(out))
 }
 
 async fn http_request(

@@ -1,13 +1,14 @@
 //! Server-sent events, split as bytes arrive.
 
 /// Splits an SSE stream into events as bytes arrive, and rewrites each `data:` payload with
-/// `rewrite`; comments, ids and event names pass unchanged.
+/// `rewrite(event type, data)` (the type is `message` unless the event names another);
+/// comments, ids and event names pass unchanged.
 pub struct SseRewriter<F> {
     buffer: Vec<u8>,
     rewrite: F,
 }
 
-impl<F: FnMut(&str) -> String> SseRewriter<F> {
+impl<F: FnMut(&str, &str) -> String> SseRewriter<F> {
     pub fn new(rewrite: F) -> Self {
         Self {
             buffer: Vec::new(),
@@ -41,19 +42,28 @@ impl<F: FnMut(&str) -> String> SseRewriter<F> {
         let text = String::from_utf8_lossy(event);
         let mut data = Vec::new();
         let mut other = Vec::new();
+        let mut kind = "message";
         for line in text.lines() {
             match line.strip_prefix("data:") {
                 Some(d) => data.push(d.strip_prefix(' ').unwrap_or(d)),
-                None => other.push(line),
+                None => {
+                    if let Some(named) = line.strip_prefix("event:") {
+                        kind = named.trim();
+                    }
+                    other.push(line)
+                }
             }
         }
         let mut out = other.join("\n");
         if !data.is_empty() {
-            if !out.is_empty() {
-                out.push('\n');
+            // A payload of several lines goes out as several `data:` lines, as it came.
+            for line in (self.rewrite)(kind, &data.join("\n")).split('\n') {
+                if !out.is_empty() {
+                    out.push('\n');
+                }
+                out += "data: ";
+                out += line;
             }
-            out += "data: ";
-            out += &(self.rewrite)(&data.join("\n"));
         }
         out.into_bytes()
     }
@@ -78,15 +88,15 @@ mod tests {
 
     #[test]
     fn sse_events_are_rewritten_across_chunk_boundaries() {
-        let mut r = SseRewriter::new(|d: &str| d.to_uppercase());
+        let mut r = SseRewriter::new(|kind: &str, d: &str| format!("{kind}:{}", d.to_uppercase()));
         let mut out = r.feed(b"event: message\nid: 1\ndata: {\"a\"");
         assert!(out.is_empty());
-        out.extend(r.feed(b":1}\n\n: keepalive\n\ndata: x\r\n\r\n"));
+        out.extend(r.feed(b":1}\n\n: keepalive\n\ndata: x\r\n\r\nevent: endpoint\ndata: /m\n\ndata: a\ndata: b\n\n"));
         out.extend(r.finish());
         let text = String::from_utf8(out).unwrap();
         assert_eq!(
             text,
-            "event: message\nid: 1\ndata: {\"A\":1}\n\n: keepalive\n\ndata: X\n\n"
+            "event: message\nid: 1\ndata: message:{\"A\":1}\n\n: keepalive\n\ndata: message:X\n\nevent: endpoint\ndata: endpoint:/M\n\ndata: message:A\ndata: B\n\n"
         );
     }
 }

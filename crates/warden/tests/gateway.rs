@@ -478,6 +478,166 @@ async fn a_stateful_python_mcp_server_over_sse_with_sessions_bound_to_their_agen
     );
 }
 
+/// Reads an SSE stream until an event whose data contains `needle`; returns that data.
+async fn next_event(body: &mut hyper::body::Incoming, buffer: &mut String, needle: &str) -> String {
+    use http_body_util::BodyExt as _;
+    loop {
+        while let Some(end) = buffer.find("\n\n") {
+            let event: String = buffer.drain(..end + 2).collect();
+            let data: String = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
+            if data.contains(needle) {
+                return data;
+            }
+        }
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .expect("the stream stays alive")
+            .expect("the stream has not ended")
+            .unwrap();
+        if let Some(chunk) = frame.data_ref() {
+            buffer.push_str(&String::from_utf8_lossy(chunk));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_older_http_sse_transport_is_screened_the_same_way() {
+    let python_port = free_port();
+    let _python = Reaped(
+        python3()
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_server.py"))
+            .args([&python_port.to_string(), "sse"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 runs"),
+    );
+    wait_for_port(python_port);
+    let fabric = Fabric::start(
+        PYTHON_POLICY,
+        |_| {
+            format!(
+                "  upstreams:\n    - {{name: demo, kind: mcp-sse, url: 'http://127.0.0.1:{python_port}/sse'}}\n"
+            )
+        },
+        &[],
+    );
+    fabric.warden(&[
+        "agent",
+        "register",
+        "demo/assistant",
+        "--label",
+        "app=assistant",
+        "--right",
+        "mcp.*=demo/*",
+    ]);
+    let (a, b) = (fabric.dir.path().join("a"), fabric.dir.path().join("b"));
+    for creds in [&a, &b] {
+        fabric.warden(&[
+            "agent",
+            "credential",
+            "demo/assistant",
+            "--task",
+            "t",
+            "--out",
+            creds.to_str().unwrap(),
+        ]);
+    }
+    let sse = format!("https://127.0.0.1:{}/mcp/demo/sse", fabric.gateway_port);
+
+    // The unchanged Python client over the old transport: filtered listing, allowed and denied
+    // calls, all answered on its event stream.
+    let out = python3()
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/mcp_client.py"))
+        .args([sse.as_str(), a.to_str().unwrap(), "sse"])
+        .output()
+        .unwrap();
+    expect_python_run(out, "python deleted all records of scratch");
+
+    // The message endpoint the gateway announces belongs to the agent that opened the stream.
+    let grant_a = format!("Bearer {}", read(&a, "grant"));
+    let grant_b = format!("Bearer {}", read(&b, "grant"));
+    let open = http::Request::get(&sse)
+        .header("authorization", &grant_a)
+        .header("accept", "text/event-stream")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let stream = client(&a, true).stream(open).await.unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let mut body = stream.into_body();
+    let mut buffer = String::new();
+    let endpoint = next_event(&mut body, &mut buffer, "/mcp/demo/messages?session_id=").await;
+    assert!(
+        endpoint.starts_with(&format!("https://127.0.0.1:{}/", fabric.gateway_port)),
+        "{endpoint}"
+    );
+    let message = |grant: &str, creds: &Path, body: Value| {
+        let (grant, creds, url) = (grant.to_owned(), creds.to_owned(), endpoint.clone());
+        async move {
+            post(
+                &client(&creds, true),
+                &url,
+                Some(&grant),
+                &[],
+                body.to_string().as_bytes(),
+            )
+            .await
+        }
+    };
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}}});
+    let (status, _) = message(&grant_b, &b, init.clone()).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another agent cannot post into the session"
+    );
+    let (status, _) = message(&grant_a, &a, init).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    next_event(&mut body, &mut buffer, "\"id\":1").await;
+    let (status, _) = message(
+        &grant_a,
+        &a,
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, _) = message(
+        &grant_a,
+        &a,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let listing = next_event(&mut body, &mut buffer, "\"id\":2").await;
+    assert!(
+        listing.contains("\"echo\"") && !listing.contains("read_secrets"),
+        "the listing on the stream is filtered: {listing}"
+    );
+    let (status, _) = message(
+        &grant_a,
+        &a,
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+               "params": {"name": "read_secrets", "arguments": {}}}),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::ACCEPTED,
+        "a refusal is answered on the stream"
+    );
+    let refusal: Value =
+        serde_json::from_str(&next_event(&mut body, &mut buffer, "\"id\":3").await).unwrap();
+    assert_eq!(
+        refusal["error"]["code"],
+        warden_gateway::DENIED,
+        "{refusal}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_edits_reload_live_and_rate_limits_hold_per_agent() {
     let up = up();

@@ -1,7 +1,8 @@
 """An official MCP Python SDK server (MCPServer).
 
-Usage: mcp_server.py PORT   serves streamable HTTP at http://127.0.0.1:PORT/mcp, stateful, over SSE
-       mcp_server.py stdio  serves over stdin/stdout
+Usage: mcp_server.py PORT      serves streamable HTTP at http://127.0.0.1:PORT/mcp, stateful, over SSE
+       mcp_server.py PORT sse  serves the older HTTP+SSE transport at http://127.0.0.1:PORT/sse
+       mcp_server.py stdio     serves over stdin/stdout
 """
 
 import sys
@@ -38,6 +39,9 @@ def read_secrets() -> str:
 if __name__ == "__main__":
     if sys.argv[1] == "stdio":
         server.run(transport="stdio")
+        sys.exit(0)
+    if sys.argv[2:] == ["sse"]:
+        server.run(transport="sse", host="127.0.0.1", port=int(sys.argv[1]))
         sys.exit(0)
     server.run(
         transport="streamable-http",

@@ -1,0 +1,600 @@
+//! Serves MCP upstreams: `/mcp/<server>` over streamable HTTP, and `/mcp/<server>/sse` with
+//! `/mcp/<server>/messages` over the older HTTP+SSE transport (protocol 2024-11-05). Both
+//! identify the caller, screen each JSON-RPC message with the pipeline, keep sessions with the
+//! agent that opened them, and filter listings to what the caller may use.
+
+// The `Err` of the server helpers is the early response that ends the request.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Frame, Incoming};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use warden_model::{Action, Name, SpiffeId};
+
+use crate::identify::Caller;
+use crate::jsonrpc::{self, Message};
+use crate::mcp::{self, Classified, Listing};
+use crate::server::{
+    Body, BoxError, State, Upstream, describe, forward, full, identify, json_response, problem,
+    read_body, relay, upstream_request,
+};
+use crate::sse::SseRewriter;
+
+/// Headers a client's request may carry to an MCP upstream; everything else (its credentials
+/// above all) stays at the gateway.
+const FORWARDED: [&str; 5] = [
+    "content-type",
+    "accept",
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+];
+const RESPONSE_HEADERS: [&str; 3] = ["content-type", "mcp-session-id", "mcp-protocol-version"];
+/// Largest listing response the gateway buffers to filter.
+const MAX_LISTING_BYTES: usize = 16 * 1024 * 1024;
+
+/// What the pipeline made of one client message.
+enum Screened {
+    /// Forward it; filter the answer if it is a listing.
+    Forward(Option<Listing>),
+    /// Not JSON-RPC Warden forwards: the error, for a 400.
+    Malformed(Value),
+    /// Refused: the JSON-RPC answer to give the client instead.
+    Refused(Value),
+}
+
+/// Classifies and decides one message from the client.
+fn screen(
+    state: &State,
+    caller: &Caller,
+    server: &Name,
+    body: &[u8],
+    intent_header: Option<&str>,
+) -> Screened {
+    let started = Instant::now();
+    let message = jsonrpc::parse(body);
+    state.metrics.stage("classify", started.elapsed());
+    let (id, rpc, params) = match message {
+        Err(invalid) => return Screened::Malformed(jsonrpc::error(&Value::Null, &invalid)),
+        // Session plumbing and answers to the server's own requests touch nothing.
+        Ok(Message::Notification | Message::Response) => return Screened::Forward(None),
+        Ok(Message::Request { id, method, params }) => (id, method, params),
+    };
+    let intent = mcp::intent(&params, intent_header);
+    let decide = |action: Action| {
+        let what = describe(&action);
+        let verdict = state.pipeline.decide(caller, action, body, intent.clone());
+        (!verdict.allowed()).then(|| jsonrpc::refusal(&id, &verdict, &what, mcp::CODES))
+    };
+    match mcp::classify(server, &rpc, &params) {
+        Classified::Refused(invalid) => Screened::Refused(jsonrpc::error(&id, &invalid)),
+        Classified::Plumbing => Screened::Forward(None),
+        Classified::Action(action) => match decide(action) {
+            Some(refusal) => Screened::Refused(refusal),
+            None => Screened::Forward(None),
+        },
+        Classified::Listing(listing, action) => match action.and_then(decide) {
+            Some(refusal) => Screened::Refused(refusal),
+            None => Screened::Forward(Some(listing)),
+        },
+    }
+}
+
+fn intent_header(request: &Request<Incoming>) -> Option<String> {
+    request
+        .headers()
+        .get("warden-intent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn unknown_session() -> Response<Body> {
+    // Unknown and foreign sessions look the same: the client starts a new one.
+    problem(
+        StatusCode::NOT_FOUND,
+        "unknown_session",
+        "unknown MCP session; initialize a new one",
+    )
+}
+
+/// Streamable HTTP: one endpoint, POST for messages, GET for the server's stream, DELETE to end.
+pub async fn streamable(
+    state: &State,
+    peer: Option<&SpiffeId>,
+    upstream: &Upstream,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let caller = match identify(state, peer, &request) {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    let agent = caller.identity.spiffe_id().clone();
+    let session = request
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(session) = &session
+        && !state.sessions.owned_by(session, &agent)
+    {
+        return unknown_session();
+    }
+    let method = request.method().clone();
+    let headers = request.headers().clone();
+    let intent_header = intent_header(&request);
+    let keep = |name: &str| FORWARDED.contains(&name);
+    match method {
+        Method::GET | Method::DELETE => {
+            let Some(session) = session else {
+                return problem(
+                    StatusCode::BAD_REQUEST,
+                    "no_session",
+                    "GET and DELETE need an Mcp-Session-Id",
+                );
+            };
+            let outgoing = match upstream_request(
+                state,
+                upstream,
+                method.clone(),
+                &upstream.config.url,
+                &headers,
+                keep,
+                Bytes::new(),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(response) => return response,
+            };
+            let response = match forward(state, outgoing).await {
+                Ok(r) => r,
+                Err(response) => return response,
+            };
+            if method == Method::DELETE && response.status().is_success() {
+                state.sessions.end(&session);
+            }
+            relay(response, &RESPONSE_HEADERS)
+        }
+        Method::POST => {
+            let body = match read_body(state, request.into_body()).await {
+                Ok(b) => b,
+                Err(response) => return response,
+            };
+            let server = &upstream.config.name;
+            let listing = match screen(state, &caller, server, &body, intent_header.as_deref()) {
+                Screened::Forward(listing) => listing,
+                Screened::Malformed(error) => {
+                    return json_response(StatusCode::BAD_REQUEST, &error);
+                }
+                Screened::Refused(answer) => return json_response(StatusCode::OK, &answer),
+            };
+            let outgoing = match upstream_request(
+                state,
+                upstream,
+                Method::POST,
+                &upstream.config.url,
+                &headers,
+                keep,
+                body,
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(response) => return response,
+            };
+            let response = match forward(state, outgoing).await {
+                Ok(r) => r,
+                Err(response) => return response,
+            };
+            if session.is_none()
+                && let Some(new) = response
+                    .headers()
+                    .get("mcp-session-id")
+                    .and_then(|v| v.to_str().ok())
+            {
+                state.sessions.bind(new, &agent);
+            }
+            match listing {
+                None => relay(response, &RESPONSE_HEADERS),
+                Some(listing) => filtered(state, &caller, server, listing, response).await,
+            }
+        }
+        _ => problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "MCP uses POST, GET and DELETE",
+        ),
+    }
+}
+
+/// Relays a listing response with the items the caller may not use removed, whether the
+/// upstream answered with JSON or with an SSE stream.
+async fn filtered(
+    state: &State,
+    caller: &Caller,
+    server: &Name,
+    listing: Listing,
+    response: Response<Incoming>,
+) -> Response<Body> {
+    let may = |action: &Action| state.pipeline.may(caller, action);
+    let is_sse = is_event_stream(&response);
+    let (parts, body) = response.into_parts();
+    let mut head = Response::new(());
+    *head.status_mut() = parts.status;
+    for name in RESPONSE_HEADERS {
+        if let Some(value) = parts.headers.get(name) {
+            head.headers_mut()
+                .insert(http::HeaderName::from_static(name), value.clone());
+        }
+    }
+    let rewrite = |_kind: &str, data: &str| -> String {
+        match serde_json::from_str::<Value>(data) {
+            Ok(mut message) => {
+                mcp::filter_listing(&mut message, listing, server, &may);
+                message.to_string()
+            }
+            Err(_) => data.to_owned(),
+        }
+    };
+    let bytes = match Limited::new(body, MAX_LISTING_BYTES).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => {
+            return problem(
+                StatusCode::BAD_GATEWAY,
+                "upstream_too_large",
+                "the upstream's listing is too large",
+            );
+        }
+    };
+    let out = if is_sse {
+        let mut rewriter = SseRewriter::new(rewrite);
+        let mut out = rewriter.feed(&bytes);
+        out.extend(rewriter.finish());
+        out
+    } else {
+        rewrite("message", &String::from_utf8_lossy(&bytes)).into_bytes()
+    };
+    let (parts, ()) = head.into_parts();
+    Response::from_parts(parts, full(out))
+}
+
+fn is_event_stream<B>(response: &Response<B>) -> bool {
+    response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
+
+/// One client of the HTTP+SSE transport: its stream, and where its messages go upstream.
+pub struct LegacySession {
+    agent: SpiffeId,
+    caller: Caller,
+    /// Where the upstream said to post messages, once its `endpoint` event has arrived.
+    upstream_endpoint: Mutex<Option<String>>,
+    /// Events for the client's stream from the gateway itself (refusals).
+    inject: mpsc::Sender<Bytes>,
+    /// Listing requests in flight, by JSON-RPC id: their answers arrive on the stream.
+    listings: Mutex<HashMap<String, Listing>>,
+}
+
+/// Open HTTP+SSE sessions, by the id the gateway gave the client.
+#[derive(Default)]
+pub struct LegacySessions(Mutex<HashMap<String, Arc<LegacySession>>>);
+
+impl LegacySessions {
+    fn get(&self, id: &str) -> Option<Arc<LegacySession>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+    fn insert(&self, id: String, session: Arc<LegacySession>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, session);
+    }
+    fn remove(&self, id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+    fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// A response body fed from a channel.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|bytes| Ok(Frame::data(bytes))))
+    }
+}
+
+/// `GET /mcp/<server>/sse`: opens the upstream's stream and relays it, with the `endpoint` it
+/// announces replaced by the gateway's own, and listing answers filtered.
+pub async fn legacy_stream(
+    state: &Arc<State>,
+    peer: Option<&SpiffeId>,
+    upstream: &Upstream,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let caller = match identify(state, peer, &request) {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    if request.method() != Method::GET {
+        return problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "open the event stream with GET; post messages to the endpoint it announces",
+        );
+    }
+    if state.legacy_sessions.len() >= state.config.limits.max_sessions {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_sessions",
+            "too many open MCP streams; retry shortly",
+        );
+    }
+    let outgoing = match upstream_request(
+        state,
+        upstream,
+        Method::GET,
+        &upstream.config.url,
+        request.headers(),
+        |name| name == "accept" || name == "last-event-id",
+        Bytes::new(),
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    let response = match forward(state, outgoing).await {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    if !response.status().is_success() || !is_event_stream(&response) {
+        return problem(
+            StatusCode::BAD_GATEWAY,
+            "upstream_not_sse",
+            &format!(
+                "the upstream answered {} without an event stream",
+                response.status()
+            ),
+        );
+    }
+    let mut id = [0u8; 16];
+    if aws_lc_rs::rand::fill(&mut id).is_err() {
+        return problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no_randomness",
+            "the gateway could not draw a session id",
+        );
+    }
+    let id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(id);
+    let (inject, events) = mpsc::channel::<Bytes>(64);
+    let session = Arc::new(LegacySession {
+        agent: caller.identity.spiffe_id().clone(),
+        caller,
+        upstream_endpoint: Mutex::new(None),
+        inject: inject.clone(),
+        listings: Mutex::new(HashMap::new()),
+    });
+    state
+        .legacy_sessions
+        .insert(id.clone(), Arc::clone(&session));
+    let endpoint = format!(
+        "{}/mcp/{}/messages?session_id={id}",
+        state.public_url, upstream.config.name
+    );
+    let base = upstream.config.url.clone();
+    let server = upstream.config.name.clone();
+    let pump_state = Arc::clone(state);
+    let mut upstream_body = response.into_body();
+    tokio::spawn(async move {
+        let state = pump_state;
+        let mut events = SseRewriter::new(|kind: &str, data: &str| {
+            if kind == "endpoint" {
+                *session
+                    .upstream_endpoint
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = resolve(&base, data.trim());
+                return endpoint.clone();
+            }
+            let Ok(mut message) = serde_json::from_str::<Value>(data) else {
+                return data.to_owned();
+            };
+            let listing = message.get("id").and_then(|id| {
+                session
+                    .listings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&id.to_string())
+            });
+            match listing {
+                Some(listing) => {
+                    let may = |action: &Action| state.pipeline.may(&session.caller, action);
+                    mcp::filter_listing(&mut message, listing, &server, &may);
+                    message.to_string()
+                }
+                None => data.to_owned(),
+            }
+        });
+        loop {
+            // A client that went away ends the upstream stream too, even while it is idle.
+            let frame = tokio::select! {
+                frame = upstream_body.frame() => frame,
+                () = inject.closed() => break,
+            };
+            let Some(Ok(frame)) = frame else { break };
+            let Some(chunk) = frame.data_ref() else {
+                continue;
+            };
+            let out = events.feed(chunk);
+            if !out.is_empty() && inject.send(Bytes::from(out)).await.is_err() {
+                break;
+            }
+        }
+        state.legacy_sessions.remove(&id);
+    });
+    let mut relayed = Response::new(ChannelBody(events).boxed());
+    relayed.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    relayed.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    relayed
+}
+
+/// The upstream's announced endpoint as an absolute URL on the upstream's own origin (an
+/// endpoint elsewhere is not followed).
+fn resolve(base: &str, endpoint: &str) -> Option<String> {
+    let base: http::Uri = base.parse().ok()?;
+    let origin = format!("{}://{}", base.scheme_str()?, base.authority()?);
+    if endpoint.starts_with('/') {
+        return Some(format!("{origin}{endpoint}"));
+    }
+    let absolute: http::Uri = endpoint.parse().ok()?;
+    let same_origin =
+        absolute.scheme_str() == base.scheme_str() && absolute.authority() == base.authority();
+    same_origin.then(|| endpoint.to_owned())
+}
+
+/// `POST /mcp/<server>/messages?session_id=…`: one client message, screened, then posted to the
+/// upstream's endpoint; a refusal is answered on the client's stream, as the transport expects.
+pub async fn legacy_message(
+    state: &State,
+    peer: Option<&SpiffeId>,
+    upstream: &Upstream,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let caller = match identify(state, peer, &request) {
+        Ok(caller) => caller,
+        Err(response) => return response,
+    };
+    if request.method() != Method::POST {
+        return problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "post messages to this endpoint",
+        );
+    }
+    let session = request
+        .uri()
+        .query()
+        .into_iter()
+        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+        .find(|(k, _)| k == "session_id")
+        .and_then(|(_, id)| state.legacy_sessions.get(&id));
+    let Some(session) = session.filter(|s| &s.agent == caller.identity.spiffe_id()) else {
+        return unknown_session();
+    };
+    let Some(endpoint) = session
+        .upstream_endpoint
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+    else {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "session_not_ready",
+            "the upstream has not announced its message endpoint yet; retry shortly",
+        );
+    };
+    let headers = request.headers().clone();
+    let intent_header = intent_header(&request);
+    let body = match read_body(state, request.into_body()).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let server = &upstream.config.name;
+    match screen(state, &caller, server, &body, intent_header.as_deref()) {
+        Screened::Malformed(error) => return json_response(StatusCode::BAD_REQUEST, &error),
+        Screened::Refused(answer) => {
+            let event = format!("event: message\ndata: {answer}\n\n");
+            return if session.inject.send(Bytes::from(event)).await.is_ok() {
+                accepted()
+            } else {
+                unknown_session()
+            };
+        }
+        Screened::Forward(Some(listing)) => {
+            if let Ok(Message::Request { id, .. }) = jsonrpc::parse(&body) {
+                session
+                    .listings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.to_string(), listing);
+            }
+        }
+        Screened::Forward(None) => {}
+    }
+    let outgoing = match upstream_request(
+        state,
+        upstream,
+        Method::POST,
+        &endpoint,
+        &headers,
+        |name| name == "content-type",
+        body,
+    )
+    .await
+    {
+        Ok(r) => r,
+        Err(response) => return response,
+    };
+    match forward(state, outgoing).await {
+        Ok(response) => relay(response, &["content-type"]),
+        Err(response) => response,
+    }
+}
+
+fn accepted() -> Response<Body> {
+    let mut response = Response::new(full("Accepted"));
+    *response.status_mut() = StatusCode::ACCEPTED;
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announced_endpoints_stay_on_the_upstreams_origin() {
+        let base = "http://127.0.0.1:9000/sse";
+        assert_eq!(
+            resolve(base, "/messages/?session_id=abc").as_deref(),
+            Some("http://127.0.0.1:9000/messages/?session_id=abc")
+        );
+        assert_eq!(
+            resolve(base, "http://127.0.0.1:9000/m?x=1").as_deref(),
+            Some("http://127.0.0.1:9000/m?x=1")
+        );
+        assert_eq!(resolve(base, "http://169.254.169.254/latest"), None);
+        assert_eq!(resolve(base, "https://127.0.0.1:9000/m"), None);
+    }
+}
