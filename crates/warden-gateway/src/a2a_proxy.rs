@@ -131,7 +131,7 @@ pub async fn rpc(
         Err(response) => return response,
     };
     let started = std::time::Instant::now();
-    let parsed = jsonrpc::parse(&body);
+    let parsed = crate::metrics::stage_span("classify").in_scope(|| jsonrpc::parse(&body));
     state.metrics.stage("classify", started.elapsed());
     let (id, rpc, params) = match parsed {
         Ok(Message::Request { id, method, params }) => (id, method, params),

@@ -61,6 +61,7 @@ fn screen(
     body: &[u8],
     intent_header: Option<&str>,
 ) -> Screened {
+    let _span = crate::metrics::stage_span("classify").entered();
     let started = Instant::now();
     let message = jsonrpc::parse(body);
     state.metrics.stage("classify", started.elapsed());

@@ -99,3 +99,9 @@ impl Metrics {
         out
     }
 }
+
+/// A span for one pipeline stage, under the request's span (exported to OpenTelemetry when a
+/// collector is configured; free when nothing listens).
+pub fn stage_span(stage: &'static str) -> tracing::Span {
+    tracing::info_span!("stage", otel.name = stage)
+}

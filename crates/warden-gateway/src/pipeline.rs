@@ -12,7 +12,7 @@ use warden_model::{
 use warden_policy::Engine;
 
 use crate::identify::Caller;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, stage_span};
 use crate::usage::UsageMeter;
 
 /// Looks at content and reports findings (never verdicts). The inspection issue fills this in.
@@ -125,8 +125,16 @@ impl Pipeline {
         intent: Option<String>,
     ) -> Verdict {
         let started = Instant::now();
-        let findings = self.inspector.inspect_request(&action, body);
+        let findings =
+            stage_span("inspect").in_scope(|| self.inspector.inspect_request(&action, body));
         self.metrics.stage("inspect", started.elapsed());
+        let span = tracing::info_span!(
+            "stage",
+            otel.name = "decide",
+            warden.decision.id = tracing::field::Empty,
+            warden.outcome = tracing::field::Empty,
+        );
+        let entered = span.enter();
         let decide_started = Instant::now();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let agent = caller.identity.spiffe_id();
@@ -156,8 +164,12 @@ impl Pipeline {
         };
         self.usage.add(agent, now, forwarded_bytes);
         let decide_time = decide_started.elapsed();
+        span.record("warden.decision.id", decision.id.as_str());
+        span.record("warden.outcome", decision.outcome.label());
+        drop(entered);
         self.metrics.stage("decide", decide_time);
         self.metrics.decision(decision.outcome.label());
+        let _record = stage_span("record").entered();
         let record_started = Instant::now();
         let event = self.event(caller, &request, &decision, findings, intent, decide_time);
         self.recorder.record(&event);

@@ -19,6 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 use warden_http::HttpClient;
 use warden_model::{Action, HttpMethod, HttpPath, SpiffeId};
 
@@ -26,7 +27,7 @@ use crate::config::{GatewayConfig, UpstreamConfig, UpstreamKind};
 use crate::identify::{Caller, Identifier};
 use crate::jsonrpc;
 use crate::mcp;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, stage_span};
 use crate::owners::Owners;
 use crate::pipeline::Pipeline;
 
@@ -213,11 +214,25 @@ async fn handle(
     };
     state.metrics.enter();
     let path = request.uri().path().to_owned();
-    let (adapter, response) = if crate::egress::is_proxy_request(&request) {
-        ("egress", crate::egress::handle(state, peer, request).await)
-    } else {
-        route(state, peer, &path, request).await
-    };
+    let span = tracing::info_span!(
+        "request",
+        otel.name = "warden.request",
+        http.request.method = %request.method(),
+        url.path = %path,
+        warden.adapter = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let (adapter, response) = async {
+        if crate::egress::is_proxy_request(&request) {
+            ("egress", crate::egress::handle(state, peer, request).await)
+        } else {
+            route(state, peer, &path, request).await
+        }
+    }
+    .instrument(span.clone())
+    .await;
+    span.record("warden.adapter", adapter);
+    span.record("http.response.status_code", response.status().as_u16());
     state.metrics.leave();
     state.metrics.request(adapter, response.status().as_u16());
     response
@@ -325,6 +340,7 @@ pub(crate) fn identify(
     request: &Request<Incoming>,
 ) -> Result<Caller, Response<Body>> {
     let proxied = crate::egress::is_proxy_request(request);
+    let _span = stage_span("identify").entered();
     let started = Instant::now();
     let path_and_query = request.uri().path_and_query().map_or("/", |p| p.as_str());
     let credential = if proxied {
@@ -392,14 +408,19 @@ pub(crate) async fn forward(
     request: Request<Full<Bytes>>,
 ) -> Result<Response<Incoming>, Response<Body>> {
     let started = Instant::now();
-    let result = state.client.stream(request).await.map_err(|e| {
-        tracing::warn!("upstream unavailable: {e}");
-        problem(
-            StatusCode::BAD_GATEWAY,
-            "upstream_unavailable",
-            "the upstream did not answer",
-        )
-    });
+    let result = state
+        .client
+        .stream(request)
+        .instrument(stage_span("forward"))
+        .await
+        .map_err(|e| {
+            tracing::warn!("upstream unavailable: {e}");
+            problem(
+                StatusCode::BAD_GATEWAY,
+                "upstream_unavailable",
+                "the upstream did not answer",
+            )
+        });
     state.metrics.stage("forward", started.elapsed());
     result
 }

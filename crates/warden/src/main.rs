@@ -4,6 +4,7 @@ mod control;
 mod demo;
 mod fabric;
 mod policy;
+mod telemetry;
 
 /// Policy evaluation allocates many small, short-lived objects; with a large bundle resident,
 /// mimalloc keeps that cost flat where the system allocator slows by half.
@@ -86,13 +87,13 @@ pub enum Output {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARDEN_LOG")
-                .unwrap_or_else(|_| "warn,warden::decision=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let _telemetry = match telemetry::init() {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("warden: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Policy(command) => policy::run(command),

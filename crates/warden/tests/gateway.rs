@@ -1151,3 +1151,136 @@ async fn an_action_needing_approval_gets_the_documented_distinct_answer() {
         "{answer}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_an_opentelemetry_collector_with_a_span_per_stage() {
+    use std::sync::{Arc, Mutex};
+    // An OTLP/HTTP collector (JSON encoding) that keeps what it receives.
+    let received: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let collector = {
+        let received = Arc::clone(&received);
+        axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let received = Arc::clone(&received);
+                async move {
+                    received
+                        .lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap_or(Value::Null));
+                    axum::Json(json!({}))
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, collector).await.unwrap() });
+    let nothing_listens = free_port();
+    let fabric = Fabric::start(
+        "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: api, namespace: ops}\nspec:\n  selector: {matchLabels: {app: probe}}\n  http:\n    - {service: api, methods: [GET], paths: [/x]}\n",
+        |_| {
+            format!(
+                "  upstreams:\n    - {{name: api, kind: http, url: 'http://127.0.0.1:{nothing_listens}'}}\n"
+            )
+        },
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", collector_url.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_SERVICE_NAME", "warden-test"),
+        ],
+    );
+    fabric.warden(&[
+        "agent",
+        "register",
+        "ops/probe",
+        "--label",
+        "app=probe",
+        "--right",
+        "http=api/*",
+    ]);
+    let creds = fabric.dir.path().join("probe");
+    fabric.warden(&[
+        "agent",
+        "credential",
+        "ops/probe",
+        "--task",
+        "t",
+        "--out",
+        creds.to_str().unwrap(),
+    ]);
+    let grant = format!("Bearer {}", read(&creds, "grant"));
+    let r = client(&creds, true)
+        .send(
+            Method::GET,
+            &format!("https://127.0.0.1:{}/http/api/x", fabric.gateway_port),
+            &[("authorization", &grant)],
+            None,
+            1 << 16,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status,
+        StatusCode::BAD_GATEWAY,
+        "allowed, and the upstream is down"
+    );
+
+    let started = Instant::now();
+    let spans = loop {
+        let spans: Vec<Value> = received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|batch| {
+                batch["resourceSpans"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .flat_map(|rs| rs["scopeSpans"].as_array().cloned().unwrap_or_default())
+            .flat_map(|ss| ss["spans"].as_array().cloned().unwrap_or_default())
+            .collect();
+        if spans.iter().any(|s| s["name"] == "warden.request") {
+            break spans;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no request span exported: {spans:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let request = spans
+        .iter()
+        .find(|s| s["name"] == "warden.request")
+        .unwrap();
+    for stage in ["identify", "inspect", "decide", "record", "forward"] {
+        let span = spans
+            .iter()
+            .find(|s| s["name"] == stage)
+            .unwrap_or_else(|| panic!("no `{stage}` span in {spans:?}"));
+        assert_eq!(
+            span["traceId"], request["traceId"],
+            "{stage} is part of the request's trace"
+        );
+        assert_eq!(
+            span["parentSpanId"], request["spanId"],
+            "{stage} is a child of the request"
+        );
+    }
+    let decide = spans
+        .iter()
+        .find(|s| s["name"] == "decide")
+        .unwrap()
+        .to_string();
+    assert!(
+        decide.contains("warden.outcome") && decide.contains("allow"),
+        "{decide}"
+    );
+    let batch = received.lock().unwrap()[0].to_string();
+    assert!(
+        batch.contains("warden-test"),
+        "the service name is set: {batch}"
+    );
+}
