@@ -1,5 +1,5 @@
 //! The demo that `warden up` starts: an MCP server (built with the official Rust SDK, `rmcp`)
-//! whose tools the demo policy allows in part, and that policy.
+//! whose tools the demo policy allows in part, a small HTTP API beside it, and that policy.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -17,6 +17,8 @@ pub const TENANT: &str = "demo";
 pub const AGENT: &str = "assistant";
 /// The upstream's name at the gateway (`/mcp/demo`).
 pub const SERVER: &str = "demo";
+/// The HTTP API's name at the gateway (`/http/demo-api/…`).
+pub const API: &str = "demo-api";
 
 const POLICY: &str = r#"# The demo agent may echo and add, and delete records only in the scratch table.
 apiVersion: warden.dev/v1alpha1
@@ -34,6 +36,10 @@ spec:
     - server: demo
       tools: [delete_records]
       when: context.args.table == "scratch"
+  http:
+    - service: demo-api
+      methods: [GET]
+      paths: [/status]
 "#;
 
 const CATALOG: &str = r#"# The demo server's tools, as its tools/list describes them.
@@ -122,7 +128,8 @@ impl DemoServer {
     }
 }
 
-/// Serves the demo MCP server (streamable HTTP at `/mcp`) until `shutdown` resolves.
+/// Serves the demo MCP server (streamable HTTP at `/mcp`) and the demo API (`/api/status`,
+/// `/api/records`) until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -136,7 +143,16 @@ pub async fn serve(
             .with_legacy_session_mode(false)
             .with_json_response(true),
     );
-    let app = axum::Router::new().nest_service("/mcp", service);
+    let app = axum::Router::new()
+        .nest_service("/mcp", service)
+        .route(
+            "/api/status",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/api/records",
+            axum::routing::delete(|| async { axum::Json(serde_json::json!({"deleted": "all"})) }),
+        );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

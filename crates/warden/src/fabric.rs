@@ -333,13 +333,22 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             listen: args.gateway_listen,
             policies: policies.clone(),
             control_url: control.url.clone(),
-            upstreams: vec![UpstreamConfig {
-                name: Name::new(demo::SERVER).map_err(|e| anyhow::anyhow!("{e}"))?,
-                kind: UpstreamKind::Mcp,
-                url: format!("http://{demo_address}/mcp"),
-                card_url: None,
-                credential: None,
-            }],
+            upstreams: vec![
+                UpstreamConfig {
+                    name: Name::new(demo::SERVER).map_err(|e| anyhow::anyhow!("{e}"))?,
+                    kind: UpstreamKind::Mcp,
+                    url: format!("http://{demo_address}/mcp"),
+                    card_url: None,
+                    credential: None,
+                },
+                UpstreamConfig {
+                    name: Name::new(demo::API).map_err(|e| anyhow::anyhow!("{e}"))?,
+                    kind: UpstreamKind::Http,
+                    url: format!("http://{demo_address}/api"),
+                    card_url: None,
+                    credential: None,
+                },
+            ],
             ..GatewayConfig::default()
         };
         let identity = gateway_identity(&control.control, args.gateway_listen)?;
@@ -368,7 +377,10 @@ fn register_demo_agent(control: &Control) -> anyhow::Result<()> {
         "tenant": demo::TENANT,
         "name": demo::AGENT,
         "labels": {"app": "assistant"},
-        "rights": [{"action": "mcp.*", "target": format!("{}/*", demo::SERVER)}],
+        "rights": [
+            {"action": "mcp.*", "target": format!("{}/*", demo::SERVER)},
+            {"action": "http", "target": format!("{}/*", demo::API)},
+        ],
     }))?;
     match control.register_agent(request) {
         Ok(_) | Err(warden_control::ControlError::Conflict(_)) => Ok(()),
@@ -384,6 +396,7 @@ Warden is up.
   control plane   {control_url}   (OpenAPI: {control_url}/v1/openapi.json)
   gateway         {gateway_url}   (metrics: {gateway_url}/metrics)
   demo MCP server behind the gateway at {gateway_url}/mcp/{server}
+  demo HTTP API   behind the gateway at {gateway_url}/http/{api}/
   policies        {policies}   (edit them; the gateway reloads on save)
   admin token     in {data}/admin-token
 
@@ -403,8 +416,15 @@ Try it (in another terminal, from this directory):
   # the tool list shows only what the assistant may call (read_secrets is hidden)
   mcp '{{"jsonrpc":"2.0","id":3,"method":"tools/list"}}'
 
+  # plain HTTP APIs too: GET /status is allowed, DELETE /records is not (403)
+  api() {{ curl -s --cacert assistant/bundle.pem --cert assistant/svid.pem --key assistant/svid-key.pem \
+      -H "Authorization: Bearer $(cat assistant/grant)" -X "$1" {gateway_url}/http/{api}$2; echo; }}
+  api GET /status
+  api DELETE /records
+
 Stop with Ctrl-C."#,
         server = demo::SERVER,
+        api = demo::API,
         tenant = demo::TENANT,
         agent = demo::AGENT,
         policies = policies.display(),
