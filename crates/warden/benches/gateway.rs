@@ -1,6 +1,8 @@
-//! MCP `tools/call` side by side in one run: straight to the demo MCP server, and through Warden's
-//! gateway (mTLS, grant, full pipeline, a 10,000-policy bundle, decisions logged). Open loop at a
-//! fixed rate for latency, closed loop for throughput. Run: `cargo bench -p warden --bench gateway`.
+//! Side by side in one run, for MCP `tools/call` and for a plain HTTP GET: straight to the demo
+//! upstream, through Warden's gateway (mTLS, grant, full pipeline, a 10,000-policy bundle,
+//! decisions logged), and through nginx as a plain TLS reverse proxy (when nginx is installed).
+//! Open loop at a fixed rate for latency, closed loop for throughput; then exec-to-ready and idle
+//! RSS of a gateway-only process. Run: `cargo bench -p warden --bench gateway`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -30,9 +32,13 @@ struct Target {
     client: HttpClient,
     url: String,
     headers: Vec<(&'static str, String)>,
+    /// POSTed when set (MCP); a GET otherwise.
+    body: Option<&'static [u8]>,
+    /// What a good answer contains.
+    expect: &'static [u8],
 }
 
-const BODY: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}"#;
+const MCP_CALL: &[u8] = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hello"}}}"#;
 
 async fn once(target: &Target) -> bool {
     let headers: Vec<(&str, &str)> = target
@@ -40,9 +46,15 @@ async fn once(target: &Target) -> bool {
         .iter()
         .map(|(k, v)| (*k, v.as_str()))
         .collect();
+    let method = if target.body.is_some() {
+        http::Method::POST
+    } else {
+        http::Method::GET
+    };
+    let expect = target.expect;
     matches!(
-        target.client.send(http::Method::POST, &target.url, &headers, Some(BODY.to_vec()), 1 << 20).await,
-        Ok(r) if r.status.is_success() && r.body.windows(5).any(|w| w == b"hello")
+        target.client.send(method, &target.url, &headers, target.body.map(<[u8]>::to_vec), 1 << 20).await,
+        Ok(r) if r.status.is_success() && r.body.windows(expect.len()).any(|w| w == expect)
     )
 }
 
@@ -124,6 +136,122 @@ fn write_policies(dir: &Path) {
     std::fs::write(dir.join("bench.yaml"), DEMO_POLICY).expect("write");
 }
 
+/// A self-signed certificate for 127.0.0.1 (PEM certificate, PEM key), made with openssl.
+fn self_signed(dir: &Path) -> (String, String) {
+    let (cert, key) = (dir.join("server.pem"), dir.join("server-key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl runs");
+    assert!(made.success(), "openssl could not make a certificate");
+    (
+        cert.to_string_lossy().into_owned(),
+        key.to_string_lossy().into_owned(),
+    )
+}
+
+/// nginx as a plain TLS reverse proxy to the demo upstream (keep-alive both ways, no logging),
+/// or `None` when nginx is not installed.
+fn nginx(
+    dir: &Path,
+    upstream_port: u16,
+    cert: &str,
+    key: &str,
+) -> Option<(std::process::Child, u16)> {
+    let port = free_port();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nworker_processes auto;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n\
+               upstream demo {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n\
+               server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
+                 location / {{ proxy_pass http://demo; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host 127.0.0.1:{upstream_port}; }}\n  }}\n}}\n",
+            dir = dir.display()
+        ),
+    )
+    .expect("nginx.conf");
+    let child = Command::new("nginx")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    wait_for_port(port);
+    Some((child, port))
+}
+
+fn wait_for_port(port: u16) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nothing listens on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Starts `warden serve --role gateway` against the running control plane with `policies`, and
+/// returns its time from exec to accepting connections and its RSS once idle.
+fn gateway_only(
+    dir: &Path,
+    control: u16,
+    policies: &Path,
+    cert: &str,
+    key: &str,
+) -> (Duration, u64) {
+    let port = free_port();
+    let config = dir.join(format!("gateway-{port}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "gateway:\n  listen: 127.0.0.1:{port}\n  policies: {}\n  controlUrl: http://127.0.0.1:{control}\n  tlsCertFile: {cert}\n  tlsKeyFile: {key}\n",
+            policies.display()
+        ),
+    )
+    .expect("gateway config");
+    let exec = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .args(["serve", "--role", "gateway", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("warden serve --role gateway");
+    wait_for_port(port);
+    let ready = exec.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let rss = rss_kib(child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+    (ready, rss)
+}
+
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     write_policies(&dir.path().join("warden-data/policies"));
@@ -173,72 +301,163 @@ fn main() {
     );
     let read = |f: &str| std::fs::read_to_string(creds.join(f)).expect("credential file");
     let (cert, key) = (read("svid.pem"), read("svid-key.pem"));
+    let (server_cert, server_key) = self_signed(dir.path());
+    let nginx = nginx(dir.path(), d, &server_cert, &server_key);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
+    let plain = || HttpClient::new(Duration::from_secs(10)).expect("client");
+    let mtls = || {
+        HttpClient::with_tls(
+            Duration::from_secs(10),
+            &read("bundle.pem"),
+            Some((&cert, &key)),
+        )
+        .expect("mTLS client")
+    };
+    let tls_to_nginx = || {
+        let root = std::fs::read_to_string(&server_cert).expect("nginx certificate");
+        HttpClient::with_tls(Duration::from_secs(10), &root, None).expect("TLS client")
+    };
     let mcp_headers = vec![
         ("content-type", "application/json".to_owned()),
         ("accept", "application/json, text/event-stream".to_owned()),
     ];
-    let mut warden_headers = mcp_headers.clone();
-    warden_headers.push(("authorization", format!("Bearer {}", read("grant").trim())));
-    let targets = [
-        Target {
-            name: "direct",
-            client: HttpClient::new(Duration::from_secs(10)).expect("client"),
-            url: format!("http://127.0.0.1:{d}/mcp"),
-            headers: mcp_headers,
-        },
-        Target {
-            name: "warden",
-            client: HttpClient::with_tls(
-                Duration::from_secs(10),
-                &read("bundle.pem"),
-                Some((&cert, &key)),
-            )
-            .expect("mTLS client"),
-            url: format!("https://127.0.0.1:{g}/mcp/demo"),
-            headers: warden_headers,
-        },
+    let grant = ("authorization", format!("Bearer {}", read("grant").trim()));
+    let with_grant = |mut headers: Vec<(&'static str, String)>| {
+        headers.push(grant.clone());
+        headers
+    };
+    let mut suites = vec![
+        (
+            "MCP tools/call (echo)",
+            vec![
+                Target {
+                    name: "direct",
+                    client: plain(),
+                    url: format!("http://127.0.0.1:{d}/mcp"),
+                    headers: mcp_headers.clone(),
+                    body: Some(MCP_CALL),
+                    expect: b"hello",
+                },
+                Target {
+                    name: "warden",
+                    client: mtls(),
+                    url: format!("https://127.0.0.1:{g}/mcp/demo"),
+                    headers: with_grant(mcp_headers.clone()),
+                    body: Some(MCP_CALL),
+                    expect: b"hello",
+                },
+            ],
+        ),
+        (
+            "HTTP GET /status",
+            vec![
+                Target {
+                    name: "direct",
+                    client: plain(),
+                    url: format!("http://127.0.0.1:{d}/api/status"),
+                    headers: vec![],
+                    body: None,
+                    expect: b"ok",
+                },
+                Target {
+                    name: "warden",
+                    client: mtls(),
+                    url: format!("https://127.0.0.1:{g}/http/demo-api/status"),
+                    headers: with_grant(vec![]),
+                    body: None,
+                    expect: b"ok",
+                },
+            ],
+        ),
     ];
-    println!("MCP tools/call (echo), {POLICIES} policies loaded, mTLS + grant through Warden");
-    println!(
-        "exec to ready (warden up: control plane + gateway + demo): {ready:.1?}; idle RSS {} MiB (whole process)",
-        idle_rss / 1024
-    );
-    println!(
-        "{:<8} {:>12} {:>12} {:>8} {:>14}",
-        "target", "p50", "p99", "failed", "closed req/s"
-    );
-    let mut results = Vec::new();
-    for target in targets {
-        let target = Arc::new(target);
-        runtime.block_on(async {
-            for _ in 0..200 {
-                assert!(once(&target).await, "{} does not answer", target.name);
-            }
+    if let Some((_, port)) = &nginx {
+        suites[0].1.push(Target {
+            name: "nginx",
+            client: tls_to_nginx(),
+            url: format!("https://127.0.0.1:{port}/mcp"),
+            headers: mcp_headers.clone(),
+            body: Some(MCP_CALL),
+            expect: b"hello",
         });
-        let (p50, p99, failed) = runtime.block_on(open_loop(Arc::clone(&target)));
-        let throughput = runtime.block_on(closed_loop(Arc::clone(&target)));
-        println!(
-            "{:<8} {:>12.0?} {:>12.0?} {:>8} {:>14.0}",
-            target.name, p50, p99, failed, throughput
-        );
-        results.push((p50, p99, throughput));
+        suites[1].1.push(Target {
+            name: "nginx",
+            client: tls_to_nginx(),
+            url: format!("https://127.0.0.1:{port}/api/status"),
+            headers: vec![],
+            body: None,
+            expect: b"ok",
+        });
+    } else {
+        println!("(nginx is not installed: `apt-get install nginx` adds its column)");
     }
-    let (direct, warden) = (results[0], results[1]);
     println!(
-        "added by Warden at {RATE} req/s: p50 {:.0?}, p99 {:.0?}; throughput through Warden {:.0}% of direct",
-        warden.0.saturating_sub(direct.0),
-        warden.1.saturating_sub(direct.1),
-        100.0 * warden.2 / direct.2
+        "{POLICIES} policies loaded; mTLS + grant through Warden; TLS through nginx; open loop at {RATE} req/s"
     );
+    for (suite, targets) in suites {
+        println!("\n{suite}");
+        println!(
+            "{:<8} {:>12} {:>12} {:>8} {:>14}",
+            "target", "p50", "p99", "failed", "closed req/s"
+        );
+        let mut results = Vec::new();
+        for target in targets {
+            let target = Arc::new(target);
+            let answers = runtime.block_on(async {
+                for _ in 0..200 {
+                    if !once(&target).await {
+                        return false;
+                    }
+                }
+                true
+            });
+            if !answers {
+                println!("{:<8} does not answer; skipped", target.name);
+                continue;
+            }
+            let (p50, p99, failed) = runtime.block_on(open_loop(Arc::clone(&target)));
+            let throughput = runtime.block_on(closed_loop(Arc::clone(&target)));
+            println!(
+                "{:<8} {:>12.0?} {:>12.0?} {:>8} {:>14.0}",
+                target.name, p50, p99, failed, throughput
+            );
+            results.push((target.name, p50, p99, throughput));
+        }
+        let direct = results[0];
+        for (name, p50, p99, throughput) in &results[1..] {
+            println!(
+                "added by {name}: p50 {:.0?}, p99 {:.0?}; throughput {:.0}% of direct",
+                p50.saturating_sub(direct.1),
+                p99.saturating_sub(direct.2),
+                100.0 * throughput / direct.3
+            );
+        }
+    }
     println!(
-        "RSS after load {} MiB (whole process)",
+        "\nwarden up (control plane + gateway + demo, {POLICIES} policies): exec to ready {ready:.1?}, idle RSS {} MiB, after load {} MiB",
+        idle_rss / 1024,
         rss_kib(child.id()) / 1024
     );
+    let demo_policies = dir.path().join("demo-policies");
+    std::fs::create_dir_all(&demo_policies).expect("policy dir");
+    std::fs::write(demo_policies.join("bench.yaml"), DEMO_POLICY).expect("write");
+    for (label, policies) in [
+        ("1 policy", demo_policies),
+        ("10,000 policies", dir.path().join("warden-data/policies")),
+    ] {
+        let (ready, rss) = gateway_only(dir.path(), c, &policies, &server_cert, &server_key);
+        println!(
+            "gateway only (serve --role gateway, {label}): exec to ready {ready:.1?}, idle RSS {:.1} MiB",
+            rss as f64 / 1024.0
+        );
+    }
+    if let Some((mut nginx, _)) = nginx {
+        let _ = nginx.kill();
+        let _ = nginx.wait();
+    }
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -1,0 +1,6 @@
+//! Warden's tamper-evident audit log: records appended durably to segment files, hashed into an
+//! RFC 6962 Merkle tree, with signed checkpoints (C2SP signed notes) that anyone holding the
+//! public key can check offline, with inclusion and consistency proofs.
+
+pub mod merkle;
+pub mod note;
