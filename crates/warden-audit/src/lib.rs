@@ -2,5 +2,11 @@
 //! RFC 6962 Merkle tree, with signed checkpoints (C2SP signed notes) that anyone holding the
 //! public key can check offline, with inclusion and consistency proofs.
 
+mod log;
 pub mod merkle;
 pub mod note;
+pub mod store;
+pub mod verify;
+
+pub use log::{Appended, AuditError, AuditLog, LogConfig};
+pub use note::{Checkpoint, NoteSigner, NoteVerifier, generate_private_key};

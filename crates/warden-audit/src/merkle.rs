@@ -378,7 +378,13 @@ mod tests {
                 let leaf = leaf_hash(&(index as u32).to_be_bytes());
                 let proof = inclusion_proof(&tree, index, size).unwrap();
                 assert!(verify_inclusion(index, size, &leaf, &proof, &root));
-                assert!(!verify_inclusion(index, size, &leaf_hash(b"other"), &proof, &root));
+                assert!(!verify_inclusion(
+                    index,
+                    size,
+                    &leaf_hash(b"other"),
+                    &proof,
+                    &root
+                ));
                 if let Some(first) = proof.first() {
                     let mut bad = proof.clone();
                     bad[0] = node_hash(first, first);

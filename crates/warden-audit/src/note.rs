@@ -248,11 +248,8 @@ impl Checkpoint {
             .ok_or_else(|| bad("no origin line"))?;
         let size = lines
             .next()
-            .and_then(|s| {
-                (!s.starts_with('+') && !(s.starts_with('0') && s.len() > 1))
-                    .then(|| s.parse::<u64>().ok())
-                    .flatten()
-            })
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()) && (s == &"0" || !s.starts_with('0')))
+            .and_then(|s| s.parse::<u64>().ok())
             .ok_or_else(|| bad("the size line is not a decimal number"))?;
         let root = lines
             .next()

@@ -18,7 +18,7 @@ const CLOSED_LOOP: Duration = Duration::from_secs(5);
 const WORKERS: usize = 16;
 const POLICIES: usize = 10_000;
 
-const DEMO_POLICY: &str = "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: bench, namespace: demo}\nspec:\n  selector: {matchLabels: {app: assistant}}\n  mcp:\n    - {server: demo, tools: [echo]}\n";
+const DEMO_POLICY: &str = "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: bench, namespace: demo}\nspec:\n  selector: {matchLabels: {app: assistant}}\n  mcp:\n    - {server: demo, tools: [echo]}\n  http:\n    - {service: demo-api, methods: [GET], paths: [/status]}\n";
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -235,6 +235,17 @@ fn gateway_only(
         ),
     )
     .expect("gateway config");
+    let client = HttpClient::with_tls(
+        Duration::from_secs(1),
+        &std::fs::read_to_string(cert).expect("certificate"),
+        None,
+    )
+    .expect("client");
+    let health = format!("https://127.0.0.1:{port}/healthz");
+    let probe = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let exec = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
         .args(["serve", "--role", "gateway", "--config"])
@@ -243,7 +254,19 @@ fn gateway_only(
         .stderr(Stdio::null())
         .spawn()
         .expect("warden serve --role gateway");
-    wait_for_port(port);
+    // Ready means answering over TLS (the port is bound before the policies load).
+    while !probe.block_on(async {
+        client
+            .send(http::Method::GET, &health, &[], None, 1024)
+            .await
+            .is_ok_and(|r| r.status.is_success())
+    }) {
+        assert!(
+            exec.elapsed() < Duration::from_secs(60),
+            "the gateway never became ready"
+        );
+        std::thread::sleep(Duration::from_micros(500));
+    }
     let ready = exec.elapsed();
     std::thread::sleep(Duration::from_secs(1));
     let rss = rss_kib(child.id());

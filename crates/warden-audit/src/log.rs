@@ -1,0 +1,396 @@
+//! The running log: one writer thread appends records in batches (group commit: one fsync for
+//! everything that arrived meanwhile), answers each caller once its record is on disk, and
+//! signs a checkpoint at most every interval while records arrive, and at shutdown.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::merkle::{self, Hash, Nodes as _};
+use crate::note::{Checkpoint, NoteSigner, NoteVerifier};
+use crate::store::{self, MAX_RECORD_BYTES, Store, Tree};
+
+/// Most records written with one fsync.
+const MAX_BATCH: usize = 16_384;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log {dir}: {source}")]
+    Io {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("audit record of {0} bytes is larger than the 1 MiB limit")]
+    TooLarge(usize),
+    #[error("the audit log is closed")]
+    Closed,
+    #[error("the audit log failed earlier and accepts nothing more: {0}")]
+    Failed(String),
+    #[error(
+        "audit log {dir} does not match its last signed checkpoint: {why}; run `warden audit verify`"
+    )]
+    Inconsistent { dir: PathBuf, why: String },
+    #[error("the log has {size} records; {what}")]
+    OutOfRange { size: u64, what: String },
+}
+
+pub struct LogConfig {
+    pub dir: PathBuf,
+    /// The checkpoints' origin line: the log's name, e.g. `warden.local/audit/gateway-1`.
+    pub origin: String,
+    pub checkpoint_interval: Duration,
+}
+
+enum Request {
+    Append(Vec<u8>, oneshot::Sender<Result<u64, AuditError>>),
+    Checkpoint(oneshot::Sender<Result<String, AuditError>>),
+}
+
+struct Shared {
+    dir: PathBuf,
+    origin: String,
+    tree: Arc<Tree>,
+    /// Records on disk (and in the tree).
+    size: AtomicU64,
+    latest: RwLock<Option<String>>,
+    verifier: NoteVerifier,
+}
+
+/// A handle to an open log; clones share it. The writer stops (with a last checkpoint) when
+/// [`AuditLog::close`] is called or every handle is gone.
+#[derive(Clone)]
+pub struct AuditLog {
+    shared: Arc<Shared>,
+    sender: Arc<Mutex<Option<mpsc::Sender<Request>>>>,
+    writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+/// Resolves to the record's index once it is durable.
+pub type Appended = oneshot::Receiver<Result<u64, AuditError>>;
+
+impl AuditLog {
+    /// Opens the log in `config.dir` (creating it), recovering from a crash: a torn last record
+    /// is cut off, and the files after the last checkpoint are rebuilt from the records.
+    pub fn open(config: LogConfig, signer: NoteSigner) -> Result<Self, AuditError> {
+        let io = |source| AuditError::Io {
+            dir: config.dir.clone(),
+            source,
+        };
+        let verifier = NoteVerifier::parse(&signer.verifier_key())
+            .map_err(|e| AuditError::Failed(format!("the checkpoint key is unusable: {e}")))?;
+        std::fs::create_dir_all(&config.dir).map_err(io)?;
+        let last = last_checkpoint(&config.dir, &verifier).map_err(io)?;
+        let trusted = last.as_ref().map_or(0, |(c, _)| c.size);
+        let store = Store::open(&config.dir, trusted).map_err(io)?;
+        let tree = Arc::clone(&store.tree);
+        if let Some((checkpoint, _)) = &last {
+            let inconsistent = |why: String| AuditError::Inconsistent {
+                dir: config.dir.clone(),
+                why,
+            };
+            if store.size() < checkpoint.size {
+                return Err(inconsistent(format!(
+                    "it holds {} records, the checkpoint {}",
+                    store.size(),
+                    checkpoint.size
+                )));
+            }
+            let root = merkle::subtree_hash(tree.as_ref(), 0, checkpoint.size).map_err(io)?;
+            if root != checkpoint.root {
+                return Err(inconsistent(format!(
+                    "the root over its first {} records differs",
+                    checkpoint.size
+                )));
+            }
+        }
+        let shared = Arc::new(Shared {
+            dir: config.dir.clone(),
+            origin: config.origin.clone(),
+            tree,
+            size: AtomicU64::new(store.size()),
+            latest: RwLock::new(last.map(|(_, note)| note)),
+            verifier,
+        });
+        let (sender, receiver) = mpsc::channel();
+        let writer = {
+            let shared = Arc::clone(&shared);
+            let interval = config.checkpoint_interval;
+            std::thread::Builder::new()
+                .name("warden-audit".into())
+                .spawn(move || write_loop(store, signer, shared, receiver, interval))
+                .map_err(io)?
+        };
+        Ok(Self {
+            shared,
+            sender: Arc::new(Mutex::new(Some(sender))),
+            writer: Arc::new(Mutex::new(Some(writer))),
+        })
+    }
+
+    /// Queues a record; the answer comes once it is durable (group commit).
+    pub fn append(&self, record: Vec<u8>) -> Appended {
+        let (tx, rx) = oneshot::channel();
+        if record.len() > MAX_RECORD_BYTES {
+            let _ = tx.send(Err(AuditError::TooLarge(record.len())));
+            return rx;
+        }
+        let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+        match sender.as_ref() {
+            Some(sender) => {
+                if let Err(mpsc::SendError(Request::Append(_, tx))) =
+                    sender.send(Request::Append(record, tx))
+                {
+                    let _ = tx.send(Err(AuditError::Closed));
+                }
+            }
+            None => {
+                let _ = tx.send(Err(AuditError::Closed));
+            }
+        }
+        rx
+    }
+
+    /// Signs a checkpoint now (if records arrived since the last) and returns the latest.
+    pub fn checkpoint(&self) -> Result<String, AuditError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
+            sender
+                .as_ref()
+                .ok_or(AuditError::Closed)?
+                .send(Request::Checkpoint(tx))
+                .map_err(|_| AuditError::Closed)?;
+        }
+        rx.blocking_recv().map_err(|_| AuditError::Closed)?
+    }
+
+    /// The latest signed checkpoint.
+    pub fn latest_checkpoint(&self) -> Option<String> {
+        self.shared
+            .latest
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records durable so far.
+    pub fn size(&self) -> u64 {
+        self.shared.size.load(Ordering::Acquire)
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.shared.origin
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The checkpoint key's public form.
+    pub fn verifier(&self) -> &NoteVerifier {
+        &self.shared.verifier
+    }
+
+    fn check_size(&self, size: u64, what: impl FnOnce() -> String) -> Result<(), AuditError> {
+        let have = self.size();
+        if size == 0 || size > have {
+            return Err(AuditError::OutOfRange {
+                size: have,
+                what: what(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The root over the first `size` records.
+    pub fn root(&self, size: u64) -> Result<Hash, AuditError> {
+        self.check_size(size, || format!("no tree of size {size}"))?;
+        merkle::subtree_hash(self.shared.tree.as_ref(), 0, size).map_err(|source| AuditError::Io {
+            dir: self.shared.dir.clone(),
+            source,
+        })
+    }
+
+    /// Record `index`'s leaf hash and audit path in the tree of `size` records.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<(Hash, Vec<Hash>), AuditError> {
+        self.check_size(size, || format!("no tree of size {size}"))?;
+        if index >= size {
+            return Err(AuditError::OutOfRange {
+                size,
+                what: format!("record {index} is not in the tree of size {size}"),
+            });
+        }
+        let io = |source| AuditError::Io {
+            dir: self.shared.dir.clone(),
+            source,
+        };
+        let leaf = self.shared.tree.node(0, index).map_err(io)?;
+        let path = merkle::inclusion_proof(self.shared.tree.as_ref(), index, size).map_err(io)?;
+        Ok((leaf, path))
+    }
+
+    /// The proof that the tree of `old` records is a prefix of the tree of `new`.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, AuditError> {
+        self.check_size(new, || format!("no tree of size {new}"))?;
+        if old > new {
+            return Err(AuditError::OutOfRange {
+                size: new,
+                what: format!("{old} is larger than {new}"),
+            });
+        }
+        merkle::consistency_proof(self.shared.tree.as_ref(), old, new).map_err(|source| {
+            AuditError::Io {
+                dir: self.shared.dir.clone(),
+                source,
+            }
+        })
+    }
+
+    /// Stops the writer after what is queued, with a last checkpoint.
+    pub fn close(&self) {
+        self.sender.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(writer) = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+/// The last checkpoint in `dir` that verifies with `verifier`, and its note.
+fn last_checkpoint(
+    dir: &Path,
+    verifier: &NoteVerifier,
+) -> std::io::Result<Option<(Checkpoint, String)>> {
+    let notes = store::read_checkpoints(dir)?;
+    Ok(notes.into_iter().rev().find_map(|note| {
+        let text = verifier.open(&note).ok()?;
+        Some((Checkpoint::parse(text).ok()?, note))
+    }))
+}
+
+fn write_loop(
+    mut store: Store,
+    signer: NoteSigner,
+    shared: Arc<Shared>,
+    receiver: mpsc::Receiver<Request>,
+    interval: Duration,
+) {
+    let mut failed: Option<String> = None;
+    let mut signed_size = shared
+        .latest
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_deref()
+        .and_then(|note| Checkpoint::parse(shared.verifier.open(note).ok()?).ok())
+        .map_or(0, |c| c.size);
+    let mut last_signed = Instant::now();
+    let mut open = true;
+    while open {
+        let wait = interval.saturating_sub(last_signed.elapsed());
+        let first = match receiver.recv_timeout(wait.max(Duration::from_millis(1))) {
+            Ok(request) => Some(request),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => {
+                open = false;
+                None
+            }
+        };
+        let mut records = Vec::new();
+        let mut waiters = Vec::new();
+        let mut checkpoint_waiters = Vec::new();
+        let mut next = first;
+        while let Some(request) = next.take() {
+            match request {
+                Request::Append(record, tx) => {
+                    records.push(record);
+                    waiters.push(tx);
+                }
+                Request::Checkpoint(tx) => checkpoint_waiters.push(tx),
+            }
+            if waiters.len() < MAX_BATCH {
+                next = receiver.try_recv().ok();
+            }
+        }
+        if !records.is_empty() {
+            let result = match &failed {
+                Some(why) => Err(why.clone()),
+                None => store.append(&records).map_err(|e| e.to_string()),
+            };
+            match result {
+                Ok(first) => {
+                    shared.size.store(store.size(), Ordering::Release);
+                    for (i, tx) in waiters.into_iter().enumerate() {
+                        let _ = tx.send(Ok(first + i as u64));
+                    }
+                }
+                Err(why) => {
+                    // Fail closed: nothing is acknowledged after a failed write.
+                    tracing_failure(&shared.dir, &why);
+                    failed = Some(why.clone());
+                    for tx in waiters {
+                        let _ = tx.send(Err(AuditError::Failed(why.clone())));
+                    }
+                }
+            }
+        }
+        let due = last_signed.elapsed() >= interval || !checkpoint_waiters.is_empty() || !open;
+        if due && failed.is_none() && store.size() > signed_size {
+            match sign_checkpoint(&mut store, &signer, &shared) {
+                Ok(note) => {
+                    signed_size = store.size();
+                    *shared.latest.write().unwrap_or_else(|p| p.into_inner()) = Some(note);
+                }
+                Err(e) => {
+                    tracing_failure(&shared.dir, &e.to_string());
+                    failed = Some(e.to_string());
+                }
+            }
+        }
+        if due {
+            last_signed = Instant::now();
+        }
+        for tx in checkpoint_waiters {
+            let latest = shared
+                .latest
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let _ = tx.send(match (&failed, latest) {
+                (Some(why), _) => Err(AuditError::Failed(why.clone())),
+                (None, Some(note)) => Ok(note),
+                (None, None) => Err(AuditError::OutOfRange {
+                    size: 0,
+                    what: "nothing to checkpoint yet".into(),
+                }),
+            });
+        }
+    }
+}
+
+fn sign_checkpoint(
+    store: &mut Store,
+    signer: &NoteSigner,
+    shared: &Shared,
+) -> std::io::Result<String> {
+    let size = store.size();
+    let root = merkle::subtree_hash(shared.tree.as_ref(), 0, size)?;
+    let checkpoint = Checkpoint {
+        origin: shared.origin.clone(),
+        size,
+        root,
+    };
+    let note = signer.sign(&checkpoint.body());
+    store.checkpoint(&note)?;
+    Ok(note)
+}
+
+fn tracing_failure(dir: &Path, why: &str) {
+    tracing::error!(
+        "the audit log in {} failed and refuses further records: {why}",
+        dir.display()
+    );
+}

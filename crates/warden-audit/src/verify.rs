@@ -1,0 +1,236 @@
+//! Offline verification of a log directory with nothing but the public key: every record is
+//! rehashed, the tree is recomputed, and every checkpoint's signature and root are checked
+//! against it. Problems say where they are.
+
+use std::fs::File;
+use std::io::{self, BufReader};
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+
+use crate::merkle::{Hash, leaf_hash, node_hash};
+use crate::note::{Checkpoint, NoteVerifier};
+use crate::store::{self, MAX_RECORD_BYTES};
+
+/// Problems beyond this many are counted, not listed.
+const MAX_PROBLEMS: usize = 100;
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub records: u64,
+    pub checkpoints: usize,
+    /// The newest checkpoint that verified.
+    pub latest: Option<Checkpoint>,
+    /// Everything wrong, in log order; empty when the log verifies.
+    pub problems: Vec<String>,
+    /// An incomplete record after the last checkpoint: a crash cut its write short, it was
+    /// never acknowledged, and the log cuts it off when it opens.
+    pub torn_tail: bool,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+    fn problem(&mut self, what: String) {
+        if self.problems.len() < MAX_PROBLEMS {
+            self.problems.push(what);
+        }
+    }
+}
+
+/// The roots of complete subtrees along the right edge: O(log n) memory for any size.
+#[derive(Default)]
+struct Frontier(Vec<(u32, Hash)>);
+
+impl Frontier {
+    fn push(&mut self, leaf: Hash) {
+        let mut entry = (0u32, leaf);
+        while let Some(&(level, left)) = self.0.last() {
+            if level != entry.0 {
+                break;
+            }
+            self.0.pop();
+            entry = (level + 1, node_hash(&left, &entry.1));
+        }
+        self.0.push(entry);
+    }
+
+    fn root(&self) -> Hash {
+        let mut nodes = self.0.iter().rev();
+        match nodes.next() {
+            None => crate::merkle::empty_root(),
+            Some(&(_, last)) => nodes.fold(last, |right, (_, left)| node_hash(left, &right)),
+        }
+    }
+}
+
+enum Read {
+    Record { stored: Hash, record: Vec<u8> },
+    Incomplete,
+    End,
+}
+
+fn read(reader: &mut impl io::Read) -> io::Result<Read> {
+    let mut head = [0u8; store::FRAME_HEAD as usize];
+    let mut filled = 0;
+    while filled < head.len() {
+        match reader.read(&mut head[filled..])? {
+            0 if filled == 0 => return Ok(Read::End),
+            0 => return Ok(Read::Incomplete),
+            n => filled += n,
+        }
+    }
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len > MAX_RECORD_BYTES {
+        return Ok(Read::Incomplete);
+    }
+    let mut record = vec![0u8; len];
+    if reader.read_exact(&mut record).is_err() {
+        return Ok(Read::Incomplete);
+    }
+    let mut stored = [0u8; 32];
+    stored.copy_from_slice(&head[4..]);
+    Ok(Read::Record { stored, record })
+}
+
+pub fn verify(dir: &Path, verifier: &NoteVerifier) -> io::Result<Report> {
+    let mut report = Report::default();
+    // Checkpoints: each must be signed by the key, share one origin, and never shrink.
+    let mut expected: Vec<(usize, Checkpoint)> = Vec::new();
+    let mut origin: Option<String> = None;
+    for (n, note) in store::read_checkpoints(dir)?.into_iter().enumerate() {
+        let text = match verifier.open(&note) {
+            Ok(text) => text,
+            Err(e) => {
+                report.problem(format!(
+                    "checkpoint #{n}: {e} (replaced, altered or signed with another key)"
+                ));
+                continue;
+            }
+        };
+        let checkpoint = match Checkpoint::parse(text) {
+            Ok(c) => c,
+            Err(e) => {
+                report.problem(format!("checkpoint #{n}: {e}"));
+                continue;
+            }
+        };
+        match &origin {
+            None => origin = Some(checkpoint.origin.clone()),
+            Some(o) if *o != checkpoint.origin => report.problem(format!(
+                "checkpoint #{n}: origin `{}` is not this log's `{o}`",
+                checkpoint.origin
+            )),
+            Some(_) => {}
+        }
+        if let Some((_, previous)) = expected.last()
+            && checkpoint.size < previous.size
+        {
+            report.problem(format!(
+                "checkpoint #{n}: the log shrank from {} to {} records",
+                previous.size, checkpoint.size
+            ));
+        }
+        expected.push((n, checkpoint));
+    }
+    report.checkpoints = expected.len();
+    let tree_leaves = File::open(dir.join("tree").join("00")).ok();
+    let mut pending = expected.iter().peekable();
+    let mut frontier = Frontier::default();
+    let mut count = 0u64;
+    let mut last_good = 0u64;
+    let mut check_roots = |count: u64, frontier: &Frontier, report: &mut Report| {
+        while let Some((n, checkpoint)) = pending.peek() {
+            if checkpoint.size != count {
+                break;
+            }
+            if frontier.root() == checkpoint.root {
+                report.latest = Some(checkpoint.clone());
+                last_good = count;
+            } else {
+                report.problem(format!(
+                    "checkpoint #{n}: its root over {} records does not match the records; \
+                     a record in {last_good}..{} was altered, removed, added or reordered",
+                    checkpoint.size, checkpoint.size
+                ));
+            }
+            pending.next();
+        }
+    };
+    check_roots(0, &frontier, &mut report);
+    let segments = store::segments(dir)?;
+    for (number, (first, path)) in segments.iter().enumerate() {
+        if *first != count {
+            report.problem(format!(
+                "segment {} should start at record {count}",
+                path.display()
+            ));
+        }
+        let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
+        loop {
+            match read(&mut reader)? {
+                Read::End => break,
+                Read::Incomplete => {
+                    let last_segment = number + 1 == segments.len();
+                    let signed = expected.last().map_or(0, |(_, c)| c.size);
+                    if last_segment && count >= signed {
+                        report.torn_tail = true;
+                    } else {
+                        report.problem(format!(
+                            "record {count} in {} is incomplete or damaged, and the rest of the segment cannot be read",
+                            path.display()
+                        ));
+                    }
+                    break;
+                }
+                Read::Record { stored, record } => {
+                    let hash = leaf_hash(&record);
+                    if hash != stored {
+                        report.problem(format!(
+                            "record {count}: its content does not match the hash written with it (altered)"
+                        ));
+                    } else if let Some(leaves) = &tree_leaves {
+                        let mut recorded = [0u8; 32];
+                        if leaves.read_exact_at(&mut recorded, count * 32).is_ok()
+                            && recorded != hash
+                        {
+                            report.problem(format!(
+                                "record {count}: it differs from the leaf the tree recorded when it was written (altered, removed or reordered)"
+                            ));
+                        }
+                    }
+                    frontier.push(hash);
+                    count += 1;
+                    check_roots(count, &frontier, &mut report);
+                }
+            }
+        }
+    }
+    report.records = count;
+    for (n, checkpoint) in pending {
+        report.problem(format!(
+            "checkpoint #{n} covers {} records but the log holds {count} (records were removed or the log was truncated)",
+            checkpoint.size
+        ));
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::MemoryTree;
+
+    #[test]
+    fn the_frontier_root_is_the_tree_root_at_every_size() {
+        let mut frontier = Frontier::default();
+        let mut tree = MemoryTree::default();
+        assert_eq!(frontier.root(), tree.root());
+        for i in 0u32..300 {
+            let leaf = leaf_hash(&i.to_le_bytes());
+            frontier.push(leaf);
+            tree.push(leaf);
+            assert_eq!(frontier.root(), tree.root(), "size {}", i + 1);
+        }
+    }
+}
