@@ -5,8 +5,10 @@
 mod log;
 pub mod merkle;
 pub mod note;
+mod reader;
 pub mod store;
 pub mod verify;
 
 pub use log::{Appended, AuditError, AuditLog, LogConfig};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier, generate_private_key};
+pub use reader::LogReader;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use crate::merkle::{self, Hash, Nodes as _};
+use crate::merkle;
 use crate::note::{Checkpoint, NoteSigner, NoteVerifier};
 use crate::store::{self, MAX_RECORD_BYTES, Store, Tree};
 
@@ -194,61 +194,6 @@ impl AuditLog {
     /// The checkpoint key's public form.
     pub fn verifier(&self) -> &NoteVerifier {
         &self.shared.verifier
-    }
-
-    fn check_size(&self, size: u64, what: impl FnOnce() -> String) -> Result<(), AuditError> {
-        let have = self.size();
-        if size == 0 || size > have {
-            return Err(AuditError::OutOfRange {
-                size: have,
-                what: what(),
-            });
-        }
-        Ok(())
-    }
-
-    /// The root over the first `size` records.
-    pub fn root(&self, size: u64) -> Result<Hash, AuditError> {
-        self.check_size(size, || format!("no tree of size {size}"))?;
-        merkle::subtree_hash(self.shared.tree.as_ref(), 0, size).map_err(|source| AuditError::Io {
-            dir: self.shared.dir.clone(),
-            source,
-        })
-    }
-
-    /// Record `index`'s leaf hash and audit path in the tree of `size` records.
-    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<(Hash, Vec<Hash>), AuditError> {
-        self.check_size(size, || format!("no tree of size {size}"))?;
-        if index >= size {
-            return Err(AuditError::OutOfRange {
-                size,
-                what: format!("record {index} is not in the tree of size {size}"),
-            });
-        }
-        let io = |source| AuditError::Io {
-            dir: self.shared.dir.clone(),
-            source,
-        };
-        let leaf = self.shared.tree.node(0, index).map_err(io)?;
-        let path = merkle::inclusion_proof(self.shared.tree.as_ref(), index, size).map_err(io)?;
-        Ok((leaf, path))
-    }
-
-    /// The proof that the tree of `old` records is a prefix of the tree of `new`.
-    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, AuditError> {
-        self.check_size(new, || format!("no tree of size {new}"))?;
-        if old > new {
-            return Err(AuditError::OutOfRange {
-                size: new,
-                what: format!("{old} is larger than {new}"),
-            });
-        }
-        merkle::consistency_proof(self.shared.tree.as_ref(), old, new).map_err(|source| {
-            AuditError::Io {
-                dir: self.shared.dir.clone(),
-                source,
-            }
-        })
     }
 
     /// Stops the writer after what is queued, with a last checkpoint.

@@ -115,13 +115,22 @@ pub struct Tree {
 impl Tree {
     fn open(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
+        Self::open_levels(dir, open_append)
+    }
+
+    /// The tree of a log another process may be writing, or a read-only copy.
+    pub fn open_read_only(dir: &Path) -> io::Result<Self> {
+        Self::open_levels(dir, |path| File::open(path))
+    }
+
+    fn open_levels(dir: &Path, open: fn(&Path) -> io::Result<File>) -> io::Result<Self> {
         let mut levels = Vec::new();
         for level in 0.. {
             let path = dir.join(format!("{level:02}"));
             if !path.exists() {
                 break;
             }
-            levels.push(open_append(&path)?);
+            levels.push(open(&path)?);
         }
         Ok(Self {
             dir: dir.to_owned(),
@@ -141,7 +150,8 @@ impl Tree {
         Ok(())
     }
 
-    fn count(&self, level: usize) -> io::Result<u64> {
+    /// Hashes stored at `level` (at level 0: the leaves).
+    pub fn count(&self, level: usize) -> io::Result<u64> {
         let levels = self.levels.read().unwrap_or_else(|p| p.into_inner());
         Ok(levels
             .get(level)
@@ -184,12 +194,24 @@ impl Tree {
 
 impl Nodes for Tree {
     fn node(&self, level: u32, index: u64) -> io::Result<Hash> {
-        let levels = self.levels.read().unwrap_or_else(|p| p.into_inner());
-        let file = levels
-            .get(level as usize)
-            .ok_or_else(|| io::Error::other(format!("the tree has no level {level}")))?;
+        let level = level as usize;
         let mut hash = [0u8; 32];
-        file.read_exact_at(&mut hash, index * 32)?;
+        {
+            let levels = self.levels.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(file) = levels.get(level) {
+                file.read_exact_at(&mut hash, index * 32)?;
+                return Ok(hash);
+            }
+        }
+        // A level the writer (maybe another process) added since this tree was opened.
+        let mut levels = self.levels.write().unwrap_or_else(|p| p.into_inner());
+        while levels.len() <= level {
+            let path = self.dir.join(format!("{:02}", levels.len()));
+            let file = File::open(&path)
+                .map_err(|_| io::Error::other(format!("the tree has no level {level}")))?;
+            levels.push(file);
+        }
+        levels[level].read_exact_at(&mut hash, index * 32)?;
         Ok(hash)
     }
 }

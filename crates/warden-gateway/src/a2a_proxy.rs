@@ -60,7 +60,7 @@ pub async fn card(
         method: A2aMethod::AgentCard,
     };
     let what = describe(&action);
-    let verdict = state.pipeline.decide(&caller, action, &[], None);
+    let verdict = state.pipeline.decide(&caller, action, &[], None).await;
     if !verdict.allowed() {
         let refusal = jsonrpc::refusal(&Value::Null, &verdict, &what, a2a::CODES);
         return json_response(StatusCode::FORBIDDEN, &json!({"error": refusal["error"]}));
@@ -174,7 +174,7 @@ pub async fn rpc(
             ),
         );
     }
-    if let Err(refusal) = decide(state, &caller, &call, &id, &body, &params, intent_header) {
+    if let Err(refusal) = decide(state, &caller, &call, &id, &body, &params, intent_header).await {
         return json_response(StatusCode::OK, &refusal);
     }
     let outgoing = match upstream_request(
@@ -257,7 +257,7 @@ pub async fn rpc(
 
 /// Decides the call, and where it asks the peer to push updates, the caller's egress to that
 /// address: a push URL is a way out.
-fn decide(
+async fn decide(
     state: &State,
     caller: &Caller,
     call: &Call,
@@ -270,7 +270,8 @@ fn decide(
     let what = describe(&call.action);
     let verdict = state
         .pipeline
-        .decide(caller, call.action.clone(), body, intent.clone());
+        .decide(caller, call.action.clone(), body, intent.clone())
+        .await;
     if !verdict.allowed() {
         return Err(jsonrpc::refusal(id, &verdict, &what, a2a::CODES));
     }
@@ -303,7 +304,7 @@ fn decide(
         ip: None,
     };
     let what = format!("push notifications to {}", egress.resource());
-    let verdict = state.pipeline.decide(caller, egress, &[], intent);
+    let verdict = state.pipeline.decide(caller, egress, &[], intent).await;
     if verdict.allowed() {
         Ok(())
     } else {

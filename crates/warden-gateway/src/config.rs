@@ -27,6 +27,66 @@ pub struct GatewayConfig {
     /// How often the trust bundle (roots, grant keys) is refetched, in seconds; a CA rotation
     /// reaches the gateway within this long.
     pub trust_refresh_secs: u64,
+    /// The tamper-evident audit log every decision is recorded in.
+    pub audit: AuditSettings,
+}
+
+/// When an allowed action is forwarded relative to its audit record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// After its record is on disk (fsync): nothing acknowledged is ever lost.
+    #[default]
+    Sync,
+    /// At once, the record following within milliseconds: a crash may lose the last records.
+    Async,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct AuditSettings {
+    pub enabled: bool,
+    /// The log directory (default `warden-audit`; under the data directory for `warden up` and
+    /// `--role all`).
+    pub dir: Option<PathBuf>,
+    /// The checkpoint signing key (`PRIVATE+KEY+…`), created on first start with its public
+    /// verifier key beside it (`<keyFile>.pub`); default `<dir>.key`.
+    pub key_file: Option<PathBuf>,
+    /// The checkpoints' origin line; default `<public URL host:port>/audit`.
+    pub origin: Option<String>,
+    pub durability: Durability,
+    /// Record tool and prompt argument values as SHA-256 hashes instead of the values.
+    pub redact_arguments: bool,
+    /// How often a checkpoint is signed while records arrive, in milliseconds.
+    pub checkpoint_interval_ms: u64,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            dir: None,
+            key_file: None,
+            origin: None,
+            durability: Durability::Sync,
+            redact_arguments: false,
+            checkpoint_interval_ms: 1000,
+        }
+    }
+}
+
+impl AuditSettings {
+    pub fn dir(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("warden-audit"))
+    }
+
+    pub fn key_file(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.dir().with_extension("key"))
+    }
 }
 
 impl Default for GatewayConfig {
@@ -41,6 +101,7 @@ impl Default for GatewayConfig {
             upstreams: Vec::new(),
             limits: Limits::default(),
             trust_refresh_secs: 60,
+            audit: AuditSettings::default(),
         }
     }
 }

@@ -92,7 +92,7 @@ async fn decide_destination(
     };
     if caller.grant.permits(&named).is_err() {
         let what = describe(&named);
-        let verdict = state.pipeline.decide(caller, named, &[], intent);
+        let verdict = state.pipeline.decide(caller, named, &[], intent).await;
         return Err(refused(&verdict, &what));
     }
     let addresses: Vec<IpAddr> = match &host {
@@ -130,7 +130,10 @@ async fn decide_destination(
     };
     let action = connect(host.clone());
     let what = describe(&action);
-    let verdict = state.pipeline.decide(caller, action, &[], intent.clone());
+    let verdict = state
+        .pipeline
+        .decide(caller, action, &[], intent.clone())
+        .await;
     if !verdict.allowed() {
         return Err(refused(&verdict, &what));
     }
@@ -138,7 +141,7 @@ async fn decide_destination(
         // The name is allowed, but it points somewhere special: the address needs its own rule.
         let action = connect(Host::Ip(ip));
         let what = format!("{} (which {host} resolves to)", describe(&action));
-        let verdict = state.pipeline.decide(caller, action, &[], intent);
+        let verdict = state.pipeline.decide(caller, action, &[], intent).await;
         if !verdict.allowed() {
             return Err(refused(&verdict, &what));
         }

@@ -95,6 +95,9 @@ pub fn refusal(id: &Value, verdict: &Verdict, what: &str, codes: Codes) -> Value
                 warden_model::DenyReason::Forbidden => "a policy forbids it",
                 warden_model::DenyReason::EvaluationError => "policy evaluation failed",
                 warden_model::DenyReason::OutsideGrant => "the task grant does not cover it",
+                warden_model::DenyReason::AuditUnavailable => {
+                    "the audit log could not record it; nothing was forwarded"
+                }
             };
             json!({
                 "jsonrpc": "2.0", "id": id,

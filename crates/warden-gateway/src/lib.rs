@@ -8,6 +8,7 @@
 
 mod a2a;
 mod a2a_proxy;
+mod audit;
 mod config;
 mod credential;
 mod egress;
@@ -38,13 +39,14 @@ pub use a2a::{
     TASK_NOT_FOUND as A2A_TASK_NOT_FOUND,
 };
 pub use config::{
-    GatewayConfig, InjectedCredential, Limits, OAuthClient, UpstreamConfig, UpstreamKind,
+    AuditSettings, Durability, GatewayConfig, InjectedCredential, Limits, OAuthClient,
+    UpstreamConfig, UpstreamKind,
 };
 pub use identify::{Caller, Identifier, Unidentified};
 pub use mcp::{DENIED, NEEDS_APPROVAL};
 pub use metrics::Metrics;
 pub use pipeline::{
-    DecisionEvent, Inspector, LogRecorder, PassThrough, Pipeline, Recorder, Verdict,
+    DecisionEvent, Inspector, LogRecorder, PassThrough, Pipeline, Recorded, Recorder, Verdict,
 };
 pub use stdio::{StdioConfig, run as run_stdio};
 
@@ -86,6 +88,7 @@ pub struct RunningGateway {
     pub public_url: String,
     certificate: Arc<RotatingCertificate>,
     state: Arc<server::State>,
+    audit: Option<Arc<audit::AuditRecorder>>,
     stop: Option<oneshot::Sender<()>>,
     served: tokio::task::JoinHandle<()>,
     _sync: tokio::task::JoinHandle<()>,
@@ -104,12 +107,22 @@ impl RunningGateway {
         Ok(())
     }
 
-    /// Stops accepting, drains in-flight requests (up to 30 seconds), and returns.
+    /// The audit log decisions are recorded in, when enabled.
+    pub fn audit_log(&self) -> Option<&warden_audit::AuditLog> {
+        self.audit.as_ref().map(|a| a.log())
+    }
+
+    /// Stops accepting, drains in-flight requests (up to 30 seconds), closes the audit log with
+    /// a last checkpoint, and returns.
     pub async fn shutdown(mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         let _ = (&mut self.served).await;
+        if let Some(audit) = &self.audit {
+            let log = audit.log().clone();
+            let _ = tokio::task::spawn_blocking(move || log.close()).await;
+        }
     }
 }
 
@@ -155,11 +168,30 @@ pub async fn start(
         &trust.roots_der,
     )?));
     let metrics = Arc::new(Metrics::default());
+    let audit = if config.audit.enabled {
+        let origin = format!(
+            "{}/audit",
+            public_url
+                .split_once("://")
+                .map_or(public_url.as_str(), |(_, rest)| rest)
+        );
+        Some(Arc::new(audit::AuditRecorder::open(
+            &config.audit,
+            &origin,
+        )?))
+    } else {
+        None
+    };
+    let recorder: Arc<dyn Recorder> = match &audit {
+        Some(audit) => Arc::clone(audit) as Arc<dyn Recorder>,
+        None => Arc::new(LogRecorder),
+    };
     let pipeline = Pipeline::new(
         policy,
         Arc::new(PassThrough),
-        Arc::new(LogRecorder),
+        recorder,
         Arc::clone(&metrics),
+        public_url.clone(),
     );
     let state = Arc::new(server::State {
         identifier: Identifier::new(Arc::clone(&trust.grants), public_url.clone()),
@@ -208,6 +240,7 @@ pub async fn start(
         public_url,
         certificate,
         state,
+        audit,
         stop: Some(stop),
         served,
         _sync: sync,

@@ -54,41 +54,44 @@ enum Screened {
 }
 
 /// Classifies and decides one message from the client.
-fn screen(
+async fn screen(
     state: &State,
     caller: &Caller,
     server: &Name,
     body: &[u8],
     intent_header: Option<&str>,
 ) -> Screened {
-    let _span = crate::metrics::stage_span("classify").entered();
     let started = Instant::now();
-    let message = jsonrpc::parse(body);
+    let classified = crate::metrics::stage_span("classify").in_scope(|| {
+        let (id, rpc, params) = match jsonrpc::parse(body) {
+            Err(invalid) => {
+                return Err(Screened::Malformed(jsonrpc::error(&Value::Null, &invalid)));
+            }
+            // Session plumbing and answers to the server's own requests touch nothing.
+            Ok(Message::Notification | Message::Response) => return Err(Screened::Forward(None)),
+            Ok(Message::Request { id, method, params }) => (id, method, params),
+        };
+        let intent = mcp::intent(&params, intent_header);
+        match mcp::classify(server, &rpc, &params) {
+            Classified::Refused(invalid) => Err(Screened::Refused(jsonrpc::error(&id, &invalid))),
+            Classified::Plumbing => Err(Screened::Forward(None)),
+            Classified::Action(action) => Ok((id, intent, Some(action), None)),
+            Classified::Listing(listing, action) => Ok((id, intent, action, Some(listing))),
+        }
+    });
     state.metrics.stage("classify", started.elapsed());
-    let (id, rpc, params) = match message {
-        Err(invalid) => return Screened::Malformed(jsonrpc::error(&Value::Null, &invalid)),
-        // Session plumbing and answers to the server's own requests touch nothing.
-        Ok(Message::Notification | Message::Response) => return Screened::Forward(None),
-        Ok(Message::Request { id, method, params }) => (id, method, params),
+    let (id, intent, action, listing) = match classified {
+        Ok(classified) => classified,
+        Err(screened) => return screened,
     };
-    let intent = mcp::intent(&params, intent_header);
-    let decide = |action: Action| {
+    if let Some(action) = action {
         let what = describe(&action);
-        let verdict = state.pipeline.decide(caller, action, body, intent.clone());
-        (!verdict.allowed()).then(|| jsonrpc::refusal(&id, &verdict, &what, mcp::CODES))
-    };
-    match mcp::classify(server, &rpc, &params) {
-        Classified::Refused(invalid) => Screened::Refused(jsonrpc::error(&id, &invalid)),
-        Classified::Plumbing => Screened::Forward(None),
-        Classified::Action(action) => match decide(action) {
-            Some(refusal) => Screened::Refused(refusal),
-            None => Screened::Forward(None),
-        },
-        Classified::Listing(listing, action) => match action.and_then(decide) {
-            Some(refusal) => Screened::Refused(refusal),
-            None => Screened::Forward(Some(listing)),
-        },
+        let verdict = state.pipeline.decide(caller, action, body, intent).await;
+        if !verdict.allowed() {
+            return Screened::Refused(jsonrpc::refusal(&id, &verdict, &what, mcp::CODES));
+        }
     }
+    Screened::Forward(listing)
 }
 
 fn intent_header(request: &Request<Incoming>) -> Option<String> {
@@ -172,13 +175,14 @@ pub async fn streamable(
                 Err(response) => return response,
             };
             let server = &upstream.config.name;
-            let listing = match screen(state, &caller, server, &body, intent_header.as_deref()) {
-                Screened::Forward(listing) => listing,
-                Screened::Malformed(error) => {
-                    return json_response(StatusCode::BAD_REQUEST, &error);
-                }
-                Screened::Refused(answer) => return json_response(StatusCode::OK, &answer),
-            };
+            let listing =
+                match screen(state, &caller, server, &body, intent_header.as_deref()).await {
+                    Screened::Forward(listing) => listing,
+                    Screened::Malformed(error) => {
+                        return json_response(StatusCode::BAD_REQUEST, &error);
+                    }
+                    Screened::Refused(answer) => return json_response(StatusCode::OK, &answer),
+                };
             let outgoing = match upstream_request(
                 state,
                 upstream,
@@ -533,7 +537,7 @@ pub async fn legacy_message(
         Err(response) => return response,
     };
     let server = &upstream.config.name;
-    match screen(state, &caller, server, &body, intent_header.as_deref()) {
+    match screen(state, &caller, server, &body, intent_header.as_deref()).await {
         Screened::Malformed(error) => return json_response(StatusCode::BAD_REQUEST, &error),
         Screened::Refused(answer) => {
             let event = format!("event: message\ndata: {answer}\n\n");

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::broadcast;
+use tracing::Instrument as _;
 use warden_model::{
     Action, Decision, DecisionRequest, DenyReason, Finding, Outcome, RequestContext,
 };
@@ -41,34 +42,62 @@ pub struct DecisionEvent {
     pub deciding: Vec<String>,
     pub bundle: String,
     pub agent: String,
+    pub tenant: String,
+    /// The agents above this one, root first (a sub-agent's lineage).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<String>,
     pub task: Option<String>,
     pub grant: String,
     pub action: String,
     pub resource: String,
+    /// The action's arguments (tool and prompt calls), values hashed when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments: Option<serde_json::Map<String, serde_json::Value>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
     pub findings: Vec<Finding>,
+    /// Approvals the decision relied on.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<String>,
+    /// The gateway that decided.
+    pub gateway: String,
     pub decide_micros: u64,
 }
 
-/// Keeps the record of every decision. The audit issue replaces the log with the Merkle log;
-/// the interface stays.
+/// Whether a record is durable, once the recorder says so.
+pub enum Recorded {
+    /// Kept already (or kept where durability is not waited for).
+    Kept,
+    /// Resolves when the record is durable, or with why it could not be.
+    Pending(std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>),
+}
+
+impl Recorded {
+    pub async fn durable(self) -> Result<(), String> {
+        match self {
+            Self::Kept => Ok(()),
+            Self::Pending(pending) => pending.await,
+        }
+    }
+}
+
+/// Keeps the record of every decision.
 pub trait Recorder: Send + Sync {
-    fn record(&self, event: &DecisionEvent);
+    fn record(&self, event: &DecisionEvent) -> Recorded;
 }
 
 /// Structured log lines (target `warden::decision`).
 pub struct LogRecorder;
 
 impl Recorder for LogRecorder {
-    fn record(&self, event: &DecisionEvent) {
-        if !tracing::enabled!(target: "warden::decision", tracing::Level::INFO) {
-            return;
+    fn record(&self, event: &DecisionEvent) -> Recorded {
+        if tracing::enabled!(target: "warden::decision", tracing::Level::INFO) {
+            match serde_json::to_string(event) {
+                Ok(line) => tracing::info!(target: "warden::decision", "{line}"),
+                Err(e) => tracing::error!(target: "warden::decision", "unrecordable decision: {e}"),
+            }
         }
-        match serde_json::to_string(event) {
-            Ok(line) => tracing::info!(target: "warden::decision", "{line}"),
-            Err(e) => tracing::error!(target: "warden::decision", "unrecordable decision: {e}"),
-        }
+        Recorded::Kept
     }
 }
 
@@ -91,6 +120,7 @@ pub struct Pipeline {
     events: broadcast::Sender<DecisionEvent>,
     metrics: Arc<Metrics>,
     usage: UsageMeter,
+    gateway: String,
 }
 
 impl Pipeline {
@@ -99,6 +129,7 @@ impl Pipeline {
         inspector: Arc<dyn Inspector>,
         recorder: Arc<dyn Recorder>,
         metrics: Arc<Metrics>,
+        gateway: String,
     ) -> Self {
         Self {
             policy,
@@ -107,6 +138,7 @@ impl Pipeline {
             events: broadcast::channel(4096).0,
             metrics,
             usage: UsageMeter::new(100_000),
+            gateway,
         }
     }
 
@@ -116,8 +148,9 @@ impl Pipeline {
     }
 
     /// Decides one action: policy AND the caller's grant must allow it. Records and publishes
-    /// the decision.
-    pub fn decide(
+    /// the decision; an allowed action's record is durable before this returns (fail closed:
+    /// a record that cannot be kept turns the decision into a denial).
+    pub async fn decide(
         &self,
         caller: &Caller,
         action: Action,
@@ -169,10 +202,17 @@ impl Pipeline {
         drop(entered);
         self.metrics.stage("decide", decide_time);
         self.metrics.decision(decision.outcome.label());
-        let _record = stage_span("record").entered();
+        let record_span = stage_span("record");
         let record_started = Instant::now();
         let event = self.event(caller, &request, &decision, findings, intent, decide_time);
-        self.recorder.record(&event);
+        let recorded = record_span.in_scope(|| self.recorder.record(&event));
+        if decision.is_allowed()
+            && let Err(why) = recorded.durable().instrument(record_span).await
+        {
+            tracing::error!("refusing {}: {why}", event.decision_id);
+            decision.outcome = Outcome::denied(DenyReason::AuditUnavailable);
+            decision.deciding.clear();
+        }
         // No subscriber is fine; a slow one misses events rather than slowing calls.
         let _ = self.events.send(event);
         self.metrics.stage("record", record_started.elapsed());
@@ -212,12 +252,22 @@ impl Pipeline {
             deciding: decision.deciding.iter().map(ToString::to_string).collect(),
             bundle: decision.bundle.to_string(),
             agent: caller.identity.spiffe_id().to_string(),
+            tenant: caller.identity.tenant().to_string(),
+            parents: caller
+                .identity
+                .parents()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             task: caller.identity.task().map(ToString::to_string),
             grant: caller.grant.id().to_owned(),
             action: request.action.kind().as_str().to_owned(),
             resource: request.action.resource().to_string(),
+            arguments: request.action.args().cloned(),
             intent,
             findings,
+            approvals: request.context.approved.clone(),
+            gateway: self.gateway.clone(),
             decide_micros: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
         }
     }

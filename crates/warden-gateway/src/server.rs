@@ -493,7 +493,7 @@ async fn http_request(
         _ => unreachable!("built above as Action::Http"),
     };
     let what = describe(&action);
-    let verdict = state.pipeline.decide(&caller, action, &body, intent);
+    let verdict = state.pipeline.decide(&caller, action, &body, intent).await;
     if !verdict.allowed() {
         // Denied and needs-approval are both 403; the body's `data.outcome` tells them apart and
         // carries what an approval request needs.

@@ -123,6 +123,7 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
         Arc::new(PassThrough),
         Arc::new(LogRecorder),
         Arc::new(Metrics::default()),
+        format!("stdio:{}", config.server),
     ));
 
     let (program, args) = config
@@ -219,7 +220,9 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
                         Classified::Plumbing => Ok(()),
                         Classified::Action(action) => {
                             let what = crate::server::describe(&action);
-                            let verdict = pipeline.decide(&caller, action, line.as_bytes(), intent);
+                            let verdict = pipeline
+                                .decide(&caller, action, line.as_bytes(), intent)
+                                .await;
                             if verdict.allowed() {
                                 Ok(())
                             } else {
@@ -227,14 +230,19 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
                             }
                         }
                         Classified::Listing(listing, action) => {
-                            let refused = action.and_then(|action| {
+                            let mut refused = None;
+                            if let Some(action) = action {
                                 let what = crate::server::describe(&action);
-                                let verdict =
-                                    pipeline.decide(&caller, action, line.as_bytes(), intent);
-                                (!verdict.allowed()).then(|| {
-                                    jsonrpc::refusal(&id, &verdict, &what, mcp::CODES).to_string()
-                                })
-                            });
+                                let verdict = pipeline
+                                    .decide(&caller, action, line.as_bytes(), intent)
+                                    .await;
+                                if !verdict.allowed() {
+                                    refused = Some(
+                                        jsonrpc::refusal(&id, &verdict, &what, mcp::CODES)
+                                            .to_string(),
+                                    );
+                                }
+                            }
                             match refused {
                                 Some(refusal) => Err(refusal),
                                 None => {

@@ -145,6 +145,8 @@ pub enum DenyReason {
     EvaluationError,
     /// Policy allows the action, but the caller's task grant does not cover it.
     OutsideGrant,
+    /// The audit log could not make the decision's record durable, so nothing is forwarded.
+    AuditUnavailable,
 }
 
 /// The verdict. Errors exist only inside a denial, and approval requirements only where they are

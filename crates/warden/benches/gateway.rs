@@ -136,39 +136,81 @@ fn write_policies(dir: &Path) {
     std::fs::write(dir.join("bench.yaml"), DEMO_POLICY).expect("write");
 }
 
-/// A self-signed certificate for 127.0.0.1 (PEM certificate, PEM key), made with openssl.
-fn self_signed(dir: &Path) -> (String, String) {
-    let (cert, key) = (dir.join("server.pem"), dir.join("server-key.pem"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args([
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl runs");
-    assert!(made.success(), "openssl could not make a certificate");
-    (
-        cert.to_string_lossy().into_owned(),
-        key.to_string_lossy().into_owned(),
+/// A server certificate for 127.0.0.1 issued by a throwaway CA, made with openssl: the CA
+/// (PEM), the certificate chain (PEM) and its key (PEM) as file paths.
+fn server_certificate(dir: &Path) -> (String, String, String) {
+    let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let openssl = |args: &[&str]| {
+        let ok = Command::new("openssl")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl runs")
+            .success();
+        assert!(ok, "openssl {args:?} failed");
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
     )
+    .expect("extensions file");
+    let (ca, ca_key, csr) = (path("ca.pem"), path("ca-key.pem"), path("server.csr"));
+    let (cert, key, ext) = (
+        path("server.pem"),
+        path("server-key.pem"),
+        path("server.ext"),
+    );
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-days",
+                "1",
+                "-subj",
+                "/CN=bench-ca",
+                "-keyout",
+                &ca_key,
+                "-out",
+                &ca,
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        &[
+            &["req"][..],
+            &ec,
+            &["-subj", "/CN=127.0.0.1", "-keyout", &key, "-out", &csr],
+        ]
+        .concat(),
+    );
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &csr,
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        &ext,
+        "-out",
+        &cert,
+    ]);
+    (ca, cert, key)
 }
 
 /// nginx as a plain TLS reverse proxy to the demo upstream (keep-alive both ways, no logging),
@@ -222,22 +264,22 @@ fn gateway_only(
     dir: &Path,
     control: u16,
     policies: &Path,
-    cert: &str,
-    key: &str,
+    (ca, cert, key): (&str, &str, &str),
 ) -> (Duration, u64) {
     let port = free_port();
     let config = dir.join(format!("gateway-{port}.yaml"));
     std::fs::write(
         &config,
         format!(
-            "gateway:\n  listen: 127.0.0.1:{port}\n  policies: {}\n  controlUrl: http://127.0.0.1:{control}\n  tlsCertFile: {cert}\n  tlsKeyFile: {key}\n",
-            policies.display()
+            "gateway:\n  listen: 127.0.0.1:{port}\n  policies: {}\n  controlUrl: http://127.0.0.1:{control}\n  tlsCertFile: {cert}\n  tlsKeyFile: {key}\n  audit:\n    dir: {}\n",
+            policies.display(),
+            dir.join(format!("audit-{port}")).display()
         ),
     )
     .expect("gateway config");
     let client = HttpClient::with_tls(
         Duration::from_secs(1),
-        &std::fs::read_to_string(cert).expect("certificate"),
+        &std::fs::read_to_string(ca).expect("the bench CA"),
         None,
     )
     .expect("client");
@@ -324,7 +366,7 @@ fn main() {
     );
     let read = |f: &str| std::fs::read_to_string(creds.join(f)).expect("credential file");
     let (cert, key) = (read("svid.pem"), read("svid-key.pem"));
-    let (server_cert, server_key) = self_signed(dir.path());
+    let (server_ca, server_cert, server_key) = server_certificate(dir.path());
     let nginx = nginx(dir.path(), d, &server_cert, &server_key);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -341,7 +383,7 @@ fn main() {
         .expect("mTLS client")
     };
     let tls_to_nginx = || {
-        let root = std::fs::read_to_string(&server_cert).expect("nginx certificate");
+        let root = std::fs::read_to_string(&server_ca).expect("the bench CA");
         HttpClient::with_tls(Duration::from_secs(10), &root, None).expect("TLS client")
     };
     let mcp_headers = vec![
@@ -471,7 +513,12 @@ fn main() {
         ("1 policy", demo_policies),
         ("10,000 policies", dir.path().join("warden-data/policies")),
     ] {
-        let (ready, rss) = gateway_only(dir.path(), c, &policies, &server_cert, &server_key);
+        let (ready, rss) = gateway_only(
+            dir.path(),
+            c,
+            &policies,
+            (&server_ca, &server_cert, &server_key),
+        );
         println!(
             "gateway only (serve --role gateway, {label}): exec to ready {ready:.1?}, idle RSS {:.1} MiB",
             rss as f64 / 1024.0

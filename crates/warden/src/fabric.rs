@@ -209,8 +209,12 @@ fn gateway_identity(control: &Control, listen: SocketAddr) -> anyhow::Result<Tls
     })
 }
 
-/// Renews an in-process gateway's certificate until the process ends.
-fn renew_certificate(control: Arc<Control>, gateway: Arc<RunningGateway>, listen: SocketAddr) {
+/// Renews an in-process gateway's certificate until the returned task is stopped.
+fn renew_certificate(
+    control: Arc<Control>,
+    gateway: Arc<RunningGateway>,
+    listen: SocketAddr,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(RENEW_EVERY).await;
@@ -219,7 +223,15 @@ fn renew_certificate(control: Arc<Control>, gateway: Arc<RunningGateway>, listen
                 Err(e) => tracing::error!("gateway certificate renewal failed: {e:#}"),
             }
         }
-    });
+    })
+}
+
+/// Stops certificate renewal, releasing its hold on the gateway so the gateway can drain.
+async fn stop_renewal(renewal: Option<tokio::task::JoinHandle<()>>) {
+    if let Some(renewal) = renewal {
+        renewal.abort();
+        let _ = renewal.await;
+    }
 }
 
 async fn start_gateway(
@@ -252,6 +264,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         None => FabricConfig::default(),
     };
     apply_overrides(&mut config, &args)?;
+    let audit_dir = config.control.data_dir.join("audit");
     runtime()?.block_on(async move {
         let control = match args.role {
             ServeRole::Control | ServeRole::All => {
@@ -265,15 +278,21 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 control.url
             );
         }
+        let mut renewal = None;
         let gateway = match (&control, args.role) {
             (_, ServeRole::Control) => None,
             (Some(control), _) => {
                 let mut gateway_config = config.gateway;
                 gateway_config.control_url = control.url.clone();
+                gateway_config.audit.dir.get_or_insert(audit_dir);
                 let listen = gateway_config.listen;
                 let identity = gateway_identity(&control.control, listen)?;
                 let gateway = Arc::new(start_gateway(gateway_config, identity).await?);
-                renew_certificate(Arc::clone(&control.control), Arc::clone(&gateway), listen);
+                renewal = Some(renew_certificate(
+                    Arc::clone(&control.control),
+                    Arc::clone(&gateway),
+                    listen,
+                ));
                 Some(gateway)
             }
             (None, _) => {
@@ -287,6 +306,7 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         std::io::stdout().flush()?;
         shutdown_signal().await;
         println!("stopping: draining in-flight requests");
+        stop_renewal(renewal).await;
         if let Some(gateway) = gateway.and_then(|g| Arc::try_unwrap(g).ok()) {
             gateway.shutdown().await;
         }
@@ -349,11 +369,15 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                     credential: None,
                 },
             ],
+            audit: warden_gateway::AuditSettings {
+                dir: Some(data_dir.join("audit")),
+                ..warden_gateway::AuditSettings::default()
+            },
             ..GatewayConfig::default()
         };
         let identity = gateway_identity(&control.control, args.gateway_listen)?;
         let gateway = Arc::new(start_gateway(gateway_config, identity).await?);
-        renew_certificate(
+        let renewal = renew_certificate(
             Arc::clone(&control.control),
             Arc::clone(&gateway),
             args.gateway_listen,
@@ -362,6 +386,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         std::io::stdout().flush()?;
         shutdown_signal().await;
         println!("stopping: draining in-flight requests");
+        stop_renewal(Some(renewal)).await;
         if let Ok(gateway) = Arc::try_unwrap(gateway) {
             gateway.shutdown().await;
         }

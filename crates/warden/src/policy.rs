@@ -275,6 +275,9 @@ fn print_explanation(request: &DecisionRequest, e: &Explanation) {
             warden_model::DenyReason::OutsideGrant => {
                 println!("why        policy allows it, but the task grant does not")
             }
+            warden_model::DenyReason::AuditUnavailable => {
+                println!("why        the audit log could not record it")
+            }
             warden_model::DenyReason::EvaluationError => {
                 println!("why        evaluation failed, so Warden denies:");
                 for err in errors {
