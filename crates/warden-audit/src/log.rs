@@ -116,6 +116,12 @@ impl AuditLog {
             latest: RwLock::new(last.map(|(_, note)| note)),
             verifier,
         });
+        let mut store = store;
+        if store.size() > trusted {
+            // Records written after the last checkpoint before a crash: sign them now.
+            let note = sign_checkpoint(&mut store, &signer, &shared).map_err(io)?;
+            *shared.latest.write().unwrap_or_else(|p| p.into_inner()) = Some(note);
+        }
         let (sender, receiver) = mpsc::channel();
         let writer = {
             let shared = Arc::clone(&shared);

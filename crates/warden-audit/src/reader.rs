@@ -37,6 +37,57 @@ impl LogReader {
         store::read_record(&self.dir, index).map_err(|e| io(&self.dir, e))
     }
 
+    /// The records from `from` on, in order, read sequentially; stops at the first incomplete
+    /// frame (the tail a writer is still writing).
+    pub fn records(
+        &self,
+        from: u64,
+    ) -> Result<impl Iterator<Item = Result<(u64, Vec<u8>), AuditError>> + '_, AuditError> {
+        let segments = store::segments(&self.dir).map_err(|e| io(&self.dir, e))?;
+        let start = segments
+            .iter()
+            .rposition(|(first, _)| *first <= from)
+            .unwrap_or(0);
+        let offset = if from == 0 {
+            0
+        } else {
+            store::record_offset(&self.dir, from).map_err(|e| io(&self.dir, e))?
+        };
+        let mut segments = segments.into_iter().skip(start).peekable();
+        let mut current: Option<std::io::BufReader<std::fs::File>> = None;
+        let mut index = from;
+        let mut first_segment = true;
+        Ok(std::iter::from_fn(move || {
+            loop {
+                if current.is_none() {
+                    let (_, path) = segments.next()?;
+                    let opened = std::fs::File::open(&path).and_then(|mut file| {
+                        use std::io::Seek as _;
+                        if first_segment {
+                            file.seek(std::io::SeekFrom::Start(offset))?;
+                        }
+                        Ok(std::io::BufReader::with_capacity(1 << 20, file))
+                    });
+                    first_segment = false;
+                    match opened {
+                        Ok(reader) => current = Some(reader),
+                        Err(e) => return Some(Err(io(&self.dir, e))),
+                    }
+                }
+                let reader = current.as_mut()?;
+                match store::read_frame(reader) {
+                    Ok(store::Frame::Record { record, .. }) => {
+                        index += 1;
+                        return Some(Ok((index - 1, record)));
+                    }
+                    Ok(store::Frame::End) => current = None,
+                    Ok(store::Frame::Torn) => return None,
+                    Err(e) => return Some(Err(io(&self.dir, e))),
+                }
+            }
+        }))
+    }
+
     /// Every checkpoint that verifies with `verifier`, oldest first, with its note.
     pub fn checkpoints(
         &self,

@@ -401,20 +401,26 @@ pub fn read_checkpoints(dir: &Path) -> io::Result<Vec<String>> {
     Ok(notes)
 }
 
-/// Reads record `index` of a closed or open log directory.
-pub fn read_record(dir: &Path, index: u64) -> io::Result<Vec<u8>> {
+/// Where record `index`'s frame starts in its segment.
+pub fn record_offset(dir: &Path, index: u64) -> io::Result<u64> {
     let offsets = File::open(dir.join("offsets"))?;
     let mut offset = [0u8; 8];
     offsets
         .read_exact_at(&mut offset, index * 8)
         .map_err(|_| io::Error::other(format!("the log has no record {index}")))?;
+    Ok(u64::from_le_bytes(offset))
+}
+
+/// Reads record `index` of a closed or open log directory.
+pub fn read_record(dir: &Path, index: u64) -> io::Result<Vec<u8>> {
+    let offset = record_offset(dir, index)?;
     let found = segments(dir)?;
     let segment = found
         .iter()
         .rposition(|(first, _)| *first <= index)
         .ok_or_else(|| io::Error::other(format!("no segment holds record {index}")))?;
     let mut file = File::open(&found[segment].1)?;
-    file.seek(SeekFrom::Start(u64::from_le_bytes(offset)))?;
+    file.seek(SeekFrom::Start(offset))?;
     match read_frame(&mut file)? {
         Frame::Record { record, .. } => Ok(record),
         _ => Err(io::Error::other(format!("record {index} is damaged"))),

@@ -50,6 +50,9 @@ pub struct DecisionEvent {
     pub grant: String,
     pub action: String,
     pub resource: String,
+    /// The action's salient attributes: method and path, host, port and address, server and
+    /// tool…
+    pub target: serde_json::Map<String, serde_json::Value>,
     /// The action's arguments (tool and prompt calls), values hashed when configured.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arguments: Option<serde_json::Map<String, serde_json::Value>>,
@@ -263,6 +266,7 @@ impl Pipeline {
             grant: caller.grant.id().to_owned(),
             action: request.action.kind().as_str().to_owned(),
             resource: request.action.resource().to_string(),
+            target: target(&request.action),
             arguments: request.action.args().cloned(),
             intent,
             findings,
@@ -270,5 +274,17 @@ impl Pipeline {
             gateway: self.gateway.clone(),
             decide_micros: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
         }
+    }
+}
+
+/// The action's fields but its kind and arguments (recorded on their own).
+fn target(action: &Action) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::to_value(action) {
+        Ok(serde_json::Value::Object(mut fields)) => {
+            fields.remove("kind");
+            fields.remove("args");
+            fields
+        }
+        _ => serde_json::Map::new(),
     }
 }

@@ -1,5 +1,6 @@
 //! `warden`: the one binary of the Warden security fabric for AI agents.
 
+mod audit;
 mod control;
 mod demo;
 mod fabric;
@@ -45,6 +46,9 @@ enum Command {
     /// filtered, decisions recorded. `warden mcp-stdio --credential DIR --server NAME
     /// --policies DIR -- <command> [args…]`
     McpStdio(fabric::McpStdioArgs),
+    /// The tamper-evident audit log: verify it, prove records and consistency, tail, search.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Register agents, issue and delegate their credentials, revoke them.
     Agent {
         #[command(subcommand)]
@@ -100,6 +104,7 @@ fn main() -> ExitCode {
         Command::Up(args) => fabric::up(args),
         Command::Serve(args) => fabric::serve(args),
         Command::McpStdio(args) => fabric::mcp_stdio(args),
+        Command::Audit(command) => audit::run(command),
         Command::Agent {
             command,
             connection,
