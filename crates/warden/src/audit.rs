@@ -471,8 +471,11 @@ fn tail(
     for record in shown.iter().rev() {
         print_record(record, output);
     }
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut next = size;
-    while follow {
+    loop {
         std::thread::sleep(Duration::from_millis(200));
         if reader.size()? == next {
             continue;
@@ -485,7 +488,6 @@ fn tail(
             next = index + 1;
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn search(
