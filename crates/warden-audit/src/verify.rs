@@ -4,7 +4,6 @@
 
 use std::fs::File;
 use std::io::{self, BufReader};
-use std::os::unix::fs::FileExt as _;
 use std::path::Path;
 
 use crate::merkle::{Hash, leaf_hash, node_hash};
@@ -134,7 +133,10 @@ pub fn verify(dir: &Path, verifier: &NoteVerifier) -> io::Result<Report> {
         expected.push((n, checkpoint));
     }
     report.checkpoints = expected.len();
-    let tree_leaves = File::open(dir.join("tree").join("00")).ok();
+    // The leaf hashes as the writer recorded them, read alongside the records.
+    let mut tree_leaves = File::open(dir.join("tree").join("00"))
+        .ok()
+        .map(|f| BufReader::with_capacity(1 << 20, f));
     let mut pending = expected.iter().peekable();
     let mut frontier = Frontier::default();
     let mut count = 0u64;
@@ -186,14 +188,16 @@ pub fn verify(dir: &Path, verifier: &NoteVerifier) -> io::Result<Report> {
                 Read::Record { stored, record } => {
                     let hash = leaf_hash(&record);
                     if hash != stored {
+                        // Keep the writer's leaves in step with the records.
+                        if let Some(leaves) = &mut tree_leaves {
+                            let _ = io::Read::read_exact(leaves, &mut [0u8; 32]);
+                        }
                         report.problem(format!(
                             "record {count}: its content does not match the hash written with it (altered)"
                         ));
-                    } else if let Some(leaves) = &tree_leaves {
+                    } else if let Some(leaves) = &mut tree_leaves {
                         let mut recorded = [0u8; 32];
-                        if leaves.read_exact_at(&mut recorded, count * 32).is_ok()
-                            && recorded != hash
-                        {
+                        if io::Read::read_exact(leaves, &mut recorded).is_ok() && recorded != hash {
                             report.problem(format!(
                                 "record {count}: it differs from the leaf the tree recorded when it was written (altered, removed or reordered)"
                             ));
