@@ -12,6 +12,30 @@ use crate::store::{self, MAX_RECORD_BYTES};
 
 /// Problems beyond this many are counted, not listed.
 const MAX_PROBLEMS: usize = 100;
+/// Records hashed together, split across the cores.
+const BATCH: usize = 16_384;
+
+/// Each record's stored hash with its recomputed leaf hash, hashed in parallel.
+fn hash_all(batch: &[(Hash, Vec<u8>)]) -> Vec<(Hash, Hash)> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = batch.len().div_ceil(cores).max(1024);
+    std::thread::scope(|scope| {
+        let parts: Vec<_> = batch
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(stored, record)| (*stored, leaf_hash(record)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|part| part.join().unwrap_or_default())
+            .collect()
+    })
+}
 
 #[derive(Debug, Default)]
 pub struct Report {
@@ -169,44 +193,54 @@ pub fn verify(dir: &Path, verifier: &NoteVerifier) -> io::Result<Report> {
             ));
         }
         let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
-        loop {
-            match read(&mut reader)? {
-                Read::End => break,
-                Read::Incomplete => {
-                    let last_segment = number + 1 == segments.len();
-                    let signed = expected.last().map_or(0, |(_, c)| c.size);
-                    if last_segment && count >= signed {
-                        report.torn_tail = true;
-                    } else {
-                        report.problem(format!(
-                            "record {count} in {} is incomplete or damaged, and the rest of the segment cannot be read",
-                            path.display()
-                        ));
+        let mut ended = false;
+        while !ended {
+            // Read a batch, hash it on every core, then walk it in order.
+            let mut batch = Vec::with_capacity(BATCH);
+            while batch.len() < BATCH {
+                match read(&mut reader)? {
+                    Read::End => {
+                        ended = true;
+                        break;
                     }
-                    break;
-                }
-                Read::Record { stored, record } => {
-                    let hash = leaf_hash(&record);
-                    if hash != stored {
-                        // Keep the writer's leaves in step with the records.
-                        if let Some(leaves) = &mut tree_leaves {
-                            let _ = io::Read::read_exact(leaves, &mut [0u8; 32]);
-                        }
-                        report.problem(format!(
-                            "record {count}: its content does not match the hash written with it (altered)"
-                        ));
-                    } else if let Some(leaves) = &mut tree_leaves {
-                        let mut recorded = [0u8; 32];
-                        if io::Read::read_exact(leaves, &mut recorded).is_ok() && recorded != hash {
+                    Read::Incomplete => {
+                        let last_segment = number + 1 == segments.len();
+                        let signed = expected.last().map_or(0, |(_, c)| c.size);
+                        let at = count + batch.len() as u64;
+                        if last_segment && at >= signed {
+                            report.torn_tail = true;
+                        } else {
                             report.problem(format!(
-                                "record {count}: it differs from the leaf the tree recorded when it was written (altered, removed or reordered)"
+                                "record {at} in {} is incomplete or damaged, and the rest of the segment cannot be read",
+                                path.display()
                             ));
                         }
+                        ended = true;
+                        break;
                     }
-                    frontier.push(hash);
-                    count += 1;
-                    check_roots(count, &frontier, &mut report);
+                    Read::Record { stored, record } => batch.push((stored, record)),
                 }
+            }
+            for (stored, hash) in hash_all(&batch) {
+                if hash != stored {
+                    // Keep the writer's leaves in step with the records.
+                    if let Some(leaves) = &mut tree_leaves {
+                        let _ = io::Read::read_exact(leaves, &mut [0u8; 32]);
+                    }
+                    report.problem(format!(
+                        "record {count}: its content does not match the hash written with it (altered)"
+                    ));
+                } else if let Some(leaves) = &mut tree_leaves {
+                    let mut recorded = [0u8; 32];
+                    if io::Read::read_exact(leaves, &mut recorded).is_ok() && recorded != hash {
+                        report.problem(format!(
+                            "record {count}: it differs from the leaf the tree recorded when it was written (altered, removed or reordered)"
+                        ));
+                    }
+                }
+                frontier.push(hash);
+                count += 1;
+                check_roots(count, &frontier, &mut report);
             }
         }
     }

@@ -317,55 +317,111 @@ fn gateway_only(
     (ready, rss)
 }
 
-fn main() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    write_policies(&dir.path().join("warden-data/policies"));
-    let (c, g, d) = (free_port(), free_port(), free_port());
-    let exec = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .arg("up")
-        .args(["--control-listen", &format!("127.0.0.1:{c}")])
-        .args(["--gateway-listen", &format!("127.0.0.1:{g}")])
-        .args(["--demo-listen", &format!("127.0.0.1:{d}")])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("warden up");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    for line in lines.by_ref() {
-        if line.expect("line").contains("Stop with Ctrl-C") {
-            break;
+/// A running `warden up` in `dir` with the 10,000-policy bundle, and the demo agent's
+/// credentials from it.
+struct Up {
+    child: std::process::Child,
+    control: u16,
+    gateway: u16,
+    demo: u16,
+    creds: std::path::PathBuf,
+    ready: Duration,
+    idle_rss: u64,
+}
+
+impl Up {
+    fn start(dir: &Path, extra: &[&str]) -> Self {
+        write_policies(&dir.join("warden-data/policies"));
+        let (control, gateway, demo) = (free_port(), free_port(), free_port());
+        let exec = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .arg("up")
+            .args(["--control-listen", &format!("127.0.0.1:{control}")])
+            .args(["--gateway-listen", &format!("127.0.0.1:{gateway}")])
+            .args(["--demo-listen", &format!("127.0.0.1:{demo}")])
+            .args(extra)
+            .current_dir(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("warden up");
+        let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        for line in lines.by_ref() {
+            if line.expect("line").contains("Stop with Ctrl-C") {
+                break;
+            }
+        }
+        let ready = exec.elapsed();
+        std::thread::spawn(move || lines.for_each(drop));
+        let idle_rss = rss_kib(child.id());
+        let creds = dir.join("creds");
+        let token = std::fs::read_to_string(dir.join("warden-data/admin-token")).expect("token");
+        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args([
+                "agent",
+                "credential",
+                "demo/assistant",
+                "--task",
+                "bench",
+                "--ttl",
+                "3600",
+                "--out",
+            ])
+            .arg(&creds)
+            .env("WARDEN_CONTROL_URL", format!("http://127.0.0.1:{control}"))
+            .env("WARDEN_TOKEN", token.trim())
+            .output()
+            .expect("credential");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self {
+            child,
+            control,
+            gateway,
+            demo,
+            creds,
+            ready,
+            idle_rss,
         }
     }
-    let ready = exec.elapsed();
-    std::thread::spawn(move || lines.for_each(drop));
-    let idle_rss = rss_kib(child.id());
-    let creds = dir.path().join("creds");
-    let token = std::fs::read_to_string(dir.path().join("warden-data/admin-token")).expect("token");
-    let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args([
-            "agent",
-            "credential",
-            "demo/assistant",
-            "--task",
-            "bench",
-            "--ttl",
-            "3600",
-            "--out",
-        ])
-        .arg(&creds)
-        .env("WARDEN_CONTROL_URL", format!("http://127.0.0.1:{c}"))
-        .env("WARDEN_TOKEN", token.trim())
-        .output()
-        .expect("credential");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let read = |f: &str| std::fs::read_to_string(creds.join(f)).expect("credential file");
-    let (cert, key) = (read("svid.pem"), read("svid-key.pem"));
+
+    fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.creds.join(file)).expect("credential file")
+    }
+
+    /// An mTLS client with the agent's SVID, and the grant header.
+    fn agent(&self) -> (HttpClient, (&'static str, String)) {
+        let client = HttpClient::with_tls(
+            Duration::from_secs(10),
+            &self.read("bundle.pem"),
+            Some((&self.read("svid.pem"), &self.read("svid-key.pem"))),
+        )
+        .expect("mTLS client");
+        (
+            client,
+            (
+                "authorization",
+                format!("Bearer {}", self.read("grant").trim()),
+            ),
+        )
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let up = Up::start(&dir.path().join("audited"), &[]);
+    let unaudited = Up::start(&dir.path().join("unaudited"), &["--audit", "off"]);
+    let (d, c) = (up.demo, up.control);
     let (server_ca, server_cert, server_key) = server_certificate(dir.path());
     let nginx = nginx(dir.path(), d, &server_cert, &server_key);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -374,14 +430,6 @@ fn main() {
         .build()
         .expect("runtime");
     let plain = || HttpClient::new(Duration::from_secs(10)).expect("client");
-    let mtls = || {
-        HttpClient::with_tls(
-            Duration::from_secs(10),
-            &read("bundle.pem"),
-            Some((&cert, &key)),
-        )
-        .expect("mTLS client")
-    };
     let tls_to_nginx = || {
         let root = std::fs::read_to_string(&server_ca).expect("the bench CA");
         HttpClient::with_tls(Duration::from_secs(10), &root, None).expect("TLS client")
@@ -390,10 +438,18 @@ fn main() {
         ("content-type", "application/json".to_owned()),
         ("accept", "application/json, text/event-stream".to_owned()),
     ];
-    let grant = ("authorization", format!("Bearer {}", read("grant").trim()));
-    let with_grant = |mut headers: Vec<(&'static str, String)>| {
-        headers.push(grant.clone());
-        headers
+    let through = |up: &Up, name: &'static str, path: &str, mcp: bool| {
+        let (client, grant) = up.agent();
+        let mut headers = if mcp { mcp_headers.clone() } else { vec![] };
+        headers.push(grant);
+        Target {
+            name,
+            client,
+            url: format!("https://127.0.0.1:{}{path}", up.gateway),
+            headers,
+            body: mcp.then_some(MCP_CALL),
+            expect: if mcp { b"hello" } else { b"ok" },
+        }
     };
     let mut suites = vec![
         (
@@ -407,14 +463,8 @@ fn main() {
                     body: Some(MCP_CALL),
                     expect: b"hello",
                 },
-                Target {
-                    name: "warden",
-                    client: mtls(),
-                    url: format!("https://127.0.0.1:{g}/mcp/demo"),
-                    headers: with_grant(mcp_headers.clone()),
-                    body: Some(MCP_CALL),
-                    expect: b"hello",
-                },
+                through(&up, "warden", "/mcp/demo", true),
+                through(&unaudited, "warden, audit off", "/mcp/demo", true),
             ],
         ),
         (
@@ -428,14 +478,13 @@ fn main() {
                     body: None,
                     expect: b"ok",
                 },
-                Target {
-                    name: "warden",
-                    client: mtls(),
-                    url: format!("https://127.0.0.1:{g}/http/demo-api/status"),
-                    headers: with_grant(vec![]),
-                    body: None,
-                    expect: b"ok",
-                },
+                through(&up, "warden", "/http/demo-api/status", false),
+                through(
+                    &unaudited,
+                    "warden, audit off",
+                    "/http/demo-api/status",
+                    false,
+                ),
             ],
         ),
     ];
@@ -465,7 +514,7 @@ fn main() {
     for (suite, targets) in suites {
         println!("\n{suite}");
         println!(
-            "{:<8} {:>12} {:>12} {:>8} {:>14}",
+            "{:<18} {:>12} {:>12} {:>8} {:>14}",
             "target", "p50", "p99", "failed", "closed req/s"
         );
         let mut results = Vec::new();
@@ -480,13 +529,13 @@ fn main() {
                 true
             });
             if !answers {
-                println!("{:<8} does not answer; skipped", target.name);
+                println!("{:<18} does not answer; skipped", target.name);
                 continue;
             }
             let (p50, p99, failed) = runtime.block_on(open_loop(Arc::clone(&target)));
             let throughput = runtime.block_on(closed_loop(Arc::clone(&target)));
             println!(
-                "{:<8} {:>12.0?} {:>12.0?} {:>8} {:>14.0}",
+                "{:<18} {:>12.0?} {:>12.0?} {:>8} {:>14.0}",
                 target.name, p50, p99, failed, throughput
             );
             results.push((target.name, p50, p99, throughput));
@@ -502,17 +551,16 @@ fn main() {
         }
     }
     println!(
-        "\nwarden up (control plane + gateway + demo, {POLICIES} policies): exec to ready {ready:.1?}, idle RSS {} MiB, after load {} MiB",
-        idle_rss / 1024,
-        rss_kib(child.id()) / 1024
+        "\nwarden up (control plane + gateway + demo, {POLICIES} policies): exec to ready {:.1?}, idle RSS {} MiB, after load {} MiB",
+        up.ready,
+        up.idle_rss / 1024,
+        rss_kib(up.child.id()) / 1024
     );
     let demo_policies = dir.path().join("demo-policies");
+    let policies = dir.path().join("audited/warden-data/policies");
     std::fs::create_dir_all(&demo_policies).expect("policy dir");
     std::fs::write(demo_policies.join("bench.yaml"), DEMO_POLICY).expect("write");
-    for (label, policies) in [
-        ("1 policy", demo_policies),
-        ("10,000 policies", dir.path().join("warden-data/policies")),
-    ] {
+    for (label, policies) in [("1 policy", demo_policies), ("10,000 policies", policies)] {
         let (ready, rss) = gateway_only(
             dir.path(),
             c,
@@ -528,6 +576,4 @@ fn main() {
         let _ = nginx.kill();
         let _ = nginx.wait();
     }
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -99,6 +99,17 @@ pub struct UpArgs {
     /// Demo MCP server address.
     #[arg(long, default_value = "127.0.0.1:8765")]
     demo_listen: SocketAddr,
+    /// The audit log: `sync` forwards an allowed call once its record is on disk, `async`
+    /// forwards at once, `off` keeps no log (decisions are still logged to stderr).
+    #[arg(long, env = "WARDEN_AUDIT", value_enum, default_value_t = AuditMode::Sync)]
+    audit: AuditMode,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuditMode {
+    Sync,
+    Async,
+    Off,
 }
 
 fn apply_overrides(config: &mut FabricConfig, args: &ServeArgs) -> anyhow::Result<()> {
@@ -370,7 +381,13 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 },
             ],
             audit: warden_gateway::AuditSettings {
+                enabled: args.audit != AuditMode::Off,
                 dir: Some(data_dir.join("audit")),
+                durability: if args.audit == AuditMode::Async {
+                    warden_gateway::Durability::Async
+                } else {
+                    warden_gateway::Durability::Sync
+                },
                 ..warden_gateway::AuditSettings::default()
             },
             ..GatewayConfig::default()
