@@ -49,7 +49,41 @@ pub fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// One frame read from a segment.
+/// One frame as written, its hash not yet checked.
+pub enum RawFrame {
+    Record {
+        stored: Hash,
+        record: Vec<u8>,
+    },
+    /// The file ends inside a frame, or its length is impossible.
+    Incomplete,
+    End,
+}
+
+pub fn read_raw_frame(file: &mut impl io::Read) -> io::Result<RawFrame> {
+    let mut head = [0u8; FRAME_HEAD as usize];
+    let mut filled = 0;
+    while filled < head.len() {
+        match file.read(&mut head[filled..])? {
+            0 if filled == 0 => return Ok(RawFrame::End),
+            0 => return Ok(RawFrame::Incomplete),
+            n => filled += n,
+        }
+    }
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len > MAX_RECORD_BYTES {
+        return Ok(RawFrame::Incomplete);
+    }
+    let mut record = vec![0u8; len];
+    if file.read_exact(&mut record).is_err() {
+        return Ok(RawFrame::Incomplete);
+    }
+    let mut stored = [0u8; 32];
+    stored.copy_from_slice(&head[4..]);
+    Ok(RawFrame::Record { stored, record })
+}
+
+/// One frame read from a segment, checked.
 pub enum Frame {
     Record {
         hash: Hash,
@@ -62,29 +96,14 @@ pub enum Frame {
 }
 
 pub fn read_frame(file: &mut impl io::Read) -> io::Result<Frame> {
-    let mut head = [0u8; FRAME_HEAD as usize];
-    let mut filled = 0;
-    while filled < head.len() {
-        match file.read(&mut head[filled..])? {
-            0 if filled == 0 => return Ok(Frame::End),
-            0 => return Ok(Frame::Torn),
-            n => filled += n,
-        }
-    }
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    if len > MAX_RECORD_BYTES {
-        return Ok(Frame::Torn);
-    }
-    let mut record = vec![0u8; len];
-    if file.read_exact(&mut record).is_err() {
-        return Ok(Frame::Torn);
-    }
-    let mut hash = [0u8; 32];
-    hash.copy_from_slice(&head[4..]);
-    if leaf_hash(&record) != hash {
-        return Ok(Frame::Torn);
-    }
-    Ok(Frame::Record { hash, record })
+    Ok(match read_raw_frame(file)? {
+        RawFrame::Record { stored, record } if leaf_hash(&record) == stored => Frame::Record {
+            hash: stored,
+            record,
+        },
+        RawFrame::Record { .. } | RawFrame::Incomplete => Frame::Torn,
+        RawFrame::End => Frame::End,
+    })
 }
 
 pub fn frame(record: &[u8], hash: &Hash, out: &mut Vec<u8>) {

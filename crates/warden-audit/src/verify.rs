@@ -8,7 +8,7 @@ use std::path::Path;
 
 use crate::merkle::{Hash, leaf_hash, node_hash};
 use crate::note::{Checkpoint, NoteVerifier};
-use crate::store::{self, MAX_RECORD_BYTES};
+use crate::store::{self, RawFrame};
 
 /// Problems beyond this many are counted, not listed.
 const MAX_PROBLEMS: usize = 100;
@@ -85,35 +85,6 @@ impl Frontier {
             Some(&(_, last)) => nodes.fold(last, |right, (_, left)| node_hash(left, &right)),
         }
     }
-}
-
-enum Read {
-    Record { stored: Hash, record: Vec<u8> },
-    Incomplete,
-    End,
-}
-
-fn read(reader: &mut impl io::Read) -> io::Result<Read> {
-    let mut head = [0u8; store::FRAME_HEAD as usize];
-    let mut filled = 0;
-    while filled < head.len() {
-        match reader.read(&mut head[filled..])? {
-            0 if filled == 0 => return Ok(Read::End),
-            0 => return Ok(Read::Incomplete),
-            n => filled += n,
-        }
-    }
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-    if len > MAX_RECORD_BYTES {
-        return Ok(Read::Incomplete);
-    }
-    let mut record = vec![0u8; len];
-    if reader.read_exact(&mut record).is_err() {
-        return Ok(Read::Incomplete);
-    }
-    let mut stored = [0u8; 32];
-    stored.copy_from_slice(&head[4..]);
-    Ok(Read::Record { stored, record })
 }
 
 pub fn verify(dir: &Path, verifier: &NoteVerifier) -> io::Result<Report> {
@@ -198,12 +169,12 @@ pub fn verify(dir: &Path, verifier: &NoteVerifier) -> io::Result<Report> {
             // Read a batch, hash it on every core, then walk it in order.
             let mut batch = Vec::with_capacity(BATCH);
             while batch.len() < BATCH {
-                match read(&mut reader)? {
-                    Read::End => {
+                match store::read_raw_frame(&mut reader)? {
+                    RawFrame::End => {
                         ended = true;
                         break;
                     }
-                    Read::Incomplete => {
+                    RawFrame::Incomplete => {
                         let last_segment = number + 1 == segments.len();
                         let signed = expected.last().map_or(0, |(_, c)| c.size);
                         let at = count + batch.len() as u64;
@@ -218,7 +189,7 @@ pub fn verify(dir: &Path, verifier: &NoteVerifier) -> io::Result<Report> {
                         ended = true;
                         break;
                     }
-                    Read::Record { stored, record } => batch.push((stored, record)),
+                    RawFrame::Record { stored, record } => batch.push((stored, record)),
                 }
             }
             for (stored, hash) in hash_all(&batch) {

@@ -18,8 +18,8 @@ use crate::a2a::{self, Call};
 use crate::identify::Caller;
 use crate::jsonrpc::{self, Invalid, Message};
 use crate::server::{
-    Body, BoxError, State, Upstream, describe, forward, full, identify, json_response, problem,
-    read_body, relay, upstream_request,
+    Body, BoxError, State, Upstream, call_upstream, describe, full, identify_method, json_response,
+    problem, read_body, relay,
 };
 use crate::sse::SseRewriter;
 
@@ -44,17 +44,16 @@ pub async fn card(
     upstream: &Upstream,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let caller = match identify(state, peer, &request) {
+    let caller = match identify_method(
+        state,
+        peer,
+        &request,
+        Method::GET,
+        "agent cards are read with GET",
+    ) {
         Ok(caller) => caller,
         Err(response) => return response,
     };
-    if request.method() != Method::GET {
-        return problem(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "agent cards are read with GET",
-        );
-    }
     let action = Action::A2a {
         peer: upstream.config.name.clone(),
         method: A2aMethod::AgentCard,
@@ -65,7 +64,7 @@ pub async fn card(
         let refusal = jsonrpc::refusal(&Value::Null, &verdict, &what, a2a::CODES);
         return json_response(StatusCode::FORBIDDEN, &json!({"error": refusal["error"]}));
     }
-    let outgoing = match upstream_request(
+    let response = match call_upstream(
         state,
         upstream,
         Method::GET,
@@ -76,10 +75,6 @@ pub async fn card(
     )
     .await
     {
-        Ok(r) => r,
-        Err(response) => return response,
-    };
-    let response = match forward(state, outgoing).await {
         Ok(r) => r,
         Err(response) => return response,
     };
@@ -110,17 +105,16 @@ pub async fn rpc(
     upstream: &Upstream,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let caller = match identify(state, peer, &request) {
+    let caller = match identify_method(
+        state,
+        peer,
+        &request,
+        Method::POST,
+        "A2A's JSON-RPC binding uses POST",
+    ) {
         Ok(caller) => caller,
         Err(response) => return response,
     };
-    if request.method() != Method::POST {
-        return problem(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "A2A's JSON-RPC binding uses POST",
-        );
-    }
     let headers = request.headers().clone();
     let intent_header = headers
         .get("warden-intent")
@@ -177,7 +171,7 @@ pub async fn rpc(
     if let Err(refusal) = decide(state, &caller, &call, &id, &body, &params, intent_header).await {
         return json_response(StatusCode::OK, &refusal);
     }
-    let outgoing = match upstream_request(
+    let response = match call_upstream(
         state,
         upstream,
         Method::POST,
@@ -188,10 +182,6 @@ pub async fn rpc(
     )
     .await
     {
-        Ok(r) => r,
-        Err(response) => return response,
-    };
-    let response = match forward(state, outgoing).await {
         Ok(r) => r,
         Err(response) => return response,
     };

@@ -25,8 +25,8 @@ use crate::identify::Caller;
 use crate::jsonrpc::{self, Message};
 use crate::mcp::{self, Classified, Listing};
 use crate::server::{
-    Body, BoxError, State, Upstream, describe, forward, full, identify, json_response, problem,
-    read_body, relay, upstream_request,
+    Body, BoxError, State, Upstream, call_upstream, describe, full, identify, identify_method,
+    json_response, problem, read_body, relay,
 };
 use crate::sse::SseRewriter;
 
@@ -146,7 +146,7 @@ pub async fn streamable(
                     "GET and DELETE need an Mcp-Session-Id",
                 );
             };
-            let outgoing = match upstream_request(
+            let response = match call_upstream(
                 state,
                 upstream,
                 method.clone(),
@@ -157,10 +157,6 @@ pub async fn streamable(
             )
             .await
             {
-                Ok(r) => r,
-                Err(response) => return response,
-            };
-            let response = match forward(state, outgoing).await {
                 Ok(r) => r,
                 Err(response) => return response,
             };
@@ -183,7 +179,7 @@ pub async fn streamable(
                     }
                     Screened::Refused(answer) => return json_response(StatusCode::OK, &answer),
                 };
-            let outgoing = match upstream_request(
+            let response = match call_upstream(
                 state,
                 upstream,
                 Method::POST,
@@ -194,10 +190,6 @@ pub async fn streamable(
             )
             .await
             {
-                Ok(r) => r,
-                Err(response) => return response,
-            };
-            let response = match forward(state, outgoing).await {
                 Ok(r) => r,
                 Err(response) => return response,
             };
@@ -343,17 +335,16 @@ pub async fn legacy_stream(
     upstream: &Upstream,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let caller = match identify(state, peer, &request) {
+    let caller = match identify_method(
+        state,
+        peer,
+        &request,
+        Method::GET,
+        "open the event stream with GET; post messages to the endpoint it announces",
+    ) {
         Ok(caller) => caller,
         Err(response) => return response,
     };
-    if request.method() != Method::GET {
-        return problem(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "open the event stream with GET; post messages to the endpoint it announces",
-        );
-    }
     if state.legacy_sessions.len() >= state.config.limits.max_sessions {
         return problem(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -361,7 +352,7 @@ pub async fn legacy_stream(
             "too many open MCP streams; retry shortly",
         );
     }
-    let outgoing = match upstream_request(
+    let response = match call_upstream(
         state,
         upstream,
         Method::GET,
@@ -372,10 +363,6 @@ pub async fn legacy_stream(
     )
     .await
     {
-        Ok(r) => r,
-        Err(response) => return response,
-    };
-    let response = match forward(state, outgoing).await {
         Ok(r) => r,
         Err(response) => return response,
     };
@@ -497,17 +484,16 @@ pub async fn legacy_message(
     upstream: &Upstream,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let caller = match identify(state, peer, &request) {
+    let caller = match identify_method(
+        state,
+        peer,
+        &request,
+        Method::POST,
+        "post messages to this endpoint",
+    ) {
         Ok(caller) => caller,
         Err(response) => return response,
     };
-    if request.method() != Method::POST {
-        return problem(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "post messages to this endpoint",
-        );
-    }
     let session = request
         .uri()
         .query()
@@ -558,7 +544,7 @@ pub async fn legacy_message(
         }
         Screened::Forward(None) => {}
     }
-    let outgoing = match upstream_request(
+    match call_upstream(
         state,
         upstream,
         Method::POST,
@@ -569,10 +555,6 @@ pub async fn legacy_message(
     )
     .await
     {
-        Ok(r) => r,
-        Err(response) => return response,
-    };
-    match forward(state, outgoing).await {
         Ok(response) => relay(response, &["content-type"]),
         Err(response) => response,
     }

@@ -375,8 +375,43 @@ pub(crate) fn identify(
     })
 }
 
+/// Identifies the caller of a request that must use `method`; `how` tells a caller that used
+/// another what to do.
+pub(crate) fn identify_method(
+    state: &State,
+    peer: Option<&SpiffeId>,
+    request: &Request<Incoming>,
+    method: Method,
+    how: &str,
+) -> Result<Caller, Response<Body>> {
+    let caller = identify(state, peer, request)?;
+    if request.method() != method {
+        return Err(problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            how,
+        ));
+    }
+    Ok(caller)
+}
+
+/// Sends a request to the upstream with only the `keep` headers of the client's, plus the
+/// upstream's own credential; returns as soon as the response head arrives.
+pub(crate) async fn call_upstream(
+    state: &State,
+    upstream: &Upstream,
+    method: Method,
+    url: &str,
+    headers: &HeaderMap,
+    keep: impl Fn(&str) -> bool,
+    body: Bytes,
+) -> Result<Response<Incoming>, Response<Body>> {
+    let request = upstream_request(state, upstream, method, url, headers, keep, body).await?;
+    forward(state, request).await
+}
+
 /// Builds a request to the upstream with only the allowed headers, plus its own credential.
-pub(crate) async fn upstream_request(
+async fn upstream_request(
     state: &State,
     upstream: &Upstream,
     method: Method,
@@ -403,7 +438,7 @@ pub(crate) async fn upstream_request(
     })
 }
 
-pub(crate) async fn forward(
+async fn forward(
     state: &State,
     request: Request<Full<Bytes>>,
 ) -> Result<Response<Incoming>, Response<Body>> {
@@ -500,7 +535,7 @@ async fn http_request(
         let refusal = jsonrpc::refusal(&Value::Null, &verdict, &what, mcp::CODES);
         return json_response(StatusCode::FORBIDDEN, &json!({"error": refusal["error"]}));
     }
-    let outgoing = match upstream_request(
+    match call_upstream(
         state,
         upstream,
         method,
@@ -511,10 +546,6 @@ async fn http_request(
     )
     .await
     {
-        Ok(r) => r,
-        Err(response) => return response,
-    };
-    match forward(state, outgoing).await {
         Ok(response) => {
             let (parts, body) = response.into_parts();
             let mut out = Response::new(body.map_err(|e| Box::new(e) as BoxError).boxed());

@@ -509,7 +509,7 @@ fn main() {
         println!("(nginx is not installed: `apt-get install nginx` adds its column)");
     }
     println!(
-        "{POLICIES} policies loaded; mTLS + grant through Warden; TLS through nginx; open loop at {RATE} req/s"
+        "{POLICIES} policies loaded; mTLS + grant through Warden (with its audit log durable before forwarding, and off); TLS through nginx; open loop at {RATE} req/s"
     );
     for (suite, targets) in suites {
         println!("\n{suite}");
