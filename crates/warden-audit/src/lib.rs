@@ -2,9 +2,11 @@
 //! RFC 6962 Merkle tree, with signed checkpoints (C2SP signed notes) that anyone holding the
 //! public key can check offline, with inclusion and consistency proofs.
 
+pub mod export;
 mod log;
 pub mod merkle;
 pub mod note;
+pub mod ocsf;
 mod reader;
 pub mod store;
 pub mod verify;

@@ -10,13 +10,15 @@ use aws_lc_rs::digest;
 use serde_json::Value;
 use warden_audit::{AuditLog, LogConfig, NoteSigner};
 
-use crate::config::{AuditSettings, Durability};
+use crate::config::{AuditSettings, Durability, ExportSink};
 use crate::pipeline::{DecisionEvent, LogRecorder, Recorded, Recorder};
 
 pub struct AuditRecorder {
     log: AuditLog,
     durability: Durability,
     redact_arguments: bool,
+    /// Running exports; they stop when the recorder goes.
+    _exports: Vec<warden_audit::export::Exporter>,
 }
 
 impl AuditRecorder {
@@ -39,10 +41,47 @@ impl AuditRecorder {
             signer,
         )
         .with_context(|| format!("cannot open the audit log in {}", dir.display()))?;
+        let mut exports = Vec::new();
+        for sink in &settings.export {
+            let name = sink.name();
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                anyhow::bail!("audit export `{name}`: names are letters, digits, `-` and `_`");
+            }
+            let target: Box<dyn warden_audit::export::Sink> = match sink {
+                ExportSink::File(file) => Box::new(warden_audit::export::FileSink::new(
+                    file.path.clone(),
+                    file.max_bytes,
+                    file.keep,
+                )),
+                ExportSink::Http(collector) => {
+                    let token = match &collector.token_env {
+                        Some(var) => Some(std::env::var(var).with_context(|| {
+                            format!("audit export `{name}`: set {var} to the collector token")
+                        })?),
+                        None => None,
+                    };
+                    Box::new(
+                        warden_audit::export::HttpSink::new(collector.url.clone(), token)
+                            .map_err(|e| anyhow::anyhow!("audit export `{name}`: {e}"))?,
+                    )
+                }
+            };
+            exports.push(warden_audit::export::start(
+                &dir,
+                log.verifier().clone(),
+                name,
+                target,
+            ));
+        }
         Ok(Self {
             log,
             durability: settings.durability,
             redact_arguments: settings.redact_arguments,
+            _exports: exports,
         })
     }
 

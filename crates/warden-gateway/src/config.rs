@@ -59,6 +59,58 @@ pub struct AuditSettings {
     pub redact_arguments: bool,
     /// How often a checkpoint is signed while records arrive, in milliseconds.
     pub checkpoint_interval_ms: u64,
+    /// Where OCSF events go; each sink reads the log from its own cursor.
+    pub export: Vec<ExportSink>,
+}
+
+/// An export destination for OCSF events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum ExportSink {
+    /// JSON lines in a file, rotated by size.
+    File(FileExport),
+    /// An HTTP event collector (Splunk HEC shape).
+    Http(HttpExport),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileExport {
+    /// Names the sink's cursor; keep it stable.
+    pub name: String,
+    pub path: PathBuf,
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    #[serde(default = "default_keep")]
+    pub keep: usize,
+}
+
+fn default_max_bytes() -> u64 {
+    100 << 20
+}
+
+fn default_keep() -> usize {
+    10
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpExport {
+    pub name: String,
+    /// e.g. `https://splunk.example:8088/services/collector/event`.
+    pub url: String,
+    /// Environment variable holding the collector token (`Authorization: Splunk <token>`).
+    #[serde(default)]
+    pub token_env: Option<String>,
+}
+
+impl ExportSink {
+    pub fn name(&self) -> &str {
+        match self {
+            Self::File(f) => &f.name,
+            Self::Http(h) => &h.name,
+        }
+    }
 }
 
 impl Default for AuditSettings {
@@ -71,6 +123,7 @@ impl Default for AuditSettings {
             durability: Durability::Sync,
             redact_arguments: false,
             checkpoint_interval_ms: 1000,
+            export: Vec::new(),
         }
     }
 }

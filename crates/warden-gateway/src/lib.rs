@@ -39,8 +39,8 @@ pub use a2a::{
     TASK_NOT_FOUND as A2A_TASK_NOT_FOUND,
 };
 pub use config::{
-    AuditSettings, Durability, GatewayConfig, InjectedCredential, Limits, OAuthClient,
-    UpstreamConfig, UpstreamKind,
+    AuditSettings, Durability, ExportSink, FileExport, GatewayConfig, HttpExport,
+    InjectedCredential, Limits, OAuthClient, UpstreamConfig, UpstreamKind,
 };
 pub use identify::{Caller, Identifier, Unidentified};
 pub use mcp::{DENIED, NEEDS_APPROVAL};

@@ -33,8 +33,9 @@ impl Site {
         std::fs::write(
             dir.path().join("warden.yaml"),
             format!(
-                "control:\n  listen: 127.0.0.1:{control_port}\n  dataDir: {data}\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  policies: {policies}\n  upstreams:\n    - {{name: api, kind: http, url: 'http://127.0.0.1:{api_port}'}}\n",
+                "control:\n  listen: 127.0.0.1:{control_port}\n  dataDir: {data}\ngateway:\n  listen: 127.0.0.1:{gateway_port}\n  policies: {policies}\n  upstreams:\n    - {{name: api, kind: http, url: 'http://127.0.0.1:{api_port}'}}\n  audit:\n    export:\n      - {{name: siem, kind: file, path: '{ocsf}'}}\n",
                 data = dir.path().join("data").display(),
+                ocsf = dir.path().join("ocsf.jsonl").display(),
                 policies = dir.path().join("policies").display(),
             ),
         )
@@ -269,6 +270,17 @@ async fn proofs_check_offline_and_tampering_fails_verification() {
     let fabric = site.start();
     std::thread::sleep(Duration::from_millis(1500));
     drop(fabric);
+
+    // The SIEM file got every record as an OCSF HTTP Activity event, denied ones as failures.
+    let events: Vec<Value> = std::fs::read_to_string(site.dir.path().join("ocsf.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(events.iter().all(|e| e["class_uid"] == 4002));
+    assert_eq!(events[2]["status"], "Failure");
+    assert_eq!(events[2]["http_request"]["url"]["path"], "/denied");
 
     // Search and tail find the records with their intent; the denied one is there too.
     let out = site.warden(&["audit", "search", "--outcome", "deny", "-o", "json"]);

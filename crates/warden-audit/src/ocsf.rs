@@ -1,0 +1,154 @@
+//! Audit records as OCSF events (schema 1.1): API Activity (6003) for MCP and A2A calls, HTTP
+//! Activity (4002) for HTTP API calls, Network Activity (4001) for egress, and a Detection
+//! Finding (2004) for each inspection finding. Every event carries the record's Merkle leaf
+//! index and a signed checkpoint covering it, so a SIEM copy can be checked against the log.
+
+use serde_json::{Value, json};
+
+/// The record exactly as logged, where it sits in the log, and a signed checkpoint that covers
+/// it.
+pub struct Provenance<'a> {
+    pub record: &'a str,
+    pub index: u64,
+    pub leaf_hash: &'a str,
+    pub checkpoint: &'a str,
+}
+
+fn str_field<'a>(record: &'a Value, name: &str) -> &'a str {
+    record.get(name).and_then(Value::as_str).unwrap_or_default()
+}
+
+/// The OCSF events for one record (the activity, then one finding per inspection finding).
+pub fn events(record: &Value, provenance: &Provenance<'_>) -> Vec<Value> {
+    let action = str_field(record, "action");
+    let outcome = str_field(record, "outcome");
+    let allowed = outcome == "allow";
+    let time_ms = record
+        .get("time")
+        .and_then(Value::as_i64)
+        .unwrap_or_default()
+        * 1000;
+    let (class_uid, category_uid, class_name, activity_id, activity_name) = match action {
+        "http" => (4002, 4, "HTTP Activity", 99, "Other"),
+        "egress.connect" => (4001, 4, "Network Activity", 1, "Open"),
+        _ => (6003, 6, "API Activity", 99, "Other"),
+    };
+    let target = record.get("target").cloned().unwrap_or(Value::Null);
+    let warden = json!({
+        "leaf_index": provenance.index,
+        "leaf_hash": provenance.leaf_hash,
+        "checkpoint": provenance.checkpoint,
+        "record": provenance.record,
+    });
+    let activity_metadata = metadata(record, provenance);
+    let actor = json!({
+        "user": {"uid": str_field(record, "agent"), "type": "Service", "org": {"uid": str_field(record, "tenant")}},
+        "session": {"uid": record.get("task").cloned().unwrap_or(Value::Null)},
+        "app_name": str_field(record, "gateway"),
+    });
+    let mut activity = json!({
+        "class_uid": class_uid,
+        "class_name": class_name,
+        "category_uid": category_uid,
+        "activity_id": activity_id,
+        "activity_name": activity_name,
+        "type_uid": class_uid * 100 + activity_id,
+        "time": time_ms,
+        "severity_id": if allowed { 1 } else { 3 },
+        "status_id": if allowed { 1 } else { 2 },
+        "status": if allowed { "Success" } else { "Failure" },
+        "status_detail": outcome,
+        "message": format!("{action} on {} — {outcome}", str_field(record, "resource")),
+        "metadata": activity_metadata,
+        "actor": actor,
+        "unmapped": {"warden": warden},
+    });
+    match class_uid {
+        4002 => {
+            activity["http_request"] = json!({
+                "http_method": target.get("method").cloned().unwrap_or(Value::Null),
+                "url": {"path": target.get("path").cloned().unwrap_or(Value::Null),
+                        "hostname": target.get("service").cloned().unwrap_or(Value::Null)},
+            });
+        }
+        4001 => {
+            activity["dst_endpoint"] = json!({
+                "hostname": target.get("host").cloned().unwrap_or(Value::Null),
+                "port": target.get("port").cloned().unwrap_or(Value::Null),
+                "ip": target.get("ip").cloned().unwrap_or(Value::Null),
+            });
+        }
+        _ => {
+            activity["api"] = json!({
+                "operation": action,
+                "service": {"name": target.get("server").or_else(|| target.get("peer")).cloned().unwrap_or(Value::Null)},
+                "request": {"uid": str_field(record, "decisionId")},
+            });
+            activity["resources"] =
+                json!([{"name": str_field(record, "resource"), "type": action}]);
+        }
+    }
+    let mut out = vec![activity];
+    for finding in record
+        .get("findings")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        out.push(json!({
+            "class_uid": 2004,
+            "class_name": "Detection Finding",
+            "category_uid": 2,
+            "activity_id": 1,
+            "activity_name": "Create",
+            "type_uid": 200401,
+            "time": time_ms,
+            "severity_id": 3,
+            "status_id": 1,
+            "message": format!("inspection finding in {action} on {}", str_field(record, "resource")),
+            "finding_info": {"uid": format!("{}:{}", str_field(record, "decisionId"), out.len()), "title": finding.get("kind").cloned().unwrap_or(Value::Null), "desc": finding.to_string()},
+            "metadata": metadata(record, provenance),
+            "unmapped": {"warden": {"leaf_index": provenance.index, "leaf_hash": provenance.leaf_hash, "checkpoint": provenance.checkpoint}},
+        }));
+    }
+    out
+}
+
+fn metadata(record: &Value, provenance: &Provenance<'_>) -> Value {
+    json!({
+        "version": "1.1.0",
+        "uid": str_field(record, "decisionId"),
+        "product": {"name": "Warden", "vendor_name": "Warden"},
+        "log_name": "warden-audit",
+        "sequence": provenance.index,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_action_kind_maps_to_its_class() {
+        let provenance = Provenance {
+            record: "{}",
+            index: 7,
+            leaf_hash: "ab",
+            checkpoint: "log\n8\nroot\n\n— log sig\n",
+        };
+        for (action, class) in [
+            ("mcp.tools/call", 6003),
+            ("a2a.message/send", 6003),
+            ("http", 4002),
+            ("egress.connect", 4001),
+        ] {
+            let record = json!({"action": action, "outcome": "deny", "time": 1, "decisionId": "d",
+                                "findings": [{"kind": "secret"}], "target": {"host": "h", "port": 443}});
+            let events = events(&record, &provenance);
+            assert_eq!(events[0]["class_uid"], class, "{action}");
+            assert_eq!(events[0]["status_id"], 2);
+            assert_eq!(events[0]["unmapped"]["warden"]["leaf_index"], 7);
+            assert_eq!(events[1]["class_uid"], 2004);
+        }
+    }
+}
