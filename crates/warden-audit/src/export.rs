@@ -283,3 +283,121 @@ impl Sink for HttpSink {
         }
     }
 }
+
+/// Syslog (RFC 5424) over TCP with octet-counting framing (RFC 6587), or over TLS (RFC 5425):
+/// facility log audit, severity informational for allowed calls and warning otherwise, the
+/// OCSF event as the message.
+pub struct SyslogSink {
+    address: String,
+    tls: Option<(
+        rustls_pki_types::ServerName<'static>,
+        Arc<rustls::ClientConfig>,
+    )>,
+    hostname: String,
+    stream: Option<Box<dyn std::io::Write + Send>>,
+}
+
+impl SyslogSink {
+    /// `address` is `host:port`; with `ca_pem`, the connection is TLS and the server's
+    /// certificate must chain to it and name `host`.
+    pub fn new(address: String, ca_pem: Option<&str>) -> Result<Self, String> {
+        let tls = match ca_pem {
+            None => None,
+            Some(pem) => {
+                use rustls_pki_types::pem::PemObject as _;
+                let mut roots = rustls::RootCertStore::empty();
+                for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    roots
+                        .add(cert.map_err(|e| format!("the CA file is not PEM: {e}"))?)
+                        .map_err(|e| format!("unusable CA certificate: {e}"))?;
+                }
+                let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+                let config = rustls::ClientConfig::builder_with_provider(provider)
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| e.to_string())?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+                let host = address
+                    .rsplit_once(':')
+                    .map_or(address.as_str(), |(host, _)| host)
+                    .trim_matches(['[', ']'])
+                    .to_owned();
+                let name = rustls_pki_types::ServerName::try_from(host)
+                    .map_err(|e| format!("{address}: {e}"))?;
+                Some((name, Arc::new(config)))
+            }
+        };
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .ok()
+            .filter(|h| !h.is_empty() && h.is_ascii() && !h.contains(' '))
+            .unwrap_or_else(|| "-".into());
+        Ok(Self {
+            address,
+            tls,
+            hostname,
+            stream: None,
+        })
+    }
+
+    fn connect(&self) -> Result<Box<dyn std::io::Write + Send>, String> {
+        let tcp = std::net::TcpStream::connect(&self.address)
+            .map_err(|e| format!("{}: {e}", self.address))?;
+        tcp.set_write_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        Ok(match &self.tls {
+            None => Box::new(tcp),
+            Some((name, config)) => {
+                let connection = rustls::ClientConnection::new(Arc::clone(config), name.clone())
+                    .map_err(|e| e.to_string())?;
+                Box::new(rustls::StreamOwned::new(connection, tcp))
+            }
+        })
+    }
+
+    fn message(&self, event: &Value) -> String {
+        let failed = event.get("status_id").and_then(Value::as_i64) != Some(1);
+        // Facility 13 (log audit); severity 4 (warning) or 6 (informational).
+        let priority = 13 * 8 + if failed { 4 } else { 6 };
+        let time = event
+            .get("time")
+            .and_then(Value::as_i64)
+            .and_then(|ms| time::OffsetDateTime::from_unix_timestamp(ms / 1000).ok())
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| "-".into());
+        let class = event.get("class_uid").and_then(Value::as_i64).unwrap_or(0);
+        let body = format!(
+            "<{priority}>1 {time} {} warden - ocsf-{class} - {event}",
+            self.hostname
+        );
+        format!("{} {body}", body.len())
+    }
+}
+
+impl Sink for SyslogSink {
+    fn deliver(&mut self, events: &[Value]) -> Result<(), String> {
+        let mut frames = String::new();
+        for event in events {
+            frames += &self.message(event);
+        }
+        if self.stream.is_none() {
+            self.stream = Some(self.connect()?);
+        }
+        let written = self
+            .stream
+            .as_mut()
+            .map(|s| s.write_all(frames.as_bytes()).and_then(|()| s.flush()));
+        match written {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => {
+                // Reconnect on the next attempt; these events are offered again.
+                self.stream = None;
+                Err(format!("{}: {e}", self.address))
+            }
+            None => Err("no connection".into()),
+        }
+    }
+}

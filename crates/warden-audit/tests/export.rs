@@ -190,3 +190,103 @@ async fn a_collector_that_is_down_catches_up_and_nothing_is_dropped() {
         .await
         .unwrap();
 }
+
+/// Reads octet-counted syslog frames from one connection until `want` arrived.
+fn read_frames(mut stream: impl std::io::Read, want: usize) -> Vec<String> {
+    let mut buffer = Vec::new();
+    let mut frames = Vec::new();
+    let mut chunk = [0u8; 65536];
+    while frames.len() < want {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "the connection ended after {} frames", frames.len());
+        buffer.extend_from_slice(&chunk[..n]);
+        while let Some(space) = buffer.iter().position(|b| *b == b' ') {
+            let len: usize = std::str::from_utf8(&buffer[..space])
+                .unwrap()
+                .parse()
+                .unwrap();
+            if buffer.len() < space + 1 + len {
+                break;
+            }
+            frames.push(String::from_utf8(buffer[space + 1..space + 1 + len].to_vec()).unwrap());
+            buffer.drain(..space + 1 + len);
+        }
+    }
+    frames
+}
+
+fn check_syslog(frames: &[String]) {
+    for (i, frame) in frames.iter().enumerate() {
+        let class = [6003, 4002, 4001][i % 3];
+        assert!(
+            frame.starts_with("<110>1 "),
+            "log audit, informational: {frame}"
+        );
+        assert!(
+            frame.contains(&format!(" warden - ocsf-{class} - {{")),
+            "{frame}"
+        );
+        let event: Value = serde_json::from_str(&frame[frame.find('{').unwrap()..]).unwrap();
+        assert_eq!(event["unmapped"]["warden"]["leaf_index"], i as u64);
+    }
+}
+
+#[test]
+fn syslog_gets_rfc_5424_messages_over_tcp_and_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, verifier) = log(&dir.path().join("audit"));
+    append(&log, 0..300);
+
+    // Plain TCP.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || read_frames(listener.accept().unwrap().0, 300));
+    let mut sink = export::SyslogSink::new(address, None).unwrap();
+    while export::export_once(log.dir(), &verifier, "syslog", &mut sink).unwrap() > 0 {}
+    check_syslog(&server.join().unwrap());
+
+    // TLS, the server's certificate checked against the CA the sink is given.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let server_cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&server_key, &ca)
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![server_cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(server_key.serialize_der().into()),
+            )
+            .unwrap(),
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        let tcp = listener.accept().unwrap().0;
+        let connection = rustls::ServerConnection::new(config).unwrap();
+        read_frames(rustls::StreamOwned::new(connection, tcp), 300)
+    });
+    let mut sink = export::SyslogSink::new(address, Some(&ca.pem())).unwrap();
+    while export::export_once(log.dir(), &verifier, "syslog-tls", &mut sink).unwrap() > 0 {}
+    check_syslog(&server.join().unwrap());
+
+    // A server whose certificate the sink does not trust gets nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let _ = listener.accept();
+    });
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let mut sink = export::SyslogSink::new(address, Some(&other.cert.pem())).unwrap();
+    assert!(export::export_once(log.dir(), &verifier, "syslog-untrusted", &mut sink).is_err());
+    assert_eq!(export::cursor(log.dir(), "syslog-untrusted"), 0);
+    log.close();
+}

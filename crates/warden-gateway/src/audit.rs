@@ -69,6 +69,21 @@ impl AuditRecorder {
                             .map_err(|e| anyhow::anyhow!("audit export `{name}`: {e}"))?,
                     )
                 }
+                ExportSink::Syslog(syslog) => {
+                    let ca = match &syslog.ca_file {
+                        Some(path) => Some(std::fs::read_to_string(path).with_context(|| {
+                            format!("audit export `{name}`: cannot read {}", path.display())
+                        })?),
+                        None => None,
+                    };
+                    Box::new(
+                        warden_audit::export::SyslogSink::new(
+                            syslog.address.clone(),
+                            ca.as_deref(),
+                        )
+                        .map_err(|e| anyhow::anyhow!("audit export `{name}`: {e}"))?,
+                    )
+                }
             };
             exports.push(warden_audit::export::start(
                 &dir,

@@ -71,6 +71,19 @@ pub enum ExportSink {
     File(FileExport),
     /// An HTTP event collector (Splunk HEC shape).
     Http(HttpExport),
+    /// Syslog (RFC 5424) over TCP, or TLS with `caFile`.
+    Syslog(SyslogExport),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SyslogExport {
+    pub name: String,
+    /// `host:port` of the syslog server.
+    pub address: String,
+    /// The CA (PEM) the server's certificate must chain to; when given, the connection is TLS.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -109,6 +122,7 @@ impl ExportSink {
         match self {
             Self::File(f) => &f.name,
             Self::Http(h) => &h.name,
+            Self::Syslog(s) => &s.name,
         }
     }
 }
