@@ -5,6 +5,7 @@
 pub mod export;
 mod log;
 pub mod merkle;
+pub mod nats;
 pub mod note;
 pub mod ocsf;
 mod reader;

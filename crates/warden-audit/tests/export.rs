@@ -290,3 +290,119 @@ fn syslog_gets_rfc_5424_messages_over_tcp_and_over_tls() {
     assert_eq!(export::cursor(log.dir(), "syslog-untrusted"), 0);
     log.close();
 }
+
+/// A real nats-server with JetStream on free ports, storing in `store`; killed when dropped.
+struct NatsServer(std::process::Child);
+
+impl NatsServer {
+    fn start(port: u16, monitor: u16, store: &std::path::Path) -> Self {
+        let binary = [
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+            "nats-server",
+        ]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
+        .expect("nats-server is installed (Debian package nats-server; .ci/run installs it)");
+        let child = std::process::Command::new(binary)
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-m",
+                &monitor.to_string(),
+            ])
+            .arg("-sd")
+            .arg(store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self(child)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Messages stored in the stream, from the server's own monitoring endpoint.
+fn stored(monitor: u16) -> u64 {
+    use std::io::{Read as _, Write as _};
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", monitor)).unwrap();
+    tcp.write_all(b"GET /jsz?streams=true HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    let body: Value =
+        serde_json::from_str(&answer[answer.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    body["account_details"][0]["stream_detail"][0]["state"]["messages"]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_jetstream_stream_stores_every_event_and_catches_up_after_the_server_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (port, monitor) = (free_port(), free_port());
+    let server = NatsServer::start(port, monitor, &dir.path().join("js"));
+    let (log, verifier) = log(&dir.path().join("audit"));
+    append(&log, 0..1200);
+    let mut sink = warden_audit::nats::NatsSink::new(
+        format!("127.0.0.1:{port}"),
+        "WARDEN".into(),
+        "warden.audit".into(),
+    )
+    .unwrap();
+    while export::export_once(log.dir(), &verifier, "nats", &mut sink).unwrap() > 0 {}
+    assert_eq!(stored(monitor), 1200);
+
+    // The server goes away: nothing is lost, the cursor waits.
+    drop(server);
+    append(&log, 1200..1500);
+    assert!(export::export_once(log.dir(), &verifier, "nats", &mut sink).is_err());
+    assert_eq!(export::cursor(log.dir(), "nats"), 1200);
+
+    // It returns (same storage): the sink catches up.
+    let _server = NatsServer::start(port, monitor, &dir.path().join("js"));
+    let started = Instant::now();
+    loop {
+        match export::export_once(log.dir(), &verifier, "nats", &mut sink) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                assert!(started.elapsed() < Duration::from_secs(20), "{e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    assert_eq!(export::cursor(log.dir(), "nats"), 1500);
+    assert_eq!(stored(monitor), 1500);
+    log.close();
+}

@@ -69,6 +69,14 @@ impl AuditRecorder {
                             .map_err(|e| anyhow::anyhow!("audit export `{name}`: {e}"))?,
                     )
                 }
+                ExportSink::Nats(nats) => Box::new(
+                    warden_audit::nats::NatsSink::new(
+                        nats.address.clone(),
+                        nats.stream.clone(),
+                        nats.subject.clone(),
+                    )
+                    .map_err(|e| anyhow::anyhow!("audit export `{name}`: {e}"))?,
+                ),
                 ExportSink::Syslog(syslog) => {
                     let ca = match &syslog.ca_file {
                         Some(path) => Some(std::fs::read_to_string(path).with_context(|| {

@@ -73,6 +73,19 @@ pub enum ExportSink {
     Http(HttpExport),
     /// Syslog (RFC 5424) over TCP, or TLS with `caFile`.
     Syslog(SyslogExport),
+    /// A NATS JetStream stream.
+    Nats(NatsExport),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NatsExport {
+    pub name: String,
+    /// `host:port` of a NATS server with JetStream.
+    pub address: String,
+    /// The stream, created for `subject` if missing.
+    pub stream: String,
+    pub subject: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -123,6 +136,7 @@ impl ExportSink {
             Self::File(f) => &f.name,
             Self::Http(h) => &h.name,
             Self::Syslog(s) => &s.name,
+            Self::Nats(n) => &n.name,
         }
     }
 }

@@ -40,7 +40,8 @@ pub use a2a::{
 };
 pub use config::{
     AuditSettings, Durability, ExportSink, FileExport, GatewayConfig, HttpExport,
-    InjectedCredential, Limits, OAuthClient, SyslogExport, UpstreamConfig, UpstreamKind,
+    InjectedCredential, Limits, NatsExport, OAuthClient, SyslogExport, UpstreamConfig,
+    UpstreamKind,
 };
 pub use identify::{Caller, Identifier, Unidentified};
 pub use mcp::{DENIED, NEEDS_APPROVAL};

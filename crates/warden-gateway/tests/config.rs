@@ -27,7 +27,7 @@ fn the_documented_gateway_configuration_parses() {
     assert_eq!(config.limits.max_body_bytes, defaults.limits.max_body_bytes);
     assert_eq!(config.limits.max_sessions, defaults.limits.max_sessions);
     assert_eq!(config.limits.max_tasks, defaults.limits.max_tasks);
-    assert_eq!(config.audit.export.len(), 3);
+    assert_eq!(config.audit.export.len(), 4);
     assert_eq!(config.audit.export[1].name(), "splunk");
     assert_eq!(config.listen, defaults.listen);
 }
