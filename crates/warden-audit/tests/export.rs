@@ -296,19 +296,35 @@ struct NatsServer(std::process::Child);
 
 impl NatsServer {
     fn start(port: u16, monitor: u16, store: &std::path::Path) -> Self {
-        let binary = [
-            "/usr/sbin/nats-server",
-            "/usr/bin/nats-server",
-            "nats-server",
-        ]
-        .into_iter()
-        .find(|b| {
-            std::process::Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok()
-        })
-        .expect("nats-server is installed (Debian package nats-server; .ci/run installs it)");
+        let find = || {
+            [
+                "/usr/sbin/nats-server",
+                "/usr/bin/nats-server",
+                "nats-server",
+            ]
+            .into_iter()
+            .find(|b| {
+                std::process::Command::new(b)
+                    .arg("--version")
+                    .output()
+                    .is_ok()
+            })
+        };
+        // `cargo test` sets up its peers itself: Debian's nats-server when it is missing.
+        let binary = find()
+            .or_else(|| {
+                let apt = |args: &[&str]| {
+                    std::process::Command::new("apt-get")
+                        .args(args)
+                        .stdout(std::process::Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
+                };
+                (apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "nats-server"]))
+                    .then(find)
+                    .flatten()
+            })
+            .expect("nats-server is missing and `apt-get install nats-server` failed");
         let child = std::process::Command::new(binary)
             .args([
                 "-js",
