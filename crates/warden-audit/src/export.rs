@@ -138,6 +138,13 @@ pub fn export_once(
             .collect();
         let text = String::from_utf8_lossy(&bytes);
         let record: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let (_, path) = reader
+            .inclusion_proof(index, checkpoint.size)
+            .map_err(|e| e.to_string())?;
+        let path: Vec<String> = path
+            .iter()
+            .map(|h| h.iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
         events.extend(ocsf::events(
             &record,
             &Provenance {
@@ -145,6 +152,7 @@ pub fn export_once(
                 index,
                 leaf_hash: &hash,
                 checkpoint: &note,
+                path: &path,
             },
         ));
     }

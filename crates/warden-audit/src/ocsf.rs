@@ -1,7 +1,8 @@
 //! Audit records as OCSF events (schema 1.1): API Activity (6003) for MCP and A2A calls, HTTP
 //! Activity (4002) for HTTP API calls, Network Activity (4001) for egress, and a Detection
-//! Finding (2004) for each inspection finding. Every event carries the record's Merkle leaf
-//! index and a signed checkpoint covering it, so a SIEM copy can be checked against the log.
+//! Finding (2004) for each inspection finding. Every activity carries the record exactly as
+//! logged, its Merkle leaf index, a signed checkpoint covering it and its audit path in that
+//! tree, so a SIEM copy is checked with nothing but the public key.
 
 use serde_json::{Value, json};
 
@@ -12,6 +13,8 @@ pub struct Provenance<'a> {
     pub index: u64,
     pub leaf_hash: &'a str,
     pub checkpoint: &'a str,
+    /// The record's audit path (hex) in the tree the checkpoint signs.
+    pub path: &'a [String],
 }
 
 fn str_field<'a>(record: &'a Value, name: &str) -> &'a str {
@@ -38,6 +41,7 @@ pub fn events(record: &Value, provenance: &Provenance<'_>) -> Vec<Value> {
         "leaf_index": provenance.index,
         "leaf_hash": provenance.leaf_hash,
         "checkpoint": provenance.checkpoint,
+        "path": provenance.path,
         "record": provenance.record,
     });
     let activity_metadata = metadata(record, provenance);
@@ -135,6 +139,7 @@ mod tests {
             index: 7,
             leaf_hash: "ab",
             checkpoint: "log\n8\nroot\n\n— log sig\n",
+            path: &[],
         };
         for (action, class) in [
             ("mcp.tools/call", 6003),

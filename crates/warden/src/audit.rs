@@ -47,7 +47,8 @@ pub enum AuditCommand {
         #[command(flatten)]
         key: KeyArgs,
     },
-    /// Check a proof from `prove` or `consistency` (a file, or `-` for stdin) offline.
+    /// Check offline, with the public key: a proof from `prove` or `consistency`, or a SIEM copy
+    /// (OCSF events, one per line, as the export writes them) — a file, or `-` for stdin.
     Check {
         proof: PathBuf,
         #[command(flatten)]
@@ -355,16 +356,63 @@ fn path_of(proof: &Value) -> anyhow::Result<Vec<Hash>> {
 fn check(file: &Path, verifier: &NoteVerifier) -> anyhow::Result<ExitCode> {
     let mut text = String::new();
     if file == Path::new("-") {
-        std::io::stdin().take(16 << 20).read_to_string(&mut text)?;
+        std::io::stdin().take(1 << 30).read_to_string(&mut text)?;
     } else {
         std::fs::File::open(file)
             .with_context(|| format!("cannot open {}", file.display()))?
-            .take(16 << 20)
+            .take(1 << 30)
             .read_to_string(&mut text)?;
     }
-    let proof: Value = serde_json::from_str(&text).context("the proof is not JSON")?;
-    let path = path_of(&proof)?;
-    let verdict = match proof.get("type").and_then(Value::as_str) {
+    if let Ok(proof) = serde_json::from_str::<Value>(&text)
+        && proof.get("type").is_some()
+    {
+        println!("{}", check_proof(&proof, verifier)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    // A SIEM copy: OCSF events, one per line, each carrying its record's proof.
+    let (mut checked, mut failed) = (0u64, 0u64);
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let event: Value =
+            serde_json::from_str(line).with_context(|| format!("line {}: not JSON", n + 1))?;
+        let Some(warden) = event
+            .pointer("/unmapped/warden")
+            .filter(|w| w.get("record").is_some())
+        else {
+            continue; // findings carry their activity's provenance, not a record of their own
+        };
+        let proof = json!({
+            "type": "inclusion", "index": warden["leaf_index"], "record": warden["record"],
+            "path": warden["path"], "checkpoint": warden["checkpoint"],
+        });
+        match check_proof(&proof, verifier) {
+            Ok(_) => checked += 1,
+            Err(e) => {
+                failed += 1;
+                println!("line {}: {e:#}", n + 1);
+            }
+        }
+    }
+    if checked + failed == 0 {
+        bail!(
+            "no proof, and no OCSF events from Warden, in {}",
+            file.display()
+        );
+    }
+    println!("{checked} events verified against their signed checkpoints, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn check_proof(proof: &Value, verifier: &NoteVerifier) -> anyhow::Result<String> {
+    let path = path_of(proof)?;
+    match proof.get("type").and_then(Value::as_str) {
         Some("inclusion") => {
             let checkpoint = signed(verifier, proof.get("checkpoint"))?;
             let record = proof
@@ -377,12 +425,12 @@ fn check(file: &Path, verifier: &NoteVerifier) -> anyhow::Result<ExitCode> {
                 .context("no `index`")?;
             let leaf = leaf_hash(record.as_bytes());
             if verify_inclusion(index, checkpoint.size, &leaf, &path, &checkpoint.root) {
-                format!(
+                Ok(format!(
                     "OK: record {index} is in {} at size {} (signed checkpoint verified)",
                     checkpoint.origin, checkpoint.size
-                )
+                ))
             } else {
-                bail!("the record is NOT proved to be in the log at that checkpoint")
+                bail!("record {index} is NOT proved to be in the log at that checkpoint")
             }
         }
         Some("consistency") => {
@@ -392,18 +440,16 @@ fn check(file: &Path, verifier: &NoteVerifier) -> anyhow::Result<ExitCode> {
                 bail!("the two checkpoints are of different logs");
             }
             if verify_consistency(old.size, new.size, &old.root, &new.root, &path) {
-                format!(
+                Ok(format!(
                     "OK: {} at size {} extends size {} without rewriting it",
                     new.origin, new.size, old.size
-                )
+                ))
             } else {
                 bail!("the newer checkpoint is NOT proved to extend the older one")
             }
         }
         _ => bail!("not a proof from `warden audit prove` or `warden audit consistency`"),
-    };
-    println!("{verdict}");
-    Ok(ExitCode::SUCCESS)
+    }
 }
 
 fn parse_time(text: &str) -> anyhow::Result<i64> {

@@ -281,6 +281,25 @@ async fn proofs_check_offline_and_tampering_fails_verification() {
     assert!(events.iter().all(|e| e["class_uid"] == 4002));
     assert_eq!(events[2]["status"], "Failure");
     assert_eq!(events[2]["http_request"]["url"]["path"], "/denied");
+    // The SIEM copy checks with the CLI and the public key alone; a doctored event does not.
+    let ocsf = site.dir.path().join("ocsf.jsonl");
+    let out = site.warden(&["audit", "check", ocsf.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("4 events verified"),
+        "{text}"
+    );
+    let doctored = std::fs::read_to_string(&ocsf)
+        .unwrap()
+        .replacen("/r/1", "/r/8", 1);
+    std::fs::write(&ocsf, doctored).unwrap();
+    let out = site.warden(&["audit", "check", ocsf.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // Search and tail find the records with their intent; the denied one is there too.
     let out = site.warden(&["audit", "search", "--outcome", "deny", "-o", "json"]);
