@@ -15,6 +15,49 @@ const MAX_PROBLEMS: usize = 100;
 /// Records hashed together, split across the cores.
 const BATCH: usize = 16_384;
 
+type Batch = Vec<(Hash, Vec<u8>)>;
+
+/// The frames of a segment in batches, read on a thread of their own; the last batch says
+/// whether the segment ends inside a frame.
+fn read_batches(path: std::path::PathBuf) -> std::sync::mpsc::Receiver<io::Result<(Batch, bool)>> {
+    let (sender, receiver) = std::sync::mpsc::sync_channel(2);
+    std::thread::spawn(move || {
+        let mut reader = match File::open(&path) {
+            Ok(file) => BufReader::with_capacity(1 << 20, file),
+            Err(e) => {
+                let _ = sender.send(Err(e));
+                return;
+            }
+        };
+        loop {
+            let mut batch = Vec::with_capacity(BATCH);
+            let mut end = None;
+            while batch.len() < BATCH {
+                match store::read_raw_frame(&mut reader) {
+                    Ok(RawFrame::Record { stored, record }) => batch.push((stored, record)),
+                    Ok(RawFrame::End) => {
+                        end = Some(false);
+                        break;
+                    }
+                    Ok(RawFrame::Incomplete) => {
+                        end = Some(true);
+                        break;
+                    }
+                    Err(e) => {
+                        let _ = sender.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            let done = end.is_some();
+            if sender.send(Ok((batch, end.unwrap_or(false)))).is_err() || done {
+                return;
+            }
+        }
+    });
+    receiver
+}
+
 /// Each record's stored hash with its recomputed leaf hash, hashed in parallel.
 fn hash_all(batch: &[(Hash, Vec<u8>)]) -> Vec<(Hash, Hash)> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -163,35 +206,9 @@ pub fn verify(dir: &Path, verifier: &NoteVerifier) -> io::Result<Report> {
                 path.display()
             ));
         }
-        let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
-        let mut ended = false;
-        while !ended {
-            // Read a batch, hash it on every core, then walk it in order.
-            let mut batch = Vec::with_capacity(BATCH);
-            while batch.len() < BATCH {
-                match store::read_raw_frame(&mut reader)? {
-                    RawFrame::End => {
-                        ended = true;
-                        break;
-                    }
-                    RawFrame::Incomplete => {
-                        let last_segment = number + 1 == segments.len();
-                        let signed = expected.last().map_or(0, |(_, c)| c.size);
-                        let at = count + batch.len() as u64;
-                        if last_segment && at >= signed {
-                            report.torn_tail = true;
-                        } else {
-                            report.problem(format!(
-                                "record {at} in {} is incomplete or damaged, and the rest of the segment cannot be read",
-                                path.display()
-                            ));
-                        }
-                        ended = true;
-                        break;
-                    }
-                    RawFrame::Record { stored, record } => batch.push((stored, record)),
-                }
-            }
+        // Reading runs ahead on its own thread while batches are hashed and walked here.
+        for message in read_batches(path.clone()) {
+            let (batch, incomplete) = message?;
             for (stored, hash) in hash_all(&batch) {
                 if hash != stored {
                     // Keep the writer's leaves in step with the records.
@@ -212,6 +229,18 @@ pub fn verify(dir: &Path, verifier: &NoteVerifier) -> io::Result<Report> {
                 frontier.push(hash);
                 count += 1;
                 check_roots(count, &frontier, &mut report);
+            }
+            if incomplete {
+                let last_segment = number + 1 == segments.len();
+                let signed = expected.last().map_or(0, |(_, c)| c.size);
+                if last_segment && count >= signed {
+                    report.torn_tail = true;
+                } else {
+                    report.problem(format!(
+                        "record {count} in {} is incomplete or damaged, and the rest of the segment cannot be read",
+                        path.display()
+                    ));
+                }
             }
         }
     }
