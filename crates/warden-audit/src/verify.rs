@@ -131,6 +131,12 @@ impl Frontier {
 }
 
 pub fn verify(dir: &Path, verifier: &NoteVerifier) -> io::Result<Report> {
+    if !dir.join("segments").is_dir() {
+        return Err(io::Error::other(format!(
+            "{} is not an audit log directory (no segments/)",
+            dir.display()
+        )));
+    }
     let mut report = Report::default();
     // Checkpoints: each must be signed by the key, share one origin, and never shrink.
     let mut expected: Vec<(usize, Checkpoint)> = Vec::new();

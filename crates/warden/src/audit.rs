@@ -112,6 +112,13 @@ pub struct KeyArgs {
 
 impl KeyArgs {
     fn verifier(&self) -> anyhow::Result<NoteVerifier> {
+        let looks_like_path = self.key.contains('/') || self.key.ends_with(".pub");
+        if looks_like_path && !Path::new(&self.key).exists() {
+            bail!(
+                "--key {}: no such key file; give the log's public key (`audit.pub` beside the log's signing key) or the key itself",
+                self.key
+            );
+        }
         let text = if Path::new(&self.key).is_file() {
             std::fs::read_to_string(&self.key)
                 .with_context(|| format!("cannot read the key file {}", self.key))?
