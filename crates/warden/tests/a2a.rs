@@ -56,29 +56,13 @@ fn setup() -> Setup {
         },
         &[],
     );
-    fabric.warden(&[
-        "agent",
-        "register",
+    let [a, b] = <[PathBuf; 2]>::try_from(fabric.agent(
         "demo/planner",
-        "--label",
         "app=planner",
-        "--right",
-        "a2a.*=researcher",
-        "--right",
-        "egress.connect=*",
-    ]);
-    let (a, b) = (fabric.dir.path().join("a"), fabric.dir.path().join("b"));
-    for creds in [&a, &b] {
-        fabric.warden(&[
-            "agent",
-            "credential",
-            "demo/planner",
-            "--task",
-            "t",
-            "--out",
-            creds.to_str().unwrap(),
-        ]);
-    }
+        &["a2a.*=researcher", "egress.connect=*"],
+        &["a", "b"],
+    ))
+    .unwrap();
     let url = format!("https://127.0.0.1:{}/a2a/researcher", fabric.gateway_port);
     Setup {
         fabric,

@@ -395,30 +395,14 @@ async fn a_stateful_python_mcp_server_over_sse_with_sessions_bound_to_their_agen
         },
         &[],
     );
-    let (dir, gateway_port) = (&fabric.dir, fabric.gateway_port);
-    let warden = |args: &[&str]| fabric.warden(args);
-    warden(&[
-        "agent",
-        "register",
+    let gateway_port = fabric.gateway_port;
+    let [a, b] = <[PathBuf; 2]>::try_from(fabric.agent(
         "demo/assistant",
-        "--label",
         "app=assistant",
-        "--right",
-        "mcp.*=demo/*",
-    ]);
-    let a = dir.path().join("a");
-    let b = dir.path().join("b");
-    for creds in [&a, &b] {
-        warden(&[
-            "agent",
-            "credential",
-            "demo/assistant",
-            "--task",
-            "t",
-            "--out",
-            creds.to_str().unwrap(),
-        ]);
-    }
+        &["mcp.*=demo/*"],
+        &["a", "b"],
+    ))
+    .unwrap();
     let mcp = format!("https://127.0.0.1:{gateway_port}/mcp/demo");
 
     // The unchanged Python client against the Python server, through the gateway: the listing
@@ -525,27 +509,13 @@ async fn the_older_http_sse_transport_is_screened_the_same_way() {
         },
         &[],
     );
-    fabric.warden(&[
-        "agent",
-        "register",
+    let [a, b] = <[PathBuf; 2]>::try_from(fabric.agent(
         "demo/assistant",
-        "--label",
         "app=assistant",
-        "--right",
-        "mcp.*=demo/*",
-    ]);
-    let (a, b) = (fabric.dir.path().join("a"), fabric.dir.path().join("b"));
-    for creds in [&a, &b] {
-        fabric.warden(&[
-            "agent",
-            "credential",
-            "demo/assistant",
-            "--task",
-            "t",
-            "--out",
-            creds.to_str().unwrap(),
-        ]);
-    }
+        &["mcp.*=demo/*"],
+        &["a", "b"],
+    ))
+    .unwrap();
     let sse = format!("https://127.0.0.1:{}/mcp/demo/sse", fabric.gateway_port);
 
     // The unchanged Python client over the old transport: filtered listing, allowed and denied
@@ -942,25 +912,9 @@ async fn a_ca_rotation_reaches_the_gateway_and_old_svids_keep_working() {
     );
     let (dir, gateway_port) = (&fabric.dir, fabric.gateway_port);
     let warden = |args: &[&str]| fabric.warden(args);
-    warden(&[
-        "agent",
-        "register",
-        "ops/probe",
-        "--label",
-        "app=probe",
-        "--right",
-        "http=ctl/*",
-    ]);
-    let before = dir.path().join("before");
-    warden(&[
-        "agent",
-        "credential",
-        "ops/probe",
-        "--task",
-        "t",
-        "--out",
-        before.to_str().unwrap(),
-    ]);
+    let before = fabric
+        .agent("ops/probe", "app=probe", &["http=ctl/*"], &["before"])
+        .remove(0);
     let health = format!("https://127.0.0.1:{gateway_port}/http/ctl/v1/health");
     let get = |creds: PathBuf| {
         let url = health.clone();
@@ -1061,27 +1015,10 @@ async fn the_upstream_gets_its_own_oauth_token_never_the_agents_credential() {
         },
         &[("API_SECRET", "s3cret")],
     );
-    let (dir, gateway_port) = (&fabric.dir, fabric.gateway_port);
-    let warden = |args: &[&str]| fabric.warden(args);
-    warden(&[
-        "agent",
-        "register",
-        "ops/probe",
-        "--label",
-        "app=probe",
-        "--right",
-        "http=api/*",
-    ]);
-    let creds = dir.path().join("probe");
-    warden(&[
-        "agent",
-        "credential",
-        "ops/probe",
-        "--task",
-        "t",
-        "--out",
-        creds.to_str().unwrap(),
-    ]);
+    let gateway_port = fabric.gateway_port;
+    let creds = fabric
+        .agent("ops/probe", "app=probe", &["http=api/*"], &["probe"])
+        .remove(0);
     let grant = format!("Bearer {}", read(&creds, "grant"));
     let agent = client(&creds, true);
     let url = format!("https://127.0.0.1:{gateway_port}/http/api/echo");

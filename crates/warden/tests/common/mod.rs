@@ -138,6 +138,38 @@ impl Fabric {
         }
     }
 
+    /// Registers `agent` (`tenant/name`) with a label and rights, and issues a credential for task
+    /// `t` per instance, each written to `<dir>/<instance>`.
+    pub fn agent(
+        &self,
+        agent: &str,
+        label: &str,
+        rights: &[&str],
+        instances: &[&str],
+    ) -> Vec<std::path::PathBuf> {
+        let mut register = vec!["agent", "register", agent, "--label", label];
+        for right in rights {
+            register.extend(["--right", right]);
+        }
+        self.warden(&register);
+        instances
+            .iter()
+            .map(|instance| {
+                let out = self.dir.path().join(instance);
+                self.warden(&[
+                    "agent",
+                    "credential",
+                    agent,
+                    "--task",
+                    "t",
+                    "--out",
+                    out.to_str().unwrap(),
+                ]);
+                out
+            })
+            .collect()
+    }
+
     /// Runs a CLI command against this control plane as the bootstrap admin; it must succeed.
     pub fn warden(&self, args: &[&str]) {
         let out = Command::new(env!("CARGO_BIN_EXE_warden"))
