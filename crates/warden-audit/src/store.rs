@@ -61,26 +61,46 @@ pub enum RawFrame {
 }
 
 pub fn read_raw_frame(file: &mut impl io::Read) -> io::Result<RawFrame> {
+    let mut record = Vec::new();
+    Ok(match read_frame_into(file, &mut record)? {
+        FrameInto::Record(stored) => RawFrame::Record { stored, record },
+        FrameInto::Incomplete => RawFrame::Incomplete,
+        FrameInto::End => RawFrame::End,
+    })
+}
+
+/// What [`read_frame_into`] found.
+pub enum FrameInto {
+    /// A frame whose record was appended to the buffer, with its stored hash.
+    Record(Hash),
+    Incomplete,
+    End,
+}
+
+/// Reads one frame, appending its record to `buffer` (many records share one allocation).
+pub fn read_frame_into(file: &mut impl io::Read, buffer: &mut Vec<u8>) -> io::Result<FrameInto> {
     let mut head = [0u8; FRAME_HEAD as usize];
     let mut filled = 0;
     while filled < head.len() {
         match file.read(&mut head[filled..])? {
-            0 if filled == 0 => return Ok(RawFrame::End),
-            0 => return Ok(RawFrame::Incomplete),
+            0 if filled == 0 => return Ok(FrameInto::End),
+            0 => return Ok(FrameInto::Incomplete),
             n => filled += n,
         }
     }
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     if len > MAX_RECORD_BYTES {
-        return Ok(RawFrame::Incomplete);
+        return Ok(FrameInto::Incomplete);
     }
-    let mut record = vec![0u8; len];
-    if file.read_exact(&mut record).is_err() {
-        return Ok(RawFrame::Incomplete);
+    let start = buffer.len();
+    buffer.resize(start + len, 0);
+    if file.read_exact(&mut buffer[start..]).is_err() {
+        buffer.truncate(start);
+        return Ok(FrameInto::Incomplete);
     }
     let mut stored = [0u8; 32];
     stored.copy_from_slice(&head[4..]);
-    Ok(RawFrame::Record { stored, record })
+    Ok(FrameInto::Record(stored))
 }
 
 /// One frame read from a segment, checked.

@@ -8,14 +8,19 @@ use std::path::Path;
 
 use crate::merkle::{Hash, leaf_hash, node_hash};
 use crate::note::{Checkpoint, NoteVerifier};
-use crate::store::{self, RawFrame};
+use crate::store::{self, FrameInto};
 
 /// Problems beyond this many are counted, not listed.
 const MAX_PROBLEMS: usize = 100;
 /// Records hashed together, split across the cores.
 const BATCH: usize = 16_384;
 
-type Batch = Vec<(Hash, Vec<u8>)>;
+/// Records read together: their bytes in one buffer, and each one's stored hash and place.
+#[derive(Default)]
+struct Batch {
+    bytes: Vec<u8>,
+    records: Vec<(Hash, std::ops::Range<usize>)>,
+}
 
 /// The frames of a segment in batches, read on a thread of their own; the last batch says
 /// whether the segment ends inside a frame.
@@ -30,16 +35,22 @@ fn read_batches(path: std::path::PathBuf) -> std::sync::mpsc::Receiver<io::Resul
             }
         };
         loop {
-            let mut batch = Vec::with_capacity(BATCH);
+            let mut batch = Batch {
+                bytes: Vec::with_capacity(BATCH * 512),
+                records: Vec::with_capacity(BATCH),
+            };
             let mut end = None;
-            while batch.len() < BATCH {
-                match store::read_raw_frame(&mut reader) {
-                    Ok(RawFrame::Record { stored, record }) => batch.push((stored, record)),
-                    Ok(RawFrame::End) => {
+            while batch.records.len() < BATCH {
+                let start = batch.bytes.len();
+                match store::read_frame_into(&mut reader, &mut batch.bytes) {
+                    Ok(FrameInto::Record(stored)) => {
+                        batch.records.push((stored, start..batch.bytes.len()));
+                    }
+                    Ok(FrameInto::End) => {
                         end = Some(false);
                         break;
                     }
-                    Ok(RawFrame::Incomplete) => {
+                    Ok(FrameInto::Incomplete) => {
                         end = Some(true);
                         break;
                     }
@@ -59,16 +70,17 @@ fn read_batches(path: std::path::PathBuf) -> std::sync::mpsc::Receiver<io::Resul
 }
 
 /// Each record's stored hash with its recomputed leaf hash, hashed in parallel.
-fn hash_all(batch: &[(Hash, Vec<u8>)]) -> Vec<(Hash, Hash)> {
+fn hash_all(batch: &Batch) -> Vec<(Hash, Hash)> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let chunk = batch.len().div_ceil(cores).max(1024);
+    let chunk = batch.records.len().div_ceil(cores).max(1024);
     std::thread::scope(|scope| {
         let parts: Vec<_> = batch
+            .records
             .chunks(chunk)
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|(stored, record)| (*stored, leaf_hash(record)))
+                        .map(|(stored, at)| (*stored, leaf_hash(&batch.bytes[at.clone()])))
                         .collect::<Vec<_>>()
                 })
             })
