@@ -85,7 +85,7 @@ pub async fn card(
             &format!("the peer answered {} for its agent card", response.status()),
         );
     }
-    match read_json(response).await {
+    match read_json(response.into_body()).await {
         Ok(mut card) => {
             a2a::rewrite_card(&mut card, &rpc_url(state, upstream));
             json_response(StatusCode::OK, &card)
@@ -197,8 +197,9 @@ pub async fn rpc(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    if is_sse {
-        return if creates_tasks {
+    // Only answers that hand out tasks, list them or carry a card are read; the rest stream.
+    if is_sse || !(creates_tasks || call.lists_tasks || call.returns_card) {
+        return if is_sse && creates_tasks {
             streamed(Arc::clone(&state.tasks), agent, response)
         } else {
             relay(response, &RESPONSE_HEADERS)
@@ -212,35 +213,25 @@ pub async fn rpc(
             Some((http::HeaderName::from_static(name), value))
         }));
     *head.status_mut() = parts.status;
-    let bytes = match Limited::new(answer, MAX_ANSWER_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return problem(
-                StatusCode::BAD_GATEWAY,
-                "upstream_too_large",
-                "the peer's answer is too large",
-            );
-        }
+    // An answer that cannot be read is not passed on unfiltered.
+    let mut message = match read_json(answer).await {
+        Ok(message) => message,
+        Err(response) => return response,
     };
-    let out = match serde_json::from_slice::<Value>(&bytes) {
-        Ok(mut message) if creates_tasks || call.lists_tasks || call.returns_card => {
-            for task in a2a::task_ids(&message) {
-                if creates_tasks {
-                    state.tasks.bind(&task, &agent);
-                }
-            }
-            if call.lists_tasks {
-                a2a::filter_tasks(&mut message, &|task| state.tasks.owned_by(task, &agent));
-            }
-            if call.returns_card
-                && let Some(card) = message.get_mut("result")
-            {
-                a2a::rewrite_card(card, &rpc_url(state, upstream));
-            }
-            Bytes::from(message.to_string())
+    if creates_tasks {
+        for task in a2a::task_ids(&message) {
+            state.tasks.bind(&task, &agent);
         }
-        _ => bytes,
-    };
+    }
+    if call.lists_tasks {
+        a2a::filter_tasks(&mut message, &|task| state.tasks.owned_by(task, &agent));
+    }
+    if call.returns_card
+        && let Some(card) = message.get_mut("result")
+    {
+        a2a::rewrite_card(card, &rpc_url(state, upstream));
+    }
+    let out = Bytes::from(message.to_string());
     let (parts, ()) = head.into_parts();
     Response::from_parts(parts, full(out))
 }
@@ -302,8 +293,8 @@ async fn decide(
     }
 }
 
-async fn read_json(response: Response<Incoming>) -> Result<Value, Response<Body>> {
-    let bytes = Limited::new(response.into_body(), MAX_ANSWER_BYTES)
+async fn read_json(body: Incoming) -> Result<Value, Response<Body>> {
+    let bytes = Limited::new(body, MAX_ANSWER_BYTES)
         .collect()
         .await
         .map_err(|_| {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use warden_audit::{AuditLog, LogConfig, NoteSigner};
 
 use crate::config::{AuditSettings, Durability, ExportSink};
-use crate::pipeline::{DecisionEvent, LogRecorder, Recorded, Recorder};
+use crate::pipeline::{DecisionEvent, Recorded, Recorder, log_decision};
 
 pub struct AuditRecorder {
     log: AuditLog,
@@ -150,7 +150,8 @@ fn hashed(value: &Value) -> Value {
 
 impl Recorder for AuditRecorder {
     fn record(&self, event: &DecisionEvent) -> Recorded {
-        LogRecorder.record(event);
+        // Serialized once, for the log and the log line alike: redacted arguments stay
+        // redacted in both.
         let bytes = if self.redact_arguments && event.arguments.is_some() {
             let mut redacted = event.clone();
             if let Some(arguments) = &mut redacted.arguments {
@@ -169,6 +170,9 @@ impl Recorder for AuditRecorder {
                 return Recorded::Pending(Box::pin(async move { Err(why) }));
             }
         };
+        if tracing::enabled!(target: "warden::decision", tracing::Level::INFO) {
+            log_decision(&String::from_utf8_lossy(&bytes));
+        }
         let appended = self.log.append(bytes);
         match self.durability {
             Durability::Async => Recorded::Kept,

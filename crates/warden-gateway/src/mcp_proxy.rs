@@ -40,13 +40,15 @@ const FORWARDED: [&str; 5] = [
     "last-event-id",
 ];
 const RESPONSE_HEADERS: [&str; 3] = ["content-type", "mcp-session-id", "mcp-protocol-version"];
+/// Listing requests of one HTTP+SSE session awaiting their answers on its stream.
+const MAX_PENDING_LISTINGS: usize = 1024;
 /// Largest listing response the gateway buffers to filter.
 const MAX_LISTING_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the pipeline made of one client message.
 enum Screened {
     /// Forward it; filter the answer if it is a listing.
-    Forward(Option<Listing>),
+    Forward(Option<(Listing, Value)>),
     /// Not JSON-RPC Warden forwards: the error, for a 400.
     Malformed(Value),
     /// Refused: the JSON-RPC answer to give the client instead.
@@ -76,7 +78,9 @@ async fn screen(
             Classified::Refused(invalid) => Err(Screened::Refused(jsonrpc::error(&id, &invalid))),
             Classified::Plumbing => Err(Screened::Forward(None)),
             Classified::Action(action) => Ok((id, intent, Some(action), None)),
-            Classified::Listing(listing, action) => Ok((id, intent, action, Some(listing))),
+            Classified::Listing(listing, action) => {
+                Ok((id.clone(), intent, action, Some((listing, id))))
+            }
         }
     });
     state.metrics.stage("classify", started.elapsed());
@@ -173,7 +177,7 @@ pub async fn streamable(
             let server = &upstream.config.name;
             let listing =
                 match screen(state, &caller, server, &body, intent_header.as_deref()).await {
-                    Screened::Forward(listing) => listing,
+                    Screened::Forward(listing) => listing.map(|(listing, _)| listing),
                     Screened::Malformed(error) => {
                         return json_response(StatusCode::BAD_REQUEST, &error);
                     }
@@ -447,6 +451,10 @@ pub async fn legacy_stream(
             if !out.is_empty() && inject.send(Bytes::from(out)).await.is_err() {
                 break;
             }
+            if events.overflowed() {
+                tracing::warn!("upstream {server} sent an event over 16 MiB; stream closed");
+                break;
+            }
         }
         state.legacy_sessions.remove(&id);
     });
@@ -533,14 +541,16 @@ pub async fn legacy_message(
                 unknown_session()
             };
         }
-        Screened::Forward(Some(listing)) => {
-            if let Ok(Message::Request { id, .. }) = jsonrpc::parse(&body) {
-                session
-                    .listings
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.to_string(), listing);
+        Screened::Forward(Some((listing, id))) => {
+            let mut listings = session.listings.lock().unwrap_or_else(|p| p.into_inner());
+            if listings.len() >= MAX_PENDING_LISTINGS {
+                return problem(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_pending",
+                    "too many listings await their answers on this stream; wait for them",
+                );
             }
+            listings.insert(id.to_string(), listing);
         }
         Screened::Forward(None) => {}
     }

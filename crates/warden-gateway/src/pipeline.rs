@@ -96,12 +96,17 @@ impl Recorder for LogRecorder {
     fn record(&self, event: &DecisionEvent) -> Recorded {
         if tracing::enabled!(target: "warden::decision", tracing::Level::INFO) {
             match serde_json::to_string(event) {
-                Ok(line) => tracing::info!(target: "warden::decision", "{line}"),
+                Ok(line) => log_decision(&line),
                 Err(e) => tracing::error!(target: "warden::decision", "unrecordable decision: {e}"),
             }
         }
         Recorded::Kept
     }
+}
+
+/// One decision as a structured log line (target `warden::decision`).
+pub(crate) fn log_decision(line: &str) {
+    tracing::info!(target: "warden::decision", "{line}");
 }
 
 /// What the pipeline concluded for one action.

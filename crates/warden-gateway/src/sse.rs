@@ -1,11 +1,15 @@
 //! Server-sent events, split as bytes arrive.
 
+/// The largest event held while it arrives; a longer one is dropped and the stream marked.
+const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
 /// Splits an SSE stream into events as bytes arrive, and rewrites each `data:` payload with
 /// `rewrite(event type, data)` (the type is `message` unless the event names another);
 /// comments, ids and event names pass unchanged.
 pub struct SseRewriter<F> {
     buffer: Vec<u8>,
     rewrite: F,
+    overflowed: bool,
 }
 
 impl<F: FnMut(&str, &str) -> String> SseRewriter<F> {
@@ -13,7 +17,13 @@ impl<F: FnMut(&str, &str) -> String> SseRewriter<F> {
         Self {
             buffer: Vec::new(),
             rewrite,
+            overflowed: false,
         }
+    }
+
+    /// Whether an event grew past the limit and was dropped.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
     }
 
     /// Feeds bytes; returns the complete events rewritten.
@@ -24,6 +34,10 @@ impl<F: FnMut(&str, &str) -> String> SseRewriter<F> {
             let event: Vec<u8> = self.buffer.drain(..end + sep).collect();
             out.extend(self.rewrite_event(&event[..end]));
             out.extend_from_slice(b"\n\n");
+        }
+        if self.buffer.len() > MAX_EVENT_BYTES {
+            self.buffer.clear();
+            self.overflowed = true;
         }
         out
     }
