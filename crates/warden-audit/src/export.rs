@@ -114,9 +114,8 @@ pub fn export_once(
 ) -> Result<u64, String> {
     let reader = LogReader::open(dir).map_err(|e| e.to_string())?;
     let Some((checkpoint, note)) = reader
-        .checkpoints(verifier)
+        .latest_checkpoint(verifier)
         .map_err(|e| e.to_string())?
-        .pop()
     else {
         return Ok(0);
     };

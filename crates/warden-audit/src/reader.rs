@@ -103,6 +103,24 @@ impl LogReader {
             .collect())
     }
 
+    /// The newest checkpoint that verifies with `verifier`, and its note: the one in
+    /// `latest-checkpoint` when it verifies, else the newest in `checkpoints` that does.
+    pub fn latest_checkpoint(
+        &self,
+        verifier: &NoteVerifier,
+    ) -> Result<Option<(Checkpoint, String)>, AuditError> {
+        let latest = std::fs::read_to_string(self.dir.join(store::LATEST_CHECKPOINT))
+            .ok()
+            .and_then(|note| {
+                let checkpoint = Checkpoint::parse(verifier.open(&note).ok()?).ok()?;
+                Some((checkpoint, note))
+            });
+        match latest {
+            Some(latest) => Ok(Some(latest)),
+            None => Ok(self.checkpoints(verifier)?.pop()),
+        }
+    }
+
     fn check_size(&self, size: u64) -> Result<(), AuditError> {
         let have = self.size()?;
         if size == 0 || size > have {

@@ -5,7 +5,8 @@
 //! - `offsets`: for each record, its frame's byte offset in its segment (u64 LE);
 //! - `tree/<level, 2 digits>`: the hash of every complete subtree, level by level (level 0: the
 //!   leaf hashes), so a proof reads O(log² n) hashes whatever the size;
-//! - `checkpoints`: signed checkpoints as frames — length (u32 LE), the signed note.
+//! - `checkpoints`: signed checkpoints as frames — length (u32 LE), the signed note; the newest
+//!   also alone in `latest-checkpoint`.
 //!
 //! Only the segments and checkpoints are made durable on every write; offsets and tree are
 //! synced before each checkpoint, and rebuilt from the segments after it when the log opens.
@@ -19,6 +20,8 @@ use std::sync::{Arc, RwLock};
 use crate::merkle::{Hash, Nodes, leaf_hash, node_hash};
 
 pub const FRAME_HEAD: u64 = 4 + 32;
+/// The newest signed checkpoint, beside the full `checkpoints` file.
+pub const LATEST_CHECKPOINT: &str = "latest-checkpoint";
 /// Records are refused above this size.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
 const SEGMENT_BYTES: u64 = 64 << 20;
@@ -415,7 +418,11 @@ impl Store {
         let mut bytes = (note.len() as u32).to_le_bytes().to_vec();
         bytes.extend_from_slice(note.as_bytes());
         self.checkpoints.write_all(&bytes)?;
-        self.checkpoints.sync_data()
+        self.checkpoints.sync_data()?;
+        // The newest note on its own too, so readers need not go through every one.
+        let temporary = self.dir.join("latest-checkpoint.tmp");
+        std::fs::write(&temporary, note)?;
+        std::fs::rename(temporary, self.dir.join(LATEST_CHECKPOINT))
     }
 }
 
