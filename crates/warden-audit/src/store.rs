@@ -72,6 +72,33 @@ pub fn read_raw_frame(file: &mut impl io::Read) -> io::Result<RawFrame> {
     })
 }
 
+/// Finds the whole frames at the start of `bytes` (read from a segment), adding each one's
+/// stored hash and record's place to `records`. Returns how many bytes they take, and whether
+/// parsing stopped at an impossible length rather than at the end or inside a frame.
+pub fn parse_frames(
+    bytes: &[u8],
+    records: &mut Vec<(Hash, std::ops::Range<usize>)>,
+) -> (usize, bool) {
+    let head = FRAME_HEAD as usize;
+    let mut at = 0;
+    while bytes.len() - at >= head {
+        let len =
+            u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize;
+        if len > MAX_RECORD_BYTES {
+            return (at, true);
+        }
+        let end = at + head + len;
+        if end > bytes.len() {
+            break;
+        }
+        let mut stored = [0u8; 32];
+        stored.copy_from_slice(&bytes[at + 4..at + head]);
+        records.push((stored, at + head..end));
+        at = end;
+    }
+    (at, false)
+}
+
 /// What [`read_frame_into`] found.
 pub enum FrameInto {
     /// A frame whose record was appended to the buffer, with its stored hash.

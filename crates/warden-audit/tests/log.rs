@@ -27,6 +27,10 @@ fn record(i: u64) -> Vec<u8> {
 
 /// A log of `n` records, closed, with its key's private and public text.
 fn written(dir: &Path, n: u64) -> (String, NoteVerifier) {
+    written_with(dir, n, record)
+}
+
+fn written_with(dir: &Path, n: u64, record: fn(u64) -> Vec<u8>) -> (String, NoteVerifier) {
     let (signer, private) = generate_private_key("warden.test/audit").unwrap();
     let verifier = NoteVerifier::parse(&signer.verifier_key()).unwrap();
     let log = AuditLog::open(config(dir), signer).unwrap();
@@ -137,6 +141,12 @@ fn a_torn_last_record_is_cut_off_and_the_log_continues() {
     assert_eq!(report.records, 101);
 }
 
+/// Whether the first problem is about record `n` (alone, or the first of a run).
+fn names_first(problems: &[String], n: u64) -> bool {
+    problems[0].starts_with(&format!("record {n}:"))
+        || problems[0].starts_with(&format!("records {n}.."))
+}
+
 /// Writes a log of 50 records, applies `tamper` to its directory, and returns the problems
 /// verification reports.
 fn tampered(tamper: impl FnOnce(&Path)) -> Vec<String> {
@@ -157,7 +167,7 @@ fn a_flipped_byte_is_found_in_its_record() {
         bytes[frame.end - 2] ^= 0x01;
         std::fs::write(segment(dir), bytes).unwrap();
     });
-    assert!(problems[0].starts_with("record 17:"), "{problems:?}");
+    assert!(names_first(&problems, 17), "{problems:?}");
 }
 
 #[test]
@@ -171,7 +181,7 @@ fn a_rewritten_record_with_its_hash_recomputed_is_still_found() {
         bytes.splice(frames[23].clone(), frame);
         std::fs::write(segment(dir), bytes).unwrap();
     });
-    assert!(problems[0].starts_with("record 23:"), "{problems:?}");
+    assert!(names_first(&problems, 23), "{problems:?}");
     assert!(
         problems
             .iter()
@@ -188,7 +198,7 @@ fn a_deleted_record_is_found() {
         bytes.drain(frame);
         std::fs::write(segment(dir), bytes).unwrap();
     });
-    assert!(problems[0].starts_with("record 30:"), "{problems:?}");
+    assert!(names_first(&problems, 30), "{problems:?}");
     assert!(
         problems
             .iter()
@@ -208,7 +218,7 @@ fn two_reordered_records_are_found() {
         out.extend_from_slice(&bytes[frames[11].end..]);
         std::fs::write(segment(dir), out).unwrap();
     });
-    assert!(problems[0].starts_with("record 10:"), "{problems:?}");
+    assert!(names_first(&problems, 10), "{problems:?}");
 }
 
 #[test]
@@ -223,6 +233,52 @@ fn truncation_is_found() {
             .iter()
             .any(|p| p.contains("covers 50 records but the log holds 40")),
         "{problems:?}"
+    );
+}
+
+/// Records of about 250 bytes: 16,000 of them span several of verification's parallel units.
+fn large_record(i: u64) -> Vec<u8> {
+    format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(230)).into_bytes()
+}
+
+#[test]
+fn the_offsets_file_is_only_a_hint_to_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, verifier) = written_with(dir.path(), 16_000, large_record);
+    // Offsets that lie (every record shifted by one frame) change nothing verification finds.
+    let offsets = std::fs::read(dir.path().join("offsets")).unwrap();
+    std::fs::write(
+        dir.path().join("offsets"),
+        [&offsets[8..], &offsets[..8]].concat(),
+    )
+    .unwrap();
+    let report = verify(dir.path(), &verifier).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.records, 16_000);
+    // Nor do missing ones.
+    std::fs::remove_file(dir.path().join("offsets")).unwrap();
+    let report = verify(dir.path(), &verifier).unwrap();
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.records, 16_000);
+}
+
+#[test]
+fn a_record_deleted_deep_in_a_large_log_is_found_where_it_was() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, verifier) = written_with(dir.path(), 16_000, large_record);
+    let frame = frames(dir.path())[9_001].clone();
+    let mut bytes = std::fs::read(segment(dir.path())).unwrap();
+    bytes.drain(frame);
+    std::fs::write(segment(dir.path()), bytes).unwrap();
+    let report = verify(dir.path(), &verifier).unwrap();
+    assert!(names_first(&report.problems, 9001), "{:?}", report.problems);
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("covers 16000 records but the log holds 15999")),
+        "{:?}",
+        report.problems
     );
 }
 

@@ -236,6 +236,7 @@ fn verify(dir: &Path, verifier: &NoteVerifier, output: Output) -> anyhow::Result
                 "latest": report.latest.as_ref().map(|c| json!({"origin": c.origin, "size": c.size, "root": hex(&c.root)})),
                 "tornTail": report.torn_tail,
                 "problems": report.problems,
+                "omittedProblems": report.omitted,
             })
         ),
         Output::Text => {
@@ -258,6 +259,9 @@ fn verify(dir: &Path, verifier: &NoteVerifier, output: Output) -> anyhow::Result
             }
             for problem in &report.problems {
                 println!("PROBLEM {problem}");
+            }
+            if report.omitted > 0 {
+                println!("... and {} more problems", report.omitted);
             }
             println!(
                 "{}",
