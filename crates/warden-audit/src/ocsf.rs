@@ -1,4 +1,4 @@
-//! Audit records as OCSF events (schema 1.1): API Activity (6003) for MCP and A2A calls, HTTP
+//! Audit records as OCSF events (schema 1.5): API Activity (6003) for MCP and A2A calls, HTTP
 //! Activity (4002) for HTTP API calls, Network Activity (4001) for egress, and a Detection
 //! Finding (2004) for each inspection finding. Every activity carries the record exactly as
 //! logged, its Merkle leaf index, a signed checkpoint covering it and its audit path in that
@@ -31,12 +31,15 @@ pub fn events(record: &Value, provenance: &Provenance<'_>) -> Vec<Value> {
         .and_then(Value::as_i64)
         .unwrap_or_default()
         * 1000;
+    let target = record.get("target").cloned().unwrap_or(Value::Null);
     let (class_uid, category_uid, class_name, activity_id, activity_name) = match action {
-        "http" => (4002, 4, "HTTP Activity", 99, "Other"),
+        "http" => {
+            let (id, name) = http_activity(target.get("method").and_then(Value::as_str));
+            (4002, 4, "HTTP Activity", id, name)
+        }
         "egress.connect" => (4001, 4, "Network Activity", 1, "Open"),
         _ => (6003, 6, "API Activity", 99, "Other"),
     };
-    let target = record.get("target").cloned().unwrap_or(Value::Null);
     let warden = json!({
         "leaf_index": provenance.index,
         "leaf_hash": provenance.leaf_hash,
@@ -65,6 +68,7 @@ pub fn events(record: &Value, provenance: &Provenance<'_>) -> Vec<Value> {
         "message": format!("{action} on {} — {outcome}", str_field(record, "resource")),
         "metadata": activity_metadata,
         "actor": actor,
+        "src_endpoint": source_endpoint(record),
         "unmapped": {"warden": warden},
     });
     match class_uid {
@@ -74,6 +78,13 @@ pub fn events(record: &Value, provenance: &Provenance<'_>) -> Vec<Value> {
                 "url": {"path": target.get("path").cloned().unwrap_or(Value::Null),
                         "hostname": target.get("service").cloned().unwrap_or(Value::Null)},
             });
+            activity["dst_endpoint"] =
+                json!({"name": target.get("service").cloned().unwrap_or(Value::Null)});
+            // A refused request never reached the upstream: the answer was the gateway's.
+            if !allowed {
+                activity["http_response"] = json!({"code": 403});
+                activity["http_status"] = json!(403);
+            }
         }
         4001 => {
             activity["dst_endpoint"] = json!({
@@ -110,7 +121,11 @@ pub fn events(record: &Value, provenance: &Provenance<'_>) -> Vec<Value> {
             "severity_id": 3,
             "status_id": 1,
             "message": format!("inspection finding in {action} on {}", str_field(record, "resource")),
-            "finding_info": {"uid": format!("{}:{}", str_field(record, "decisionId"), out.len()), "title": finding.get("kind").cloned().unwrap_or(Value::Null), "desc": finding.to_string()},
+            "finding_info": {
+                "uid": format!("{}:{}", str_field(record, "decisionId"), out.len()),
+                "title": finding.get("kind").and_then(Value::as_str).unwrap_or("inspection finding"),
+                "desc": finding.to_string(),
+            },
             "metadata": metadata(record, provenance),
             "unmapped": {"warden": {"leaf_index": provenance.index, "leaf_hash": provenance.leaf_hash, "checkpoint": provenance.checkpoint}},
         }));
@@ -118,9 +133,34 @@ pub fn events(record: &Value, provenance: &Provenance<'_>) -> Vec<Value> {
     out
 }
 
+/// OCSF's HTTP Activity ids are the request methods.
+fn http_activity(method: Option<&str>) -> (u32, &'static str) {
+    match method.map(str::to_ascii_uppercase).as_deref() {
+        Some("CONNECT") => (1, "Connect"),
+        Some("DELETE") => (2, "Delete"),
+        Some("GET") => (3, "Get"),
+        Some("HEAD") => (4, "Head"),
+        Some("OPTIONS") => (5, "Options"),
+        Some("POST") => (6, "Post"),
+        Some("PUT") => (7, "Put"),
+        Some("TRACE") => (8, "Trace"),
+        Some("PATCH") => (9, "Patch"),
+        _ => (99, "Other"),
+    }
+}
+
+/// The caller's address from the record's `source` (`ip:port`); a call that came over stdio has
+/// none and is named for its transport.
+fn source_endpoint(record: &Value) -> Value {
+    match str_field(record, "source").parse::<std::net::SocketAddr>() {
+        Ok(address) => json!({"ip": address.ip().to_string(), "port": address.port()}),
+        Err(_) => json!({"name": "stdio"}),
+    }
+}
+
 fn metadata(record: &Value, provenance: &Provenance<'_>) -> Value {
     json!({
-        "version": "1.1.0",
+        "version": "1.5.0",
         "uid": str_field(record, "decisionId"),
         "product": {"name": "Warden", "vendor_name": "Warden"},
         "log_name": "warden-audit",

@@ -19,7 +19,13 @@ use warden_model::{AgentIdentity, SpiffeId};
 pub struct Caller {
     pub identity: AgentIdentity,
     pub grant: Arc<VerifiedGrant>,
+    /// Where the call came from (the TCP peer), for the audit record; `None` over stdio.
+    pub source: Option<std::net::SocketAddr>,
 }
+
+/// The TCP peer of a request, attached by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddress(pub std::net::SocketAddr);
 
 /// Why a caller could not be identified. Messages say what to send; none leaks more.
 #[derive(Debug, Error)]
@@ -136,6 +142,10 @@ impl Identifier {
             Some(header.task.clone()),
         )
         .map_err(|e| Unidentified::NotAnAgent(e.to_string()))?;
-        Ok(Caller { identity, grant })
+        Ok(Caller {
+            identity,
+            grant,
+            source: None,
+        })
     }
 }

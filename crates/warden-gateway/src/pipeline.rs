@@ -43,6 +43,9 @@ pub struct DecisionEvent {
     pub bundle: String,
     pub agent: String,
     pub tenant: String,
+    /// The caller's address (`ip:port`), when it came over the network.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// The agents above this one, root first (a sub-agent's lineage).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub parents: Vec<String>,
@@ -261,6 +264,7 @@ impl Pipeline {
             bundle: decision.bundle.to_string(),
             agent: caller.identity.spiffe_id().to_string(),
             tenant: caller.identity.tenant().to_string(),
+            source: caller.source.map(|a| a.to_string()),
             parents: caller
                 .identity
                 .parents()

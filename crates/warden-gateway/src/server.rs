@@ -24,7 +24,7 @@ use warden_http::HttpClient;
 use warden_model::{Action, HttpMethod, HttpPath, SpiffeId};
 
 use crate::config::{GatewayConfig, UpstreamConfig, UpstreamKind};
-use crate::identify::{Caller, Identifier};
+use crate::identify::{Caller, ClientAddress, Identifier};
 use crate::jsonrpc;
 use crate::mcp;
 use crate::metrics::{Metrics, stage_span};
@@ -155,6 +155,8 @@ pub async fn serve(
                     let service = hyper::service::service_fn(move |request| {
                         let state = Arc::clone(&state);
                         let peer = Arc::clone(&peer);
+                        let mut request = request;
+                        request.extensions_mut().insert(ClientAddress(remote));
                         async move { Ok::<_, Infallible>(handle(&state, (*peer).as_ref(), request).await) }
                     });
                     let mut http = hyper::server::conn::http1::Builder::new();
@@ -357,22 +359,25 @@ pub(crate) fn identify(
         time::OffsetDateTime::now_utc().unix_timestamp(),
     );
     state.metrics.stage("identify", started.elapsed());
-    result.map_err(|e| {
-        let (status, challenge) = if proxied {
-            (
-                StatusCode::PROXY_AUTHENTICATION_REQUIRED,
-                http::header::PROXY_AUTHENTICATE,
-            )
-        } else {
-            (StatusCode::UNAUTHORIZED, http::header::WWW_AUTHENTICATE)
-        };
-        let mut response = problem(status, "unauthenticated", &e.to_string());
-        response.headers_mut().insert(
-            challenge,
-            HeaderValue::from_static("Bearer realm=\"warden\", DPoP realm=\"warden\""),
-        );
-        response
-    })
+    let source = request.extensions().get::<ClientAddress>().map(|a| a.0);
+    result
+        .map(|caller| Caller { source, ..caller })
+        .map_err(|e| {
+            let (status, challenge) = if proxied {
+                (
+                    StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                    http::header::PROXY_AUTHENTICATE,
+                )
+            } else {
+                (StatusCode::UNAUTHORIZED, http::header::WWW_AUTHENTICATE)
+            };
+            let mut response = problem(status, "unauthenticated", &e.to_string());
+            response.headers_mut().insert(
+                challenge,
+                HeaderValue::from_static("Bearer realm=\"warden\", DPoP realm=\"warden\""),
+            );
+            response
+        })
 }
 
 /// Identifies the caller of a request that must use `method`; `how` tells a caller that used

@@ -115,6 +115,7 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
             Some(header.task.clone()),
         )?,
         grant: Arc::clone(&grant),
+        source: None,
     };
     let policy = crate::load_policies(&config.policies)?;
     let _watch = policy.watch(|_| {}).ok();

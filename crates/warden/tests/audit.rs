@@ -14,7 +14,7 @@ use http::{Method, StatusCode};
 use serde_json::Value;
 
 mod common;
-use common::{Reaped, client, free_port, read};
+use common::{Reaped, client, free_port, python3, read};
 
 const POLICY: &str = "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: api, namespace: ops}\nspec:\n  selector: {matchLabels: {app: probe}}\n  http:\n    - {service: api, methods: [GET], paths: [/r/*]}\n";
 
@@ -281,6 +281,8 @@ async fn proofs_check_offline_and_tampering_fails_verification() {
     assert!(events.iter().all(|e| e["class_uid"] == 4002));
     assert_eq!(events[2]["status"], "Failure");
     assert_eq!(events[2]["http_request"]["url"]["path"], "/denied");
+    assert!(events[0]["src_endpoint"]["ip"] == "127.0.0.1");
+    ocsf_valid(&site.dir.path().join("ocsf.jsonl"));
     // The SIEM copy checks with the CLI and the public key alone; a doctored event does not.
     let ocsf = site.dir.path().join("ocsf.jsonl");
     let out = site.warden(&["audit", "check", ocsf.to_str().unwrap()]);
@@ -377,4 +379,60 @@ async fn proofs_check_offline_and_tampering_fails_verification() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("PROBLEM record 1:"), "{text}");
+}
+
+/// Validates OCSF events against the published OCSF models (`ocsf-pydantic`).
+fn ocsf_valid(events: &Path) {
+    let checker = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers/ocsf_check.py");
+    let out = python3().arg(checker).arg(events).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn events_of_every_class_are_valid_ocsf() {
+    let provenance = warden_audit::ocsf::Provenance {
+        record: "{}",
+        index: 3,
+        leaf_hash: "ab",
+        checkpoint: "log\n4\nroot\n\n\u{2014} log sig\n",
+        path: &[],
+    };
+    let records = [
+        serde_json::json!({"time": 1795322681, "decisionId": "d1", "outcome": "allow", "action": "mcp.tools/call",
+            "resource": "tool demo/echo", "agent": "spiffe://warden.local/tenant/demo/agent/a/i-1", "tenant": "demo",
+            "source": "127.0.0.1:50123", "task": "t", "target": {"server": "demo", "tool": "echo"},
+            "findings": [{"kind": "prompt-injection", "score": 0.9}], "gateway": "https://127.0.0.1:8443"}),
+        serde_json::json!({"time": 1795322681, "decisionId": "d2", "outcome": "deny", "action": "http",
+            "resource": "http api GET /r/1", "agent": "spiffe://warden.local/tenant/demo/agent/a/i-1", "tenant": "demo",
+            "source": "[::1]:50124", "target": {"service": "api", "method": "DELETE", "path": "/r/1"}, "findings": []}),
+        serde_json::json!({"time": 1795322681, "decisionId": "d3", "outcome": "allow", "action": "http",
+            "resource": "http api GET /r/1", "agent": "spiffe://warden.local/tenant/demo/agent/a/i-1", "tenant": "demo",
+            "source": "127.0.0.1:50125", "target": {"service": "api", "method": "GET", "path": "/r/1"}, "findings": []}),
+        serde_json::json!({"time": 1795322681, "decisionId": "d4", "outcome": "deny", "action": "egress.connect",
+            "resource": "egress example.com:443", "agent": "spiffe://warden.local/tenant/demo/agent/a/i-1",
+            "tenant": "demo", "source": "127.0.0.1:50126",
+            "target": {"host": "example.com", "port": 443, "ip": "93.184.215.14"}, "findings": [{"kind": "secret"}]}),
+        serde_json::json!({"time": 1795322681, "decisionId": "d5", "outcome": "allow", "action": "a2a.message/send",
+            "resource": "a2a peer", "agent": "spiffe://warden.local/tenant/demo/agent/a/i-1", "tenant": "demo",
+            "target": {"peer": "planner"}, "findings": []}),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.jsonl");
+    let mut lines = String::new();
+    let mut classes = BTreeSet::new();
+    for record in &records {
+        for event in warden_audit::ocsf::events(record, &provenance) {
+            classes.insert(event["class_uid"].as_u64().unwrap());
+            lines.push_str(&event.to_string());
+            lines.push('\n');
+        }
+    }
+    assert_eq!(classes, BTreeSet::from([2004, 4001, 4002, 6003]));
+    std::fs::write(&path, lines).unwrap();
+    ocsf_valid(&path);
 }

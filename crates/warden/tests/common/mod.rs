@@ -43,7 +43,7 @@ pub fn python3() -> Command {
         let present = Command::new("python3")
             .args([
                 "-c",
-                "import mcp, httpx2, a2a.server.routes, starlette, uvicorn",
+                "import mcp, httpx2, a2a.server.routes, starlette, uvicorn, ocsf_emitter._models",
             ])
             .status()
             .is_ok_and(|s| s.success());
