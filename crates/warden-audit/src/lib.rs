@@ -13,5 +13,5 @@ pub mod store;
 pub mod verify;
 
 pub use log::{Appended, AuditError, AuditLog, LogConfig};
-pub use note::{Checkpoint, NoteSigner, NoteVerifier, generate_private_key};
+pub use note::{Checkpoint, NoteSigner, NoteVerifier, generate_private_key, load_or_create_signer};
 pub use reader::LogReader;

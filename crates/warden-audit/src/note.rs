@@ -114,6 +114,42 @@ impl NoteSigner {
 }
 
 /// A new signing key with its private text form, for `warden audit keygen`.
+/// Reads the signing key at `path`, or makes one named `name` (readable by its owner only) with
+/// its public key beside it (`<path>.pub`, extension replaced).
+pub fn load_or_create_signer(path: &std::path::Path, name: &str) -> std::io::Result<NoteSigner> {
+    use std::io::Write as _;
+    let unusable = |e: NoteError| {
+        std::io::Error::other(format!("the audit key {} is unusable: {e}", path.display()))
+    };
+    if path.exists() {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot read the audit key {}: {e}", path.display()))
+        })?;
+        return NoteSigner::from_private_key(&text).map_err(unusable);
+    }
+    let (signer, private) = generate_private_key(name).map_err(unusable)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot create the audit key {}: {e}", path.display()))
+            })?
+    };
+    file.write_all(private.as_bytes())?;
+    file.sync_all()?;
+    let public = path.with_extension("pub");
+    std::fs::write(&public, format!("{}\n", signer.verifier_key()))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write {}: {e}", public.display())))?;
+    Ok(signer)
+}
+
 pub fn generate_private_key(name: &str) -> Result<(NoteSigner, String), NoteError> {
     let mut seed = [0u8; 32];
     aws_lc_rs::rand::fill(&mut seed).map_err(|_| NoteError::Key("no randomness".into()))?;

@@ -127,14 +127,8 @@ impl RevocationSet {
         if self.agents.is_empty() {
             return None;
         }
-        // Every prefix ending at a path segment boundary: instance, name, parent instance, …
-        let path_start = id.find("//").map_or(0, |i| i + 2);
-        let boundaries = id[path_start..]
-            .match_indices('/')
-            .map(|(i, _)| path_start + i)
-            .chain(std::iter::once(id.len()));
-        boundaries
-            .filter_map(|end| self.agents.get(&id[..end]))
+        warden_model::scopes(id)
+            .filter_map(|scope| self.agents.get(scope))
             .map(String::as_str)
             .next()
     }

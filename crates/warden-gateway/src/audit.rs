@@ -2,13 +2,11 @@
 //! the Merkle log (and a structured log line); an allowed action waits for its record to be
 //! durable unless the configuration trades that away.
 
-use std::io::Write as _;
-use std::path::Path;
 
 use anyhow::Context as _;
 use aws_lc_rs::digest;
 use serde_json::Value;
-use warden_audit::{AuditLog, LogConfig, NoteSigner};
+use warden_audit::{AuditLog, LogConfig};
 
 use crate::config::{AuditSettings, Durability, ExportSink};
 use crate::pipeline::{DecisionEvent, Recorded, Recorder, log_decision};
@@ -25,7 +23,7 @@ impl AuditRecorder {
     /// Opens (or creates) the log and its signing key.
     pub fn open(settings: &AuditSettings, default_origin: &str) -> anyhow::Result<Self> {
         let dir = settings.dir();
-        let signer = load_or_create_key(&settings.key_file(), default_origin)?;
+        let signer = warden_audit::load_or_create_signer(&settings.key_file(), default_origin)?;
         let origin = settings
             .origin
             .clone()
@@ -111,35 +109,6 @@ impl AuditRecorder {
     pub fn log(&self) -> &AuditLog {
         &self.log
     }
-}
-
-/// Reads the signing key, or makes one (owner-readable only) with its public key beside it.
-fn load_or_create_key(path: &Path, name: &str) -> anyhow::Result<NoteSigner> {
-    if path.exists() {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the audit key {}", path.display()))?;
-        return NoteSigner::from_private_key(&text)
-            .with_context(|| format!("the audit key {} is unusable", path.display()));
-    }
-    let (signer, private) = warden_audit::generate_private_key(name)?;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut file = {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot create the audit key {}", path.display()))?
-    };
-    file.write_all(private.as_bytes())?;
-    file.sync_all()?;
-    let public = path.with_extension("pub");
-    std::fs::write(&public, format!("{}\n", signer.verifier_key()))
-        .with_context(|| format!("cannot write {}", public.display()))?;
-    Ok(signer)
 }
 
 fn hashed(value: &Value) -> Value {

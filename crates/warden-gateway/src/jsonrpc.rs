@@ -98,6 +98,10 @@ pub fn refusal(id: &Value, verdict: &Verdict, what: &str, codes: Codes) -> Value
                 warden_model::DenyReason::AuditUnavailable => {
                     "the audit log could not record it; nothing was forwarded"
                 }
+                warden_model::DenyReason::Quarantined => "the agent is quarantined",
+                warden_model::DenyReason::Frozen => {
+                    "all agent traffic is frozen (the kill switch is thrown)"
+                }
             };
             json!({
                 "jsonrpc": "2.0", "id": id,

@@ -147,6 +147,10 @@ pub enum DenyReason {
     OutsideGrant,
     /// The audit log could not make the decision's record durable, so nothing is forwarded.
     AuditUnavailable,
+    /// The agent, or one above it, is held in quarantine.
+    Quarantined,
+    /// The kill switch is thrown: all agent traffic stops.
+    Frozen,
 }
 
 /// The verdict. Errors exist only inside a denial, and approval requirements only where they are

@@ -10,6 +10,7 @@ mod error;
 mod event;
 mod identity;
 mod name;
+mod oversight;
 mod request;
 
 pub use action::{A2aMethod, Action, ActionKind, Host, HttpMethod, HttpPath, Protocol, Resource};
@@ -20,4 +21,5 @@ pub use error::ModelError;
 pub use event::{Event, EventType};
 pub use identity::{AgentIdentity, LabelKey, LabelValue, Labels, SpiffeId, TaskId, TrustDomain};
 pub use name::Name;
+pub use oversight::{Freeze, Hold, Oversight, scopes};
 pub use request::{DecisionRequest, Finding, FindingKind, RequestContext, Usage};
