@@ -16,8 +16,10 @@ use serde_json::json;
 use warden_authority::Revocation;
 use warden_model::Name;
 
+use crate::approvals::{ApprovalBinding, ApprovalRequest, ApprovalStatus, Verdict};
+use crate::events::PublishEvent;
 use crate::control::{
-    AttestRequest, Control, ControlError, CredentialRequest, ExchangeRequest, RegisterAgent, Role,
+    AdminRecord, AttestRequest, Control, ControlError, CredentialRequest, ExchangeRequest, RegisterAgent, Role,
 };
 
 /// The OpenAPI document served at `/v1/openapi.json`.
@@ -78,8 +80,12 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ControlError::Internal(e.to_string()))?
 }
 
-/// Authenticates the request's admin token for `role`.
-async fn require(control: &Arc<Control>, headers: &HeaderMap, role: Role) -> ApiResult<()> {
+/// Authenticates the request's admin token for `role`, returning who it is.
+async fn require(
+    control: &Arc<Control>,
+    headers: &HeaderMap,
+    role: Role,
+) -> ApiResult<AdminRecord> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -91,7 +97,7 @@ async fn require(control: &Arc<Control>, headers: &HeaderMap, role: Role) -> Api
             )
         })?
         .to_owned();
-    blocking(control, move |c| c.authenticate(&token, role).map(|_| ())).await
+    blocking(control, move |c| c.authenticate(&token, role)).await
 }
 
 fn name(what: &str, value: String) -> ApiResult<Name> {
@@ -119,6 +125,17 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/token", post(token_exchange))
         .route("/v1/authority/rotate", post(rotate))
         .route("/v1/admins", post(create_admin))
+        .route("/v1/oversight", get(oversight))
+        .route("/v1/quarantine", post(quarantine))
+        .route("/v1/quarantine/release", post(release))
+        .route("/v1/freeze", post(freeze))
+        .route("/v1/approvals", get(list_approvals).post(request_approval))
+        .route("/v1/approvals/{id}", get(show_approval))
+        .route("/v1/approvals/{id}/approve", post(approve))
+        .route("/v1/approvals/{id}/reject", post(reject))
+        .route("/v1/approvals/{id}/use", post(use_approval))
+        .route("/v1/events", get(events).post(publish_event))
+        .route("/v1/unfreeze", post(unfreeze))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(control)
 }
@@ -138,22 +155,11 @@ async fn bundle(State(control): State<Arc<Control>>) -> ApiResult<impl IntoRespo
     Ok(Json(blocking(&control, |c| c.bundle()).await?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RevocationQuery {
-    #[serde(default)]
-    since: u64,
-    /// Seconds to wait for a newer version (long poll); 0 answers at once.
-    #[serde(default)]
-    wait: u64,
-}
-
 async fn revocations(
     State(control): State<Arc<Control>>,
-    query: Result<Query<RevocationQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let Query(query) =
-        query.map_err(|e| ControlError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let query = watch_query(query)?;
     if query.wait > 0 {
         control
             .wait_for_revocations(query.since, Duration::from_secs(query.wait).min(MAX_WATCH))
@@ -189,9 +195,9 @@ async fn register_agent(
     headers: HeaderMap,
     payload: Result<Json<RegisterAgent>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    require(&control, &headers, Role::Admin).await?;
+    let admin = require(&control, &headers, Role::Admin).await?;
     let request = body(payload)?;
-    let record = blocking(&control, move |c| c.register_agent(request)).await?;
+    let record = blocking(&control, move |c| c.register_agent(request, &admin.name)).await?;
     Ok((StatusCode::CREATED, Json(record)))
 }
 
@@ -350,6 +356,8 @@ async fn rotate(
 struct CreateAdmin {
     name: String,
     role: Role,
+    #[serde(default)]
+    groups: Vec<Name>,
 }
 
 async fn create_admin(
@@ -360,11 +368,254 @@ async fn create_admin(
     require(&control, &headers, Role::Admin).await?;
     let request = body(payload)?;
     let token = blocking(&control, move |c| {
-        c.create_admin(&request.name, request.role)
+        c.create_admin(&request.name, request.role, request.groups)
     })
     .await?;
     Ok((
         StatusCode::CREATED,
         Json(json!({"token": token, "note": "shown once; store it now"})),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WatchQuery {
+    #[serde(default)]
+    since: u64,
+    /// Seconds to wait for something newer than `since` (long poll); 0 answers at once.
+    #[serde(default)]
+    wait: u64,
+}
+
+fn watch_query(
+    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<WatchQuery> {
+    query
+        .map(|Query(q)| q)
+        .map_err(|e| ControlError::BadRequest(format!("invalid query: {}", e.body_text())))
+}
+
+/// Quarantine holds and the kill switch; with `wait`, answers as soon as they change.
+async fn oversight(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Viewer).await?;
+    let query = watch_query(query)?;
+    if query.wait > 0 {
+        control
+            .wait_for_oversight(query.since, Duration::from_secs(query.wait).min(MAX_WATCH))
+            .await;
+    }
+    Ok(Json(blocking(&control, |c| c.oversight()).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldRequest {
+    /// `tenant/name` or a SPIFFE ID.
+    agent: String,
+    reason: String,
+}
+
+async fn quarantine(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    payload: Result<Json<HoldRequest>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let admin = require(&control, &headers, Role::Admin).await?;
+    let request = body(payload)?;
+    let state = blocking(&control, move |c| {
+        c.quarantine(&request.agent, &request.reason, &admin.name)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(state)))
+}
+
+async fn release(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    payload: Result<Json<HoldRequest>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let admin = require(&control, &headers, Role::Admin).await?;
+    let request = body(payload)?;
+    let state = blocking(&control, move |c| {
+        c.release(&request.agent, &request.reason, &admin.name)
+    })
+    .await?;
+    Ok(Json(state))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonRequest {
+    reason: String,
+}
+
+async fn freeze(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    payload: Result<Json<ReasonRequest>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let admin = require(&control, &headers, Role::Admin).await?;
+    let request = body(payload)?;
+    let state = blocking(&control, move |c| c.freeze(&request.reason, &admin.name)).await?;
+    Ok((StatusCode::CREATED, Json(state)))
+}
+
+async fn unfreeze(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    payload: Result<Json<ReasonRequest>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let admin = require(&control, &headers, Role::Admin).await?;
+    let request = body(payload)?;
+    let state = blocking(&control, move |c| c.unfreeze(&request.reason, &admin.name)).await?;
+    Ok(Json(state))
+}
+
+async fn request_approval(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    payload: Result<Json<ApprovalRequest>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Gateway).await?;
+    let request = body(payload)?;
+    let approval = blocking(&control, move |c| c.request_approval(request)).await?;
+    Ok((StatusCode::CREATED, Json(approval)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApprovalsQuery {
+    /// `pending` (the default), `approved`, `rejected`, `used`, `expired` or `all`.
+    #[serde(default)]
+    status: Option<String>,
+}
+
+async fn list_approvals(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    query: Result<Query<ApprovalsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Viewer).await?;
+    let Query(query) =
+        query.map_err(|e| ControlError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let status = match query.status.as_deref().unwrap_or("pending") {
+        "all" => None,
+        other => Some(
+            serde_json::from_value::<ApprovalStatus>(json!(other)).map_err(|_| {
+                ControlError::BadRequest(format!(
+                    "status `{other}`: use pending, approved, rejected, used, expired or all"
+                ))
+            })?,
+        ),
+    };
+    Ok(Json(blocking(&control, move |c| c.approvals(status)).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    /// Seconds to wait while the approval is pending.
+    #[serde(default)]
+    wait: u64,
+}
+
+async fn show_approval(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Viewer).await?;
+    let Query(query) =
+        query.map_err(|e| ControlError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    if query.wait > 0 {
+        control
+            .wait_for_approval(&id, Duration::from_secs(query.wait).min(MAX_WATCH))
+            .await;
+    }
+    Ok(Json(blocking(&control, move |c| c.approval(&id)).await?))
+}
+
+async fn approve(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    payload: Result<Json<Verdict>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let approver = require(&control, &headers, Role::Approver).await?;
+    let verdict = body(payload)?;
+    Ok(Json(
+        blocking(&control, move |c| c.approve(&id, &approver, verdict)).await?,
+    ))
+}
+
+async fn reject(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    payload: Result<Json<Verdict>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let approver = require(&control, &headers, Role::Approver).await?;
+    let verdict = body(payload)?;
+    Ok(Json(
+        blocking(&control, move |c| c.reject(&id, &approver, verdict)).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UseRequest {
+    #[serde(flatten)]
+    binding: ApprovalBinding,
+    decision_id: String,
+}
+
+async fn use_approval(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    payload: Result<Json<UseRequest>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Gateway).await?;
+    let request = body(payload)?;
+    Ok(Json(
+        blocking(&control, move |c| {
+            c.use_approval(&id, &request.binding, &request.decision_id)
+        })
+        .await?,
+    ))
+}
+
+async fn publish_event(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    payload: Result<Json<PublishEvent>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let publisher = require(&control, &headers, Role::Publisher).await?;
+    let request = body(payload)?;
+    let event = blocking(&control, move |c| c.publish_event(request, &publisher)).await?;
+    Ok((StatusCode::CREATED, Json(event)))
+}
+
+/// Published events after `since`; with `wait`, answers as soon as one arrives.
+async fn events(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Viewer).await?;
+    let query = watch_query(query)?;
+    if query.wait > 0 {
+        control
+            .wait_for_events(query.since, Duration::from_secs(query.wait).min(MAX_WATCH))
+            .await;
+    }
+    let since = query.since;
+    Ok(Json(
+        blocking(&control, move |c| c.events_since(since)).await?,
     ))
 }

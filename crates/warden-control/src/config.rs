@@ -29,6 +29,8 @@ pub struct ControlConfig {
     pub ca_lifetime_days: u64,
     /// Issuers whose identity tokens are accepted as attestation evidence.
     pub attestation: Vec<AttestorConfig>,
+    /// Where to POST each new approval request (JSON), for chat or paging integrations.
+    pub approval_webhook: Option<String>,
 }
 
 impl Default for ControlConfig {
@@ -42,6 +44,7 @@ impl Default for ControlConfig {
             max_delegation_depth: warden_authority::DEFAULT_MAX_DEPTH,
             ca_lifetime_days: 30,
             attestation: Vec::new(),
+            approval_webhook: None,
         }
     }
 }

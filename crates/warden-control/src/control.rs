@@ -20,8 +20,9 @@ use warden_model::{AgentIdentity, Labels, Name, SpiffeId, TaskId};
 
 use crate::config::ControlConfig;
 use crate::jwks::{AttestError, Attestor, unverified_issuer};
+use crate::trail::AuditTrail;
 use crate::store::{
-    ADMINS, AGENTS, GRANTS, INSTANCES, JOIN_TOKENS, META, Store, StoreError, Written,
+    ADMINS, AGENTS, EVENTS, GRANTS, INSTANCES, JOIN_TOKENS, META, Store, StoreError, Written,
 };
 use warden_http::HttpClient;
 
@@ -76,7 +77,7 @@ impl From<warden_authority::GrantError> for ControlError {
     }
 }
 
-fn bad(message: impl Into<String>) -> ControlError {
+pub(crate) fn bad(message: impl Into<String>) -> ControlError {
     ControlError::BadRequest(message.into())
 }
 
@@ -85,8 +86,13 @@ fn bad(message: impl Into<String>) -> ControlError {
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Admin,
+    /// Co-signs actions that need approval, for the groups the admin belongs to.
     Approver,
     Auditor,
+    /// Publishes events (monitoring systems, people) that event-gated policies wait for.
+    Publisher,
+    /// A gateway: files approval requests and spends approvals.
+    Gateway,
     Viewer,
 }
 
@@ -102,6 +108,9 @@ pub struct AdminRecord {
     pub name: String,
     pub role: Role,
     pub created: i64,
+    /// Approver groups this admin belongs to (policies name the group whose members co-sign).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<Name>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -114,6 +123,9 @@ pub struct AgentRecord {
     /// The most any grant for this agent may allow; requests may narrow it.
     pub rights: Vec<Right>,
     pub created: i64,
+    /// The admin who registered it: never an approver of its actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registered_by: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked: Option<RevokedInfo>,
 }
@@ -321,6 +333,8 @@ pub struct BundleView {
     pub grant_roots: serde_json::Value,
     /// Delegation steps allowed below a root grant; gateways enforce the same limit.
     pub max_delegation_depth: usize,
+    /// The key that signs published events (and the control audit trail's checkpoints).
+    pub event_key: String,
 }
 
 fn sha256_hex(value: &str) -> String {
@@ -346,7 +360,7 @@ fn random_instance() -> Result<Name, ControlError> {
     Name::new(format!("i-{hex}")).map_err(|e| ControlError::Internal(e.to_string()))
 }
 
-fn now() -> OffsetDateTime {
+pub(crate) fn now() -> OffsetDateTime {
     OffsetDateTime::now_utc()
 }
 
@@ -379,6 +393,10 @@ pub struct Control {
     proofs: DpopVerifier,
     client: HttpClient,
     revocation_version: tokio::sync::watch::Sender<u64>,
+    oversight_version: tokio::sync::watch::Sender<u64>,
+    approvals_version: tokio::sync::watch::Sender<u64>,
+    events_version: tokio::sync::watch::Sender<u64>,
+    trail: AuditTrail,
 }
 
 impl Control {
@@ -432,6 +450,12 @@ impl Control {
             .map(Attestor::from_config)
             .collect::<anyhow::Result<Vec<_>>>()?;
         let (revocation_version, _) = tokio::sync::watch::channel(version);
+        let oversight = store
+            .get::<warden_model::Oversight>(META, "oversight")?
+            .unwrap_or_default();
+        let (oversight_version, _) = tokio::sync::watch::channel(oversight.version);
+        let trail = AuditTrail::open(&config.data_dir, config.trust_domain.as_str())?;
+        let last_event = store.last_number(EVENTS)?;
         let replays = Box::new(StoredReplays(Arc::clone(&store)));
         Ok(Self {
             store,
@@ -450,8 +474,41 @@ impl Control {
             ),
             client: HttpClient::new(Duration::from_secs(5)).map_err(|e| anyhow::anyhow!("{e}"))?,
             revocation_version,
+            oversight_version,
+            approvals_version: tokio::sync::watch::channel(0).0,
+            events_version: tokio::sync::watch::channel(last_event).0,
+            trail,
             config,
         })
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub(crate) fn trail(&self) -> &AuditTrail {
+        &self.trail
+    }
+
+    pub(crate) fn oversight_version(&self) -> &tokio::sync::watch::Sender<u64> {
+        &self.oversight_version
+    }
+
+    pub(crate) fn approvals_version(&self) -> &tokio::sync::watch::Sender<u64> {
+        &self.approvals_version
+    }
+
+    pub(crate) fn events_version(&self) -> &tokio::sync::watch::Sender<u64> {
+        &self.events_version
+    }
+
+    pub(crate) fn http_client(&self) -> &HttpClient {
+        &self.client
+    }
+
+    /// Stops the control audit log after what is queued, with a last checkpoint.
+    pub fn close(&self) {
+        self.trail.close();
     }
 
     pub fn config(&self) -> &ControlConfig {
@@ -464,10 +521,16 @@ impl Control {
         if !self.store.is_empty(ADMINS)? {
             return Ok(None);
         }
-        self.create_admin("bootstrap", Role::Admin).map(Some)
+        self.create_admin("bootstrap", Role::Admin, Vec::new())
+            .map(Some)
     }
 
-    pub fn create_admin(&self, name: &str, role: Role) -> Result<String, ControlError> {
+    pub fn create_admin(
+        &self,
+        name: &str,
+        role: Role,
+        groups: Vec<Name>,
+    ) -> Result<String, ControlError> {
         if name.is_empty() || name.len() > 128 {
             return Err(bad("an admin name is 1 to 128 characters"));
         }
@@ -476,6 +539,7 @@ impl Control {
             name: name.to_owned(),
             role,
             created: now().unix_timestamp(),
+            groups,
         };
         self.store.put(ADMINS, &sha256_hex(&token), &record)?;
         Ok(token)
@@ -502,7 +566,11 @@ impl Control {
         }
     }
 
-    pub fn register_agent(&self, request: RegisterAgent) -> Result<AgentRecord, ControlError> {
+    pub fn register_agent(
+        &self,
+        request: RegisterAgent,
+        by: &str,
+    ) -> Result<AgentRecord, ControlError> {
         if request.rights.is_empty() {
             return Err(bad(
                 "an agent needs at least one right (e.g. {\"action\": \"mcp.*\", \"target\": \"github/*\"}); policy still decides each call",
@@ -517,6 +585,7 @@ impl Control {
             labels: request.labels,
             rights: request.rights,
             created: now().unix_timestamp(),
+            registered_by: Some(by.to_owned()),
             revoked: None,
         };
         let key = agent_key(&record.tenant, &record.name);
@@ -528,7 +597,7 @@ impl Control {
         }
     }
 
-    fn agent_record(&self, tenant: &Name, name: &Name) -> Result<AgentRecord, ControlError> {
+    pub(crate) fn agent_record(&self, tenant: &Name, name: &Name) -> Result<AgentRecord, ControlError> {
         self.store
             .get(AGENTS, &agent_key(tenant, name))?
             .ok_or_else(|| {
@@ -584,7 +653,7 @@ impl Control {
         self.revoke(Revocation::Agent(id))
     }
 
-    fn spiffe_id(&self, path: &str) -> Result<SpiffeId, ControlError> {
+    pub(crate) fn spiffe_id(&self, path: &str) -> Result<SpiffeId, ControlError> {
         SpiffeId::new(format!("spiffe://{}/{path}", self.config.trust_domain))
             .map_err(|e| bad(e.to_string()))
     }
@@ -1065,6 +1134,7 @@ impl Control {
             spiffe: bundle.to_spiffe_json(Duration::from_secs(300)),
             grant_roots: self.grant_roots()?.to_json(),
             max_delegation_depth: self.config.max_delegation_depth,
+            event_key: self.event_key(),
         })
     }
 

@@ -2,12 +2,17 @@
 //! delegation, revocation, trust bundles — with its state in an embedded store.
 
 mod api;
+mod approvals;
 mod config;
 mod control;
+mod events;
 mod jwks;
+mod oversight;
 mod store;
+mod trail;
 
 pub use api::{OPENAPI, router, serve};
+pub use approvals::{Approval, ApprovalBinding, ApprovalRequest, ApprovalStatus, SignOff, Spent, Use, Verdict};
 pub use config::{AttestorConfig, ControlConfig, RuleConfig};
 pub use control::{
     AgentRecord, AgentView, AttestRequest, Control, ControlError, CredentialRequest, Credentials,
@@ -15,6 +20,7 @@ pub use control::{
     InstanceRecord, RegisterAgent, RevocationsView, Role, SvidView, TOKEN_EXCHANGE_GRANT_TYPE,
     parse_scope,
 };
+pub use events::{EventsView, PublishEvent, SignedEvent};
 pub use jwks::{AttestError, Attestor};
 pub use store::{Store, StoreError};
 pub use warden_http::{ClientError, HttpClient, HttpResponse};

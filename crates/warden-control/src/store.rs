@@ -23,6 +23,10 @@ pub(crate) const GRANTS: TableDefinition<&str, &str> = TableDefinition::new("gra
 pub(crate) const JOIN_TOKENS: TableDefinition<&str, &str> = TableDefinition::new("join_tokens");
 /// Version → the revocation added at that version.
 const REVOCATIONS: TableDefinition<u64, &str> = TableDefinition::new("revocations");
+/// Approval id → the approval request and its sign-offs.
+pub(crate) const APPROVALS: TableDefinition<&str, &str> = TableDefinition::new("approvals");
+/// Sequence → a published, signed event.
+pub(crate) const EVENTS: TableDefinition<u64, &str> = TableDefinition::new("events");
 /// SHA-256 (hex) of a proof-of-possession id → when it may be forgotten (unix seconds).
 const PROOFS: TableDefinition<&str, i64> = TableDefinition::new("proofs");
 /// Proof records written between sweeps of expired ones.
@@ -101,10 +105,11 @@ impl Store {
         };
         // Create every table up front so reads never meet a missing one.
         let tx = store.db.begin_write()?;
-        for table in [META, ADMINS, AGENTS, INSTANCES, GRANTS, JOIN_TOKENS] {
+        for table in [META, ADMINS, AGENTS, INSTANCES, GRANTS, JOIN_TOKENS, APPROVALS] {
             tx.open_table(table)?;
         }
         tx.open_table(REVOCATIONS)?;
+        tx.open_table(EVENTS)?;
         tx.open_table(PROOFS)?;
         tx.commit()?;
         Ok(store)
@@ -203,29 +208,55 @@ impl Store {
 
     /// Appends a revocation at the next version and returns that version.
     pub fn append_revocation(&self, revocation: &Revocation) -> Result<u64, StoreError> {
-        let json = encode(revocation)?;
+        self.append_numbered(REVOCATIONS, revocation)
+    }
+
+    /// Every revocation with its version, oldest first.
+    pub fn revocations(&self) -> Result<Vec<(u64, Revocation)>, StoreError> {
+        self.numbered_since(REVOCATIONS, 0, usize::MAX)
+    }
+
+    /// Appends `value` to a numbered log at the next number, and returns that number.
+    pub(crate) fn append_numbered<T: Serialize>(
+        &self,
+        table: TableDefinition<u64, &str>,
+        value: &T,
+    ) -> Result<u64, StoreError> {
+        let json = encode(value)?;
         let tx = self.db.begin_write()?;
-        let version = {
-            let mut t = tx.open_table(REVOCATIONS)?;
+        let number = {
+            let mut t = tx.open_table(table)?;
             let next = t.last()?.map_or(1, |(k, _)| k.value() + 1);
             t.insert(next, json.as_str())?;
             next
         };
         tx.commit()?;
-        Ok(version)
+        Ok(number)
     }
 
-    /// Every revocation with its version, oldest first.
-    pub fn revocations(&self) -> Result<Vec<(u64, Revocation)>, StoreError> {
+    /// Up to `limit` entries of a numbered log after `since`, oldest first.
+    pub(crate) fn numbered_since<T: DeserializeOwned>(
+        &self,
+        table: TableDefinition<u64, &str>,
+        since: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, T)>, StoreError> {
         let tx = self.db.begin_read()?;
-        let table = tx.open_table(REVOCATIONS)?;
+        let table = tx.open_table(table)?;
         table
-            .iter()?
+            .range(since.saturating_add(1)..)?
+            .take(limit)
             .map(|entry| {
                 let (k, v) = entry?;
                 Ok((k.value(), decode(&k.value().to_string(), v.value())?))
             })
             .collect()
+    }
+
+    /// The highest number in a numbered log (0 when empty).
+    pub(crate) fn last_number(&self, table: TableDefinition<u64, &str>) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read()?;
+        Ok(tx.open_table(table)?.last()?.map_or(0, |(k, _)| k.value()))
     }
 }
 
