@@ -123,7 +123,10 @@ pub fn load_or_create_signer(path: &std::path::Path, name: &str) -> std::io::Res
     };
     if path.exists() {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("cannot read the audit key {}: {e}", path.display()))
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot read the audit key {}: {e}", path.display()),
+            )
         })?;
         return NoteSigner::from_private_key(&text).map_err(unusable);
     }
@@ -139,14 +142,18 @@ pub fn load_or_create_signer(path: &std::path::Path, name: &str) -> std::io::Res
             .mode(0o600)
             .open(path)
             .map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot create the audit key {}: {e}", path.display()))
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot create the audit key {}: {e}", path.display()),
+                )
             })?
     };
     file.write_all(private.as_bytes())?;
     file.sync_all()?;
     let public = path.with_extension("pub");
-    std::fs::write(&public, format!("{}\n", signer.verifier_key()))
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot write {}: {e}", public.display())))?;
+    std::fs::write(&public, format!("{}\n", signer.verifier_key())).map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot write {}: {e}", public.display()))
+    })?;
     Ok(signer)
 }
 

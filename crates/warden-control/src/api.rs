@@ -17,10 +17,11 @@ use warden_authority::Revocation;
 use warden_model::Name;
 
 use crate::approvals::{ApprovalBinding, ApprovalRequest, ApprovalStatus, Verdict};
-use crate::events::PublishEvent;
 use crate::control::{
-    AdminRecord, AttestRequest, Control, ControlError, CredentialRequest, ExchangeRequest, RegisterAgent, Role,
+    AdminRecord, AttestRequest, Control, ControlError, CredentialRequest, ExchangeRequest,
+    RegisterAgent, Role,
 };
+use crate::events::PublishEvent;
 
 /// The OpenAPI document served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -395,20 +396,37 @@ fn watch_query(
         .map_err(|e| ControlError::BadRequest(format!("invalid query: {}", e.body_text())))
 }
 
-/// Quarantine holds and the kill switch; with `wait`, answers as soon as they change.
+/// Quarantine holds and the kill switch; with `wait`, answers as soon as they change. Anyone
+/// may read which agents are held (every gateway and stdio wrapper must); who held them and why
+/// is shown to admins only.
 async fn oversight(
     State(control): State<Arc<Control>>,
     headers: HeaderMap,
     query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    require(&control, &headers, Role::Viewer).await?;
+    let admin = if headers.contains_key(header::AUTHORIZATION) {
+        Some(require(&control, &headers, Role::Viewer).await?)
+    } else {
+        None
+    };
     let query = watch_query(query)?;
     if query.wait > 0 {
         control
             .wait_for_oversight(query.since, Duration::from_secs(query.wait).min(MAX_WATCH))
             .await;
     }
-    Ok(Json(blocking(&control, |c| c.oversight()).await?))
+    let mut state = blocking(&control, |c| c.oversight()).await?;
+    if admin.is_none() {
+        for hold in &mut state.quarantined {
+            hold.reason.clear();
+            hold.by.clear();
+        }
+        if let Some(freeze) = &mut state.frozen {
+            freeze.reason.clear();
+            freeze.by.clear();
+        }
+    }
+    Ok(Json(state))
 }
 
 #[derive(Deserialize)]
@@ -512,7 +530,9 @@ async fn list_approvals(
             })?,
         ),
     };
-    Ok(Json(blocking(&control, move |c| c.approvals(status)).await?))
+    Ok(Json(
+        blocking(&control, move |c| c.approvals(status)).await?,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -152,16 +152,17 @@ pub struct Spent {
 
 fn text(what: &str, value: Option<String>) -> Result<Option<String>, ControlError> {
     match value {
-        Some(v) if v.len() > MAX_TEXT => Err(bad(format!(
-            "the {what} is longer than {MAX_TEXT} bytes"
-        ))),
+        Some(v) if v.len() > MAX_TEXT => {
+            Err(bad(format!("the {what} is longer than {MAX_TEXT} bytes")))
+        }
         v => Ok(v),
     }
 }
 
 fn random_id() -> Result<String, ControlError> {
     let mut bytes = [0u8; 12];
-    aws_lc_rs::rand::fill(&mut bytes).map_err(|_| ControlError::Internal("no randomness".into()))?;
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| ControlError::Internal("no randomness".into()))?;
     Ok(format!(
         "apr_{}",
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
@@ -268,7 +269,11 @@ impl Control {
     }
 
     /// Why `approver` may not sign off on `approval`, if they may not.
-    fn check_approver(&self, approval: &Approval, approver: &AdminRecord) -> Result<(), ControlError> {
+    fn check_approver(
+        &self,
+        approval: &Approval,
+        approver: &AdminRecord,
+    ) -> Result<(), ControlError> {
         let group = &approval.requirement.group;
         if !approver.groups.contains(group) {
             return Err(ControlError::Forbidden(format!(
@@ -442,7 +447,9 @@ impl Control {
                         )));
                     }
                     ApprovalStatus::Rejected => {
-                        return Err(ControlError::Conflict(format!("approval {id} was rejected")));
+                        return Err(ControlError::Conflict(format!(
+                            "approval {id} was rejected"
+                        )));
                     }
                     ApprovalStatus::Expired => {
                         return Err(ControlError::Conflict(format!("approval {id} has expired")));

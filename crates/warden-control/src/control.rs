@@ -20,10 +20,10 @@ use warden_model::{AgentIdentity, Labels, Name, SpiffeId, TaskId};
 
 use crate::config::ControlConfig;
 use crate::jwks::{AttestError, Attestor, unverified_issuer};
-use crate::trail::AuditTrail;
 use crate::store::{
     ADMINS, AGENTS, EVENTS, GRANTS, INSTANCES, JOIN_TOKENS, META, Store, StoreError, Written,
 };
+use crate::trail::AuditTrail;
 use warden_http::HttpClient;
 
 /// Longest lifetime of a join token.
@@ -597,7 +597,11 @@ impl Control {
         }
     }
 
-    pub(crate) fn agent_record(&self, tenant: &Name, name: &Name) -> Result<AgentRecord, ControlError> {
+    pub(crate) fn agent_record(
+        &self,
+        tenant: &Name,
+        name: &Name,
+    ) -> Result<AgentRecord, ControlError> {
         self.store
             .get(AGENTS, &agent_key(tenant, name))?
             .ok_or_else(|| {

@@ -63,18 +63,24 @@ impl Control {
             )));
         }
         let mut id = [0u8; 12];
-        aws_lc_rs::rand::fill(&mut id).map_err(|_| ControlError::Internal("no randomness".into()))?;
+        aws_lc_rs::rand::fill(&mut id)
+            .map_err(|_| ControlError::Internal("no randomness".into()))?;
         let event = Event {
-            id: format!("evt_{}", id.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+            id: format!(
+                "evt_{}",
+                id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ),
             event_type: request.event_type,
             time: now().unix_timestamp(),
             publisher: publisher.name.clone(),
             attributes: request.attributes,
         };
-        let line = serde_json::to_string(&event).map_err(|e| ControlError::Internal(e.to_string()))?;
+        let line =
+            serde_json::to_string(&event).map_err(|e| ControlError::Internal(e.to_string()))?;
         let note = self.trail().sign(&format!("{line}\n"));
         // Recorded before it is published: an event nobody can account for never unlocks anything.
-        self.trail().record(json!({"action": "event.published", "event": event}))?;
+        self.trail()
+            .record(json!({"action": "event.published", "event": event}))?;
         let mut signed = SignedEvent {
             sequence: 0,
             event,

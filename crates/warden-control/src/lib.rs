@@ -12,7 +12,9 @@ mod store;
 mod trail;
 
 pub use api::{OPENAPI, router, serve};
-pub use approvals::{Approval, ApprovalBinding, ApprovalRequest, ApprovalStatus, SignOff, Spent, Use, Verdict};
+pub use approvals::{
+    Approval, ApprovalBinding, ApprovalRequest, ApprovalStatus, SignOff, Spent, Use, Verdict,
+};
 pub use config::{AttestorConfig, ControlConfig, RuleConfig};
 pub use control::{
     AgentRecord, AgentView, AttestRequest, Control, ControlError, CredentialRequest, Credentials,

@@ -90,7 +90,12 @@ impl Control {
     pub fn quarantine(&self, agent: &str, why: &str, by: &str) -> Result<Oversight, ControlError> {
         let scope = self.agent_scope(agent)?;
         let why = reason(why)?;
-        if let Some(hold) = self.oversight()?.quarantined.iter().find(|h| h.scope == scope) {
+        if let Some(hold) = self
+            .oversight()?
+            .quarantined
+            .iter()
+            .find(|h| h.scope == scope)
+        {
             return Err(ControlError::Conflict(format!(
                 "{scope} is already quarantined (by {}: {})",
                 hold.by, hold.reason
@@ -121,8 +126,7 @@ impl Control {
     pub fn release(&self, agent: &str, why: &str, by: &str) -> Result<Oversight, ControlError> {
         let scope = self.agent_scope(agent)?;
         let why = reason(why)?;
-        let record =
-            json!({"action": "release", "agent": scope.as_str(), "reason": why, "by": by});
+        let record = json!({"action": "release", "agent": scope.as_str(), "reason": why, "by": by});
         self.change_oversight(record, |state| {
             let before = state.quarantined.len();
             state.quarantined.retain(|h| h.scope != scope);

@@ -105,7 +105,15 @@ impl Store {
         };
         // Create every table up front so reads never meet a missing one.
         let tx = store.db.begin_write()?;
-        for table in [META, ADMINS, AGENTS, INSTANCES, GRANTS, JOIN_TOKENS, APPROVALS] {
+        for table in [
+            META,
+            ADMINS,
+            AGENTS,
+            INSTANCES,
+            GRANTS,
+            JOIN_TOKENS,
+            APPROVALS,
+        ] {
             tx.open_table(table)?;
         }
         tx.open_table(REVOCATIONS)?;

@@ -42,7 +42,8 @@ impl AuditTrail {
                 time::OffsetDateTime::now_utc().unix_timestamp().into(),
             );
         }
-        let bytes = serde_json::to_vec(&record).map_err(|e| ControlError::Internal(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec(&record).map_err(|e| ControlError::Internal(e.to_string()))?;
         self.log
             .append(bytes)
             .blocking_recv()

@@ -136,16 +136,12 @@ pub fn classify(peer: &Name, rpc: &str, params: &Value) -> Result<Call, Invalid>
     })
 }
 
-/// The stated intent: `params.metadata["warden/intent"]` or the message's, else the
-/// `Warden-Intent` header.
-pub fn intent(params: &Value, header: Option<&str>) -> Option<String> {
-    fn stated(v: Option<&Value>) -> Option<&str> {
-        v?.get("metadata")?.get("warden/intent")?.as_str()
-    }
-    stated(Some(params))
-        .or_else(|| stated(params.get("message")))
-        .or(header)
-        .map(|s| s.chars().take(1024).collect())
+/// Where a request says what it means and which approvals it presents: `params.metadata`, or
+/// the message's (`warden/intent`, `warden/approval`).
+pub fn metadata(params: &Value) -> Option<&Value> {
+    params
+        .get("metadata")
+        .or_else(|| params.get("message")?.get("metadata"))
 }
 
 /// Every task id a JSON-RPC response (or one streamed event) hands to the client: a task, a

@@ -17,6 +17,7 @@ use warden_model::{A2aMethod, Action, Host, Protocol, SpiffeId};
 use crate::a2a::{self, Call};
 use crate::identify::Caller;
 use crate::jsonrpc::{self, Invalid, Message};
+use crate::pipeline::Said;
 use crate::server::{
     Body, BoxError, State, Upstream, call_upstream, describe, full, identify_method, json_response,
     problem, read_body, relay,
@@ -59,7 +60,8 @@ pub async fn card(
         method: A2aMethod::AgentCard,
     };
     let what = describe(&action);
-    let verdict = state.pipeline.decide(&caller, action, &[], None).await;
+    let said = Said::from_headers(request.headers());
+    let verdict = state.pipeline.decide(&caller, action, &[], said).await;
     if !verdict.allowed() {
         let refusal = jsonrpc::refusal(&Value::Null, &verdict, &what, a2a::CODES);
         return json_response(StatusCode::FORBIDDEN, &json!({"error": refusal["error"]}));
@@ -116,10 +118,7 @@ pub async fn rpc(
         Err(response) => return response,
     };
     let headers = request.headers().clone();
-    let intent_header = headers
-        .get("warden-intent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let said = Said::from_headers(&headers);
     let body = match read_body(state, request.into_body()).await {
         Ok(b) => b,
         Err(response) => return response,
@@ -168,7 +167,7 @@ pub async fn rpc(
             ),
         );
     }
-    if let Err(refusal) = decide(state, &caller, &call, &id, &body, &params, intent_header).await {
+    if let Err(refusal) = decide(state, &caller, &call, &id, &body, &params, &said).await {
         return json_response(StatusCode::OK, &refusal);
     }
     let response = match call_upstream(
@@ -245,13 +244,13 @@ async fn decide(
     id: &Value,
     body: &[u8],
     params: &Value,
-    intent_header: Option<String>,
+    headers_said: &Said,
 ) -> Result<(), Value> {
-    let intent = a2a::intent(params, intent_header.as_deref());
+    let said = headers_said.with_metadata(a2a::metadata(params));
     let what = describe(&call.action);
     let verdict = state
         .pipeline
-        .decide(caller, call.action.clone(), body, intent.clone())
+        .decide(caller, call.action.clone(), body, said.clone())
         .await;
     if !verdict.allowed() {
         return Err(jsonrpc::refusal(id, &verdict, &what, a2a::CODES));
@@ -285,7 +284,7 @@ async fn decide(
         ip: None,
     };
     let what = format!("push notifications to {}", egress.resource());
-    let verdict = state.pipeline.decide(caller, egress, &[], intent).await;
+    let verdict = state.pipeline.decide(caller, egress, &[], said).await;
     if verdict.allowed() {
         Ok(())
     } else {

@@ -2,7 +2,6 @@
 //! the Merkle log (and a structured log line); an allowed action waits for its record to be
 //! durable unless the configuration trades that away.
 
-
 use anyhow::Context as _;
 use aws_lc_rs::digest;
 use serde_json::Value;

@@ -16,8 +16,15 @@ pub struct GatewayConfig {
     pub public_url: Option<String>,
     /// The AgentPolicy bundle directory; reloaded on change.
     pub policies: PathBuf,
-    /// The control plane, for trust bundle, grant keys and revocations.
+    /// The control plane, for trust bundle, grant keys, revocations and quarantines.
     pub control_url: String,
+    /// A file holding this gateway's control-plane token (role `gateway`; `warden admin create
+    /// gw-1 --role gateway`), for filing and spending approvals and following events. Without
+    /// one, calls that need approval or an event are refused. `--role all` makes its own.
+    pub control_token_file: Option<PathBuf>,
+    /// How long a call that needs approval is held while approvers decide before the gateway
+    /// answers needs-approval (0: answer at once; the agent retries with the approval id).
+    pub approval_hold_secs: u64,
     /// Server certificate and key (PEM) for `--role gateway`; in `--role all` the gateway gets an
     /// SVID from the in-process authority instead.
     pub tls_cert_file: Option<PathBuf>,
@@ -177,6 +184,8 @@ impl Default for GatewayConfig {
             public_url: None,
             policies: PathBuf::from("policies"),
             control_url: "http://127.0.0.1:8181".into(),
+            control_token_file: None,
+            approval_hold_secs: 0,
             tls_cert_file: None,
             tls_key_file: None,
             upstreams: Vec::new(),

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use warden_model::{Action, Host, Protocol, SpiffeId};
 
 use crate::identify::Caller;
+use crate::pipeline::Said;
 use crate::server::{Body, BoxError, State, describe, identify, json_response, problem};
 
 /// How long name resolution and the connection to the destination may take.
@@ -76,7 +77,7 @@ async fn decide_destination(
     caller: &Caller,
     authority: &str,
     default_port: u16,
-    intent: Option<String>,
+    said: Said,
 ) -> Result<SocketAddr, Response<Body>> {
     let bad = |why: &str| problem(StatusCode::BAD_REQUEST, "bad_destination", why);
     let (host_text, port) = split_authority(authority, default_port)
@@ -92,7 +93,7 @@ async fn decide_destination(
     };
     if caller.grant.permits(&named).is_err() {
         let what = describe(&named);
-        let verdict = state.pipeline.decide(caller, named, &[], intent).await;
+        let verdict = state.pipeline.decide(caller, named, &[], said).await;
         return Err(refused(&verdict, &what));
     }
     let addresses: Vec<IpAddr> = match &host {
@@ -132,7 +133,7 @@ async fn decide_destination(
     let what = describe(&action);
     let verdict = state
         .pipeline
-        .decide(caller, action, &[], intent.clone())
+        .decide(caller, action, &[], said.clone())
         .await;
     if !verdict.allowed() {
         return Err(refused(&verdict, &what));
@@ -141,7 +142,7 @@ async fn decide_destination(
         // The name is allowed, but it points somewhere special: the address needs its own rule.
         let action = connect(Host::Ip(ip));
         let what = format!("{} (which {host} resolves to)", describe(&action));
-        let verdict = state.pipeline.decide(caller, action, &[], intent).await;
+        let verdict = state.pipeline.decide(caller, action, &[], said).await;
         if !verdict.allowed() {
             return Err(refused(&verdict, &what));
         }
@@ -188,11 +189,7 @@ pub async fn handle(
         Ok(caller) => caller,
         Err(response) => return response,
     };
-    let intent = request
-        .headers()
-        .get("warden-intent")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.chars().take(1024).collect());
+    let said = Said::from_headers(request.headers());
     if request.method() == Method::CONNECT {
         let Some(authority) = request.uri().authority().map(|a| a.as_str().to_owned()) else {
             return problem(
@@ -201,7 +198,7 @@ pub async fn handle(
                 "CONNECT needs host:port",
             );
         };
-        let address = match decide_destination(state, &caller, &authority, 443, intent).await {
+        let address = match decide_destination(state, &caller, &authority, 443, said).await {
             Ok(a) => a,
             Err(response) => return response,
         };
@@ -209,19 +206,27 @@ pub async fn handle(
             Ok(s) => s,
             Err(response) => return response,
         };
+        // The tunnel closes when the agent is quarantined or traffic frozen.
+        let stopped = state.pipeline.stops().until_stopped(
+            caller.identity.spiffe_id().clone(),
+            caller.identity.parents().to_vec(),
+        );
         tokio::spawn(async move {
             match hyper::upgrade::on(request).await {
                 Ok(upgraded) => {
                     let mut client = TokioIo::new(upgraded);
                     let mut outbound = outbound;
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut outbound).await;
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut outbound) => {}
+                        reason = stopped => tracing::info!("tunnel closed: {reason:?}"),
+                    }
                 }
                 Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
             }
         });
         return Response::new(crate::server::full(Bytes::new()));
     }
-    absolute_form(state, &caller, request, intent).await
+    absolute_form(state, &caller, request, said).await
 }
 
 /// A plain-HTTP request through the proxy (`GET http://host/path`).
@@ -229,7 +234,7 @@ async fn absolute_form(
     state: &State,
     caller: &Caller,
     request: Request<Incoming>,
-    intent: Option<String>,
+    said: Said,
 ) -> Response<Body> {
     if request.uri().scheme_str() != Some("http") {
         return problem(
@@ -245,7 +250,7 @@ async fn absolute_form(
             "no host in the URL",
         );
     };
-    let address = match decide_destination(state, caller, &authority, 80, intent).await {
+    let address = match decide_destination(state, caller, &authority, 80, said).await {
         Ok(a) => a,
         Err(response) => return response,
     };

@@ -23,6 +23,11 @@ pub struct Caller {
     pub source: Option<std::net::SocketAddr>,
 }
 
+/// Who a request turned out to be from (the agent and those above it), filled in when it is
+/// identified, so its response can be cut off if the agent is held.
+#[derive(Debug, Clone, Default)]
+pub struct CallerSlot(pub Arc<std::sync::OnceLock<(SpiffeId, Vec<SpiffeId>)>>);
+
 /// The TCP peer of a request, attached by the listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddress(pub std::net::SocketAddr);

@@ -74,21 +74,38 @@ pub fn parse(body: &[u8]) -> Result<Message, Invalid> {
 pub fn refusal(id: &Value, verdict: &Verdict, what: &str, codes: Codes) -> Value {
     let decision = &verdict.decision;
     match &decision.outcome {
-        Outcome::NeedsApproval { requirements } => json!({
-            "jsonrpc": "2.0", "id": id,
-            "error": {
-                "code": codes.needs_approval,
-                "message": format!("{what} needs approval before it can run (decision {})", decision.id),
-                "data": {
-                    "outcome": "needs-approval",
-                    "decisionId": decision.id.as_str(),
-                    "requirements": requirements.iter().map(|r| json!({
-                        "id": r.id, "group": r.group.as_str(), "required": r.required.get(),
-                        "validForSeconds": r.valid_for_secs,
-                    })).collect::<Vec<_>>(),
+        Outcome::NeedsApproval { requirements } => {
+            let mut message = format!(
+                "{what} needs approval before it can run (decision {})",
+                decision.id
+            );
+            if let Some(filed) = verdict.filed.first() {
+                message.push_str(&format!(
+                    "; approval request {filed} is with the approvers: once approved, retry \
+                     with it (`_meta[\"warden/approval\"]` or the `Warden-Approval` header)"
+                ));
+            }
+            for problem in &verdict.approval_problems {
+                message.push_str(&format!("; {problem}"));
+            }
+            json!({
+                "jsonrpc": "2.0", "id": id,
+                "error": {
+                    "code": codes.needs_approval,
+                    "message": message,
+                    "data": {
+                        "outcome": "needs-approval",
+                        "decisionId": decision.id.as_str(),
+                        "approvals": verdict.filed,
+                        "approvalProblems": verdict.approval_problems,
+                        "requirements": requirements.iter().map(|r| json!({
+                            "id": r.id, "group": r.group.as_str(), "required": r.required.get(),
+                            "validForSeconds": r.valid_for_secs,
+                        })).collect::<Vec<_>>(),
+                    },
                 },
-            },
-        }),
+            })
+        }
         Outcome::Deny { reason, .. } => {
             let why = match reason {
                 warden_model::DenyReason::NoMatchingGrant => "no policy allows it",

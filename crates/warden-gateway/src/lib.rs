@@ -11,6 +11,7 @@ mod a2a_proxy;
 mod audit;
 mod config;
 mod credential;
+mod desk;
 mod egress;
 mod identify;
 mod jsonrpc;
@@ -22,6 +23,7 @@ mod pipeline;
 mod server;
 mod sse;
 mod stdio;
+mod stops;
 mod sync;
 mod usage;
 
@@ -93,6 +95,9 @@ pub struct RunningGateway {
     stop: Option<oneshot::Sender<()>>,
     served: tokio::task::JoinHandle<()>,
     _sync: tokio::task::JoinHandle<()>,
+    /// Following quarantines and events; they hold the state, so they stop with the gateway.
+    follow_stops: tokio::task::JoinHandle<()>,
+    follow_events: Option<tokio::task::JoinHandle<()>>,
     _watch: Option<warden_policy::WatchGuard>,
 }
 
@@ -120,6 +125,10 @@ impl RunningGateway {
             let _ = stop.send(());
         }
         let _ = (&mut self.served).await;
+        self.follow_stops.abort();
+        if let Some(events) = &self.follow_events {
+            events.abort();
+        }
         if let Some(audit) = &self.audit {
             let log = audit.log().clone();
             let _ = tokio::task::spawn_blocking(move || log.close()).await;
@@ -147,6 +156,36 @@ pub async fn start(
                 config.control_url
             )
         })?;
+    // Quarantines and the kill switch are in force before the first request.
+    let stops = Arc::new(stops::Stops::default());
+    stops.apply(
+        stops::fetch(&client, &config.control_url, 0, 0)
+            .await
+            .context("cannot read quarantines from the control plane")?,
+    );
+    let desk = match &config.control_token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the control token {}", path.display()))?;
+            let event_key = trust.bundle["eventKey"]
+                .as_str()
+                .context("the control plane's bundle has no eventKey")?;
+            Some(Arc::new(desk::Desk::new(
+                client.clone(),
+                &config.control_url,
+                &token,
+                std::time::Duration::from_secs(config.approval_hold_secs),
+                warden_audit::NoteVerifier::parse(event_key)
+                    .context("the control plane's eventKey is unusable")?,
+            )))
+        }
+        None => {
+            tracing::warn!(
+                "no gateway.controlTokenFile: calls that need approval or an event are refused"
+            );
+            None
+        }
+    };
     let policy = load_policies(&config.policies)?;
     let watch = policy
         .watch(|outcome| match outcome {
@@ -193,7 +232,8 @@ pub async fn start(
         recorder,
         Arc::clone(&metrics),
         public_url.clone(),
-    );
+    )
+    .with_oversight(Arc::clone(&stops), desk.clone());
     let state = Arc::new(server::State {
         identifier: Identifier::new(Arc::clone(&trust.grants), public_url.clone()),
         pipeline,
@@ -227,6 +267,23 @@ pub async fn start(
         std::time::Duration::from_secs(state.config.trust_refresh_secs.max(1)),
         Some(on_roots),
     ));
+    // Held agents lose their MCP sessions and A2A tasks here too.
+    let follow_stops = {
+        let state = Arc::clone(&state);
+        tokio::spawn(stops::follow(
+            state.client.clone(),
+            state.config.control_url.clone(),
+            Arc::clone(&stops),
+            move |oversight| {
+                let held = |agent: &warden_model::SpiffeId| {
+                    oversight.frozen.is_some() || oversight.hold_on(agent.as_str(), []).is_some()
+                };
+                state.sessions.forget(held);
+                state.tasks.forget(held);
+            },
+        ))
+    };
+    let follow_events = desk.map(|desk| tokio::spawn(desk.follow_events()));
     let (stop, stopped) = oneshot::channel::<()>();
     let served = tokio::spawn(server::serve(
         Arc::clone(&state),
@@ -245,6 +302,8 @@ pub async fn start(
         stop: Some(stop),
         served,
         _sync: sync,
+        follow_stops,
+        follow_events,
         _watch: watch,
     })
 }

@@ -152,14 +152,10 @@ pub fn classify(server: &Name, method: &str, params: &Value) -> Classified {
     }
 }
 
-/// The stated intent: `params._meta["warden/intent"]`, else the `Warden-Intent` header.
-pub fn intent(params: &Value, header: Option<&str>) -> Option<String> {
-    params
-        .get("_meta")
-        .and_then(|m| m.get("warden/intent"))
-        .and_then(Value::as_str)
-        .or(header)
-        .map(|s| s.chars().take(1024).collect())
+/// Where a request says what it means and which approvals it presents: `params._meta`
+/// (`warden/intent`, `warden/approval`).
+pub fn metadata(params: &Value) -> Option<&Value> {
+    params.get("_meta")
 }
 
 /// Removes from a JSON-RPC response to a listing every item `may` refuses. Other messages are

@@ -24,6 +24,7 @@ use warden_model::{Action, Name, SpiffeId};
 use crate::identify::Caller;
 use crate::jsonrpc::{self, Message};
 use crate::mcp::{self, Classified, Listing};
+use crate::pipeline::Said;
 use crate::server::{
     Body, BoxError, State, Upstream, call_upstream, describe, full, identify, identify_method,
     json_response, problem, read_body, relay,
@@ -61,7 +62,7 @@ async fn screen(
     caller: &Caller,
     server: &Name,
     body: &[u8],
-    intent_header: Option<&str>,
+    headers_said: &Said,
 ) -> Screened {
     let started = Instant::now();
     let classified = crate::metrics::stage_span("classify").in_scope(|| {
@@ -73,37 +74,29 @@ async fn screen(
             Ok(Message::Notification | Message::Response) => return Err(Screened::Forward(None)),
             Ok(Message::Request { id, method, params }) => (id, method, params),
         };
-        let intent = mcp::intent(&params, intent_header);
+        let said = headers_said.with_metadata(mcp::metadata(&params));
         match mcp::classify(server, &rpc, &params) {
             Classified::Refused(invalid) => Err(Screened::Refused(jsonrpc::error(&id, &invalid))),
             Classified::Plumbing => Err(Screened::Forward(None)),
-            Classified::Action(action) => Ok((id, intent, Some(action), None)),
+            Classified::Action(action) => Ok((id, said, Some(action), None)),
             Classified::Listing(listing, action) => {
-                Ok((id.clone(), intent, action, Some((listing, id))))
+                Ok((id.clone(), said, action, Some((listing, id))))
             }
         }
     });
     state.metrics.stage("classify", started.elapsed());
-    let (id, intent, action, listing) = match classified {
+    let (id, said, action, listing) = match classified {
         Ok(classified) => classified,
         Err(screened) => return screened,
     };
     if let Some(action) = action {
         let what = describe(&action);
-        let verdict = state.pipeline.decide(caller, action, body, intent).await;
+        let verdict = state.pipeline.decide(caller, action, body, said).await;
         if !verdict.allowed() {
             return Screened::Refused(jsonrpc::refusal(&id, &verdict, &what, mcp::CODES));
         }
     }
     Screened::Forward(listing)
-}
-
-fn intent_header(request: &Request<Incoming>) -> Option<String> {
-    request
-        .headers()
-        .get("warden-intent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }
 
 fn unknown_session() -> Response<Body> {
@@ -139,7 +132,7 @@ pub async fn streamable(
     }
     let method = request.method().clone();
     let headers = request.headers().clone();
-    let intent_header = intent_header(&request);
+    let said = Said::from_headers(&headers);
     let keep = |name: &str| FORWARDED.contains(&name);
     match method {
         Method::GET | Method::DELETE => {
@@ -175,14 +168,13 @@ pub async fn streamable(
                 Err(response) => return response,
             };
             let server = &upstream.config.name;
-            let listing =
-                match screen(state, &caller, server, &body, intent_header.as_deref()).await {
-                    Screened::Forward(listing) => listing.map(|(listing, _)| listing),
-                    Screened::Malformed(error) => {
-                        return json_response(StatusCode::BAD_REQUEST, &error);
-                    }
-                    Screened::Refused(answer) => return json_response(StatusCode::OK, &answer),
-                };
+            let listing = match screen(state, &caller, server, &body, &said).await {
+                Screened::Forward(listing) => listing.map(|(listing, _)| listing),
+                Screened::Malformed(error) => {
+                    return json_response(StatusCode::BAD_REQUEST, &error);
+                }
+                Screened::Refused(answer) => return json_response(StatusCode::OK, &answer),
+            };
             let response = match call_upstream(
                 state,
                 upstream,
@@ -525,13 +517,13 @@ pub async fn legacy_message(
         );
     };
     let headers = request.headers().clone();
-    let intent_header = intent_header(&request);
+    let said = Said::from_headers(&headers);
     let body = match read_body(state, request.into_body()).await {
         Ok(b) => b,
         Err(response) => return response,
     };
     let server = &upstream.config.name;
-    match screen(state, &caller, server, &body, intent_header.as_deref()).await {
+    match screen(state, &caller, server, &body, &said).await {
         Screened::Malformed(error) => return json_response(StatusCode::BAD_REQUEST, &error),
         Screened::Refused(answer) => {
             let event = format!("event: message\ndata: {answer}\n\n");

@@ -45,6 +45,14 @@ impl Owners {
         guard.0.get(id) == Some(agent)
     }
 
+    /// Ends every binding whose agent `gone` says is gone.
+    pub fn forget(&self, gone: impl Fn(&SpiffeId) -> bool) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (owners, order) = &mut *guard;
+        owners.retain(|_, agent| !gone(agent));
+        order.retain(|id| owners.contains_key(id));
+    }
+
     pub fn end(&self, id: &str) {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         guard.0.remove(id);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use serde_json::json;
 use tokio::sync::broadcast;
 use tracing::Instrument as _;
 use warden_model::{
@@ -12,8 +13,10 @@ use warden_model::{
 };
 use warden_policy::Engine;
 
+use crate::desk::Desk;
 use crate::identify::Caller;
 use crate::metrics::{Metrics, stage_span};
+use crate::stops::Stops;
 use crate::usage::UsageMeter;
 
 /// Looks at content and reports findings (never verdicts). The inspection issue fills this in.
@@ -62,9 +65,15 @@ pub struct DecisionEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
     pub findings: Vec<Finding>,
-    /// Approvals the decision relied on.
+    /// Approvals spent on this call.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub approvals: Vec<String>,
+    /// Approval requests filed for this call.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approval_requests: Vec<String>,
+    /// Why approvals the agent presented did not apply.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approval_problems: Vec<String>,
     /// The gateway that decided.
     pub gateway: String,
     pub decide_micros: u64,
@@ -112,10 +121,83 @@ pub(crate) fn log_decision(line: &str) {
     tracing::info!(target: "warden::decision", "{line}");
 }
 
+/// What the agent says about a call beside the call itself.
+#[derive(Debug, Clone, Default)]
+pub struct Said {
+    /// Its stated intent.
+    pub intent: Option<String>,
+    /// Approval ids it presents for this call.
+    pub approvals: Vec<String>,
+}
+
+/// Longest stated intent kept, in characters.
+const MAX_INTENT_CHARS: usize = 1024;
+
+impl Said {
+    /// What the `Warden-Intent` and `Warden-Approval` headers say.
+    pub fn from_headers(headers: &http::HeaderMap) -> Self {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        Self {
+            intent: header("warden-intent").map(|s| s.chars().take(MAX_INTENT_CHARS).collect()),
+            approvals: presented_approvals(None, header("warden-approval")),
+        }
+    }
+
+    /// Adds what a message's metadata object says (`warden/intent` wins over the header;
+    /// `warden/approval` ids join the header's).
+    pub fn with_metadata(&self, metadata: Option<&serde_json::Value>) -> Self {
+        let intent = metadata
+            .and_then(|m| m.get("warden/intent"))
+            .and_then(serde_json::Value::as_str)
+            .map(|s| s.chars().take(MAX_INTENT_CHARS).collect())
+            .or_else(|| self.intent.clone());
+        let mut approvals =
+            presented_approvals(metadata.and_then(|m| m.get("warden/approval")), None);
+        for id in &self.approvals {
+            if !approvals.contains(id) && approvals.len() < MAX_PRESENTED_APPROVALS {
+                approvals.push(id.clone());
+            }
+        }
+        Self { intent, approvals }
+    }
+}
+
+/// Most approval ids one call may present.
+const MAX_PRESENTED_APPROVALS: usize = 4;
+
+/// Approval ids from a list value (`_meta["warden/approval"]`: a string or strings) or a
+/// header (comma-separated); malformed ids are dropped.
+pub fn presented_approvals(value: Option<&serde_json::Value>, header: Option<&str>) -> Vec<String> {
+    let mut ids: Vec<&str> = match value {
+        Some(serde_json::Value::String(id)) => vec![id.as_str()],
+        Some(serde_json::Value::Array(items)) => {
+            items.iter().filter_map(serde_json::Value::as_str).collect()
+        }
+        _ => Vec::new(),
+    };
+    ids.extend(header.into_iter().flat_map(|h| h.split(',')).map(str::trim));
+    let mut out: Vec<String> = Vec::new();
+    for id in ids {
+        let well_formed = id.len() <= 64
+            && id.starts_with("apr_")
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if well_formed && !out.iter().any(|o| o == id) && out.len() < MAX_PRESENTED_APPROVALS {
+            out.push(id.to_owned());
+        }
+    }
+    out
+}
+
 /// What the pipeline concluded for one action.
 #[derive(Debug, Clone)]
 pub struct Verdict {
     pub decision: Decision,
+    /// Approval requests filed for this call (it needs approval): retry with one once approved.
+    pub filed: Vec<String>,
+    /// Why approvals the agent presented did not apply.
+    pub approval_problems: Vec<String>,
+    /// Approvals spent on this call.
+    pub spent: Vec<String>,
 }
 
 impl Verdict {
@@ -132,6 +214,8 @@ pub struct Pipeline {
     metrics: Arc<Metrics>,
     usage: UsageMeter,
     gateway: String,
+    stops: Arc<Stops>,
+    desk: Option<Arc<Desk>>,
 }
 
 impl Pipeline {
@@ -147,10 +231,24 @@ impl Pipeline {
             inspector,
             recorder,
             events: broadcast::channel(4096).0,
+            stops: Arc::new(Stops::default()),
+            desk: None,
             metrics,
             usage: UsageMeter::new(100_000),
             gateway,
         }
+    }
+
+    /// Consults `stops` (quarantine, the kill switch) before every decision, and `desk` for
+    /// approvals and events.
+    pub fn with_oversight(mut self, stops: Arc<Stops>, desk: Option<Arc<Desk>>) -> Self {
+        self.stops = stops;
+        self.desk = desk;
+        self
+    }
+
+    pub fn stops(&self) -> &Arc<Stops> {
+        &self.stops
     }
 
     /// A stream of every decision, for detectors and live views.
@@ -158,15 +256,17 @@ impl Pipeline {
         self.events.subscribe()
     }
 
-    /// Decides one action: policy AND the caller's grant must allow it. Records and publishes
-    /// the decision; an allowed action's record is durable before this returns (fail closed:
-    /// a record that cannot be kept turns the decision into a denial).
+    /// Decides one action: the agent must not be stopped (quarantine, the kill switch), and
+    /// policy AND the caller's grant must allow it — with approvals spent or filed where policy
+    /// asks for them. Records and publishes the decision; an allowed action's record is durable
+    /// before this returns (fail closed: a record that cannot be kept turns the decision into a
+    /// denial).
     pub async fn decide(
         &self,
         caller: &Caller,
         action: Action,
         body: &[u8],
-        intent: Option<String>,
+        said: Said,
     ) -> Verdict {
         let started = Instant::now();
         let findings =
@@ -178,29 +278,49 @@ impl Pipeline {
             warden.decision.id = tracing::field::Empty,
             warden.outcome = tracing::field::Empty,
         );
-        let entered = span.enter();
         let decide_started = Instant::now();
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let agent = caller.identity.spiffe_id();
-        let request = DecisionRequest {
+        let mut request = DecisionRequest {
             agent: caller.identity.clone(),
             action,
             context: RequestContext {
                 time: Some(now),
-                intent: intent.clone(),
+                intent: said.intent.clone(),
                 findings: findings.clone(),
+                events: self
+                    .desk
+                    .as_ref()
+                    .map(|d| d.events().as_ref().clone())
+                    .unwrap_or_default(),
                 usage: self.usage.usage(agent, now),
                 body_bytes: body.len() as u64,
                 ..RequestContext::default()
             },
         };
-        let mut decision = self.policy.decide(&request);
-        if !matches!(decision.outcome, Outcome::Deny { .. })
-            && caller.grant.permits(&request.action).is_err()
-        {
-            decision.outcome = Outcome::denied(DenyReason::OutsideGrant);
-            decision.deciding.clear();
+        let mut verdict = Verdict {
+            decision: span.in_scope(|| self.policy.decide(&request)),
+            filed: Vec::new(),
+            approval_problems: Vec::new(),
+            spent: Vec::new(),
+        };
+        if let Some(reason) = self.stops.stopped(agent, caller.identity.parents()) {
+            verdict.decision.outcome = Outcome::denied(reason);
+            verdict.decision.deciding.clear();
+        } else {
+            if matches!(verdict.decision.outcome, Outcome::NeedsApproval { .. }) {
+                self.approvals(caller, &mut request, &mut verdict, &said)
+                    .instrument(span.clone())
+                    .await;
+            }
+            if !matches!(verdict.decision.outcome, Outcome::Deny { .. })
+                && caller.grant.permits(&request.action).is_err()
+            {
+                verdict.decision.outcome = Outcome::denied(DenyReason::OutsideGrant);
+                verdict.decision.deciding.clear();
+            }
         }
+        let decision = &mut verdict.decision;
         let forwarded_bytes = if decision.is_allowed() {
             body.len() as u64
         } else {
@@ -210,12 +330,23 @@ impl Pipeline {
         let decide_time = decide_started.elapsed();
         span.record("warden.decision.id", decision.id.as_str());
         span.record("warden.outcome", decision.outcome.label());
-        drop(entered);
         self.metrics.stage("decide", decide_time);
         self.metrics.decision(decision.outcome.label());
         let record_span = stage_span("record");
         let record_started = Instant::now();
-        let event = self.event(caller, &request, &decision, findings, intent, decide_time);
+        let mut event = self.event(
+            caller,
+            &request,
+            decision,
+            findings,
+            said.intent,
+            decide_time,
+        );
+        event.approvals.clone_from(&verdict.spent);
+        event.approval_requests.clone_from(&verdict.filed);
+        event
+            .approval_problems
+            .clone_from(&verdict.approval_problems);
         let recorded = record_span.in_scope(|| self.recorder.record(&event));
         if decision.is_allowed()
             && let Err(why) = recorded.durable().instrument(record_span).await
@@ -227,7 +358,99 @@ impl Pipeline {
         // No subscriber is fine; a slow one misses events rather than slowing calls.
         let _ = self.events.send(event);
         self.metrics.stage("record", record_started.elapsed());
-        Verdict { decision }
+        verdict
+    }
+
+    /// Where policy asks for approval: spends the approvals the agent presents for this exact
+    /// call and decides again; files a request for what is still unapproved, and — when the
+    /// gateway holds calls — waits for the approvers, then spends the approval and decides again.
+    /// The decision keeps its first id throughout.
+    async fn approvals(
+        &self,
+        caller: &Caller,
+        request: &mut DecisionRequest,
+        verdict: &mut Verdict,
+        said: &Said,
+    ) {
+        let first_id = verdict.decision.id.clone();
+        let Some(desk) = &self.desk else {
+            if !said.approvals.is_empty() {
+                verdict.approval_problems.push(
+                    "this gateway has no control-plane token, so it cannot check approvals".into(),
+                );
+            }
+            return;
+        };
+        let binding = json!({
+            "agent": caller.identity.spiffe_id().as_str(),
+            "action": request.action.kind().as_str(),
+            "resource": request.action.resource().to_string(),
+            "argumentsHash": crate::desk::arguments_hash(request.action.args()),
+        });
+        let decide_again = |request: &DecisionRequest, verdict: &mut Verdict| {
+            verdict.decision = self.policy.decide(request);
+            verdict.decision.id = first_id.clone();
+        };
+        for id in &said.approvals {
+            match desk.spend(id, &binding, first_id.as_str()).await {
+                Ok(requirement) => {
+                    request.context.approved.push(requirement);
+                    verdict.spent.push(id.clone());
+                }
+                Err(why) => verdict.approval_problems.push(why),
+            }
+        }
+        if !request.context.approved.is_empty() {
+            decide_again(request, verdict);
+        }
+        let Outcome::NeedsApproval { requirements } = &verdict.decision.outcome else {
+            return;
+        };
+        for requirement in requirements.clone() {
+            let filing = json!({
+                "agent": binding["agent"], "action": binding["action"], "resource": binding["resource"],
+                "argumentsHash": binding["argumentsHash"],
+                "parents": caller.identity.parents(),
+                "arguments": request.action.args(),
+                "requirement": requirement,
+                "justification": said.intent,
+                "decisionId": first_id.as_str(),
+                "gateway": self.gateway,
+            });
+            match desk.file(&filing).await {
+                Ok(id) => verdict.filed.push(id),
+                Err(why) => verdict
+                    .approval_problems
+                    .push(format!("no approval request could be filed: {why}")),
+            }
+        }
+        // Hold the call while approvers decide, when the gateway is set to and one request
+        // stands between the call and its answer.
+        if desk.hold_for.is_zero() || verdict.filed.len() != 1 {
+            return;
+        }
+        let id = verdict.filed[0].clone();
+        match desk.wait(&id).await {
+            Ok(status) if status == "approved" => {
+                match desk.spend(&id, &binding, first_id.as_str()).await {
+                    Ok(requirement) => {
+                        request.context.approved.push(requirement);
+                        verdict.spent.push(id.clone());
+                        decide_again(request, verdict);
+                        verdict.filed.clear();
+                    }
+                    Err(why) => verdict.approval_problems.push(why),
+                }
+            }
+            Ok(status) => {
+                if status != "pending" {
+                    verdict
+                        .approval_problems
+                        .push(format!("approval {id} was {status}"));
+                }
+            }
+            Err(why) => verdict.approval_problems.push(why),
+        }
     }
 
     /// Whether the caller could use `action` with suitable arguments — policy and grant —
@@ -279,7 +502,9 @@ impl Pipeline {
             arguments: request.action.args().cloned(),
             intent,
             findings,
-            approvals: request.context.approved.clone(),
+            approvals: Vec::new(),
+            approval_requests: Vec::new(),
+            approval_problems: Vec::new(),
             gateway: self.gateway.clone(),
             decide_micros: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
         }

@@ -24,7 +24,7 @@ use warden_http::HttpClient;
 use warden_model::{Action, HttpMethod, HttpPath, SpiffeId};
 
 use crate::config::{GatewayConfig, UpstreamConfig, UpstreamKind};
-use crate::identify::{Caller, ClientAddress, Identifier};
+use crate::identify::{Caller, CallerSlot, ClientAddress, Identifier};
 use crate::jsonrpc;
 use crate::mcp;
 use crate::metrics::{Metrics, stage_span};
@@ -151,6 +151,12 @@ pub async fn serve(
                         .peer_certificates()
                         .and_then(|certs| certs.first())
                         .and_then(|leaf| spiffe_id_of(leaf.as_ref()));
+                    // A connection made with a held agent's certificate is closed when it is held.
+                    let held: std::pin::Pin<Box<dyn std::future::Future<Output = warden_model::DenyReason> + Send>> =
+                        match &peer {
+                            Some(id) => Box::pin(state.pipeline.stops().until_stopped(id.clone(), Vec::new())),
+                            None => Box::pin(std::future::pending()),
+                        };
                     let peer = Arc::new(peer);
                     let service = hyper::service::service_fn(move |request| {
                         let state = Arc::clone(&state);
@@ -173,6 +179,10 @@ pub async fn serve(
                         () = async { let _ = stopping.wait_for(|stop| *stop).await; } => {
                             connection.as_mut().graceful_shutdown();
                             connection.await
+                        }
+                        reason = held => {
+                            tracing::info!(%remote, "closing the connection: {reason:?}");
+                            Ok(())
                         }
                     };
                     if let Err(e) = result {
@@ -205,8 +215,10 @@ fn spiffe_id_of(der: &[u8]) -> Option<SpiffeId> {
 async fn handle(
     state: &Arc<State>,
     peer: Option<&SpiffeId>,
-    request: Request<Incoming>,
+    mut request: Request<Incoming>,
 ) -> Response<Body> {
+    let caller = CallerSlot::default();
+    request.extensions_mut().insert(caller.clone());
     let Ok(_permit) = state.permits.try_acquire() else {
         return problem(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -237,7 +249,14 @@ async fn handle(
     span.record("http.response.status_code", response.status().as_u16());
     state.metrics.leave();
     state.metrics.request(adapter, response.status().as_u16());
-    response
+    // What an identified agent receives is cut off when it is held.
+    match caller.0.get() {
+        Some((id, parents)) => {
+            let stops = state.pipeline.stops();
+            response.map(|body| stops.guard(body, id.clone(), parents.clone()))
+        }
+        None => response,
+    }
 }
 
 async fn route(
@@ -360,6 +379,12 @@ pub(crate) fn identify(
     );
     state.metrics.stage("identify", started.elapsed());
     let source = request.extensions().get::<ClientAddress>().map(|a| a.0);
+    if let (Ok(caller), Some(slot)) = (&result, request.extensions().get::<CallerSlot>()) {
+        let _ = slot.0.set((
+            caller.identity.spiffe_id().clone(),
+            caller.identity.parents().to_vec(),
+        ));
+    }
     result
         .map(|caller| Caller { source, ..caller })
         .map_err(|e| {
@@ -513,11 +538,7 @@ async fn http_request(
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
-    let intent = request
-        .headers()
-        .get("warden-intent")
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.chars().take(1024).collect());
+    let said = crate::pipeline::Said::from_headers(request.headers());
     let method = request.method().clone();
     let headers = request.headers().clone();
     let body = match read_body(state, request.into_body()).await {
@@ -533,7 +554,7 @@ async fn http_request(
         _ => unreachable!("built above as Action::Http"),
     };
     let what = describe(&action);
-    let verdict = state.pipeline.decide(&caller, action, &body, intent).await;
+    let verdict = state.pipeline.decide(&caller, action, &body, said).await;
     if !verdict.allowed() {
         // Denied and needs-approval are both 403; the body's `data.outcome` tells them apart and
         // carries what an approval request needs.

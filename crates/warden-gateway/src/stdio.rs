@@ -21,7 +21,7 @@ use crate::identify::Caller;
 use crate::jsonrpc::{self, Message};
 use crate::mcp::{self, Classified, Listing};
 use crate::metrics::Metrics;
-use crate::pipeline::{LogRecorder, PassThrough, Pipeline};
+use crate::pipeline::{LogRecorder, PassThrough, Pipeline, Said};
 
 /// Longest JSON-RPC line accepted from either side.
 const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
@@ -215,14 +215,14 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
                         },
                     ))
                 } else {
-                    let intent = mcp::intent(&params, None);
+                    let said = Said::default().with_metadata(mcp::metadata(&params));
                     match mcp::classify(&config.server, &method, &params) {
                         Classified::Refused(invalid) => Err(refuse(&id, &invalid)),
                         Classified::Plumbing => Ok(()),
                         Classified::Action(action) => {
                             let what = crate::server::describe(&action);
                             let verdict = pipeline
-                                .decide(&caller, action, line.as_bytes(), intent)
+                                .decide(&caller, action, line.as_bytes(), said)
                                 .await;
                             if verdict.allowed() {
                                 Ok(())
@@ -235,7 +235,7 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
                             if let Some(action) = action {
                                 let what = crate::server::describe(&action);
                                 let verdict = pipeline
-                                    .decide(&caller, action, line.as_bytes(), intent)
+                                    .decide(&caller, action, line.as_bytes(), said)
                                     .await;
                                 if !verdict.allowed() {
                                     refused = Some(

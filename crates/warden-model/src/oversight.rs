@@ -40,7 +40,11 @@ pub struct Oversight {
 
 impl Oversight {
     /// The hold covering an agent with ID `id` and the agents above it, if any.
-    pub fn hold_on<'a>(&self, id: &'a str, parents: impl IntoIterator<Item = &'a str>) -> Option<&Hold> {
+    pub fn hold_on<'a>(
+        &self,
+        id: &'a str,
+        parents: impl IntoIterator<Item = &'a str>,
+    ) -> Option<&Hold> {
         if self.quarantined.is_empty() {
             return None;
         }
@@ -89,13 +93,19 @@ mod tests {
         for id in covered {
             assert!(state.hold_on(id, []).is_some(), "{id}");
         }
-        for id in ["spiffe://td/tenant/t/agent/ab/i-1", "spiffe://td/tenant/t/agent/b/i-1"] {
+        for id in [
+            "spiffe://td/tenant/t/agent/ab/i-1",
+            "spiffe://td/tenant/t/agent/b/i-1",
+        ] {
             assert!(state.hold_on(id, []).is_none(), "{id}");
         }
         // A sub-agent whose own ID does not show it, through its lineage.
         assert!(
             state
-                .hold_on("spiffe://td/tenant/t/agent/x/i-9", ["spiffe://td/tenant/t/agent/a/i-1"])
+                .hold_on(
+                    "spiffe://td/tenant/t/agent/x/i-9",
+                    ["spiffe://td/tenant/t/agent/a/i-1"]
+                )
                 .is_some()
         );
     }

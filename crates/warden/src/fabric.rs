@@ -161,6 +161,8 @@ impl RunningControl {
     async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(());
         self.served.await??;
+        let control = self.control;
+        tokio::task::spawn_blocking(move || control.close()).await?;
         Ok(())
     }
 }
@@ -201,6 +203,22 @@ async fn start_control(
         stop,
         served,
     })
+}
+
+/// The in-process gateway's control-plane token (role `gateway`), kept in the data directory
+/// (owner-readable only) and made on first start, or again if it no longer authenticates.
+fn in_process_gateway_token(control: &Control) -> anyhow::Result<std::path::PathBuf> {
+    let path = control.config().data_dir.join("gateway.token");
+    if let Ok(token) = std::fs::read_to_string(&path)
+        && control
+            .authenticate(token.trim(), warden_control::Role::Gateway)
+            .is_ok()
+    {
+        return Ok(path);
+    }
+    let token = control.create_admin("gateway", warden_control::Role::Gateway, Vec::new())?;
+    crate::control::write_secret(&path, &format!("{token}\n"))?;
+    Ok(path)
 }
 
 /// The gateway's certificate from the in-process authority, for the names clients dial.
@@ -295,6 +313,10 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             (Some(control), _) => {
                 let mut gateway_config = config.gateway;
                 gateway_config.control_url = control.url.clone();
+                if gateway_config.control_token_file.is_none() {
+                    gateway_config.control_token_file =
+                        Some(in_process_gateway_token(&control.control)?);
+                }
                 gateway_config.audit.dir.get_or_insert(audit_dir);
                 let listen = gateway_config.listen;
                 let identity = gateway_identity(&control.control, listen)?;
@@ -364,6 +386,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             listen: args.gateway_listen,
             policies: policies.clone(),
             control_url: control.url.clone(),
+            control_token_file: Some(in_process_gateway_token(&control.control)?),
             upstreams: vec![
                 UpstreamConfig {
                     name: Name::new(demo::SERVER).map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -424,7 +447,7 @@ fn register_demo_agent(control: &Control) -> anyhow::Result<()> {
             {"action": "http", "target": format!("{}/*", demo::API)},
         ],
     }))?;
-    match control.register_agent(request) {
+    match control.register_agent(request, "warden up") {
         Ok(_) | Err(warden_control::ControlError::Conflict(_)) => Ok(()),
         Err(e) => Err(anyhow::anyhow!("cannot register the demo agent: {e}")),
     }
