@@ -213,20 +213,25 @@ pub fn write_secret(path: &Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Api {
+pub(crate) struct Api {
     connection: Connection,
     client: HttpClient,
 }
 
 impl Api {
-    fn new(connection: Connection) -> anyhow::Result<Self> {
+    pub(crate) fn new(connection: Connection) -> anyhow::Result<Self> {
         Ok(Self {
             client: HttpClient::new(Duration::from_secs(30))?,
             connection,
         })
     }
 
-    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    pub(crate) async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let auth = self
             .connection
             .token
@@ -280,7 +285,7 @@ impl Api {
         bail!("{} ({})", message, response.status)
     }
 
-    fn print(&self, value: &Value, text: impl FnOnce(&Value) -> String) {
+    pub(crate) fn print(&self, value: &Value, text: impl FnOnce(&Value) -> String) {
         match self.connection.output {
             Output::Json => println!(
                 "{}",

@@ -4,6 +4,7 @@ mod audit;
 mod control;
 mod demo;
 mod fabric;
+mod oversight;
 mod policy;
 mod telemetry;
 
@@ -70,6 +71,59 @@ enum Command {
         #[command(flatten)]
         connection: control::Connection,
     },
+    /// Create admin credentials: approvers (with their groups), publishers, gateways, viewers.
+    Admin {
+        #[command(subcommand)]
+        command: oversight::AdminCommand,
+        #[command(flatten)]
+        connection: control::Connection,
+    },
+    /// Quarantine an agent (`tenant/name`, or a SPIFFE ID for one instance): on every gateway
+    /// within a second its traffic and its sub-agents' is denied, open streams and connections
+    /// are cut, and its credentials revoked. Without AGENT, shows who is held.
+    Quarantine {
+        agent: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        connection: control::Connection,
+    },
+    /// Release a quarantined agent (it needs new credentials to act again).
+    Release {
+        agent: String,
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        connection: control::Connection,
+    },
+    /// The kill switch: stop all agent traffic on every gateway at once, for incident response.
+    Freeze {
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        connection: control::Connection,
+    },
+    /// Let agent traffic flow again after a freeze.
+    Unfreeze {
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        connection: control::Connection,
+    },
+    /// Human co-signature: list, show, approve or reject approval requests.
+    Approvals {
+        #[command(subcommand)]
+        command: oversight::ApprovalsCommand,
+        #[command(flatten)]
+        connection: control::Connection,
+    },
+    /// Publish events that event-gated policies wait for; list them.
+    Events {
+        #[command(subcommand)]
+        command: oversight::EventsCommand,
+        #[command(flatten)]
+        connection: control::Connection,
+    },
     /// Revoke a grant (and all delegated from it), a task, an agent, or a revocation id.
     Revoke {
         #[arg(value_enum)]
@@ -119,6 +173,32 @@ fn main() -> ExitCode {
             value,
             connection,
         } => control::revoke(kind, value, connection),
+        Command::Admin {
+            command,
+            connection,
+        } => oversight::admin(command, connection),
+        Command::Quarantine {
+            agent,
+            reason,
+            connection,
+        } => oversight::quarantine(agent, reason, true, connection),
+        Command::Release {
+            agent,
+            reason,
+            connection,
+        } => oversight::quarantine(Some(agent), Some(reason), false, connection),
+        Command::Freeze { reason, connection } => oversight::kill_switch(true, reason, connection),
+        Command::Unfreeze { reason, connection } => {
+            oversight::kill_switch(false, reason, connection)
+        }
+        Command::Approvals {
+            command,
+            connection,
+        } => oversight::approvals(command, connection),
+        Command::Events {
+            command,
+            connection,
+        } => oversight::events(command, connection),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,326 @@
+//! The CLI for people overseeing agents: admins and approvers, quarantine and the kill switch,
+//! approvals, and events.
+
+use std::process::ExitCode;
+
+use clap::Subcommand;
+use http::Method;
+use serde_json::{Value, json};
+
+use crate::control::{Api, Connection, runtime};
+
+#[derive(Subcommand)]
+pub enum AdminCommand {
+    /// Create an admin credential; the token is shown once.
+    Create {
+        name: String,
+        /// admin, approver, auditor, publisher, gateway or viewer.
+        #[arg(long)]
+        role: String,
+        /// An approver group this admin belongs to (policies name the group); repeat for more.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ApprovalsCommand {
+    /// Approval requests (pending ones unless --status says otherwise).
+    List {
+        /// pending, approved, rejected, used, expired or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+    },
+    /// One request: the exact call, the agent's justification, sign-offs and uses.
+    Show { id: String },
+    /// Sign off on a request (as a member of its approver group).
+    Approve {
+        id: String,
+        /// How many times the approved call may run (default once).
+        #[arg(long)]
+        uses: Option<u32>,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a request; the call stays refused.
+    Reject {
+        id: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum EventsCommand {
+    /// Publish an event (needs the publisher role), e.g. `traffic-spike --attr deployment=web`.
+    Publish {
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+        /// An attribute as `key=value`; repeat for more.
+        #[arg(long = "attr")]
+        attributes: Vec<String>,
+    },
+    /// Published events, oldest first.
+    List,
+}
+
+fn block(
+    connection: Connection,
+    run: impl AsyncFnOnce(&Api) -> anyhow::Result<()>,
+) -> anyhow::Result<ExitCode> {
+    let api = Api::new(connection)?;
+    runtime()?.block_on(async move {
+        run(&api).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+pub fn admin(command: AdminCommand, connection: Connection) -> anyhow::Result<ExitCode> {
+    block(connection, async |api| {
+        let AdminCommand::Create { name, role, groups } = command;
+        let answer = api
+            .call(
+                Method::POST,
+                "/v1/admins",
+                Some(json!({"name": name, "role": role, "groups": groups})),
+            )
+            .await?;
+        api.print(&answer, |a| {
+            format!(
+                "admin {name} ({role}) created; its token (shown once, store it now):\n  {}",
+                a["token"].as_str().unwrap_or_default()
+            )
+        });
+        Ok(())
+    })
+}
+
+fn describe_oversight(state: &Value) -> String {
+    let mut lines = Vec::new();
+    match &state["frozen"] {
+        Value::Null => lines.push("traffic: flowing".to_owned()),
+        frozen => lines.push(format!(
+            "traffic: FROZEN by {} since {}: {}",
+            frozen["by"], frozen["since"], frozen["reason"]
+        )),
+    }
+    let held = state["quarantined"].as_array().cloned().unwrap_or_default();
+    if held.is_empty() {
+        lines.push("quarantined: none".into());
+    }
+    for hold in held {
+        lines.push(format!(
+            "quarantined: {} by {} since {}: {}",
+            hold["scope"].as_str().unwrap_or_default(),
+            hold["by"].as_str().unwrap_or_default(),
+            hold["since"],
+            hold["reason"].as_str().unwrap_or_default()
+        ));
+    }
+    lines.join("\n")
+}
+
+/// Holds an agent (`hold`), releases it, or (with neither) shows who is held.
+pub fn quarantine(
+    agent: Option<String>,
+    reason: Option<String>,
+    hold: bool,
+    connection: Connection,
+) -> anyhow::Result<ExitCode> {
+    block(connection, async |api| {
+        let state = match (agent, reason) {
+            (Some(agent), Some(reason)) => {
+                let path = if hold {
+                    "/v1/quarantine"
+                } else {
+                    "/v1/quarantine/release"
+                };
+                api.call(
+                    Method::POST,
+                    path,
+                    Some(json!({"agent": agent, "reason": reason})),
+                )
+                .await?
+            }
+            (Some(_), None) => anyhow::bail!("say why: --reason is required"),
+            (None, _) => api.call(Method::GET, "/v1/oversight", None).await?,
+        };
+        api.print(&state, describe_oversight);
+        Ok(())
+    })
+}
+
+/// Throws (`freeze`) or resets (`unfreeze`) the kill switch.
+pub fn kill_switch(
+    freeze: bool,
+    reason: String,
+    connection: Connection,
+) -> anyhow::Result<ExitCode> {
+    block(connection, async |api| {
+        let path = if freeze { "/v1/freeze" } else { "/v1/unfreeze" };
+        let state = api
+            .call(Method::POST, path, Some(json!({"reason": reason})))
+            .await?;
+        api.print(&state, describe_oversight);
+        Ok(())
+    })
+}
+
+fn describe_approval(a: &Value) -> String {
+    let signed: Vec<&str> = a["approvals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["by"].as_str())
+        .collect();
+    let mut text = format!(
+        "{id}  {status}  {action} {resource}\n  agent          {agent}\n  arguments      {arguments} ({hash})\n  justification  {why}\n  needs          {required} of group {group} ({signed} signed{by})\n  expires        {expires}   uses {used}/{allowed}   decision {decision}",
+        id = a["id"].as_str().unwrap_or_default(),
+        status = a["status"].as_str().unwrap_or_default(),
+        action = a["action"].as_str().unwrap_or_default(),
+        resource = a["resource"].as_str().unwrap_or_default(),
+        agent = a["agent"].as_str().unwrap_or_default(),
+        arguments = if a["arguments"].is_null() {
+            "(not shown)".to_owned()
+        } else {
+            a["arguments"].to_string()
+        },
+        hash = a["argumentsHash"].as_str().unwrap_or_default(),
+        why = a["justification"].as_str().unwrap_or("(none given)"),
+        required = a["requirement"]["required"],
+        group = a["requirement"]["group"].as_str().unwrap_or_default(),
+        signed = signed.len(),
+        by = if signed.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", signed.join(", "))
+        },
+        expires = a["expires"],
+        used = a["uses"].as_array().map_or(0, Vec::len),
+        allowed = a["usesAllowed"],
+        decision = a["decisionId"].as_str().unwrap_or_default(),
+    );
+    if let Some(rejection) = a["rejection"].as_object() {
+        text.push_str(&format!(
+            "\n  rejected by    {} {}",
+            rejection
+                .get("by")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+            rejection
+                .get("comment")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        ));
+    }
+    text
+}
+
+pub fn approvals(command: ApprovalsCommand, connection: Connection) -> anyhow::Result<ExitCode> {
+    block(connection, async |api| {
+        match command {
+            ApprovalsCommand::List { status } => {
+                let list = api
+                    .call(Method::GET, &format!("/v1/approvals?status={status}"), None)
+                    .await?;
+                api.print(&list, |l| {
+                    let items = l.as_array().cloned().unwrap_or_default();
+                    if items.is_empty() {
+                        return format!("no {status} approval requests");
+                    }
+                    items
+                        .iter()
+                        .map(describe_approval)
+                        .collect::<Vec<_>>()
+                        .join("\n\n")
+                });
+            }
+            ApprovalsCommand::Show { id } => {
+                let approval = api
+                    .call(Method::GET, &format!("/v1/approvals/{id}"), None)
+                    .await?;
+                api.print(&approval, describe_approval);
+            }
+            ApprovalsCommand::Approve { id, uses, comment } => {
+                let approval = api
+                    .call(
+                        Method::POST,
+                        &format!("/v1/approvals/{id}/approve"),
+                        Some(json!({"uses": uses, "comment": comment})),
+                    )
+                    .await?;
+                api.print(&approval, describe_approval);
+            }
+            ApprovalsCommand::Reject { id, comment } => {
+                let approval = api
+                    .call(
+                        Method::POST,
+                        &format!("/v1/approvals/{id}/reject"),
+                        Some(json!({"comment": comment})),
+                    )
+                    .await?;
+                api.print(&approval, describe_approval);
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn events(command: EventsCommand, connection: Connection) -> anyhow::Result<ExitCode> {
+    block(connection, async |api| {
+        match command {
+            EventsCommand::Publish {
+                event_type,
+                attributes,
+            } => {
+                let mut attrs = serde_json::Map::new();
+                for item in &attributes {
+                    let (k, v) = item
+                        .split_once('=')
+                        .ok_or_else(|| anyhow::anyhow!("attribute `{item}` is not key=value"))?;
+                    attrs.insert(k.to_owned(), json!(v));
+                }
+                let event = api
+                    .call(
+                        Method::POST,
+                        "/v1/events",
+                        Some(json!({"type": event_type, "attributes": attrs})),
+                    )
+                    .await?;
+                api.print(&event, |e| {
+                    format!(
+                        "published {} {} at {} (sequence {})",
+                        e["event"]["type"].as_str().unwrap_or_default(),
+                        e["event"]["id"].as_str().unwrap_or_default(),
+                        e["event"]["time"],
+                        e["sequence"]
+                    )
+                });
+            }
+            EventsCommand::List => {
+                let events = api.call(Method::GET, "/v1/events?since=0", None).await?;
+                api.print(&events, |v| {
+                    let items = v["events"].as_array().cloned().unwrap_or_default();
+                    if items.is_empty() {
+                        return "no events".into();
+                    }
+                    items
+                        .iter()
+                        .map(|e| {
+                            format!(
+                                "{} {} {} by {} {}",
+                                e["sequence"],
+                                e["event"]["time"],
+                                e["event"]["type"].as_str().unwrap_or_default(),
+                                e["event"]["publisher"].as_str().unwrap_or_default(),
+                                e["event"]["attributes"]
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                });
+            }
+        }
+        Ok(())
+    })
+}
