@@ -240,7 +240,7 @@ impl Control {
             .map(|a| a.current(now))
             .filter(|a| status.is_none_or(|s| a.status == s))
             .collect();
-        all.sort_by(|a, b| b.created.cmp(&a.created));
+        all.sort_by_key(|a| std::cmp::Reverse(a.created));
         Ok(all)
     }
 

@@ -683,6 +683,12 @@ impl Control {
             None => random_instance()?,
         };
         let id = self.spiffe_id(&format!("tenant/{tenant}/agent/{name}/{instance}"))?;
+        if let Some(hold) = self.oversight()?.hold_on(id.as_str(), []) {
+            return Err(ControlError::Conflict(format!(
+                "{} is quarantined ({}); release it before issuing credentials",
+                hold.scope, hold.reason
+            )));
+        }
         self.issue_for(&agent, id, None, request, via)
     }
 

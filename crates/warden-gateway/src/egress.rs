@@ -207,9 +207,11 @@ pub async fn handle(
             Err(response) => return response,
         };
         // The tunnel closes when the agent is quarantined or traffic frozen.
-        let stopped = state.pipeline.stops().until_stopped(
+        let stops = state.pipeline.stops();
+        let stopped = stops.until_stopped(
             caller.identity.spiffe_id().clone(),
             caller.identity.parents().to_vec(),
+            stops.version(),
         );
         tokio::spawn(async move {
             match hyper::upgrade::on(request).await {

@@ -26,7 +26,16 @@ pub struct Caller {
 /// Who a request turned out to be from (the agent and those above it), filled in when it is
 /// identified, so its response can be cut off if the agent is held.
 #[derive(Debug, Clone, Default)]
-pub struct CallerSlot(pub Arc<std::sync::OnceLock<(SpiffeId, Vec<SpiffeId>)>>);
+pub struct CallerSlot(pub Arc<std::sync::OnceLock<Admitted>>);
+
+/// An identified agent, the agents above it, and the quarantine state version it was let in
+/// under.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub id: SpiffeId,
+    pub parents: Vec<SpiffeId>,
+    pub version: u64,
+}
 
 /// The TCP peer of a request, attached by the listener.
 #[derive(Debug, Clone, Copy)]

@@ -154,7 +154,10 @@ pub async fn serve(
                     // A connection made with a held agent's certificate is closed when it is held.
                     let held: std::pin::Pin<Box<dyn std::future::Future<Output = warden_model::DenyReason> + Send>> =
                         match &peer {
-                            Some(id) => Box::pin(state.pipeline.stops().until_stopped(id.clone(), Vec::new())),
+                            Some(id) => {
+                                let stops = state.pipeline.stops();
+                                Box::pin(stops.until_stopped(id.clone(), Vec::new(), stops.version()))
+                            }
                             None => Box::pin(std::future::pending()),
                         };
                     let peer = Arc::new(peer);
@@ -251,9 +254,10 @@ async fn handle(
     state.metrics.request(adapter, response.status().as_u16());
     // What an identified agent receives is cut off when it is held.
     match caller.0.get() {
-        Some((id, parents)) => {
+        Some(admitted) => {
             let stops = state.pipeline.stops();
-            response.map(|body| stops.guard(body, id.clone(), parents.clone()))
+            let admitted = admitted.clone();
+            response.map(|body| stops.guard(body, admitted.id, admitted.parents, admitted.version))
         }
         None => response,
     }
@@ -380,10 +384,11 @@ pub(crate) fn identify(
     state.metrics.stage("identify", started.elapsed());
     let source = request.extensions().get::<ClientAddress>().map(|a| a.0);
     if let (Ok(caller), Some(slot)) = (&result, request.extensions().get::<CallerSlot>()) {
-        let _ = slot.0.set((
-            caller.identity.spiffe_id().clone(),
-            caller.identity.parents().to_vec(),
-        ));
+        let _ = slot.0.set(crate::identify::Admitted {
+            id: caller.identity.spiffe_id().clone(),
+            parents: caller.identity.parents().to_vec(),
+            version: state.pipeline.stops().version(),
+        });
     }
     result
         .map(|caller| Caller { source, ..caller })

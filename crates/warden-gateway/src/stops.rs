@@ -66,16 +66,32 @@ impl Stops {
         stopped_in(&self.state.borrow(), id, parents)
     }
 
-    /// Resolves once the agent is stopped (at once if it is already).
+    /// The version of the state in force now.
+    pub fn version(&self) -> u64 {
+        self.state.borrow().version
+    }
+
+    /// Resolves once a state newer than `admitted` (the version the agent's request or
+    /// connection was let in under) stops the agent. A request refused because the agent was
+    /// already stopped is not cut: its refusal reaches the agent.
     pub fn until_stopped(
         &self,
         id: SpiffeId,
         parents: Vec<SpiffeId>,
+        admitted: u64,
     ) -> impl Future<Output = DenyReason> + Send + Sync + 'static {
         let mut changes = self.state.subscribe();
         async move {
             loop {
-                if let Some(reason) = stopped_in(&changes.borrow_and_update(), &id, &parents) {
+                let stopped = {
+                    let state = changes.borrow_and_update();
+                    if state.version > admitted {
+                        stopped_in(&state, &id, &parents)
+                    } else {
+                        None
+                    }
+                };
+                if let Some(reason) = stopped {
                     return reason;
                 }
                 if changes.changed().await.is_err() {
@@ -86,11 +102,11 @@ impl Stops {
         }
     }
 
-    /// A response body that is cut when the agent is stopped.
-    pub fn guard(&self, body: Body, id: SpiffeId, parents: Vec<SpiffeId>) -> Body {
+    /// A response body that is cut when the agent is stopped after `admitted`.
+    pub fn guard(&self, body: Body, id: SpiffeId, parents: Vec<SpiffeId>, admitted: u64) -> Body {
         http_body_util::BodyExt::boxed(Guarded {
             inner: body,
-            stop: Box::pin(self.until_stopped(id, parents)),
+            stop: Box::pin(self.until_stopped(id, parents, admitted)),
         })
     }
 }

@@ -172,19 +172,40 @@ impl Fabric {
 
     /// Runs a CLI command against this control plane as the bootstrap admin; it must succeed.
     pub fn warden(&self, args: &[&str]) {
-        let out = Command::new(env!("CARGO_BIN_EXE_warden"))
-            .args(args)
-            .env(
-                "WARDEN_CONTROL_URL",
-                format!("http://127.0.0.1:{}", self.control_port),
-            )
-            .env("WARDEN_TOKEN", &self.token)
-            .output()
-            .unwrap();
+        let out = self.cli(&self.token, args);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// Runs a CLI command against this control plane with `token`, whatever its outcome.
+    pub fn cli(&self, token: &str, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(args)
+            .env(
+                "WARDEN_CONTROL_URL",
+                format!("http://127.0.0.1:{}", self.control_port),
+            )
+            .env("WARDEN_TOKEN", token)
+            .output()
+            .unwrap()
+    }
+
+    /// Creates an admin with `role` in `groups`; its token.
+    pub fn admin(&self, name: &str, role: &str, groups: &[&str]) -> String {
+        let mut args = vec!["admin", "create", name, "--role", role, "-o", "json"];
+        for group in groups {
+            args.extend(["--group", group]);
+        }
+        let out = self.cli(&self.token, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        answer["token"].as_str().unwrap().to_owned()
     }
 }

@@ -5,9 +5,10 @@ Usage: mcp_server.py PORT      serves streamable HTTP at http://127.0.0.1:PORT/m
        mcp_server.py stdio     serves over stdin/stdout
 """
 
+import asyncio
 import sys
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 server = MCPServer("python-demo")
 
@@ -34,6 +35,27 @@ def delete_records(table: str) -> str:
 def read_secrets() -> str:
     """Read the secrets store."""
     return "you should never see this"
+
+
+@server.tool()
+def delete_namespace(namespace: str) -> str:
+    """Delete a namespace (deletes nothing)."""
+    return f"deleted namespace {namespace}"
+
+
+@server.tool()
+def scale(deployment: str, replicas: int) -> str:
+    """Scale a deployment (scales nothing)."""
+    return f"scaled {deployment} to {replicas}"
+
+
+@server.tool()
+async def countdown(n: int, ctx: Context) -> str:
+    """Count down slowly, reporting progress: a long-running, streaming call."""
+    for i in range(n):
+        await ctx.report_progress(i, n)
+        await asyncio.sleep(0.3)
+    return "countdown finished"
 
 
 if __name__ == "__main__":
