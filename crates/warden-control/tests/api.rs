@@ -187,6 +187,15 @@ async fn admin_roles_guard_the_api() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(doc["openapi"], "3.1.0");
+    // Every route the router serves is documented.
+    let routes = include_str!("../src/api.rs");
+    for path in routes
+        .split(".route(\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+    {
+        assert!(doc["paths"].get(path).is_some(), "{path} is not in openapi.json");
+    }
     let (status, bundle) = plane.call(Method::GET, "/v1/bundle", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -878,7 +887,10 @@ async fn every_documented_operation_is_served() {
     let doc: Value = serde_json::from_str(warden_control::OPENAPI).unwrap();
     let mut operations = 0;
     for (path, item) in doc["paths"].as_object().unwrap() {
-        let concrete = path.replace("{tenant}", "shop").replace("{name}", "nobody");
+        let concrete = path
+            .replace("{tenant}", "shop")
+            .replace("{name}", "nobody")
+            .replace("{id}", "apr_none");
         for method in item.as_object().unwrap().keys() {
             let method: Method = method.to_uppercase().parse().unwrap();
             let (status, body) = plane
@@ -893,6 +905,99 @@ async fn every_documented_operation_is_served() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 15);
+    assert_eq!(operations, 28);
     plane.stop().await;
+}
+
+/// Accepts one HTTP request on a free loopback port and hands over its body.
+async fn one_request() -> (String, tokio::sync::oneshot::Receiver<String>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (send, received) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut bytes = Vec::new();
+        let mut buffer = [0u8; 4096];
+        loop {
+            let n = socket.read(&mut buffer).await.unwrap();
+            bytes.extend_from_slice(&buffer[..n]);
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                    .unwrap_or(0);
+                if body.len() >= length || n == 0 {
+                    socket
+                        .write_all(b"HTTP/1.1 204 No Content\r\ncontent-length: 0\r\n\r\n")
+                        .await
+                        .unwrap();
+                    let _ = send.send(body.to_owned());
+                    return;
+                }
+            }
+        }
+    });
+    (url, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_approval_request_is_posted_to_the_webhook_and_survives_a_restart() {
+    let (hook, received) = one_request().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut cfg = config(dir.path(), vec![]);
+    cfg.listen = listener.local_addr().unwrap();
+    cfg.approval_webhook = Some(hook);
+    let control = Arc::new(Control::open(cfg.clone()).unwrap());
+    let gateway = control
+        .create_admin("gw", warden_control::Role::Gateway, Vec::new())
+        .unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(warden_control::serve(Arc::clone(&control), listener, async {
+        let _ = stopped.await;
+    }));
+    let plane = Plane {
+        url: format!("http://{}", cfg.listen),
+        control: Arc::clone(&control),
+        admin: None,
+        stop: None,
+        served: None,
+        client: HttpClient::new(Duration::from_secs(10)).unwrap(),
+    };
+    let request = json!({
+        "agent": "spiffe://acme.test/tenant/shop/agent/planner/i-1", "action": "mcp.tools/call",
+        "resource": "tool k8s/delete_namespace", "argumentsHash": "sha256:00",
+        "requirement": {"id": "r1", "group": "sre", "required": 1, "validForSecs": 600,
+                        "policy": {"id": "p", "file": "f.yaml", "document": "shop/ops", "rule": "spec.approval[0]"}},
+        "decisionId": "d1", "gateway": "https://gw", "justification": "scale down the test cluster",
+    });
+    let (status, filed) = plane
+        .call(Method::POST, "/v1/approvals", Some(&gateway), Some(request.clone()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{filed}");
+    let posted: Value = serde_json::from_str(
+        &tokio::time::timeout(Duration::from_secs(5), received).await.unwrap().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(posted["type"], "approval.requested");
+    assert_eq!(posted["approval"]["id"], filed["id"]);
+    assert_eq!(posted["approval"]["justification"], "scale down the test cluster");
+    // Only gateways file requests.
+    let (status, _) = plane
+        .call(Method::POST, "/v1/approvals", None, Some(request))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
+    control.close();
+    drop(plane);
+    drop(control);
+    // What was acknowledged is there after a restart.
+    let reopened = Control::open(cfg).unwrap();
+    let id = filed["id"].as_str().unwrap();
+    assert_eq!(reopened.approval(id).unwrap().binding.resource, "tool k8s/delete_namespace");
+    reopened.close();
 }

@@ -39,6 +39,11 @@ spec:
           deployment: {arg: deployment}
     - match: {mcp: {server: demo, tools: [delete_records]}}
       after: {type: maintenance, within: 2s}
+    - match: {mcp: {server: demo, tools: [rotate_keys]}}
+      after:
+        type: access-granted
+        within: 1h
+        attributes: {agent: {agent: name}}
 ---
 apiVersion: warden.dev/v1alpha1
 kind: ToolCatalog
@@ -498,6 +503,21 @@ fn event_gates_open_only_for_publishers_events_and_only_for_a_while() {
         json!([call("delete_records", json!({"table": "scratch"}))]),
     );
     assert_eq!(refused(&out[0]).0["outcome"], "deny");
+
+    // A just-in-time right: a person grants this agent, by name, one more tool for an hour.
+    let rotate = call("rotate_keys", json!({"service": "billing"}));
+    let out = calls(&fabric, &agent, json!([rotate]));
+    assert_eq!(refused(&out[0]).0["outcome"], "deny");
+    let out = fabric.cli(&publisher, &["events", "publish", "access-granted", "--attr", "agent=someone-else"]);
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = calls(&fabric, &agent, json!([rotate]));
+    assert_eq!(refused(&out[0]).0["outcome"], "deny", "another agent's grant opened the gate");
+    let out = fabric.cli(&publisher, &["events", "publish", "access-granted", "--attr", "agent=ops"]);
+    assert!(out.status.success());
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = calls(&fabric, &agent, json!([rotate]));
+    assert_eq!(ok(&out[0]), "rotated the keys of billing");
 
     let trail = fabric.dir.path().join("data/control-audit");
     let event = recorded(&trail, |r| r["action"] == "event.published");

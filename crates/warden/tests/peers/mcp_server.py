@@ -50,6 +50,12 @@ def scale(deployment: str, replicas: int) -> str:
 
 
 @server.tool()
+def rotate_keys(service: str) -> str:
+    """Rotate a service's keys (rotates nothing)."""
+    return f"rotated the keys of {service}"
+
+
+@server.tool()
 async def countdown(n: int, ctx: Context) -> str:
     """Count down slowly, reporting progress: a long-running, streaming call."""
     for i in range(n):
