@@ -194,7 +194,10 @@ async fn admin_roles_guard_the_api() {
         .skip(1)
         .filter_map(|rest| rest.split('"').next())
     {
-        assert!(doc["paths"].get(path).is_some(), "{path} is not in openapi.json");
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} is not in openapi.json"
+        );
     }
     let (status, bundle) = plane.call(Method::GET, "/v1/bundle", None, None).await;
     assert_eq!(status, StatusCode::OK);
@@ -926,7 +929,11 @@ async fn one_request() -> (String, tokio::sync::oneshot::Receiver<String>) {
             if let Some((head, body)) = text.split_once("\r\n\r\n") {
                 let length: usize = head
                     .lines()
-                    .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
                     .unwrap_or(0);
                 if body.len() >= length || n == 0 {
                     socket
@@ -955,9 +962,13 @@ async fn a_new_approval_request_is_posted_to_the_webhook_and_survives_a_restart(
         .create_admin("gw", warden_control::Role::Gateway, Vec::new())
         .unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(warden_control::serve(Arc::clone(&control), listener, async {
-        let _ = stopped.await;
-    }));
+    let served = tokio::spawn(warden_control::serve(
+        Arc::clone(&control),
+        listener,
+        async {
+            let _ = stopped.await;
+        },
+    ));
     let plane = Plane {
         url: format!("http://{}", cfg.listen),
         control: Arc::clone(&control),
@@ -974,16 +985,27 @@ async fn a_new_approval_request_is_posted_to_the_webhook_and_survives_a_restart(
         "decisionId": "d1", "gateway": "https://gw", "justification": "scale down the test cluster",
     });
     let (status, filed) = plane
-        .call(Method::POST, "/v1/approvals", Some(&gateway), Some(request.clone()))
+        .call(
+            Method::POST,
+            "/v1/approvals",
+            Some(&gateway),
+            Some(request.clone()),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{filed}");
     let posted: Value = serde_json::from_str(
-        &tokio::time::timeout(Duration::from_secs(5), received).await.unwrap().unwrap(),
+        &tokio::time::timeout(Duration::from_secs(5), received)
+            .await
+            .unwrap()
+            .unwrap(),
     )
     .unwrap();
     assert_eq!(posted["type"], "approval.requested");
     assert_eq!(posted["approval"]["id"], filed["id"]);
-    assert_eq!(posted["approval"]["justification"], "scale down the test cluster");
+    assert_eq!(
+        posted["approval"]["justification"],
+        "scale down the test cluster"
+    );
     // Only gateways file requests.
     let (status, _) = plane
         .call(Method::POST, "/v1/approvals", None, Some(request))
@@ -998,6 +1020,9 @@ async fn a_new_approval_request_is_posted_to_the_webhook_and_survives_a_restart(
     // What was acknowledged is there after a restart.
     let reopened = Control::open(cfg).unwrap();
     let id = filed["id"].as_str().unwrap();
-    assert_eq!(reopened.approval(id).unwrap().binding.resource, "tool k8s/delete_namespace");
+    assert_eq!(
+        reopened.approval(id).unwrap().binding.resource,
+        "tool k8s/delete_namespace"
+    );
     reopened.close();
 }

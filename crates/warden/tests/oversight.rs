@@ -508,12 +508,28 @@ fn event_gates_open_only_for_publishers_events_and_only_for_a_while() {
     let rotate = call("rotate_keys", json!({"service": "billing"}));
     let out = calls(&fabric, &agent, json!([rotate]));
     assert_eq!(refused(&out[0]).0["outcome"], "deny");
-    let out = fabric.cli(&publisher, &["events", "publish", "access-granted", "--attr", "agent=someone-else"]);
+    let out = fabric.cli(
+        &publisher,
+        &[
+            "events",
+            "publish",
+            "access-granted",
+            "--attr",
+            "agent=someone-else",
+        ],
+    );
     assert!(out.status.success());
     std::thread::sleep(Duration::from_millis(1000));
     let out = calls(&fabric, &agent, json!([rotate]));
-    assert_eq!(refused(&out[0]).0["outcome"], "deny", "another agent's grant opened the gate");
-    let out = fabric.cli(&publisher, &["events", "publish", "access-granted", "--attr", "agent=ops"]);
+    assert_eq!(
+        refused(&out[0]).0["outcome"],
+        "deny",
+        "another agent's grant opened the gate"
+    );
+    let out = fabric.cli(
+        &publisher,
+        &["events", "publish", "access-granted", "--attr", "agent=ops"],
+    );
     assert!(out.status.success());
     std::thread::sleep(Duration::from_millis(1000));
     let out = calls(&fabric, &agent, json!([rotate]));
@@ -668,4 +684,91 @@ fn the_kill_switch_stops_every_agent_within_a_second_and_is_recorded() {
         r["action"] == "freeze" && r["reason"] == "incident 42"
     });
     recorded(&trail, |r| r["action"] == "unfreeze");
+}
+
+#[test]
+fn acknowledged_approvals_holds_and_their_records_survive_kill_9() {
+    let (_server, mut fabric) = site("");
+    let [agent] =
+        <[PathBuf; 1]>::try_from(fabric.agent("demo/ops", "app=ops", &["mcp.*=demo/*"], &["i-1"]))
+            .unwrap();
+    fabric.warden(&[
+        "agent",
+        "register",
+        "demo/rogue",
+        "--label",
+        "app=ops",
+        "--right",
+        "mcp.*=demo/*",
+    ]);
+    let alice = fabric.admin("alice", "approver", &["sre"]);
+    let out = calls(
+        &fabric,
+        &agent,
+        json!([call("delete_namespace", json!({"namespace": "dev"}))]),
+    );
+    let id = refused(&out[0]).0["approvals"][0]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(approve(&fabric, &alice, &id).status.success());
+    fabric.warden(&["quarantine", "demo/rogue", "--reason", "acting strangely"]);
+
+    fabric.crash_and_restart();
+
+    // The hold is still in force, the approval still approved and usable exactly once.
+    let list = fabric.cli(&fabric.token, &["quarantine"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("acting strangely"));
+    let out = fabric.cli(
+        &fabric.token,
+        &[
+            "agent",
+            "credential",
+            "demo/rogue",
+            "--task",
+            "t",
+            "--out",
+            fabric.dir.path().join("rogue").to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    let out = calls(
+        &fabric,
+        &agent,
+        json!([
+            with_approval("delete_namespace", json!({"namespace": "dev"}), &id),
+            with_approval("delete_namespace", json!({"namespace": "dev"}), &id),
+        ]),
+    );
+    assert_eq!(ok(&out[0]), "deleted namespace dev");
+    assert!(refused(&out[1]).1.contains("used already"), "{out:?}");
+    // Both logs verify after the crash, with every acknowledged step in them.
+    let trail = fabric.dir.path().join("data/control-audit");
+    for step in ["approval.requested", "approval.approved", "approval.used"] {
+        recorded(&trail, |r| {
+            r["action"] == step && r["approval"] == id.as_str()
+        });
+    }
+    recorded(&trail, |r| r["action"] == "quarantine");
+    for (log, key) in [
+        ("data/control-audit", "data/control-audit.pub"),
+        ("data/audit", "data/audit.pub"),
+    ] {
+        let out = fabric.cli(
+            &fabric.token,
+            &[
+                "audit",
+                "verify",
+                "--log",
+                fabric.dir.path().join(log).to_str().unwrap(),
+                "--key",
+                fabric.dir.path().join(key).to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{log}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
 }

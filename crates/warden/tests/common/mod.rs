@@ -96,7 +96,8 @@ pub fn wait_for_port(port: u16) {
 /// `warden serve --role all` from a generated configuration: one policy file, and `gateway` the
 /// extra gateway settings (upstreams…), given the control plane's port.
 pub struct Fabric {
-    _process: Reaped,
+    process: Reaped,
+    env: Vec<(String, String)>,
     pub dir: tempfile::TempDir,
     pub control_port: u16,
     pub gateway_port: u16,
@@ -116,26 +117,43 @@ impl Fabric {
             extra = gateway(control_port),
         );
         std::fs::write(dir.path().join("warden.yaml"), config).unwrap();
-        let process = Reaped(
-            Command::new(env!("CARGO_BIN_EXE_warden"))
-                .args(["serve", "--role", "all", "--config"])
-                .arg(dir.path().join("warden.yaml"))
-                .arg("--bootstrap-token-file")
-                .arg(dir.path().join("token"))
-                .envs(env.iter().copied())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let process = Self::spawn(dir.path(), &env);
         wait_for_port(gateway_port);
         let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
         Self {
-            _process: process,
+            process,
+            env,
             dir,
             control_port,
             gateway_port,
             token: token.trim().to_owned(),
         }
+    }
+
+    fn spawn(dir: &Path, env: &[(String, String)]) -> Reaped {
+        Reaped(
+            Command::new(env!("CARGO_BIN_EXE_warden"))
+                .args(["serve", "--role", "all", "--config"])
+                .arg(dir.join("warden.yaml"))
+                .arg("--bootstrap-token-file")
+                .arg(dir.join("token"))
+                .envs(env.iter().map(|(k, v)| (k, v)))
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// Kills the fabric with SIGKILL and starts it again on the same data.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.process.0.kill();
+        let _ = self.process.0.wait();
+        self.process = Self::spawn(self.dir.path(), &self.env);
+        wait_for_port(self.gateway_port);
     }
 
     /// Registers `agent` (`tenant/name`) with a label and rights, and issues a credential for task
