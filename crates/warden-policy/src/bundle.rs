@@ -20,7 +20,9 @@ use crate::compile::{
 };
 use crate::decide::EntityCache;
 use crate::diagnostic::{Diagnostic, LoadError};
-use crate::document::{API_VERSION, AgentPolicyDoc, PolicyTestDoc, TestCaseSpec, ToolCatalogDoc};
+use crate::document::{
+    API_VERSION, AgentPolicyDoc, PolicyTestDoc, TestCaseSpec, ToolCatalogDoc, UndoSpec,
+};
 use crate::index::{Indexed, SlicedSet};
 use crate::locate::Locator;
 use crate::schema::{ArgType, ArgTypes, ContextUse, schema_text};
@@ -89,6 +91,7 @@ pub struct Bundle {
     pub(crate) requirements: Vec<ApprovalRequirement>,
     pub(crate) tool_args: ArgTypes,
     pub(crate) prompt_args: ArgTypes,
+    undo: BTreeMap<String, BTreeMap<String, UndoSpec>>,
     pub(crate) schema: Schema,
     pub(crate) entities: EntityCache,
     samples: Samples,
@@ -405,6 +408,7 @@ impl Bundle {
             requirements,
             tool_args: catalog.tool_args,
             prompt_args: catalog.prompt_args,
+            undo: catalog.undo,
             schema,
             entities: EntityCache::new(),
             samples: compiled.samples,
@@ -412,6 +416,11 @@ impl Bundle {
             warnings: diagnostics,
             files: files.into_iter().map(|f| f.path).collect(),
         })
+    }
+
+    /// The compensating call of a reversible tool, if the catalog declares one.
+    pub fn undo_for(&self, server: &str, tool: &str) -> Option<&UndoSpec> {
+        self.undo.get(server)?.get(tool)
     }
 
     pub fn hash(&self) -> &BundleHash {
@@ -576,6 +585,23 @@ fn build_catalog(
             let tools = catalog.tools.entry(server.name.clone()).or_default();
             for (t, tool) in server.tools.iter().enumerate() {
                 tools.insert(tool.name.clone());
+                if let Some(undo) = &tool.undo {
+                    if server.tools.iter().any(|other| other.name == undo.tool) {
+                        catalog
+                            .undo
+                            .entry(server.name.clone())
+                            .or_default()
+                            .insert(tool.name.clone(), undo.clone());
+                    } else {
+                        diagnostics.push(cx.error(
+                            &format!("spec.servers[{s}].tools[{t}].undo.tool"),
+                            format!(
+                                "`{}` is not a tool of server {} in this catalog; the compensating call must be one",
+                                undo.tool, server.name
+                            ),
+                        ));
+                    }
+                }
                 let Some(properties) = tool
                     .input_schema
                     .as_ref()

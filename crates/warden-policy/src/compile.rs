@@ -117,6 +117,8 @@ pub struct Requirement {
 #[derive(Debug, Default)]
 pub struct Catalog {
     pub tools: BTreeMap<String, BTreeSet<String>>,
+    /// Server → tool → its compensating call, for reversible tools.
+    pub undo: BTreeMap<String, BTreeMap<String, crate::document::UndoSpec>>,
     pub prompts: BTreeMap<String, BTreeSet<String>>,
     pub tool_args: ArgTypes,
     pub prompt_args: ArgTypes,

@@ -290,6 +290,62 @@ pub struct CatalogTool {
     pub name: String,
     #[serde(default)]
     pub input_schema: Option<serde_json::Value>,
+    /// Declares the tool reversible: the compensating call `warden actions undo` makes.
+    #[serde(default)]
+    pub undo: Option<UndoSpec>,
+}
+
+/// The compensating call for a reversible tool: another tool of the same server, with arguments
+/// taken from the original call or fixed.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UndoSpec {
+    pub tool: String,
+    #[serde(default)]
+    pub arguments: BTreeMap<String, UndoArgument>,
+}
+
+/// `{arg: NAME}` (the original call's argument, as it was) or `{value: ANY}` (fixed JSON).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(try_from = "UndoArgumentWire", into = "UndoArgumentWire")]
+pub enum UndoArgument {
+    Arg(String),
+    Value(serde_json::Value),
+}
+
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct UndoArgumentWire {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    arg: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<serde_json::Value>,
+}
+
+impl TryFrom<UndoArgumentWire> for UndoArgument {
+    type Error = String;
+    fn try_from(w: UndoArgumentWire) -> Result<Self, Self::Error> {
+        match (w.arg, w.value) {
+            (Some(arg), None) => Ok(Self::Arg(arg)),
+            (None, Some(value)) => Ok(Self::Value(value)),
+            _ => Err("write exactly one of `arg: NAME` or `value: ANY`".into()),
+        }
+    }
+}
+
+impl From<UndoArgument> for UndoArgumentWire {
+    fn from(a: UndoArgument) -> Self {
+        match a {
+            UndoArgument::Arg(arg) => Self {
+                arg: Some(arg),
+                value: None,
+            },
+            UndoArgument::Value(value) => Self {
+                arg: None,
+                value: Some(value),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -27,7 +27,7 @@ pub use bundle::{Bundle, LoadLimits, PolicyInfo, SourceFile, TestCase};
 pub use compile::{PolicyRole, Samples};
 pub use decide::{Explanation, PolicySource, Slicing};
 pub use diagnostic::{Diagnostic, LoadError, Severity};
-pub use document::{ExpectedOutcome, TestCaseSpec};
+pub use document::{ExpectedOutcome, TestCaseSpec, UndoArgument, UndoSpec};
 pub use engine::{Engine, ReloadOutcome, WatchGuard};
 
 /// Parses one YAML (or JSON) document from outside, refusing pathological nesting first: the YAML

@@ -490,3 +490,29 @@ fn errors_render_with_location_field_and_help() {
     assert!(rendered.contains("spec.selector:"), "{rendered}");
     assert!(rendered.contains("help: "), "{rendered}");
 }
+
+const REVERSIBLE: &str = "apiVersion: warden.dev/v1alpha1\nkind: ToolCatalog\nmetadata: {name: k8s}\nspec:\n  servers:\n    - name: k8s\n      tools:\n        - name: scale\n          undo: {tool: scale, arguments: {deployment: {arg: deployment}, replicas: {arg: previous}}}\n        - name: create_branch\n          undo: {tool: delete_branch, arguments: {name: {arg: name}, force: {value: true}}}\n        - name: delete_branch\n";
+
+#[test]
+fn a_reversible_tool_names_its_compensating_call() {
+    let bundle = load(&[("catalog.yaml", REVERSIBLE)]).unwrap();
+    let undo = bundle.undo_for("k8s", "create_branch").unwrap();
+    assert_eq!(undo.tool, "delete_branch");
+    assert_eq!(
+        undo.arguments["force"],
+        warden_policy::UndoArgument::Value(serde_json::json!(true))
+    );
+    assert!(bundle.undo_for("k8s", "delete_branch").is_none());
+}
+
+#[test]
+fn a_compensating_call_to_an_unknown_tool_is_an_error() {
+    let broken = REVERSIBLE.replace("tool: delete_branch", "tool: drop_branch");
+    let errors = load(&[("catalog.yaml", &broken)]).unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|d| d.to_string().contains("`drop_branch` is not a tool of server k8s")),
+        "{errors:?}"
+    );
+}
