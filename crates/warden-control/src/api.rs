@@ -126,6 +126,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/token", post(token_exchange))
         .route("/v1/authority/rotate", post(rotate))
         .route("/v1/admins", post(create_admin))
+        .route("/v1/whoami", get(whoami))
         .route("/v1/oversight", get(oversight))
         .route("/v1/quarantine", post(quarantine))
         .route("/v1/quarantine/release", post(release))
@@ -638,4 +639,13 @@ async fn events(
     Ok(Json(
         blocking(&control, move |c| c.events_since(since)).await?,
     ))
+}
+
+/// Who an admin token belongs to: name, role and groups (gateways check people this way).
+async fn whoami(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+) -> ApiResult<impl IntoResponse> {
+    let admin = require(&control, &headers, Role::Viewer).await?;
+    Ok(Json(admin))
 }

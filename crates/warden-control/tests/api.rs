@@ -908,7 +908,7 @@ async fn every_documented_operation_is_served() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 28);
+    assert_eq!(operations, 29);
     plane.stop().await;
 }
 

@@ -91,7 +91,7 @@ async fn decide_destination(
         protocol: Protocol::Tcp,
         ip: None,
     };
-    if caller.grant.permits(&named).is_err() {
+    if !caller.authority.permits(&named) {
         let what = describe(&named);
         let verdict = state.pipeline.decide(caller, named, &[], said).await;
         return Err(refused(&verdict, &what));

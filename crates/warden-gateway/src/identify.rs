@@ -18,9 +18,39 @@ use warden_model::{AgentIdentity, SpiffeId};
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub identity: AgentIdentity,
-    pub grant: Arc<VerifiedGrant>,
+    pub authority: Authority,
     /// Where the call came from (the TCP peer), for the audit record; `None` over stdio.
     pub source: Option<std::net::SocketAddr>,
+}
+
+/// What lets a caller act: the task grant it presented, or — for the compensating call of an
+/// undo, made on the agent's behalf — the admin who asked for it (policy still decides).
+#[derive(Debug, Clone)]
+pub enum Authority {
+    Grant(Arc<VerifiedGrant>),
+    Undo {
+        /// The admin who asked.
+        by: String,
+        /// The decision being undone.
+        of: String,
+    },
+}
+
+impl Authority {
+    /// Whether the grant covers `action` (an undo is bounded by policy alone).
+    pub fn permits(&self, action: &warden_model::Action) -> bool {
+        match self {
+            Self::Grant(grant) => grant.permits(action).is_ok(),
+            Self::Undo { .. } => true,
+        }
+    }
+
+    pub fn grant_id(&self) -> &str {
+        match self {
+            Self::Grant(grant) => grant.id(),
+            Self::Undo { .. } => "",
+        }
+    }
 }
 
 /// Who a request turned out to be from (the agent and those above it), filled in when it is
@@ -158,7 +188,7 @@ impl Identifier {
         .map_err(|e| Unidentified::NotAnAgent(e.to_string()))?;
         Ok(Caller {
             identity,
-            grant,
+            authority: Authority::Grant(grant),
             source: None,
         })
     }

@@ -25,6 +25,7 @@ mod sse;
 mod stdio;
 mod stops;
 mod sync;
+mod undo;
 mod usage;
 
 use std::net::SocketAddr;

@@ -54,6 +54,11 @@ pub struct DecisionEvent {
     pub parents: Vec<String>,
     pub task: Option<String>,
     pub grant: String,
+    /// For a compensating call: the decision it undoes, and the admin who asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undo_of: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undone_by: Option<String>,
     pub action: String,
     pub resource: String,
     /// The action's salient attributes: method and path, host, port and address, server and
@@ -247,6 +252,10 @@ impl Pipeline {
         self
     }
 
+    pub fn policy(&self) -> &Arc<Engine> {
+        &self.policy
+    }
+
     pub fn stops(&self) -> &Arc<Stops> {
         &self.stops
     }
@@ -314,7 +323,7 @@ impl Pipeline {
                     .await;
             }
             if !matches!(verdict.decision.outcome, Outcome::Deny { .. })
-                && caller.grant.permits(&request.action).is_err()
+                && !caller.authority.permits(&request.action)
             {
                 verdict.decision.outcome = Outcome::denied(DenyReason::OutsideGrant);
                 verdict.decision.deciding.clear();
@@ -462,7 +471,7 @@ impl Pipeline {
             action: action.clone(),
             context: RequestContext::default(),
         };
-        caller.grant.permits(action).is_ok() && self.policy.could_allow(&request)
+        caller.authority.permits(action) && self.policy.could_allow(&request)
     }
 
     fn event(
@@ -495,7 +504,15 @@ impl Pipeline {
                 .map(ToString::to_string)
                 .collect(),
             task: caller.identity.task().map(ToString::to_string),
-            grant: caller.grant.id().to_owned(),
+            grant: caller.authority.grant_id().to_owned(),
+            undo_of: match &caller.authority {
+                crate::identify::Authority::Undo { of, .. } => Some(of.clone()),
+                crate::identify::Authority::Grant(_) => None,
+            },
+            undone_by: match &caller.authority {
+                crate::identify::Authority::Undo { by, .. } => Some(by.clone()),
+                crate::identify::Authority::Grant(_) => None,
+            },
             action: request.action.kind().as_str().to_owned(),
             resource: request.action.resource().to_string(),
             target: target(&request.action),

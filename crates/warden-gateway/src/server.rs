@@ -275,6 +275,9 @@ async fn route(
             json_response(StatusCode::OK, &json!({"status": "ok"})),
         );
     }
+    if path == "/actions/undo" {
+        return ("undo", crate::undo::handle(state, request).await);
+    }
     if path == "/metrics" {
         let mut response = Response::new(full(state.metrics.render()));
         response.headers_mut().insert(

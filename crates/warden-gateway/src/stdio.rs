@@ -114,7 +114,7 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
             header.labels.clone(),
             Some(header.task.clone()),
         )?,
-        grant: Arc::clone(&grant),
+        authority: crate::identify::Authority::Grant(Arc::clone(&grant)),
         source: None,
     };
     let policy = crate::load_policies(&config.policies)?;

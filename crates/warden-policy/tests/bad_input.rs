@@ -510,9 +510,9 @@ fn a_compensating_call_to_an_unknown_tool_is_an_error() {
     let broken = REVERSIBLE.replace("tool: delete_branch", "tool: drop_branch");
     let errors = load(&[("catalog.yaml", &broken)]).unwrap_err();
     assert!(
-        errors
-            .iter()
-            .any(|d| d.to_string().contains("`drop_branch` is not a tool of server k8s")),
+        errors.iter().any(|d| d
+            .to_string()
+            .contains("`drop_branch` is not a tool of server k8s")),
         "{errors:?}"
     );
 }

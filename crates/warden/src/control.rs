@@ -28,10 +28,10 @@ pub struct Connection {
         default_value = "http://127.0.0.1:8181",
         global = true
     )]
-    control_url: String,
+    pub(crate) control_url: String,
     /// Admin token (`wdn_…`); printed once when the control plane first starts.
     #[arg(long, env = "WARDEN_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// How to print results.
     #[arg(short, long, value_enum, default_value_t, global = true)]
     output: Output,

@@ -117,6 +117,13 @@ enum Command {
         #[command(flatten)]
         connection: control::Connection,
     },
+    /// Undo a reversible action: its compensating call, through the gateway, audited.
+    Actions {
+        #[command(subcommand)]
+        command: oversight::ActionsCommand,
+        #[command(flatten)]
+        connection: control::Connection,
+    },
     /// Publish events that event-gated policies wait for; list them.
     Events {
         #[command(subcommand)]
@@ -199,6 +206,10 @@ fn main() -> ExitCode {
             command,
             connection,
         } => oversight::events(command, connection),
+        Command::Actions {
+            command,
+            connection,
+        } => oversight::actions(command, connection),
     };
     match result {
         Ok(code) => code,

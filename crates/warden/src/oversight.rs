@@ -64,6 +64,23 @@ pub enum EventsCommand {
     List,
 }
 
+#[derive(Subcommand)]
+pub enum ActionsCommand {
+    /// Run the compensating call of a reversible tool call (declared in the ToolCatalog) through
+    /// the gateway that decided it, on the original agent's behalf; recorded like any call.
+    Undo {
+        /// The decision id of the call to undo (as refusals and `warden audit` show it).
+        decision: String,
+        /// The gateway that made the decision.
+        #[arg(
+            long,
+            env = "WARDEN_GATEWAY_URL",
+            default_value = "https://127.0.0.1:8443"
+        )]
+        gateway_url: String,
+    },
+}
+
 fn block(
     connection: Connection,
     run: impl AsyncFnOnce(&Api) -> anyhow::Result<()>,
@@ -321,6 +338,63 @@ pub fn events(command: EventsCommand, connection: Connection) -> anyhow::Result<
                 });
             }
         }
+        Ok(())
+    })
+}
+
+pub fn actions(command: ActionsCommand, connection: Connection) -> anyhow::Result<ExitCode> {
+    let ActionsCommand::Undo {
+        decision,
+        gateway_url,
+    } = command;
+    let token = connection.token.clone().ok_or_else(|| {
+        anyhow::anyhow!("undo needs an admin token: set WARDEN_TOKEN (or --token)")
+    })?;
+    block(connection, async |api| {
+        // The gateway's certificate chains to the authority's roots.
+        let bundle = api.call(Method::GET, "/v1/bundle", None).await?;
+        let roots = bundle["x509Pem"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("the control plane's bundle has no x509Pem"))?;
+        let client =
+            warden_control::HttpClient::with_tls(std::time::Duration::from_secs(60), roots, None)?;
+        let auth = format!("Bearer {token}");
+        let response = client
+            .send(
+                Method::POST,
+                &format!("{}/actions/undo", gateway_url.trim_end_matches('/')),
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                Some(json!({"decisionId": decision}).to_string().into_bytes()),
+                1 << 20,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e} (is the gateway at {gateway_url}? --gateway-url)"))?;
+        let answer: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+        if !response.status.is_success() {
+            anyhow::bail!(
+                "{} ({})",
+                answer["error"]["message"]
+                    .as_str()
+                    .unwrap_or("the gateway refused"),
+                response.status
+            );
+        }
+        api.print(&answer, |a| {
+            format!(
+                "undone: {} {} with {} (decision {}, undoing {})\nresult: {}",
+                a["call"]["server"].as_str().unwrap_or_default(),
+                a["call"]["tool"].as_str().unwrap_or_default(),
+                a["call"]["arguments"],
+                a["decisionId"].as_str().unwrap_or_default(),
+                a["undoOf"].as_str().unwrap_or_default(),
+                a["result"]["content"][0]["text"]
+                    .as_str()
+                    .map_or_else(|| a["result"].to_string(), str::to_owned)
+            )
+        });
         Ok(())
     })
 }

@@ -54,6 +54,10 @@ spec:
       tools:
         - {name: delete_namespace, inputSchema: {type: object, properties: {namespace: {type: string}}}}
         - {name: scale, inputSchema: {type: object, properties: {deployment: {type: string}, replicas: {type: integer}}}}
+        - name: create_branch
+          inputSchema: {type: object, properties: {name: {type: string}}}
+          undo: {tool: delete_branch, arguments: {name: {arg: name}}}
+        - {name: delete_branch, inputSchema: {type: object, properties: {name: {type: string}}}}
 "#;
 
 fn peers() -> PathBuf {
@@ -771,4 +775,70 @@ fn acknowledged_approvals_holds_and_their_records_survive_kill_9() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+}
+
+#[test]
+fn undo_runs_the_compensating_call_through_the_pipeline_once_and_records_it() {
+    let (_server, fabric) = site("");
+    let [agent] =
+        <[PathBuf; 1]>::try_from(fabric.agent("demo/ops", "app=ops", &["mcp.*=demo/*"], &["i-1"]))
+            .unwrap();
+    let out = calls(
+        &fabric,
+        &agent,
+        json!([
+            call("create_branch", json!({"name": "feature-x"})),
+            call("echo", json!({"text": "hi"}))
+        ]),
+    );
+    assert_eq!(ok(&out[0]), "created branch feature-x");
+    let audit = fabric.dir.path().join("data/audit");
+    let created = recorded(&audit, |r| r["target"]["tool"] == "create_branch");
+    let echoed = recorded(&audit, |r| r["target"]["tool"] == "echo");
+    let gateway = format!("https://127.0.0.1:{}", fabric.gateway_port);
+    let undo = |token: &str, decision: &Value| {
+        fabric.cli(
+            token,
+            &[
+                "actions",
+                "undo",
+                decision["decisionId"].as_str().unwrap(),
+                "--gateway-url",
+                &gateway,
+            ],
+        )
+    };
+
+    let out = undo(&fabric.token, &created);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("deleted branch feature-x"), "{text}");
+    // Recorded like any call: the compensating call, for the original agent, with who asked.
+    let compensating = recorded(&audit, |r| r["undoOf"] == created["decisionId"]);
+    assert_eq!(compensating["outcome"], "allow");
+    assert_eq!(compensating["target"]["tool"], "delete_branch");
+    assert_eq!(compensating["arguments"]["name"], "feature-x");
+    assert_eq!(compensating["agent"], created["agent"]);
+    assert_eq!(compensating["undoneBy"], "bootstrap");
+
+    // Once only; never for a tool not declared reversible; never by a non-admin.
+    let again = undo(&fabric.token, &created);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("undone already"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let echo = undo(&fabric.token, &echoed);
+    assert!(String::from_utf8_lossy(&echo.stderr).contains("not declared reversible"));
+    let viewer = fabric.admin("vic", "viewer", &[]);
+    let denied = undo(&viewer, &created);
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("admin token"),
+        "{}",
+        String::from_utf8_lossy(&denied.stderr)
+    );
 }

@@ -50,6 +50,18 @@ def scale(deployment: str, replicas: int) -> str:
 
 
 @server.tool()
+def create_branch(name: str) -> str:
+    """Create a branch (creates nothing)."""
+    return f"created branch {name}"
+
+
+@server.tool()
+def delete_branch(name: str) -> str:
+    """Delete a branch (deletes nothing)."""
+    return f"deleted branch {name}"
+
+
+@server.tool()
 def rotate_keys(service: str) -> str:
     """Rotate a service's keys (rotates nothing)."""
     return f"rotated the keys of {service}"
