@@ -252,6 +252,23 @@ impl Pipeline {
         self
     }
 
+    /// The recent events some event gate of the current bundle waits for.
+    fn gated_events(&self) -> Vec<warden_model::Event> {
+        let Some(desk) = &self.desk else {
+            return Vec::new();
+        };
+        let events = desk.events();
+        if events.is_empty() {
+            return Vec::new();
+        }
+        let bundle = self.policy.current();
+        events
+            .iter()
+            .filter(|e| bundle.gates_on(e.event_type.as_str()))
+            .cloned()
+            .collect()
+    }
+
     pub fn policy(&self) -> &Arc<Engine> {
         &self.policy
     }
@@ -297,11 +314,7 @@ impl Pipeline {
                 time: Some(now),
                 intent: said.intent.clone(),
                 findings: findings.clone(),
-                events: self
-                    .desk
-                    .as_ref()
-                    .map(|d| d.events().as_ref().clone())
-                    .unwrap_or_default(),
+                events: self.gated_events(),
                 usage: self.usage.usage(agent, now),
                 body_bytes: body.len() as u64,
                 ..RequestContext::default()

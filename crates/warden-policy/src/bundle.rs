@@ -418,6 +418,11 @@ impl Bundle {
         })
     }
 
+    /// Whether any event gate waits for events of this type: only those need reach decisions.
+    pub fn gates_on(&self, event_type: &str) -> bool {
+        self.gates.iter().any(|g| g.event_type == event_type)
+    }
+
     /// The compensating call of a reversible tool, if the catalog declares one.
     pub fn undo_for(&self, server: &str, tool: &str) -> Option<&UndoSpec> {
         self.undo.get(server)?.get(tool)

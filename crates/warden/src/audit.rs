@@ -481,15 +481,7 @@ fn print_record(record: &[u8], output: Output) {
                 return;
             };
             let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or("-");
-            let when = value
-                .get("time")
-                .and_then(Value::as_i64)
-                .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-                .and_then(|t| {
-                    t.format(&time::format_description::well_known::Rfc3339)
-                        .ok()
-                })
-                .unwrap_or_default();
+            let when = rfc3339(value.get("time"));
             println!(
                 "{when} {:<14} {:<22} {} {}  {}",
                 field("outcome"),
@@ -587,4 +579,16 @@ fn search(
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Unix seconds (a JSON number) as RFC 3339, for people; empty when absent.
+pub(crate) fn rfc3339(seconds: Option<&Value>) -> String {
+    seconds
+        .and_then(Value::as_i64)
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }

@@ -7,6 +7,7 @@ use clap::Subcommand;
 use http::Method;
 use serde_json::{Value, json};
 
+use crate::audit::rfc3339;
 use crate::control::{Api, Connection, runtime};
 
 #[derive(Subcommand)]
@@ -118,7 +119,9 @@ fn describe_oversight(state: &Value) -> String {
         Value::Null => lines.push("traffic: flowing".to_owned()),
         frozen => lines.push(format!(
             "traffic: FROZEN by {} since {}: {}",
-            frozen["by"], frozen["since"], frozen["reason"]
+            frozen["by"].as_str().unwrap_or_default(),
+            rfc3339(frozen.get("since")),
+            frozen["reason"].as_str().unwrap_or_default()
         )),
     }
     let held = state["quarantined"].as_array().cloned().unwrap_or_default();
@@ -130,7 +133,7 @@ fn describe_oversight(state: &Value) -> String {
             "quarantined: {} by {} since {}: {}",
             hold["scope"].as_str().unwrap_or_default(),
             hold["by"].as_str().unwrap_or_default(),
-            hold["since"],
+            rfc3339(hold.get("since")),
             hold["reason"].as_str().unwrap_or_default()
         ));
     }
@@ -212,7 +215,7 @@ fn describe_approval(a: &Value) -> String {
         } else {
             format!(": {}", signed.join(", "))
         },
-        expires = a["expires"],
+        expires = rfc3339(a.get("expires")),
         used = a["uses"].as_array().map_or(0, Vec::len),
         allowed = a["usesAllowed"],
         decision = a["decisionId"].as_str().unwrap_or_default(),
@@ -309,7 +312,7 @@ pub fn events(command: EventsCommand, connection: Connection) -> anyhow::Result<
                         "published {} {} at {} (sequence {})",
                         e["event"]["type"].as_str().unwrap_or_default(),
                         e["event"]["id"].as_str().unwrap_or_default(),
-                        e["event"]["time"],
+                        rfc3339(e["event"].get("time")),
                         e["sequence"]
                     )
                 });
@@ -327,7 +330,7 @@ pub fn events(command: EventsCommand, connection: Connection) -> anyhow::Result<
                             format!(
                                 "{} {} {} by {} {}",
                                 e["sequence"],
-                                e["event"]["time"],
+                                rfc3339(e["event"].get("time")),
                                 e["event"]["type"].as_str().unwrap_or_default(),
                                 e["event"]["publisher"].as_str().unwrap_or_default(),
                                 e["event"]["attributes"]

@@ -450,6 +450,35 @@ fn event_gates_open_only_for_publishers_events_and_only_for_a_while() {
         ],
     );
     assert!(!out.status.success());
+    // Nor can it grant itself anything else with it: approve, mint admins, widen its rights,
+    // issue itself credentials, lift a quarantine or the kill switch.
+    for attempt in [
+        vec!["approvals", "approve", "apr_0123456789abcdef01234567"],
+        vec!["admin", "create", "me", "--role", "admin"],
+        vec![
+            "agent",
+            "register",
+            "demo/ops-plus",
+            "--label",
+            "app=ops",
+            "--right",
+            "mcp.*=*",
+        ],
+        vec!["agent", "credential", "demo/ops", "--task", "t", "--env"],
+        vec!["release", "demo/ops", "--reason", "let me out"],
+        vec!["unfreeze", "--reason", "let me out"],
+    ] {
+        let out = fabric.cli(grant.trim(), &attempt);
+        assert!(
+            !out.status.success(),
+            "an agent's grant could run {attempt:?}"
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("unknown admin token"),
+            "{attempt:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = fabric.cli(
         &viewer,
         &[
