@@ -18,7 +18,7 @@ use warden_model::Name;
 
 use crate::approvals::{ApprovalBinding, ApprovalRequest, ApprovalStatus, Verdict};
 use crate::control::{
-    AdminRecord, AttestRequest, Control, ControlError, CredentialRequest, ExchangeRequest,
+    AdminRecord, AttestRequest, Control, ControlError, CredentialRequest, ExchangeRequest, Feed,
     RegisterAgent, Role,
 };
 use crate::events::PublishEvent;
@@ -159,15 +159,9 @@ async fn bundle(State(control): State<Arc<Control>>) -> ApiResult<impl IntoRespo
 
 async fn revocations(
     State(control): State<Arc<Control>>,
-    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<WatchQuery>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let query = watch_query(query)?;
-    if query.wait > 0 {
-        control
-            .wait_for_revocations(query.since, Duration::from_secs(query.wait).min(MAX_WATCH))
-            .await;
-    }
-    let since = query.since;
+    let since = long_poll(&control, Feed::Revocations, query).await?;
     Ok(Json(
         blocking(&control, move |c| c.revocations_since(since)).await?,
     ))
@@ -389,12 +383,48 @@ struct WatchQuery {
     wait: u64,
 }
 
-fn watch_query(
-    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<WatchQuery> {
+/// Authenticates the caller for `role`, reads the JSON body, and runs `op` with both off the
+/// async workers (it commits, and waits for fsync).
+async fn acting<T: Send + 'static, R: Send + 'static>(
+    control: &Arc<Control>,
+    headers: &HeaderMap,
+    role: Role,
+    payload: Result<Json<T>, JsonRejection>,
+    op: impl FnOnce(&Control, AdminRecord, T) -> ApiResult<R> + Send + 'static,
+) -> ApiResult<Json<R>> {
+    let admin = require(control, headers, role).await?;
+    let request = body(payload)?;
+    Ok(Json(
+        blocking(control, move |c| op(c, admin, request)).await?,
+    ))
+}
+
+type QueryRejection = axum::extract::rejection::QueryRejection;
+
+fn query_of<T>(query: Result<Query<T>, QueryRejection>) -> ApiResult<T> {
     query
         .map(|Query(q)| q)
         .map_err(|e| ControlError::BadRequest(format!("invalid query: {}", e.body_text())))
+}
+
+/// Reads a long-poll query and waits, when asked, until `feed` moves past `since`; returns
+/// `since`.
+async fn long_poll(
+    control: &Control,
+    feed: Feed,
+    query: Result<Query<WatchQuery>, QueryRejection>,
+) -> ApiResult<u64> {
+    let query = query_of(query)?;
+    if query.wait > 0 {
+        control
+            .wait_for(
+                feed,
+                query.since,
+                Duration::from_secs(query.wait).min(MAX_WATCH),
+            )
+            .await;
+    }
+    Ok(query.since)
 }
 
 /// Quarantine holds and the kill switch; with `wait`, answers as soon as they change. Anyone
@@ -403,19 +433,14 @@ fn watch_query(
 async fn oversight(
     State(control): State<Arc<Control>>,
     headers: HeaderMap,
-    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<WatchQuery>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let admin = if headers.contains_key(header::AUTHORIZATION) {
         Some(require(&control, &headers, Role::Viewer).await?)
     } else {
         None
     };
-    let query = watch_query(query)?;
-    if query.wait > 0 {
-        control
-            .wait_for_oversight(query.since, Duration::from_secs(query.wait).min(MAX_WATCH))
-            .await;
-    }
+    long_poll(&control, Feed::Oversight, query).await?;
     let mut state = blocking(&control, |c| c.oversight()).await?;
     if admin.is_none() {
         for hold in &mut state.quarantined {
@@ -443,13 +468,11 @@ async fn quarantine(
     headers: HeaderMap,
     payload: Result<Json<HoldRequest>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let admin = require(&control, &headers, Role::Admin).await?;
-    let request = body(payload)?;
-    let state = blocking(&control, move |c| {
-        c.quarantine(&request.agent, &request.reason, &admin.name)
+    let state = acting(&control, &headers, Role::Admin, payload, |c, admin, r| {
+        c.quarantine(&r.agent, &r.reason, &admin.name)
     })
     .await?;
-    Ok((StatusCode::CREATED, Json(state)))
+    Ok((StatusCode::CREATED, state))
 }
 
 async fn release(
@@ -457,13 +480,10 @@ async fn release(
     headers: HeaderMap,
     payload: Result<Json<HoldRequest>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let admin = require(&control, &headers, Role::Admin).await?;
-    let request = body(payload)?;
-    let state = blocking(&control, move |c| {
-        c.release(&request.agent, &request.reason, &admin.name)
+    acting(&control, &headers, Role::Admin, payload, |c, admin, r| {
+        c.release(&r.agent, &r.reason, &admin.name)
     })
-    .await?;
-    Ok(Json(state))
+    .await
 }
 
 #[derive(Deserialize)]
@@ -477,10 +497,11 @@ async fn freeze(
     headers: HeaderMap,
     payload: Result<Json<ReasonRequest>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let admin = require(&control, &headers, Role::Admin).await?;
-    let request = body(payload)?;
-    let state = blocking(&control, move |c| c.freeze(&request.reason, &admin.name)).await?;
-    Ok((StatusCode::CREATED, Json(state)))
+    let state = acting(&control, &headers, Role::Admin, payload, |c, admin, r| {
+        c.freeze(&r.reason, &admin.name)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, state))
 }
 
 async fn unfreeze(
@@ -488,10 +509,10 @@ async fn unfreeze(
     headers: HeaderMap,
     payload: Result<Json<ReasonRequest>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let admin = require(&control, &headers, Role::Admin).await?;
-    let request = body(payload)?;
-    let state = blocking(&control, move |c| c.unfreeze(&request.reason, &admin.name)).await?;
-    Ok(Json(state))
+    acting(&control, &headers, Role::Admin, payload, |c, admin, r| {
+        c.unfreeze(&r.reason, &admin.name)
+    })
+    .await
 }
 
 async fn request_approval(
@@ -499,10 +520,11 @@ async fn request_approval(
     headers: HeaderMap,
     payload: Result<Json<ApprovalRequest>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    require(&control, &headers, Role::Gateway).await?;
-    let request = body(payload)?;
-    let approval = blocking(&control, move |c| c.request_approval(request)).await?;
-    Ok((StatusCode::CREATED, Json(approval)))
+    let approval = acting(&control, &headers, Role::Gateway, payload, |c, _, r| {
+        c.request_approval(r)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, approval))
 }
 
 #[derive(Deserialize)]
@@ -516,11 +538,10 @@ struct ApprovalsQuery {
 async fn list_approvals(
     State(control): State<Arc<Control>>,
     headers: HeaderMap,
-    query: Result<Query<ApprovalsQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<ApprovalsQuery>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
     require(&control, &headers, Role::Viewer).await?;
-    let Query(query) =
-        query.map_err(|e| ControlError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let query = query_of(query)?;
     let status = match query.status.as_deref().unwrap_or("pending") {
         "all" => None,
         other => Some(
@@ -548,11 +569,10 @@ async fn show_approval(
     State(control): State<Arc<Control>>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<WaitQuery>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
     require(&control, &headers, Role::Viewer).await?;
-    let Query(query) =
-        query.map_err(|e| ControlError::BadRequest(format!("invalid query: {}", e.body_text())))?;
+    let query = query_of(query)?;
     if query.wait > 0 {
         control
             .wait_for_approval(&id, Duration::from_secs(query.wait).min(MAX_WATCH))
@@ -567,11 +587,14 @@ async fn approve(
     Path(id): Path<String>,
     payload: Result<Json<Verdict>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let approver = require(&control, &headers, Role::Approver).await?;
-    let verdict = body(payload)?;
-    Ok(Json(
-        blocking(&control, move |c| c.approve(&id, &approver, verdict)).await?,
-    ))
+    acting(
+        &control,
+        &headers,
+        Role::Approver,
+        payload,
+        move |c, approver, v| c.approve(&id, &approver, v),
+    )
+    .await
 }
 
 async fn reject(
@@ -580,11 +603,14 @@ async fn reject(
     Path(id): Path<String>,
     payload: Result<Json<Verdict>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let approver = require(&control, &headers, Role::Approver).await?;
-    let verdict = body(payload)?;
-    Ok(Json(
-        blocking(&control, move |c| c.reject(&id, &approver, verdict)).await?,
-    ))
+    acting(
+        &control,
+        &headers,
+        Role::Approver,
+        payload,
+        move |c, approver, v| c.reject(&id, &approver, v),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -601,14 +627,14 @@ async fn use_approval(
     Path(id): Path<String>,
     payload: Result<Json<UseRequest>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    require(&control, &headers, Role::Gateway).await?;
-    let request = body(payload)?;
-    Ok(Json(
-        blocking(&control, move |c| {
-            c.use_approval(&id, &request.binding, &request.decision_id)
-        })
-        .await?,
-    ))
+    acting(
+        &control,
+        &headers,
+        Role::Gateway,
+        payload,
+        move |c, _, r| c.use_approval(&id, &r.binding, &r.decision_id),
+    )
+    .await
 }
 
 async fn publish_event(
@@ -616,26 +642,25 @@ async fn publish_event(
     headers: HeaderMap,
     payload: Result<Json<PublishEvent>, JsonRejection>,
 ) -> ApiResult<impl IntoResponse> {
-    let publisher = require(&control, &headers, Role::Publisher).await?;
-    let request = body(payload)?;
-    let event = blocking(&control, move |c| c.publish_event(request, &publisher)).await?;
-    Ok((StatusCode::CREATED, Json(event)))
+    let event = acting(
+        &control,
+        &headers,
+        Role::Publisher,
+        payload,
+        |c, publisher, r| c.publish_event(r, &publisher),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, event))
 }
 
 /// Published events after `since`; with `wait`, answers as soon as one arrives.
 async fn events(
     State(control): State<Arc<Control>>,
     headers: HeaderMap,
-    query: Result<Query<WatchQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<Query<WatchQuery>, QueryRejection>,
 ) -> ApiResult<impl IntoResponse> {
     require(&control, &headers, Role::Viewer).await?;
-    let query = watch_query(query)?;
-    if query.wait > 0 {
-        control
-            .wait_for_events(query.since, Duration::from_secs(query.wait).min(MAX_WATCH))
-            .await;
-    }
-    let since = query.since;
+    let since = long_poll(&control, Feed::Events, query).await?;
     Ok(Json(
         blocking(&control, move |c| c.events_since(since)).await?,
     ))

@@ -306,6 +306,32 @@ impl Control {
         Ok(self.store().get(AGENTS, &format!("{tenant}/{name}"))?)
     }
 
+    /// Changes a pending approval on an approver's word, in one durable write, after checking
+    /// that they may decide on it.
+    fn sign(
+        &self,
+        id: &str,
+        approver: &AdminRecord,
+        change: impl FnOnce(&mut Approval, i64) -> Result<(), ControlError>,
+    ) -> Result<Approval, ControlError> {
+        self.check_approver(&self.approval(id)?, approver)?;
+        let now = now().unix_timestamp();
+        self.store()
+            .update(APPROVALS, id, |stored: Option<Approval>| {
+                let mut approval = stored
+                    .ok_or_else(|| ControlError::NotFound(format!("no approval {id}")))?
+                    .current(now);
+                if approval.status != ApprovalStatus::Pending {
+                    return Err(ControlError::Conflict(format!(
+                        "approval {id} is {:?}, not pending",
+                        approval.status
+                    )));
+                }
+                change(&mut approval, now)?;
+                Ok::<_, ControlError>(approval)
+            })?
+    }
+
     /// Signs off on a pending approval; the quorum's last sign-off approves it.
     pub fn approve(
         &self,
@@ -318,45 +344,31 @@ impl Control {
             return Err(bad(format!("uses is 1 to {MAX_USES}")));
         }
         let comment = text("comment", verdict.comment)?;
-        let current = self.approval(id)?;
-        self.check_approver(&current, approver)?;
-        let now = now().unix_timestamp();
-        let approval = self
-            .store()
-            .update(APPROVALS, id, |stored: Option<Approval>| {
-                let mut approval = stored
-                    .ok_or_else(|| ControlError::NotFound(format!("no approval {id}")))?
-                    .current(now);
-                if approval.status != ApprovalStatus::Pending {
-                    return Err(ControlError::Conflict(format!(
-                        "approval {id} is {:?}, not pending",
-                        approval.status
-                    )));
-                }
-                if approval.approvals.iter().any(|s| s.by == approver.name) {
-                    return Err(ControlError::Conflict(format!(
-                        "{} has already approved {id}; it needs another approver",
-                        approver.name
-                    )));
-                }
-                approval.approvals.push(SignOff {
-                    by: approver.name.clone(),
-                    at: now,
-                    comment: comment.clone(),
-                });
-                approval.uses_allowed = if approval.approvals.len() == 1 {
-                    uses
-                } else {
-                    approval.uses_allowed.min(uses)
-                };
-                if approval.approvals.len() >= approval.requirement.required.get() as usize {
-                    approval.status = ApprovalStatus::Approved;
-                    let validity =
-                        i64::try_from(approval.requirement.valid_for_secs).unwrap_or(i64::MAX);
-                    approval.expires = now.saturating_add(validity);
-                }
-                Ok::<_, ControlError>(approval)
-            })??;
+        let approval = self.sign(id, approver, |approval, now| {
+            if approval.approvals.iter().any(|s| s.by == approver.name) {
+                return Err(ControlError::Conflict(format!(
+                    "{} has already approved {id}; it needs another approver",
+                    approver.name
+                )));
+            }
+            approval.approvals.push(SignOff {
+                by: approver.name.clone(),
+                at: now,
+                comment: comment.clone(),
+            });
+            approval.uses_allowed = if approval.approvals.len() == 1 {
+                uses
+            } else {
+                approval.uses_allowed.min(uses)
+            };
+            if approval.approvals.len() >= approval.requirement.required.get() as usize {
+                approval.status = ApprovalStatus::Approved;
+                let validity =
+                    i64::try_from(approval.requirement.valid_for_secs).unwrap_or(i64::MAX);
+                approval.expires = now.saturating_add(validity);
+            }
+            Ok(())
+        })?;
         self.trail().record(json!({
             "action": "approval.approved", "approval": id, "by": approver.name, "comment": comment,
             "usesAllowed": uses, "signOffs": approval.approvals.len(),
@@ -373,29 +385,15 @@ impl Control {
         verdict: Verdict,
     ) -> Result<Approval, ControlError> {
         let comment = text("comment", verdict.comment)?;
-        let current = self.approval(id)?;
-        self.check_approver(&current, approver)?;
-        let now = now().unix_timestamp();
-        let approval = self
-            .store()
-            .update(APPROVALS, id, |stored: Option<Approval>| {
-                let mut approval = stored
-                    .ok_or_else(|| ControlError::NotFound(format!("no approval {id}")))?
-                    .current(now);
-                if approval.status != ApprovalStatus::Pending {
-                    return Err(ControlError::Conflict(format!(
-                        "approval {id} is {:?}, not pending",
-                        approval.status
-                    )));
-                }
-                approval.status = ApprovalStatus::Rejected;
-                approval.rejection = Some(SignOff {
-                    by: approver.name.clone(),
-                    at: now,
-                    comment: comment.clone(),
-                });
-                Ok::<_, ControlError>(approval)
-            })??;
+        let approval = self.sign(id, approver, |approval, now| {
+            approval.status = ApprovalStatus::Rejected;
+            approval.rejection = Some(SignOff {
+                by: approver.name.clone(),
+                at: now,
+                comment: comment.clone(),
+            });
+            Ok(())
+        })?;
         self.trail().record(
             json!({"action": "approval.rejected", "approval": id, "by": approver.name, "comment": comment}),
         )?;

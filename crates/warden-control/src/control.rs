@@ -381,6 +381,16 @@ impl ReplayGuard for StoredReplays {
     }
 }
 
+/// What gateways follow by long poll, each with versions that only grow.
+#[derive(Debug, Clone, Copy)]
+pub enum Feed {
+    Revocations,
+    /// Quarantine holds and the kill switch.
+    Oversight,
+    /// Published events.
+    Events,
+}
+
 /// The control plane.
 pub struct Control {
     store: Arc<Store>,
@@ -1130,8 +1140,14 @@ impl Control {
     }
 
     /// Waits until the revocation set is newer than `since`, or `timeout` passes.
-    pub async fn wait_for_revocations(&self, since: u64, timeout: Duration) {
-        let mut rx = self.revocation_version.subscribe();
+    /// Waits until `feed` is newer than version `since`, or `timeout` passes (a long poll).
+    pub async fn wait_for(&self, feed: Feed, since: u64, timeout: Duration) {
+        let version = match feed {
+            Feed::Revocations => &self.revocation_version,
+            Feed::Oversight => &self.oversight_version,
+            Feed::Events => &self.events_version,
+        };
+        let mut rx = version.subscribe();
         let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > since)).await;
     }
 

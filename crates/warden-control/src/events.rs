@@ -4,7 +4,6 @@
 //! (and anyone holding `control-audit.pub`) can check them wherever they travel.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -104,12 +103,6 @@ impl Control {
             .collect();
         let version = events.last().map_or(since, |e| e.sequence);
         Ok(EventsView { version, events })
-    }
-
-    /// Waits until an event newer than `since` is published, or `timeout` passes.
-    pub async fn wait_for_events(&self, since: u64, timeout: Duration) {
-        let mut rx = self.events_version().subscribe();
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > since)).await;
     }
 
     /// The key that checks events' signatures (and the control audit trail's checkpoints).

@@ -4,8 +4,6 @@
 //! needed: the old ones stay revoked). A freeze stops all agent traffic. Gateways follow the
 //! state by long poll, so each change reaches them within about a second.
 
-use std::time::Duration;
-
 use serde_json::json;
 use warden_authority::Revocation;
 use warden_model::{Freeze, Hold, Name, Oversight, SpiffeId};
@@ -58,12 +56,6 @@ impl Control {
 
     pub fn oversight(&self) -> Result<Oversight, ControlError> {
         Ok(self.store().get(META, OVERSIGHT)?.unwrap_or_default())
-    }
-
-    /// Waits until the state is newer than `since`, or `timeout` passes.
-    pub async fn wait_for_oversight(&self, since: u64, timeout: Duration) {
-        let mut rx = self.oversight_version().subscribe();
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > since)).await;
     }
 
     /// Changes the state in one durable write, records why, and tells the gateways.

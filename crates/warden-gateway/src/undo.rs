@@ -25,12 +25,13 @@ fn refuse(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     problem(status, code, message)
 }
 
-/// Asks the control plane who the token belongs to.
-async fn admin_name(state: &State, token: &str) -> Result<String, Response<Body>> {
-    let url = format!(
-        "{}/v1/whoami",
-        state.config.control_url.trim_end_matches('/')
-    );
+/// GETs `path` from the control plane with the admin's token: the answer's status and JSON.
+async fn control_get(
+    state: &State,
+    token: &str,
+    path: &str,
+) -> Result<(StatusCode, Value), Response<Body>> {
+    let url = format!("{}{path}", state.config.control_url.trim_end_matches('/'));
     let auth = format!("Bearer {token}");
     let answer = state
         .client
@@ -49,8 +50,16 @@ async fn admin_name(state: &State, token: &str) -> Result<String, Response<Body>
                 &e.to_string(),
             )
         })?;
-    let who: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-    if !answer.status.is_success() {
+    Ok((
+        answer.status,
+        serde_json::from_slice(&answer.body).unwrap_or(Value::Null),
+    ))
+}
+
+/// Asks the control plane who the token belongs to; only admins undo.
+async fn admin_name(state: &State, token: &str) -> Result<String, Response<Body>> {
+    let (status, who) = control_get(state, token, "/v1/whoami").await?;
+    if !status.is_success() {
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",
@@ -83,30 +92,8 @@ async fn registry_labels(
             "the record names no agent",
         ));
     };
-    let url = format!(
-        "{}/v1/agents/{tenant}/{name}",
-        state.config.control_url.trim_end_matches('/')
-    );
-    let auth = format!("Bearer {token}");
-    let answer = state
-        .client
-        .send(
-            Method::GET,
-            &url,
-            &[("authorization", &auth)],
-            None,
-            MAX_ANSWER_BYTES,
-        )
-        .await
-        .map_err(|e| {
-            refuse(
-                StatusCode::BAD_GATEWAY,
-                "control_unreachable",
-                &e.to_string(),
-            )
-        })?;
-    let agent: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-    if !answer.status.is_success() {
+    let (status, agent) = control_get(state, token, &format!("/v1/agents/{tenant}/{name}")).await?;
+    if !status.is_success() {
         return Err(refuse(
             StatusCode::CONFLICT,
             "agent_unknown",

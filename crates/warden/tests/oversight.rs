@@ -159,6 +159,27 @@ fn recorded(dir: &Path, found: impl Fn(&Value) -> bool) -> Value {
     }
 }
 
+/// Registers the agent the policy is for, `demo/ops`, and writes one instance's credentials.
+fn ops(fabric: &Fabric) -> PathBuf {
+    fabric
+        .agent("demo/ops", "app=ops", &["mcp.*=demo/*"], &["i-1"])
+        .remove(0)
+}
+
+/// Asserts that the audit log at `log` (under the fabric's directory) verifies with `key`.
+fn verifies(fabric: &Fabric, log: &str, key: &str) {
+    let path = |p: &str| fabric.dir.path().join(p).to_str().unwrap().to_owned();
+    let out = fabric.cli(
+        &fabric.token,
+        &["audit", "verify", "--log", &path(log), "--key", &path(key)],
+    );
+    assert!(
+        out.status.success(),
+        "{log}: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 fn approve(fabric: &Fabric, token: &str, id: &str) -> std::process::Output {
     fabric.cli(token, &["approvals", "approve", id])
 }
@@ -358,35 +379,13 @@ fn approvals_are_bound_to_the_exact_call_single_use_expiring_and_need_the_right_
             r["action"] == step && r["approval"] == id.as_str()
         });
     }
-    let verified = fabric.cli(
-        &fabric.token,
-        &[
-            "audit",
-            "verify",
-            "--log",
-            trail.to_str().unwrap(),
-            "--key",
-            fabric
-                .dir
-                .path()
-                .join("data/control-audit.pub")
-                .to_str()
-                .unwrap(),
-        ],
-    );
-    assert!(
-        verified.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verified.stdout)
-    );
+    verifies(&fabric, "data/control-audit", "data/control-audit.pub");
 }
 
 #[test]
 fn a_held_call_runs_once_an_approver_says_yes() {
     let (_server, fabric) = site("  approvalHoldSecs: 20\n");
-    let [agent] =
-        <[PathBuf; 1]>::try_from(fabric.agent("demo/ops", "app=ops", &["mcp.*=demo/*"], &["i-1"]))
-            .unwrap();
+    let agent = ops(&fabric);
     let alice = fabric.admin("alice", "approver", &["sre"]);
     let approver = {
         let control = format!("http://127.0.0.1:{}", fabric.control_port);
@@ -428,9 +427,7 @@ fn a_held_call_runs_once_an_approver_says_yes() {
 #[test]
 fn event_gates_open_only_for_publishers_events_and_only_for_a_while() {
     let (_server, fabric) = site("");
-    let [agent] =
-        <[PathBuf; 1]>::try_from(fabric.agent("demo/ops", "app=ops", &["mcp.*=demo/*"], &["i-1"]))
-            .unwrap();
+    let agent = ops(&fabric);
     let publisher = fabric.admin("monitoring", "publisher", &[]);
     let viewer = fabric.admin("vic", "viewer", &[]);
     let scale = |deployment: &str| call("scale", json!({"deployment": deployment, "replicas": 5}));
@@ -576,9 +573,7 @@ fn event_gates_open_only_for_publishers_events_and_only_for_a_while() {
 #[test]
 fn quarantine_cuts_a_streaming_call_at_once_and_release_needs_new_credentials() {
     let (_server, fabric) = site("");
-    let [agent] =
-        <[PathBuf; 1]>::try_from(fabric.agent("demo/ops", "app=ops", &["mcp.*=demo/*"], &["i-1"]))
-            .unwrap();
+    let agent = ops(&fabric);
     // A long call streaming progress over SSE.
     let mut running = Reaped(
         python3()
@@ -682,9 +677,7 @@ fn quarantine_cuts_a_streaming_call_at_once_and_release_needs_new_credentials() 
 #[test]
 fn the_kill_switch_stops_every_agent_within_a_second_and_is_recorded() {
     let (_server, fabric) = site("");
-    let [agent] =
-        <[PathBuf; 1]>::try_from(fabric.agent("demo/ops", "app=ops", &["mcp.*=demo/*"], &["i-1"]))
-            .unwrap();
+    let agent = ops(&fabric);
     let out = calls(
         &fabric,
         &agent,
@@ -722,9 +715,7 @@ fn the_kill_switch_stops_every_agent_within_a_second_and_is_recorded() {
 #[test]
 fn acknowledged_approvals_holds_and_their_records_survive_kill_9() {
     let (_server, mut fabric) = site("");
-    let [agent] =
-        <[PathBuf; 1]>::try_from(fabric.agent("demo/ops", "app=ops", &["mcp.*=demo/*"], &["i-1"]))
-            .unwrap();
+    let agent = ops(&fabric);
     fabric.warden(&[
         "agent",
         "register",
@@ -787,31 +778,14 @@ fn acknowledged_approvals_holds_and_their_records_survive_kill_9() {
         ("data/control-audit", "data/control-audit.pub"),
         ("data/audit", "data/audit.pub"),
     ] {
-        let out = fabric.cli(
-            &fabric.token,
-            &[
-                "audit",
-                "verify",
-                "--log",
-                fabric.dir.path().join(log).to_str().unwrap(),
-                "--key",
-                fabric.dir.path().join(key).to_str().unwrap(),
-            ],
-        );
-        assert!(
-            out.status.success(),
-            "{log}: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        verifies(&fabric, log, key);
     }
 }
 
 #[test]
 fn undo_runs_the_compensating_call_through_the_pipeline_once_and_records_it() {
     let (_server, fabric) = site("");
-    let [agent] =
-        <[PathBuf; 1]>::try_from(fabric.agent("demo/ops", "app=ops", &["mcp.*=demo/*"], &["i-1"]))
-            .unwrap();
+    let agent = ops(&fabric);
     let out = calls(
         &fabric,
         &agent,
