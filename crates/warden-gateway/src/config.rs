@@ -36,6 +36,47 @@ pub struct GatewayConfig {
     pub trust_refresh_secs: u64,
     /// The tamper-evident audit log every decision is recorded in.
     pub audit: AuditSettings,
+    /// Content inspection of request bodies (docs/inspection.md).
+    pub inspect: InspectSettings,
+}
+
+/// Which scanners look at request bodies; their findings feed `context.findings`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct InspectSettings {
+    pub enabled: bool,
+    pub injection: bool,
+    pub secrets: bool,
+    /// Sensitive-data sets: `email`, `payment-card`, `iban`, `us-ssn`, `phone-number`.
+    pub sensitive: Vec<String>,
+}
+
+impl Default for InspectSettings {
+    fn default() -> Self {
+        let scanners = warden_inspect::Config::default();
+        Self {
+            enabled: true,
+            injection: scanners.injection,
+            secrets: scanners.secrets,
+            sensitive: scanners.sensitive,
+        }
+    }
+}
+
+impl InspectSettings {
+    /// The scanners to run, or `None` when inspection is off.
+    pub fn scanner(&self) -> anyhow::Result<Option<warden_inspect::Scanner>> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        warden_inspect::Scanner::try_new(&warden_inspect::Config {
+            injection: self.injection,
+            secrets: self.secrets,
+            sensitive: self.sensitive.clone(),
+        })
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("gateway.inspect: {e}"))
+    }
 }
 
 /// When an allowed action is forwarded relative to its audit record.
@@ -192,6 +233,7 @@ impl Default for GatewayConfig {
             limits: Limits::default(),
             trust_refresh_secs: 60,
             audit: AuditSettings::default(),
+            inspect: InspectSettings::default(),
         }
     }
 }

@@ -14,6 +14,7 @@ mod credential;
 mod desk;
 mod egress;
 mod identify;
+mod inspect;
 mod jsonrpc;
 mod mcp;
 mod mcp_proxy;
@@ -227,9 +228,13 @@ pub async fn start(
         Some(audit) => Arc::clone(audit) as Arc<dyn Recorder>,
         None => Arc::new(LogRecorder),
     };
+    let inspector: Arc<dyn pipeline::Inspector> = match config.inspect.scanner()? {
+        Some(scanner) => Arc::new(inspect::ContentInspector::new(scanner)),
+        None => Arc::new(PassThrough),
+    };
     let pipeline = Pipeline::new(
         policy,
-        Arc::new(PassThrough),
+        inspector,
         recorder,
         Arc::clone(&metrics),
         public_url.clone(),

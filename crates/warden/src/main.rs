@@ -4,6 +4,7 @@ mod audit;
 mod control;
 mod demo;
 mod fabric;
+mod inspect;
 mod oversight;
 mod policy;
 mod telemetry;
@@ -47,6 +48,9 @@ enum Command {
     /// filtered, decisions recorded. `warden mcp-stdio --credential DIR --server NAME
     /// --policies DIR -- <command> [args…]`
     McpStdio(fabric::McpStdioArgs),
+    /// Scan a file or standard input for prompt injection, secrets and sensitive data, and
+    /// explain the findings (exit 1 when there are any).
+    Inspect(inspect::InspectArgs),
     /// The tamper-evident audit log: verify it, prove records and consistency, tail, search.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -166,6 +170,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => fabric::serve(args),
         Command::McpStdio(args) => fabric::mcp_stdio(args),
         Command::Audit(command) => audit::run(command),
+        Command::Inspect(args) => inspect::run(args),
         Command::Agent {
             command,
             connection,

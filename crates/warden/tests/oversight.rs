@@ -4,14 +4,15 @@
 //! streaming call, and the kill switch — each step checked in the audit records.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 mod common;
-use common::{Fabric, Reaped, free_port, python3, wait_for_port};
+use common::mcp::{call, calls, ok, peers, recorded, refused, site, url};
+use common::{Fabric, Reaped, python3};
 
 const POLICY: &str = r#"apiVersion: warden.dev/v1alpha1
 kind: AgentPolicy
@@ -60,103 +61,8 @@ spec:
         - {name: delete_branch, inputSchema: {type: object, properties: {name: {type: string}}}}
 "#;
 
-fn peers() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
-}
-
-/// A Python SDK MCP server, and the fabric in front of it with extra gateway settings.
-fn site(gateway_extra: &str) -> (Reaped, Fabric) {
-    let port = free_port();
-    let server = Reaped(
-        python3()
-            .arg(peers().join("mcp_server.py"))
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    wait_for_port(port);
-    let extra = gateway_extra.to_owned();
-    let fabric = Fabric::start(
-        POLICY,
-        move |_| {
-            format!(
-                "  upstreams:\n    - {{name: demo, kind: mcp, url: 'http://127.0.0.1:{port}/mcp'}}\n{extra}"
-            )
-        },
-        &[],
-    );
-    (server, fabric)
-}
-
-fn url(fabric: &Fabric) -> String {
-    format!("https://127.0.0.1:{}/mcp/demo", fabric.gateway_port)
-}
-
-/// Runs `calls` in one MCP session as the agent whose credentials are in `creds`.
-fn calls(fabric: &Fabric, creds: &Path, calls: Value) -> Vec<Value> {
-    let out = python3()
-        .arg(peers().join("mcp_calls.py"))
-        .arg(url(fabric))
-        .arg(creds)
-        .arg(calls.to_string())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last)
-        .unwrap_or_else(|_| panic!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)))
-}
-
-fn call(tool: &str, args: Value) -> Value {
-    json!({"tool": tool, "args": args})
-}
-
 fn with_approval(tool: &str, args: Value, approval: &str) -> Value {
     json!({"tool": tool, "args": args, "meta": {"warden/approval": approval}})
-}
-
-fn ok(outcome: &Value) -> &str {
-    outcome["ok"]
-        .as_str()
-        .unwrap_or_else(|| panic!("expected success: {outcome}"))
-}
-
-fn refused(outcome: &Value) -> (&Value, String) {
-    let error = &outcome["error"];
-    assert!(error.is_object(), "expected a refusal: {outcome}");
-    (
-        &error["data"],
-        error["message"].as_str().unwrap_or_default().to_owned(),
-    )
-}
-
-/// Every record of a log directory, parsed.
-fn records(dir: &Path) -> Vec<Value> {
-    let reader = warden_audit::LogReader::open(dir).unwrap();
-    reader
-        .records(0)
-        .unwrap()
-        .map(|r| serde_json::from_slice(&r.unwrap().1).unwrap())
-        .collect()
-}
-
-/// Waits (up to 5 s) until the audit log in `dir` holds a record that `found` accepts.
-fn recorded(dir: &Path, found: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(record) = records(dir).into_iter().find(|r| found(r)) {
-            return record;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no such record in {}: {:?}",
-            dir.display(),
-            records(dir)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Registers the agent the policy is for, `demo/ops`, and writes one instance's credentials.
@@ -186,7 +92,7 @@ fn approve(fabric: &Fabric, token: &str, id: &str) -> std::process::Output {
 
 #[test]
 fn approvals_are_bound_to_the_exact_call_single_use_expiring_and_need_the_right_people() {
-    let (_server, fabric) = site("");
+    let (_server, fabric) = site(POLICY, "");
     let [agent, other] = <[PathBuf; 2]>::try_from(fabric.agent(
         "demo/ops",
         "app=ops",
@@ -384,7 +290,7 @@ fn approvals_are_bound_to_the_exact_call_single_use_expiring_and_need_the_right_
 
 #[test]
 fn a_held_call_runs_once_an_approver_says_yes() {
-    let (_server, fabric) = site("  approvalHoldSecs: 20\n");
+    let (_server, fabric) = site(POLICY, "  approvalHoldSecs: 20\n");
     let agent = ops(&fabric);
     let alice = fabric.admin("alice", "approver", &["sre"]);
     let approver = {
@@ -426,7 +332,7 @@ fn a_held_call_runs_once_an_approver_says_yes() {
 
 #[test]
 fn event_gates_open_only_for_publishers_events_and_only_for_a_while() {
-    let (_server, fabric) = site("");
+    let (_server, fabric) = site(POLICY, "");
     let agent = ops(&fabric);
     let publisher = fabric.admin("monitoring", "publisher", &[]);
     let viewer = fabric.admin("vic", "viewer", &[]);
@@ -572,7 +478,7 @@ fn event_gates_open_only_for_publishers_events_and_only_for_a_while() {
 
 #[test]
 fn quarantine_cuts_a_streaming_call_at_once_and_release_needs_new_credentials() {
-    let (_server, fabric) = site("");
+    let (_server, fabric) = site(POLICY, "");
     let agent = ops(&fabric);
     // A long call streaming progress over SSE.
     let mut running = Reaped(
@@ -676,7 +582,7 @@ fn quarantine_cuts_a_streaming_call_at_once_and_release_needs_new_credentials() 
 
 #[test]
 fn the_kill_switch_stops_every_agent_within_a_second_and_is_recorded() {
-    let (_server, fabric) = site("");
+    let (_server, fabric) = site(POLICY, "");
     let agent = ops(&fabric);
     let out = calls(
         &fabric,
@@ -714,7 +620,7 @@ fn the_kill_switch_stops_every_agent_within_a_second_and_is_recorded() {
 
 #[test]
 fn acknowledged_approvals_holds_and_their_records_survive_kill_9() {
-    let (_server, mut fabric) = site("");
+    let (_server, mut fabric) = site(POLICY, "");
     let agent = ops(&fabric);
     fabric.warden(&[
         "agent",
@@ -784,7 +690,7 @@ fn acknowledged_approvals_holds_and_their_records_survive_kill_9() {
 
 #[test]
 fn undo_runs_the_compensating_call_through_the_pipeline_once_and_records_it() {
-    let (_server, fabric) = site("");
+    let (_server, fabric) = site(POLICY, "");
     let agent = ops(&fabric);
     let out = calls(
         &fabric,

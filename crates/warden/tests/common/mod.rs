@@ -4,6 +4,8 @@
 // Each test binary uses its own share of these.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod mcp;
+
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

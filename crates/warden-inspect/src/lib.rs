@@ -1,0 +1,285 @@
+//! Content inspection for Warden: prompt injection aimed at a model, secrets and sensitive data
+//! leaving, in JSON (every string value, located by JSON pointer) or plain text. Text is
+//! de-obfuscated before matching — invisible characters stripped, Unicode tags decoded,
+//! look-alikes folded, base64 / URL / HTML / `\u` encodings peeled — and the rules run as one
+//! pass per family whatever their number. Scanners report findings (kind, rule, where, severity,
+//! score); they never decide: policy says what a finding means.
+
+mod rules;
+mod text;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use rules::entropy;
+pub use text::Encoding;
+
+/// What a finding is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Injection,
+    Secret,
+    SensitiveData,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+/// One thing a scanner noticed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Finding {
+    pub kind: Kind,
+    /// The rule that matched, e.g. `secret.github-token`.
+    pub rule: String,
+    /// A JSON pointer (RFC 6901) to the string it was in; empty for plain text.
+    pub location: String,
+    pub severity: Severity,
+    /// 0–100: how sure the rule is.
+    pub score: u8,
+    /// The encodings peeled to find it (outermost first), when it was hidden in one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub via: Vec<Encoding>,
+}
+
+/// Which scanners run.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Config {
+    pub injection: bool,
+    pub secrets: bool,
+    /// Sensitive-data sets: `email`, `payment-card`, `iban`, `us-ssn`, `phone-number`.
+    pub sensitive: Vec<String>,
+}
+
+/// Every sensitive-data set there is.
+pub const SENSITIVE_SETS: &[&str] = &["email", "payment-card", "iban", "us-ssn", "phone-number"];
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            injection: true,
+            secrets: true,
+            sensitive: SENSITIVE_SETS.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+}
+
+/// Object keys whose string values are secrets whatever they look like.
+const SECRET_KEYS: &[&str] = &[
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "clientsecret",
+    "api_key",
+    "apikey",
+    "access_token",
+    "accesstoken",
+    "refresh_token",
+    "private_key",
+    "privatekey",
+];
+/// Nesting beyond this is not walked (it is reported instead).
+const MAX_DEPTH: usize = 64;
+
+/// The compiled scanners.
+pub struct Scanner {
+    injection: Option<rules::Family>,
+    secrets: Option<rules::Family>,
+    sensitive: Option<rules::Family>,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Self::new(&Config::default())
+    }
+}
+
+impl Scanner {
+    /// Compiles the scanners `config` enables; unknown sensitive-data sets are an error.
+    pub fn try_new(config: &Config) -> Result<Self, String> {
+        if let Some(unknown) = config
+            .sensitive
+            .iter()
+            .find(|s| !SENSITIVE_SETS.contains(&s.as_str()))
+        {
+            return Err(format!(
+                "unknown sensitive-data set `{unknown}`; use {}",
+                SENSITIVE_SETS.join(", ")
+            ));
+        }
+        Ok(Self::new(config))
+    }
+
+    fn new(config: &Config) -> Self {
+        Self {
+            injection: config.injection.then(rules::Family::injection),
+            secrets: config.secrets.then(rules::Family::secrets),
+            sensitive: (!config.sensitive.is_empty())
+                .then(|| rules::Family::sensitive(&config.sensitive)),
+        }
+    }
+
+    /// Every rule that can fire, for documentation and `warden inspect --rules`.
+    pub fn rule_ids(&self) -> Vec<&'static str> {
+        [&self.injection, &self.secrets, &self.sensitive]
+            .into_iter()
+            .flatten()
+            .flat_map(rules::Family::rule_ids)
+            .collect()
+    }
+
+    /// Scans a body: JSON (every string, and the keys that name secrets) when it parses,
+    /// otherwise text.
+    pub fn scan_body(&self, body: &[u8]) -> Vec<Finding> {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(value) => self.scan_json(&value),
+            Err(_) => self.scan_text(&String::from_utf8_lossy(body), ""),
+        }
+    }
+
+    pub fn scan_json(&self, value: &Value) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let mut pointer = String::new();
+        self.walk(value, &mut pointer, None, 0, &mut out);
+        dedupe(out)
+    }
+
+    fn walk(
+        &self,
+        value: &Value,
+        pointer: &mut String,
+        key: Option<&str>,
+        depth: usize,
+        out: &mut Vec<Finding>,
+    ) {
+        if depth > MAX_DEPTH {
+            out.push(Finding {
+                kind: Kind::Injection,
+                rule: "inspect.too-deep".into(),
+                location: pointer.clone(),
+                severity: Severity::Medium,
+                score: 50,
+                via: Vec::new(),
+            });
+            return;
+        }
+        match value {
+            Value::String(text) => {
+                if self.secrets.is_some()
+                    && key.is_some_and(|k| SECRET_KEYS.contains(&k.to_ascii_lowercase().as_str()))
+                    && text.len() >= 8
+                    && entropy(text) >= 3.0
+                {
+                    out.push(Finding {
+                        kind: Kind::Secret,
+                        rule: "secret.named-field".into(),
+                        location: pointer.clone(),
+                        severity: Severity::High,
+                        score: 75,
+                        via: Vec::new(),
+                    });
+                }
+                self.scan_into(text, pointer, out);
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = pointer.len();
+                    pointer.push('/');
+                    pointer.push_str(&i.to_string());
+                    self.walk(item, pointer, None, depth + 1, out);
+                    pointer.truncate(len);
+                }
+            }
+            Value::Object(map) => {
+                for (k, item) in map {
+                    let len = pointer.len();
+                    pointer.push('/');
+                    pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    self.walk(item, pointer, Some(k), depth + 1, out);
+                    pointer.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Scans plain text found at `location`.
+    pub fn scan_text(&self, text: &str, location: &str) -> Vec<Finding> {
+        let mut out = Vec::new();
+        self.scan_into(text, location, &mut out);
+        dedupe(out)
+    }
+
+    fn scan_into(&self, text: &str, location: &str, out: &mut Vec<Finding>) {
+        self.scan_variant(text, location, &[], out);
+        for (via, variant) in text::decoded(text) {
+            self.scan_variant(&variant, location, &via, out);
+        }
+    }
+
+    fn scan_variant(&self, text: &str, location: &str, via: &[Encoding], out: &mut Vec<Finding>) {
+        let prepared = text::prepare(text);
+        let start = out.len();
+        if let Some(injection) = &self.injection {
+            injection.scan(&prepared.folded, location, out);
+            if prepared.tags > 0 {
+                out.push(Finding {
+                    kind: Kind::Injection,
+                    rule: "injection.hidden-unicode-tags".into(),
+                    location: location.to_owned(),
+                    severity: Severity::High,
+                    score: 85,
+                    via: Vec::new(),
+                });
+            }
+            if prepared.invisible >= 3 {
+                out.push(Finding {
+                    kind: Kind::Injection,
+                    rule: "injection.invisible-characters".into(),
+                    location: location.to_owned(),
+                    severity: Severity::Medium,
+                    score: 40,
+                    via: Vec::new(),
+                });
+            }
+        }
+        if let Some(secrets) = &self.secrets {
+            secrets.scan(&prepared.exact, location, out);
+        }
+        if let Some(sensitive) = &self.sensitive {
+            sensitive.scan(&prepared.exact, location, out);
+        }
+        for finding in &mut out[start..] {
+            finding.via = via.to_vec();
+        }
+    }
+}
+
+/// One finding per rule and place: the most certain, and the least hidden at equal certainty.
+fn dedupe(mut findings: Vec<Finding>) -> Vec<Finding> {
+    findings.sort_by(|a, b| {
+        (
+            &a.location,
+            &a.rule,
+            std::cmp::Reverse(a.score),
+            a.via.len(),
+        )
+            .cmp(&(
+                &b.location,
+                &b.rule,
+                std::cmp::Reverse(b.score),
+                b.via.len(),
+            ))
+    });
+    findings.dedup_by(|later, first| later.location == first.location && later.rule == first.rule);
+    findings
+}

@@ -1,0 +1,560 @@
+//! The rules. Each family is one `RegexSet` — one pass over the text finds which rules might
+//! match, whatever their number — and only those are run again to find and check the matches
+//! (checksums, Luhn, mod 97, entropy, decoded JWT headers).
+
+use base64::Engine as _;
+use regex::{Regex, RegexSet};
+
+use crate::{Finding, Kind, Severity};
+
+/// A rule: id, pattern, severity, score (0–100) and a check the match must pass.
+struct Rule {
+    id: &'static str,
+    pattern: &'static str,
+    severity: Severity,
+    score: u8,
+    check: fn(&regex::Captures<'_>) -> Option<u8>,
+}
+
+/// Accepts every match at the rule's score.
+fn any(_: &regex::Captures<'_>) -> Option<u8> {
+    Some(0)
+}
+
+/// Instructions aimed at a model, matched on folded (lowercase, de-obfuscated) text.
+const INJECTION: &[Rule] = &[
+    Rule {
+        id: "injection.instruction-override",
+        pattern: r"\b(ignore|disregard|forget|override|bypass|skip)\s+(all\s+|any\s+|the\s+|your\s+|every\s+|of\s+|these\s+|those\s+)*(previous|prior|above|earlier|preceding|initial|original|system|existing)\s+(instructions?|prompts?|rules|directions|guidelines|context|messages|guardrails)",
+        severity: Severity::High,
+        score: 90,
+        check: any,
+    },
+    Rule {
+        id: "injection.new-instructions",
+        pattern: r"\b(new|updated|revised|real|actual|true|secret)\s+(instructions?|system\s+prompt|directives?|orders)\s*[:\-]",
+        severity: Severity::High,
+        score: 75,
+        check: any,
+    },
+    Rule {
+        id: "injection.role-impersonation",
+        pattern: r"(<\|im_start\|>\s*(system|developer)|<\|(system|developer)\|>|\[(system|developer)\s*(message|prompt)?\]|###\s*(system|developer|instruction)s?\s*(message|prompt)?\s*:?|(^|\n)\s*(system|developer)\s*(message|prompt)?\s*:|</?(system|developer)(_prompt)?>|\[/?inst\])",
+        severity: Severity::High,
+        score: 80,
+        check: any,
+    },
+    Rule {
+        id: "injection.persona-switch",
+        pattern: r"\b(you\s+are\s+now\s+(a|an|the|in|no\s+longer)\b|from\s+now\s+on,?\s+(you|act|respond)|pretend\s+(to\s+be|you\s+are)|act\s+as\s+(if|a|an)\s+\w+\s+(with\s+no|without)\s+(restrictions|rules|limits))",
+        severity: Severity::Medium,
+        score: 65,
+        check: any,
+    },
+    Rule {
+        id: "injection.exfiltration",
+        pattern: r"\b(send|post|upload|forward|email|e-mail|transmit|exfiltrate|leak|paste|append)\s+(.{0,60}?\s)?(the\s+|all\s+|your\s+|any\s+)*(passwords?|secrets?|tokens?|api\s*keys?|credentials?|private\s+keys?|conversation|chat\s+history|system\s+prompt|environment\s+variables|env\s+vars|\.env|ssh\s+keys?|cookies?|session)\b",
+        severity: Severity::Critical,
+        score: 90,
+        check: any,
+    },
+    Rule {
+        id: "injection.conceal-from-user",
+        pattern: r"\b(do\s+not|don't|dont|never|without)\s+(tell(ing)?|mention(ing)?|reveal(ing)?|inform(ing)?|notify(ing)?|alert(ing)?)\s+(the\s+)?(user|human|operator|anyone|them)\b",
+        severity: Severity::High,
+        score: 80,
+        check: any,
+    },
+    Rule {
+        id: "injection.tool-bait",
+        pattern: r"\b(you\s+must|immediately|now|first|always)\s+(call|invoke|run|execute|use|trigger)\s+(the\s+)?[\w./-]+\s+(tool|function|command)\b",
+        severity: Severity::Medium,
+        score: 60,
+        check: any,
+    },
+    Rule {
+        id: "injection.hidden-html-comment",
+        pattern: r"<!--[^>]{0,800}?\b(ignore|instructions?|assistant|ai|model|llm|system|must|do\s+not\s+tell|you\s+are)\b",
+        severity: Severity::High,
+        score: 75,
+        check: any,
+    },
+    Rule {
+        id: "injection.css-hidden-text",
+        pattern: r#"style\s*=\s*["'][^"']*(display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(px|pt|em)?\s*[;"']|opacity\s*:\s*0\s*[;"']|color\s*:\s*(white|#fff(fff)?)\s*;\s*background(-color)?\s*:\s*(white|#fff(fff)?))"#,
+        severity: Severity::Medium,
+        score: 55,
+        check: any,
+    },
+    Rule {
+        id: "injection.markdown-exfiltration",
+        pattern: r"!\[[^\]]{0,200}\]\(\s*https?://[^)\s]{1,400}\?[^)\s]*=[^)\s]*\)",
+        severity: Severity::High,
+        score: 85,
+        check: any,
+    },
+];
+
+/// Secrets in their real formats, on exact (case-preserved) text.
+const SECRETS: &[Rule] = &[
+    Rule {
+        id: "secret.aws-access-key-id",
+        pattern: r"\b((?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b",
+        severity: Severity::Critical,
+        score: 95,
+        check: any,
+    },
+    Rule {
+        id: "secret.aws-secret-access-key",
+        pattern: r#"(?i)aws.{0,24}?(?:secret|private).{0,24}?["'=:\s]([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
+        severity: Severity::Critical,
+        score: 90,
+        check: any,
+    },
+    Rule {
+        id: "secret.github-token",
+        pattern: r"\b((?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36})\b",
+        severity: Severity::Critical,
+        score: 80,
+        check: github_checksum,
+    },
+    Rule {
+        id: "secret.github-fine-grained-token",
+        pattern: r"\b(github_pat_[A-Za-z0-9_]{82})\b",
+        severity: Severity::Critical,
+        score: 95,
+        check: any,
+    },
+    Rule {
+        id: "secret.slack-token",
+        pattern: r"\b(xox[baprse]-[A-Za-z0-9]{8,}-[A-Za-z0-9-]{8,})\b",
+        severity: Severity::Critical,
+        score: 90,
+        check: any,
+    },
+    Rule {
+        id: "secret.stripe-key",
+        pattern: r"\b((?:sk|rk)_live_[A-Za-z0-9]{24,99})\b",
+        severity: Severity::Critical,
+        score: 95,
+        check: any,
+    },
+    Rule {
+        id: "secret.google-api-key",
+        pattern: r"\b(AIza[0-9A-Za-z_\-]{35})(?:[^0-9A-Za-z_\-]|$)",
+        severity: Severity::High,
+        score: 90,
+        check: any,
+    },
+    Rule {
+        id: "secret.openai-api-key",
+        pattern: r"\b(sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}T3BlbkFJ[A-Za-z0-9_\-]{20,})\b",
+        severity: Severity::Critical,
+        score: 95,
+        check: any,
+    },
+    Rule {
+        id: "secret.anthropic-api-key",
+        pattern: r"\b(sk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_\-]{80,120})\b",
+        severity: Severity::Critical,
+        score: 95,
+        check: any,
+    },
+    Rule {
+        id: "secret.private-key",
+        pattern: r"-----BEGIN ((?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?)-----",
+        severity: Severity::Critical,
+        score: 99,
+        check: any,
+    },
+    Rule {
+        id: "secret.jwt",
+        pattern: r"\b(eyJ[A-Za-z0-9_\-]{8,})\.(eyJ[A-Za-z0-9_\-]{8,})\.([A-Za-z0-9_\-]{8,})\b",
+        severity: Severity::High,
+        score: 85,
+        check: jwt_header,
+    },
+    Rule {
+        id: "secret.connection-string",
+        pattern: r"\b((?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql|sqlserver)://[^\s:/@]{1,128}:([^\s@/]{3,256})@[^\s/]{1,256})",
+        severity: Severity::Critical,
+        score: 90,
+        check: connection_password,
+    },
+    Rule {
+        id: "secret.password-assignment",
+        pattern: r#"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret|private[_-]?key)\b["']?\s*[:=]\s*["']?([^\s"',;{}<>]{8,200})"#,
+        severity: Severity::High,
+        score: 70,
+        check: high_entropy,
+    },
+];
+
+/// Personal and payment data, on exact text.
+const SENSITIVE: &[Rule] = &[
+    Rule {
+        id: "pii.email",
+        pattern: r"\b([A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24})\b",
+        severity: Severity::Low,
+        score: 50,
+        check: any,
+    },
+    Rule {
+        id: "pii.payment-card",
+        pattern: r"(?:^|[^0-9])((?:\d[ \-]?){12,18}\d)(?:[^0-9]|$)",
+        severity: Severity::High,
+        score: 90,
+        check: payment_card,
+    },
+    Rule {
+        id: "pii.iban",
+        pattern: r"\b([A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30})\b",
+        severity: Severity::High,
+        score: 85,
+        check: iban,
+    },
+    Rule {
+        id: "pii.us-ssn",
+        pattern: r"(?:^|[^0-9])(\d{3})-(\d{2})-(\d{4})(?:[^0-9]|$)",
+        severity: Severity::High,
+        score: 75,
+        check: ssn,
+    },
+    Rule {
+        id: "pii.phone-number",
+        pattern: r"(?:^|[^0-9+])(\+[1-9]\d{0,2}[ \-.]?(?:\(\d{1,4}\)[ \-.]?)?\d{2,4}(?:[ \-.]?\d{2,4}){2,4})(?:[^0-9]|$)",
+        severity: Severity::Low,
+        score: 40,
+        check: any,
+    },
+];
+
+/// CRC-32 (IEEE), for GitHub tokens' built-in checksum.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn base62(mut n: u32, width: usize) -> String {
+    const DIGITS: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut out = vec![b'0'; width];
+    for slot in out.iter_mut().rev() {
+        *slot = DIGITS[(n % 62) as usize];
+        n /= 62;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// GitHub's classic tokens end in the base62 CRC-32 of their random part: a match that checks
+/// is surely a token (score raised), one that does not is still token-shaped.
+fn github_checksum(c: &regex::Captures<'_>) -> Option<u8> {
+    let token = c.get(1)?.as_str();
+    let body = &token[4..];
+    let (random, checksum) = body.split_at(30);
+    Some(if base62(crc32(random.as_bytes()), 6) == checksum {
+        99
+    } else {
+        0
+    })
+}
+
+fn jwt_header(c: &regex::Captures<'_>) -> Option<u8> {
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c.get(1)?.as_str())
+        .ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    header
+        .get("alg")
+        .and_then(serde_json::Value::as_str)
+        .map(|_| 0)
+}
+
+/// Shannon entropy in bits per character.
+pub fn entropy(text: &str) -> f64 {
+    let mut counts = [0u32; 256];
+    for b in text.bytes() {
+        counts[b as usize] += 1;
+    }
+    let len = text.len() as f64;
+    counts
+        .iter()
+        .filter(|&&n| n > 0)
+        .map(|&n| {
+            let p = f64::from(n) / len;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// Values that name a placeholder rather than hold a secret.
+fn placeholder(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    value.starts_with("${")
+        || value.starts_with("{{")
+        || value.starts_with('<')
+        || value.starts_with('$')
+        || value
+            .chars()
+            .all(|c| c == '*' || c == 'x' || c == 'X' || c == '.')
+        || [
+            "changeme",
+            "password",
+            "example",
+            "placeholder",
+            "your_",
+            "redacted",
+            "xxxx",
+            "dummy",
+            "secret",
+        ]
+        .iter()
+        .any(|p| lower.contains(p))
+}
+
+fn high_entropy(c: &regex::Captures<'_>) -> Option<u8> {
+    let value = c.get(1)?.as_str();
+    (!placeholder(value) && entropy(value) >= 3.0).then_some(0)
+}
+
+fn connection_password(c: &regex::Captures<'_>) -> Option<u8> {
+    (!placeholder(c.get(2)?.as_str())).then_some(0)
+}
+
+fn luhn(digits: &[u8]) -> bool {
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            let d = u32::from(d);
+            if i % 2 == 1 {
+                let doubled = d * 2;
+                if doubled > 9 { doubled - 9 } else { doubled }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum.is_multiple_of(10)
+}
+
+/// 13–19 digits, a known issuer's prefix, and a valid Luhn check digit.
+fn payment_card(c: &regex::Captures<'_>) -> Option<u8> {
+    let digits: Vec<u8> = c
+        .get(1)?
+        .as_str()
+        .bytes()
+        .filter(u8::is_ascii_digit)
+        .map(|b| b - b'0')
+        .collect();
+    if !(13..=19).contains(&digits.len()) || !luhn(&digits) {
+        return None;
+    }
+    let prefix = |n: usize| {
+        digits[..n]
+            .iter()
+            .fold(0u32, |acc, &d| acc * 10 + u32::from(d))
+    };
+    let issuer = digits[0] == 4
+        || (51..=55).contains(&prefix(2))
+        || (2221..=2720).contains(&prefix(4))
+        || matches!(prefix(2), 34 | 37 | 36 | 38 | 39 | 35 | 62 | 65)
+        || prefix(4) == 6011
+        || (644..=649).contains(&prefix(3));
+    issuer.then_some(0)
+}
+
+/// ISO 13616: the country's length, and mod 97 of the rearranged number equals 1.
+fn iban(c: &regex::Captures<'_>) -> Option<u8> {
+    let compact: String = c.get(1)?.as_str().chars().filter(|c| *c != ' ').collect();
+    let expected = match &compact[..2] {
+        "NO" => 15,
+        "BE" => 16,
+        "DK" | "FI" | "NL" => 18,
+        "AT" | "EE" | "LU" => 20,
+        "CH" | "LI" | "LV" | "HR" => 21,
+        "DE" | "IE" | "GB" | "BG" => 22,
+        "SE" | "ES" | "SK" | "CZ" | "TN" | "RO" => 24,
+        "PT" => 25,
+        "FR" | "IT" | "MC" | "GR" => 27,
+        "PL" | "HU" | "CY" => 28,
+        _ => compact.len(),
+    };
+    if compact.len() != expected {
+        return None;
+    }
+    let rearranged = compact[4..].chars().chain(compact[..4].chars());
+    let mut remainder: u64 = 0;
+    for ch in rearranged {
+        let value = ch.to_digit(36)? as u64;
+        remainder = if value >= 10 {
+            (remainder * 100 + value) % 97
+        } else {
+            (remainder * 10 + value) % 97
+        };
+    }
+    (remainder == 1).then_some(0)
+}
+
+/// US SSNs never start with 000, 666 or 9, nor have group 00 or serial 0000.
+fn ssn(c: &regex::Captures<'_>) -> Option<u8> {
+    let (area, group, serial) = (c.get(1)?.as_str(), c.get(2)?.as_str(), c.get(3)?.as_str());
+    let valid = area != "000"
+        && area != "666"
+        && !area.starts_with('9')
+        && group != "00"
+        && serial != "0000";
+    valid.then_some(0)
+}
+
+/// One family of rules compiled for a single pass.
+pub struct Family {
+    kind: Kind,
+    rules: Vec<&'static Rule>,
+    set: RegexSet,
+    each: Vec<Regex>,
+}
+
+impl Family {
+    fn new(kind: Kind, rules: Vec<&'static Rule>) -> Self {
+        // The patterns are constants of this file, checked by the tests.
+        let set = RegexSet::new(rules.iter().map(|r| r.pattern))
+            .unwrap_or_else(|e| panic!("a built-in rule does not compile: {e}"));
+        let each = rules
+            .iter()
+            .map(|r| Regex::new(r.pattern).unwrap_or_else(|e| panic!("rule {}: {e}", r.id)))
+            .collect();
+        Self {
+            kind,
+            rules,
+            set,
+            each,
+        }
+    }
+
+    pub fn injection() -> Self {
+        Self::new(Kind::Injection, INJECTION.iter().collect())
+    }
+
+    pub fn secrets() -> Self {
+        Self::new(Kind::Secret, SECRETS.iter().collect())
+    }
+
+    /// The sensitive-data rules whose ids (without `pii.`) `enabled` names.
+    pub fn sensitive(enabled: &[String]) -> Self {
+        Self::new(
+            Kind::SensitiveData,
+            SENSITIVE
+                .iter()
+                .filter(|r| {
+                    enabled
+                        .iter()
+                        .any(|e| r.id.strip_prefix("pii.") == Some(e.as_str()))
+                })
+                .collect(),
+        )
+    }
+
+    pub fn rule_ids(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.rules.iter().map(|r| r.id)
+    }
+
+    /// Findings in `text`, at `location`.
+    pub fn scan(&self, text: &str, location: &str, out: &mut Vec<Finding>) {
+        if self.rules.is_empty() {
+            return;
+        }
+        for i in self.set.matches(text).iter() {
+            let rule = self.rules[i];
+            let best = self.each[i]
+                .captures_iter(text)
+                .filter_map(|c| (rule.check)(&c))
+                .max();
+            if let Some(raised) = best {
+                out.push(Finding {
+                    kind: self.kind,
+                    rule: rule.id.to_owned(),
+                    location: location.to_owned(),
+                    severity: rule.severity,
+                    score: rule.score.max(raised),
+                    via: Vec::new(),
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(family: &Family, text: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        family.scan(text, "", &mut out);
+        out.into_iter().map(|f| f.rule).collect()
+    }
+
+    #[test]
+    fn every_built_in_rule_compiles() {
+        let _ = (
+            Family::injection(),
+            Family::secrets(),
+            Family::sensitive(&["email".into()]),
+        );
+    }
+
+    #[test]
+    fn github_tokens_are_checked_by_their_checksum() {
+        let random = "abcdefghijklmnopqrstuvwxyzABCD";
+        let good = format!("ghp_{random}{}", base62(crc32(random.as_bytes()), 6));
+        let mut out = Vec::new();
+        Family::secrets().scan(&format!("token={good}"), "", &mut out);
+        assert_eq!(out[0].score, 99);
+        out.clear();
+        Family::secrets().scan(&format!("ghp_{random}zzzzzz"), "", &mut out);
+        assert_eq!(out[0].score, 80);
+    }
+
+    #[test]
+    fn cards_ibans_and_ssns_need_their_checks_to_pass() {
+        let pii = Family::sensitive(&["payment-card".into(), "iban".into(), "us-ssn".into()]);
+        assert_eq!(
+            ids(&pii, "card 4111 1111 1111 1111 exp"),
+            ["pii.payment-card"]
+        );
+        assert!(
+            ids(&pii, "card 4111 1111 1111 1112 exp").is_empty(),
+            "Luhn fails"
+        );
+        assert!(
+            ids(&pii, "order 1234567890123 shipped").is_empty(),
+            "no issuer, bad Luhn"
+        );
+        assert_eq!(ids(&pii, "IBAN GB82 WEST 1234 5698 7654 32."), ["pii.iban"]);
+        assert!(ids(&pii, "IBAN GB82 WEST 1234 5698 7654 33.").is_empty());
+        assert_eq!(ids(&pii, "ssn 123-45-6789"), ["pii.us-ssn"]);
+        assert!(ids(&pii, "ssn 666-45-6789").is_empty());
+    }
+
+    #[test]
+    fn placeholders_are_not_secrets() {
+        let secrets = Family::secrets();
+        assert_eq!(
+            ids(&secrets, "password = \"k9#Lq2!vZ7@pW\""),
+            ["secret.password-assignment"]
+        );
+        assert!(ids(&secrets, "password = \"${DB_PASSWORD}\"").is_empty());
+        assert!(ids(&secrets, "password: changeme123").is_empty());
+        assert!(ids(&secrets, "postgres://app:${PW}@db/x").is_empty());
+    }
+}

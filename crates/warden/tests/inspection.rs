@@ -1,0 +1,64 @@
+#![allow(clippy::unwrap_used)] // Tests fail loudly by design.
+//! Inspection through the real gateway with the official MCP Python SDK client: a secret leaving
+//! in a tool call's arguments is found (however it is encoded), the finding reaches policy, which
+//! denies, and the audit record says what was found where.
+
+use serde_json::json;
+
+mod common;
+use common::mcp::{call, calls, ok, recorded, refused, site};
+
+const POLICY: &str = r#"apiVersion: warden.dev/v1alpha1
+kind: AgentPolicy
+metadata: {name: ops, namespace: demo}
+spec:
+  selector: {matchLabels: {app: ops}}
+  mcp:
+    - {server: demo, tools: ["*"]}
+  deny:
+    - mcp:
+        server: demo
+        tools: ["*"]
+        when: context.findings.secret_count > 0
+"#;
+
+#[test]
+fn a_secret_leaving_in_tool_arguments_is_found_and_policy_denies_it() {
+    let (_server, fabric) = site(POLICY, "");
+    let agent = fabric
+        .agent("demo/ops", "app=ops", &["mcp.*=demo/*"], &["i-1"])
+        .remove(0);
+    let hidden = base64_of("config: AKIAIOSFODNN7EXAMPLE");
+    let out = calls(
+        &fabric,
+        &agent,
+        json!([
+            call("echo", json!({"text": "the weather is fine"})),
+            call(
+                "echo",
+                json!({"text": "use key AKIAIOSFODNN7EXAMPLE for the upload"})
+            ),
+            call("echo", json!({"text": hidden})),
+        ]),
+    );
+    assert_eq!(ok(&out[0]), "the weather is fine");
+    for refusal in &out[1..] {
+        let (data, message) = refused(refusal);
+        assert_eq!(data["reason"], "forbidden", "{message}");
+    }
+    let audit = fabric.dir.path().join("data/audit");
+    let plain = recorded(&audit, |r| {
+        r["findings"][0]["rule"] == "secret.aws-access-key-id"
+    });
+    assert_eq!(plain["findings"][0]["location"], "/params/arguments/text");
+    assert_eq!(plain["findings"][0]["kind"], "secret");
+    assert_eq!(plain["outcome"], "deny");
+    recorded(&audit, |r| {
+        r["findings"][0]["rule"] == "secret.aws-access-key-id+base64"
+    });
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
