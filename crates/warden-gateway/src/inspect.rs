@@ -48,4 +48,12 @@ impl Inspector for ContentInspector {
             .map(to_model)
             .collect()
     }
+
+    fn inspect_result(&self, _action: &Action, result: &serde_json::Value) -> Vec<Finding> {
+        self.scanner
+            .scan_json(result)
+            .into_iter()
+            .map(to_model)
+            .collect()
+    }
 }

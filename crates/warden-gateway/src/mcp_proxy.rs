@@ -50,6 +50,8 @@ const MAX_LISTING_BYTES: usize = 16 * 1024 * 1024;
 enum Screened {
     /// Forward it; filter the answer if it is a listing.
     Forward(Option<(Listing, Value)>),
+    /// Forward it, and inspect the result (a tool's, a resource's, a prompt's) as it returns.
+    Inspect(Action),
     /// Not JSON-RPC Warden forwards: the error, for a 400.
     Malformed(Value),
     /// Refused: the JSON-RPC answer to give the client instead.
@@ -91,9 +93,21 @@ async fn screen(
     };
     if let Some(action) = action {
         let what = describe(&action);
-        let verdict = state.pipeline.decide(caller, action, body, said).await;
+        let returns_content = matches!(
+            action,
+            Action::McpToolsCall { .. }
+                | Action::McpResourcesRead { .. }
+                | Action::McpPromptsGet { .. }
+        );
+        let verdict = state
+            .pipeline
+            .decide(caller, action.clone(), body, said)
+            .await;
         if !verdict.allowed() {
             return Screened::Refused(jsonrpc::refusal(&id, &verdict, &what, mcp::CODES));
+        }
+        if returns_content && listing.is_none() {
+            return Screened::Inspect(action);
         }
     }
     Screened::Forward(listing)
@@ -110,7 +124,7 @@ fn unknown_session() -> Response<Body> {
 
 /// Streamable HTTP: one endpoint, POST for messages, GET for the server's stream, DELETE to end.
 pub async fn streamable(
-    state: &State,
+    state: &Arc<State>,
     peer: Option<&SpiffeId>,
     upstream: &Upstream,
     request: Request<Incoming>,
@@ -168,8 +182,9 @@ pub async fn streamable(
                 Err(response) => return response,
             };
             let server = &upstream.config.name;
-            let listing = match screen(state, &caller, server, &body, &said).await {
-                Screened::Forward(listing) => listing.map(|(listing, _)| listing),
+            let (listing, inspect) = match screen(state, &caller, server, &body, &said).await {
+                Screened::Forward(listing) => (listing.map(|(listing, _)| listing), None),
+                Screened::Inspect(action) => (None, Some(action)),
                 Screened::Malformed(error) => {
                     return json_response(StatusCode::BAD_REQUEST, &error);
                 }
@@ -197,9 +212,10 @@ pub async fn streamable(
             {
                 state.sessions.bind(new, &agent);
             }
-            match listing {
-                None => relay(response, &RESPONSE_HEADERS),
-                Some(listing) => filtered(state, &caller, server, listing, response).await,
+            match (listing, inspect) {
+                (Some(listing), _) => filtered(state, &caller, server, listing, response).await,
+                (None, Some(action)) => inspected(state, &caller, action, response).await,
+                (None, None) => relay(response, &RESPONSE_HEADERS),
             }
         }
         _ => problem(
@@ -259,6 +275,64 @@ async fn filtered(
     };
     let (parts, ()) = head.into_parts();
     Response::from_parts(parts, full(out))
+}
+
+/// Relays the answer to a call whose result is inspected. A result policy refuses once it sees
+/// what inspection found becomes a refusal; everything else passes as it came — a stream event by
+/// event, so progress is not held back, only the result is checked before it goes on.
+async fn inspected(
+    state: &Arc<State>,
+    caller: &Caller,
+    action: Action,
+    response: Response<Incoming>,
+) -> Response<Body> {
+    let what = format!("the result of {}", describe(&action));
+    let review = {
+        let (state, caller) = (Arc::clone(state), caller.clone());
+        move |data: &str| -> Option<String> {
+            let message: Value = serde_json::from_str(data).ok()?;
+            let verdict = state
+                .pipeline
+                .review(&caller, &action, message.get("result")?)?;
+            (!verdict.allowed())
+                .then(|| jsonrpc::refusal(&message["id"], &verdict, &what, mcp::CODES).to_string())
+        }
+    };
+    if is_event_stream(&response) {
+        let mut events = SseRewriter::new(move |_kind: &str, data: &str| {
+            review(data).unwrap_or_else(|| data.to_owned())
+        });
+        let mut relayed = relay(response, &RESPONSE_HEADERS);
+        let body = std::mem::replace(relayed.body_mut(), full(Bytes::new()));
+        *relayed.body_mut() = body
+            .map_frame(move |frame| match frame.into_data() {
+                Ok(chunk) => Frame::data(Bytes::from(events.feed(&chunk))),
+                Err(frame) => frame,
+            })
+            .boxed();
+        return relayed;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(collected) = Limited::new(body, MAX_LISTING_BYTES).collect().await else {
+        // What cannot be read whole cannot be inspected, so it does not pass.
+        return problem(
+            StatusCode::BAD_GATEWAY,
+            "upstream_too_large",
+            "the upstream's answer is too large to inspect",
+        );
+    };
+    let bytes = collected.to_bytes();
+    let out = review(&String::from_utf8_lossy(&bytes)).map_or(bytes, Bytes::from);
+    let mut answer = Response::new(full(out));
+    *answer.status_mut() = parts.status;
+    for name in RESPONSE_HEADERS {
+        if let Some(value) = parts.headers.get(name) {
+            answer
+                .headers_mut()
+                .insert(http::HeaderName::from_static(name), value.clone());
+        }
+    }
+    answer
 }
 
 fn is_event_stream<B>(response: &Response<B>) -> bool {
@@ -544,7 +618,8 @@ pub async fn legacy_message(
             }
             listings.insert(id.to_string(), listing);
         }
-        Screened::Forward(None) => {}
+        // The older transport's answers arrive on the client's stream; they are not inspected yet.
+        Screened::Forward(None) | Screened::Inspect(_) => {}
     }
     match call_upstream(
         state,

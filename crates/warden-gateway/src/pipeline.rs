@@ -19,16 +19,22 @@ use crate::metrics::{Metrics, stage_span};
 use crate::stops::Stops;
 use crate::usage::UsageMeter;
 
-/// Looks at content and reports findings (never verdicts). The inspection issue fills this in.
+/// Looks at content and reports findings (never verdicts).
 pub trait Inspector: Send + Sync {
+    /// What an agent sends (secrets and personal data leaving, above all).
     fn inspect_request(&self, action: &Action, body: &[u8]) -> Vec<Finding>;
+    /// What comes back to it: a tool's result, a resource, a prompt (injection, above all).
+    fn inspect_result(&self, action: &Action, result: &serde_json::Value) -> Vec<Finding>;
 }
 
-/// Reports nothing: the stage exists, with its interface, until scanners arrive.
+/// Reports nothing: for `inspect.enabled: false`.
 pub struct PassThrough;
 
 impl Inspector for PassThrough {
     fn inspect_request(&self, _action: &Action, _body: &[u8]) -> Vec<Finding> {
+        Vec::new()
+    }
+    fn inspect_result(&self, _action: &Action, _result: &serde_json::Value) -> Vec<Finding> {
         Vec::new()
     }
 }
@@ -54,6 +60,9 @@ pub struct DecisionEvent {
     pub parents: Vec<String>,
     pub task: Option<String>,
     pub grant: String,
+    /// `result` when this decision reviewed a call's result after inspecting it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phase: Option<&'static str>,
     /// For a compensating call: the decision it undoes, and the admin who asked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub undo_of: Option<String>,
@@ -475,6 +484,60 @@ impl Pipeline {
         }
     }
 
+    /// Inspects the result of an allowed call and, when inspection finds something, decides
+    /// again with those findings (policy may refuse a result it would not let the agent read).
+    /// Synchronous, so a stream can be checked event by event as it passes; the call itself was
+    /// recorded before it was forwarded, and this review is recorded after it.
+    pub fn review(
+        &self,
+        caller: &Caller,
+        action: &Action,
+        result: &serde_json::Value,
+    ) -> Option<Verdict> {
+        let started = Instant::now();
+        let findings = self.inspector.inspect_result(action, result);
+        self.metrics.stage("inspect", started.elapsed());
+        if findings.is_empty() {
+            return None;
+        }
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let request = DecisionRequest {
+            agent: caller.identity.clone(),
+            action: action.clone(),
+            context: RequestContext {
+                time: Some(now),
+                findings: findings.clone(),
+                events: self.gated_events(),
+                usage: self.usage.usage(caller.identity.spiffe_id(), now),
+                ..RequestContext::default()
+            },
+        };
+        let decide_started = Instant::now();
+        let mut decision = self.policy.decide(&request);
+        if matches!(decision.outcome, Outcome::NeedsApproval { .. }) {
+            // A result cannot wait for approvers: what needs approval is withheld.
+            decision.outcome = Outcome::denied(DenyReason::Forbidden);
+        }
+        let mut event = self.event(
+            caller,
+            &request,
+            &decision,
+            findings,
+            None,
+            decide_started.elapsed(),
+        );
+        event.phase = Some("result");
+        self.metrics.decision(decision.outcome.label());
+        let _ = self.recorder.record(&event);
+        let _ = self.events.send(event);
+        Some(Verdict {
+            decision,
+            filed: Vec::new(),
+            approval_problems: Vec::new(),
+            spent: Vec::new(),
+        })
+    }
+
     /// Whether the caller could use `action` with suitable arguments — policy and grant —
     /// without recording anything: for filtering listings, where each item is a possibility,
     /// not a call.
@@ -518,6 +581,7 @@ impl Pipeline {
                 .collect(),
             task: caller.identity.task().map(ToString::to_string),
             grant: caller.authority.grant_id().to_owned(),
+            phase: None,
             undo_of: match &caller.authority {
                 crate::identify::Authority::Undo { of, .. } => Some(of.clone()),
                 crate::identify::Authority::Grant(_) => None,

@@ -20,6 +20,10 @@ spec:
         server: demo
         tools: ["*"]
         when: context.findings.secret_count > 0
+    - mcp:
+        server: demo
+        tools: ["*"]
+        when: context.findings.injection_score > 70
 "#;
 
 #[test]
@@ -61,4 +65,43 @@ fn a_secret_leaving_in_tool_arguments_is_found_and_policy_denies_it() {
 fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[test]
+fn an_injected_tool_result_is_withheld_and_a_clean_one_passes() {
+    let (_server, fabric) = site(POLICY, "");
+    let agent = fabric
+        .agent("demo/ops", "app=ops", &["mcp.*=demo/*"], &["i-1"])
+        .remove(0);
+    let out = calls(
+        &fabric,
+        &agent,
+        json!([
+            call("read_reviews", json!({"product": "kettle"})),
+            call("read_reviews", json!({"product": "gadget"})),
+        ]),
+    );
+    assert_eq!(ok(&out[0]), "Solid build, fair price. Would buy again.");
+    let (data, message) = refused(&out[1]);
+    assert_eq!(data["reason"], "forbidden", "{message}");
+    assert!(message.contains("the result of"), "{message}");
+    // The review of the result is recorded with what was found where.
+    let audit = fabric.dir.path().join("data/audit");
+    let review = recorded(&audit, |r| r["phase"] == "result");
+    assert_eq!(review["outcome"], "deny");
+    let rules: Vec<&str> = review["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["rule"].as_str())
+        .collect();
+    assert!(
+        rules.contains(&"injection.instruction-override"),
+        "{rules:?}"
+    );
+    assert!(
+        rules.contains(&"injection.hidden-html-comment"),
+        "{rules:?}"
+    );
+    assert_eq!(review["findings"][0]["location"], "/content/0/text");
 }
