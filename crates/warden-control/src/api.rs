@@ -22,6 +22,7 @@ use crate::control::{
     RegisterAgent, Role,
 };
 use crate::events::PublishEvent;
+use crate::tools::ToolSeen;
 
 /// The OpenAPI document served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("openapi.json");
@@ -137,6 +138,9 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/approvals/{id}/reject", post(reject))
         .route("/v1/approvals/{id}/use", post(use_approval))
         .route("/v1/events", get(events).post(publish_event))
+        .route("/v1/tools", get(list_tools))
+        .route("/v1/tools/observe", post(observe_tool))
+        .route("/v1/tools/{server}/{tool}/approve", post(approve_tool))
         .route("/v1/unfreeze", post(unfreeze))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(control)
@@ -673,4 +677,58 @@ async fn whoami(
 ) -> ApiResult<impl IntoResponse> {
     let admin = require(&control, &headers, Role::Viewer).await?;
     Ok(Json(admin))
+}
+
+async fn observe_tool(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    payload: Result<Json<ToolSeen>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let status = acting(&control, &headers, Role::Gateway, payload, |c, _, seen| {
+        c.observe_tool(seen)
+    })
+    .await?;
+    Ok(Json(json!({"status": status.0})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ToolsQuery {
+    /// `pending` (the default) or `all`.
+    #[serde(default)]
+    status: Option<String>,
+}
+
+async fn list_tools(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    query: Result<Query<ToolsQuery>, QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    require(&control, &headers, Role::Viewer).await?;
+    let pending_only = match query_of(query)?.status.as_deref() {
+        None | Some("pending") => true,
+        Some("all") => false,
+        Some(other) => {
+            return Err(ControlError::BadRequest(format!(
+                "status `{other}`: use pending or all"
+            )));
+        }
+    };
+    Ok(Json(
+        blocking(&control, move |c| c.tool_pins(pending_only)).await?,
+    ))
+}
+
+async fn approve_tool(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    Path((server, tool)): Path<(String, String)>,
+) -> ApiResult<impl IntoResponse> {
+    let admin = require(&control, &headers, Role::Admin).await?;
+    Ok(Json(
+        blocking(&control, move |c| {
+            c.approve_tool(&server, &tool, &admin.name)
+        })
+        .await?,
+    ))
 }

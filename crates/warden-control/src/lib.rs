@@ -9,6 +9,7 @@ mod events;
 mod jwks;
 mod oversight;
 mod store;
+mod tools;
 mod trail;
 
 pub use api::{OPENAPI, router, serve};
@@ -25,4 +26,5 @@ pub use control::{
 pub use events::{EventsView, PublishEvent, SignedEvent};
 pub use jwks::{AttestError, Attestor};
 pub use store::{Store, StoreError};
+pub use tools::{Pinned, ToolPin, ToolSeen};
 pub use warden_http::{ClientError, HttpClient, HttpResponse};

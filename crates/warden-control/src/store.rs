@@ -25,6 +25,8 @@ pub(crate) const JOIN_TOKENS: TableDefinition<&str, &str> = TableDefinition::new
 const REVOCATIONS: TableDefinition<u64, &str> = TableDefinition::new("revocations");
 /// Approval id → the approval request and its sign-offs.
 pub(crate) const APPROVALS: TableDefinition<&str, &str> = TableDefinition::new("approvals");
+/// `server/tool` → the tool's pinned definition, and a changed one awaiting approval.
+pub(crate) const TOOL_PINS: TableDefinition<&str, &str> = TableDefinition::new("tool_pins");
 /// Sequence → a published, signed event.
 pub(crate) const EVENTS: TableDefinition<u64, &str> = TableDefinition::new("events");
 /// SHA-256 (hex) of a proof-of-possession id → when it may be forgotten (unix seconds).
@@ -113,6 +115,7 @@ impl Store {
             GRANTS,
             JOIN_TOKENS,
             APPROVALS,
+            TOOL_PINS,
         ] {
             tx.open_table(table)?;
         }

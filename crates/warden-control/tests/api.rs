@@ -893,7 +893,9 @@ async fn every_documented_operation_is_served() {
         let concrete = path
             .replace("{tenant}", "shop")
             .replace("{name}", "nobody")
-            .replace("{id}", "apr_none");
+            .replace("{id}", "apr_none")
+            .replace("{server}", "demo")
+            .replace("{tool}", "echo");
         for method in item.as_object().unwrap().keys() {
             let method: Method = method.to_uppercase().parse().unwrap();
             let (status, body) = plane
@@ -908,7 +910,7 @@ async fn every_documented_operation_is_served() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 29);
+    assert_eq!(operations, 32);
     plane.stop().await;
 }
 

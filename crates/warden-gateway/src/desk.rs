@@ -28,10 +28,17 @@ pub struct Desk {
     pub hold_for: Duration,
     event_key: NoteVerifier,
     events: RwLock<Arc<Vec<Event>>>,
+    /// `server/tool` → the hash of its approved definition, as the control plane last said.
+    pinned: std::sync::Mutex<std::collections::HashMap<String, String>>,
 }
 
 /// `sha256:<hex>` of the canonical JSON (keys sorted at every level) of a call's arguments.
 pub fn arguments_hash(arguments: Option<&serde_json::Map<String, Value>>) -> String {
+    canonical_hash(&arguments.map_or(Value::Null, |a| Value::Object(a.clone())))
+}
+
+/// `sha256:<hex>` of a value's canonical JSON (keys sorted at every level).
+pub fn canonical_hash(value: &Value) -> String {
     fn canonical(value: &Value, out: &mut String) {
         match value {
             Value::Object(map) => {
@@ -62,10 +69,7 @@ pub fn arguments_hash(arguments: Option<&serde_json::Map<String, Value>>) -> Str
         }
     }
     let mut text = String::new();
-    canonical(
-        &arguments.map_or(Value::Null, |a| Value::Object(a.clone())),
-        &mut text,
-    );
+    canonical(value, &mut text);
     let digest = digest::digest(&digest::SHA256, text.as_bytes());
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     format!("sha256:{hex}")
@@ -86,6 +90,7 @@ impl Desk {
             hold_for,
             event_key,
             events: RwLock::new(Arc::new(Vec::new())),
+            pinned: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -175,6 +180,39 @@ impl Desk {
                 return Ok(status);
             }
         }
+    }
+
+    /// Whether a tool's definition is the one pinned for it (the first seen, or the last an
+    /// admin approved); a changed one is reported and held pending at the control plane.
+    pub async fn tool_approved(
+        &self,
+        server: &str,
+        tool: &str,
+        definition: &Value,
+    ) -> Result<bool, String> {
+        let key = format!("{server}/{tool}");
+        let hash = canonical_hash(definition);
+        if self
+            .pinned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .is_some_and(|h| *h == hash)
+        {
+            return Ok(true);
+        }
+        let seen = json!({"server": server, "tool": tool, "hash": hash, "definition": definition});
+        let answer = self
+            .call(Method::POST, "/v1/tools/observe", Some(&seen))
+            .await?;
+        let approved = answer["status"] == "approved";
+        if approved {
+            self.pinned
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, hash);
+        }
+        Ok(approved)
     }
 
     /// Recent published events, for event gates.

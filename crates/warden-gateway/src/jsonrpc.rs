@@ -119,6 +119,9 @@ pub fn refusal(id: &Value, verdict: &Verdict, what: &str, codes: Codes) -> Value
                 warden_model::DenyReason::Frozen => {
                     "all agent traffic is frozen (the kill switch is thrown)"
                 }
+                warden_model::DenyReason::ToolWithheld => {
+                    "the tool is withheld: its definition changed since it was approved, or its description carries instructions (an admin approves it with `warden tools approve`)"
+                }
             };
             json!({
                 "jsonrpc": "2.0", "id": id,

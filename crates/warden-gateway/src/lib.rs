@@ -247,6 +247,7 @@ pub async fn start(
         sessions: owners::Owners::new(config.limits.max_sessions),
         legacy_sessions: mcp_proxy::LegacySessions::default(),
         tasks: Arc::new(owners::Owners::new(config.limits.max_tasks)),
+        withheld_tools: std::sync::Mutex::new(std::collections::HashSet::new()),
         public_url: public_url.clone(),
         client: client.clone(),
         metrics,

@@ -6,7 +6,7 @@
 // The `Err` of the server helpers is the early response that ends the request.
 #![allow(clippy::result_large_err)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -87,11 +87,25 @@ async fn screen(
         }
     });
     state.metrics.stage("classify", started.elapsed());
-    let (id, said, action, listing) = match classified {
+    let (id, mut said, action, listing) = match classified {
         Ok(classified) => classified,
         Err(screened) => return screened,
     };
     if let Some(action) = action {
+        if let Action::McpToolsCall { server, tool, .. } = &action
+            && state
+                .withheld_tools
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&format!("{server}/{tool}"))
+        {
+            said.findings.push(warden_model::Finding {
+                kind: warden_model::FindingKind::ToolDrift,
+                rule: "tool.withheld".into(),
+                location: String::new(),
+                score: 100,
+            });
+        }
         let what = describe(&action);
         let returns_content = matches!(
             action,
@@ -235,7 +249,6 @@ async fn filtered(
     listing: Listing,
     response: Response<Incoming>,
 ) -> Response<Body> {
-    let may = |action: &Action| state.pipeline.may(caller, action);
     let is_sse = is_event_stream(&response);
     let (parts, body) = response.into_parts();
     let mut head = Response::new(());
@@ -246,15 +259,6 @@ async fn filtered(
                 .insert(http::HeaderName::from_static(name), value.clone());
         }
     }
-    let rewrite = |_kind: &str, data: &str| -> String {
-        match serde_json::from_str::<Value>(data) {
-            Ok(mut message) => {
-                mcp::filter_listing(&mut message, listing, server, &may);
-                message.to_string()
-            }
-            Err(_) => data.to_owned(),
-        }
-    };
     let bytes = match Limited::new(body, MAX_LISTING_BYTES).collect().await {
         Ok(collected) => collected.to_bytes(),
         Err(_) => {
@@ -263,6 +267,23 @@ async fn filtered(
                 "upstream_too_large",
                 "the upstream's listing is too large",
             );
+        }
+    };
+    let hidden = match listing {
+        Listing::Tools => withhold_tools(state, server, &messages(&bytes, is_sse)).await,
+        _ => HashSet::new(),
+    };
+    let may = |action: &Action| {
+        state.pipeline.may(caller, action)
+            && !matches!(action, Action::McpToolsCall { tool, .. } if hidden.contains(tool.as_str()))
+    };
+    let rewrite = |_kind: &str, data: &str| -> String {
+        match serde_json::from_str::<Value>(data) {
+            Ok(mut message) => {
+                mcp::filter_listing(&mut message, listing, server, &may);
+                message.to_string()
+            }
+            Err(_) => data.to_owned(),
         }
     };
     let out = if is_sse {
@@ -333,6 +354,89 @@ async fn inspected(
         }
     }
     answer
+}
+
+/// The JSON-RPC messages of an answer: the body, or each SSE event's data.
+fn messages(bytes: &[u8], is_sse: bool) -> Vec<Value> {
+    if !is_sse {
+        return serde_json::from_slice(bytes).into_iter().collect();
+    }
+    let mut found = Vec::new();
+    let mut events = SseRewriter::new(|_: &str, data: &str| {
+        found.extend(serde_json::from_str::<Value>(data).ok());
+        String::new()
+    });
+    events.feed(bytes);
+    events.finish();
+    drop(events);
+    found
+}
+
+/// Which tools of a listing are withheld from agents: those whose definition (name,
+/// description, input schema) is not the pinned one — a rug pull — or whose description or
+/// schema carries instructions for the model. Calls to them are refused until a person approves.
+async fn withhold_tools(state: &State, server: &Name, messages: &[Value]) -> HashSet<String> {
+    let mut hidden = HashSet::new();
+    // Collected first: an iterator of closures held across the awaits below is not `Send`.
+    let tools: Vec<&Value> = messages
+        .iter()
+        .filter_map(|m| m.get("result")?.get("tools")?.as_array())
+        .flatten()
+        .collect();
+    for tool in tools {
+        let Some(name) = tool.get("name").and_then(Value::as_str) else {
+            continue;
+        };
+        let Ok(tool_name) = Name::new(name) else {
+            continue;
+        };
+        let definition = serde_json::json!({
+            "name": name,
+            "description": tool.get("description"),
+            "inputSchema": tool.get("inputSchema"),
+        });
+        let action = Action::McpToolsCall {
+            server: server.clone(),
+            tool: tool_name,
+            args: serde_json::Map::new(),
+        };
+        let poisoned = state
+            .pipeline
+            .inspect_definition(&action, &definition)
+            .iter()
+            .any(|f| f.kind == warden_model::FindingKind::Injection && f.score >= 70);
+        let approved = match state.pipeline.desk() {
+            Some(desk) => desk
+                .tool_approved(server.as_str(), name, &definition)
+                .await
+                .unwrap_or_else(|e| {
+                    // Unknown is not approved: fail closed.
+                    tracing::warn!("cannot check tool {server}/{name}'s pin: {e}");
+                    false
+                }),
+            None => true,
+        };
+        let key = format!("{server}/{name}");
+        let mut withheld = state
+            .withheld_tools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if poisoned || !approved {
+            tracing::warn!(
+                "withholding tool {key}: {}",
+                if poisoned {
+                    "its description carries instructions"
+                } else {
+                    "its definition changed since it was approved"
+                }
+            );
+            hidden.insert(name.to_owned());
+            withheld.insert(key);
+        } else {
+            withheld.remove(&key);
+        }
+    }
+    hidden
 }
 
 fn is_event_stream<B>(response: &Response<B>) -> bool {

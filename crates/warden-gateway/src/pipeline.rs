@@ -142,6 +142,8 @@ pub struct Said {
     pub intent: Option<String>,
     /// Approval ids it presents for this call.
     pub approvals: Vec<String>,
+    /// What the adapter knows about the call beside its content (a tool withheld for drift).
+    pub findings: Vec<Finding>,
 }
 
 /// Longest stated intent kept, in characters.
@@ -154,6 +156,7 @@ impl Said {
         Self {
             intent: header("warden-intent").map(|s| s.chars().take(MAX_INTENT_CHARS).collect()),
             approvals: presented_approvals(None, header("warden-approval")),
+            findings: Vec::new(),
         }
     }
 
@@ -172,7 +175,11 @@ impl Said {
                 approvals.push(id.clone());
             }
         }
-        Self { intent, approvals }
+        Self {
+            intent,
+            approvals,
+            findings: self.findings.clone(),
+        }
     }
 }
 
@@ -278,6 +285,19 @@ impl Pipeline {
             .collect()
     }
 
+    /// Content a listing offers (a tool's description and schema), inspected like a result.
+    pub fn inspect_definition(
+        &self,
+        action: &Action,
+        definition: &serde_json::Value,
+    ) -> Vec<Finding> {
+        self.inspector.inspect_result(action, definition)
+    }
+
+    pub fn desk(&self) -> Option<&Arc<Desk>> {
+        self.desk.as_ref()
+    }
+
     pub fn policy(&self) -> &Arc<Engine> {
         &self.policy
     }
@@ -304,8 +324,9 @@ impl Pipeline {
         said: Said,
     ) -> Verdict {
         let started = Instant::now();
-        let findings =
+        let mut findings =
             stage_span("inspect").in_scope(|| self.inspector.inspect_request(&action, body));
+        findings.extend(said.findings.iter().cloned());
         self.metrics.stage("inspect", started.elapsed());
         let span = tracing::info_span!(
             "stage",
@@ -337,6 +358,14 @@ impl Pipeline {
         };
         if let Some(reason) = self.stops.stopped(agent, caller.identity.parents()) {
             verdict.decision.outcome = Outcome::denied(reason);
+            verdict.decision.deciding.clear();
+        } else if findings
+            .iter()
+            .any(|f| f.kind == warden_model::FindingKind::ToolDrift)
+        {
+            // A tool whose definition changed, or that carries injected instructions, stays
+            // withheld until a person approves it, whatever policy would say.
+            verdict.decision.outcome = Outcome::denied(DenyReason::ToolWithheld);
             verdict.decision.deciding.clear();
         } else {
             if matches!(verdict.decision.outcome, Outcome::NeedsApproval { .. }) {

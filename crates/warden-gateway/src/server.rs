@@ -85,6 +85,9 @@ pub struct State {
     pub sessions: Owners,
     pub legacy_sessions: crate::mcp_proxy::LegacySessions,
     pub tasks: Arc<Owners>,
+    /// `server/tool` of tools withheld from agents: a changed definition awaiting approval, or
+    /// instructions injected into its description.
+    pub withheld_tools: std::sync::Mutex<std::collections::HashSet<String>>,
     pub client: HttpClient,
     pub metrics: Arc<Metrics>,
     pub permits: Semaphore,

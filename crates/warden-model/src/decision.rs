@@ -151,6 +151,9 @@ pub enum DenyReason {
     Quarantined,
     /// The kill switch is thrown: all agent traffic stops.
     Frozen,
+    /// The tool's definition changed since it was approved, or its description carries
+    /// instructions: it is withheld until a person approves it.
+    ToolWithheld,
 }
 
 /// The verdict. Errors exist only inside a denial, and approval requirements only where they are

@@ -121,6 +121,13 @@ enum Command {
         #[command(flatten)]
         connection: control::Connection,
     },
+    /// Tools withheld after their definition changed (rug pulls): list them, approve them.
+    Tools {
+        #[command(subcommand)]
+        command: oversight::ToolsCommand,
+        #[command(flatten)]
+        connection: control::Connection,
+    },
     /// Undo a reversible action: its compensating call, through the gateway, audited.
     Actions {
         #[command(subcommand)]
@@ -215,6 +222,10 @@ fn main() -> ExitCode {
             command,
             connection,
         } => oversight::actions(command, connection),
+        Command::Tools {
+            command,
+            connection,
+        } => oversight::tools(command, connection),
     };
     match result {
         Ok(code) => code,

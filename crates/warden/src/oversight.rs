@@ -401,3 +401,76 @@ pub fn actions(command: ActionsCommand, connection: Connection) -> anyhow::Resul
         Ok(())
     })
 }
+
+#[derive(Subcommand)]
+pub enum ToolsCommand {
+    /// Tools withheld because their definition changed since it was approved (a rug pull).
+    Pending {
+        /// Every pinned tool, not only the changed ones.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Approve a tool's changed definition (`server/tool`): gateways offer it again.
+    Approve { tool: String },
+}
+
+pub fn tools(command: ToolsCommand, connection: Connection) -> anyhow::Result<ExitCode> {
+    block(connection, async |api| {
+        match command {
+            ToolsCommand::Pending { all } => {
+                let status = if all { "all" } else { "pending" };
+                let pins = api
+                    .call(Method::GET, &format!("/v1/tools?status={status}"), None)
+                    .await?;
+                api.print(&pins, |p| {
+                    let items = p.as_array().cloned().unwrap_or_default();
+                    if items.is_empty() {
+                        return "no tool awaits approval".into();
+                    }
+                    items
+                        .iter()
+                        .map(|pin| {
+                            let mut text = format!(
+                                "{}/{}  approved {} by {}",
+                                pin["server"].as_str().unwrap_or_default(),
+                                pin["tool"].as_str().unwrap_or_default(),
+                                pin["approved"]["hash"].as_str().unwrap_or_default(),
+                                pin["approved"]["by"].as_str().unwrap_or_default()
+                            );
+                            if let Some(pending) = pin.get("pending").filter(|p| !p.is_null()) {
+                                text.push_str(&format!(
+                                    "\n  CHANGED to {} at {}:\n  was: {}\n  now: {}",
+                                    pending["hash"].as_str().unwrap_or_default(),
+                                    rfc3339(pending.get("at")),
+                                    pin["approved"]["definition"],
+                                    pending["definition"]
+                                ));
+                            }
+                            text
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                });
+            }
+            ToolsCommand::Approve { tool } => {
+                let (server, name) = tool.split_once('/').ok_or_else(|| {
+                    anyhow::anyhow!("name the tool as server/tool, e.g. github/create_issue")
+                })?;
+                let pin = api
+                    .call(
+                        Method::POST,
+                        &format!("/v1/tools/{server}/{name}/approve"),
+                        Some(json!({})),
+                    )
+                    .await?;
+                api.print(&pin, |p| {
+                    format!(
+                        "approved {tool}: {}",
+                        p["approved"]["hash"].as_str().unwrap_or_default()
+                    )
+                });
+            }
+        }
+        Ok(())
+    })
+}

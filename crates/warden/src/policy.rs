@@ -278,8 +278,12 @@ fn print_explanation(request: &DecisionRequest, e: &Explanation) {
             warden_model::DenyReason::AuditUnavailable => {
                 println!("why        the audit log could not record it")
             }
-            warden_model::DenyReason::Quarantined | warden_model::DenyReason::Frozen => {
-                println!("why        the agent is quarantined, or all agent traffic is frozen")
+            warden_model::DenyReason::Quarantined
+            | warden_model::DenyReason::Frozen
+            | warden_model::DenyReason::ToolWithheld => {
+                println!(
+                    "why        the gateway stopped it (quarantine, kill switch, withheld tool)"
+                )
             }
             warden_model::DenyReason::EvaluationError => {
                 println!("why        evaluation failed, so Warden denies:");

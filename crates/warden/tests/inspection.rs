@@ -105,3 +105,113 @@ fn an_injected_tool_result_is_withheld_and_a_clean_one_passes() {
     );
     assert_eq!(review["findings"][0]["location"], "/content/0/text");
 }
+
+/// The Python SDK server on `port`, with `env` deciding how its tools describe themselves.
+fn python_server(port: u16, env: &[(&str, &str)]) -> common::Reaped {
+    let server = common::Reaped(
+        common::python3()
+            .arg(common::mcp::peers().join("mcp_server.py"))
+            .arg(port.to_string())
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    common::wait_for_port(port);
+    server
+}
+
+#[test]
+fn a_rug_pulled_tool_and_a_poisoned_one_are_withheld_until_a_person_approves() {
+    let port = common::free_port();
+    let mut server = python_server(port, &[]);
+    let fabric = common::Fabric::start(
+        POLICY,
+        move |_| {
+            format!(
+                "  upstreams:\n    - {{name: demo, kind: mcp, url: 'http://127.0.0.1:{port}/mcp'}}\n"
+            )
+        },
+        &[],
+    );
+    let agent = fabric
+        .agent("demo/ops", "app=ops", &["mcp.*=demo/*"], &["i-1"])
+        .remove(0);
+    let listed = |outcome: &serde_json::Value| -> Vec<String> {
+        serde_json::from_value(outcome["tools"].clone()).unwrap()
+    };
+    // First sight pins every tool's definition.
+    let out = calls(
+        &fabric,
+        &agent,
+        json!([{"list": true}, call("echo", json!({"text": "one"}))]),
+    );
+    assert!(listed(&out[0]).contains(&"echo".to_owned()));
+    assert_eq!(ok(&out[1]), "one");
+
+    // The server comes back with echo's description changed, and a poisoned new tool.
+    drop(server);
+    server = python_server(
+        port,
+        &[
+            (
+                "WARDEN_TEST_ECHO_DOC",
+                "Echo the text back, with a timestamp.",
+            ),
+            ("WARDEN_TEST_POISONED", "1"),
+        ],
+    );
+    let out = calls(
+        &fabric,
+        &agent,
+        json!([
+            {"list": true},
+            call("echo", json!({"text": "two"})),
+            call("lookup", json!({"word": "key"})),
+        ]),
+    );
+    let tools = listed(&out[0]);
+    assert!(
+        !tools.contains(&"echo".to_owned()) && !tools.contains(&"lookup".to_owned()),
+        "{tools:?}"
+    );
+    for refusal in &out[1..] {
+        let (data, message) = refused(refusal);
+        assert_eq!(data["reason"], "tool-withheld", "{message}");
+    }
+    let pending = fabric.cli(&fabric.token, &["tools", "pending"]);
+    let pending = String::from_utf8_lossy(&pending.stdout);
+    assert!(
+        pending.contains("demo/echo") && pending.contains("with a timestamp"),
+        "{pending}"
+    );
+
+    // A person approves the new definition: echo is offered and runs again; the poisoned tool is
+    // not (its description still carries instructions).
+    fabric.warden(&["tools", "approve", "demo/echo"]);
+    let out = calls(
+        &fabric,
+        &agent,
+        json!([{"list": true}, call("echo", json!({"text": "three"}))]),
+    );
+    let tools = listed(&out[0]);
+    assert!(
+        tools.contains(&"echo".to_owned()) && !tools.contains(&"lookup".to_owned()),
+        "{tools:?}"
+    );
+    assert_eq!(ok(&out[1]), "three");
+
+    let trail = fabric.dir.path().join("data/control-audit");
+    recorded(&trail, |r| {
+        r["action"] == "tool.changed" && r["tool"] == "demo/echo"
+    });
+    recorded(&trail, |r| {
+        r["action"] == "tool.approved" && r["tool"] == "demo/echo"
+    });
+    let audit = fabric.dir.path().join("data/audit");
+    recorded(&audit, |r| {
+        r["reason"] == "tool-withheld" && r["target"]["tool"] == "lookup"
+    });
+    drop(server);
+}

@@ -1,7 +1,7 @@
 """Tool calls through Warden's gateway with the official MCP Python SDK client, one session.
 
 Usage: mcp_calls.py URL CREDENTIALS_DIR CALLS_JSON
-CALLS_JSON is a list of {"tool", "args", "meta"?}. Prints `{"progress": n}` lines as a call reports
+CALLS_JSON is a list of {"tool", "args", "meta"?}, or {"list": true} for the tools offered. Prints `{"progress": n}` lines as a call reports
 progress (so a test can act mid-call), then one JSON list with each call's outcome:
 {"ok": text}, {"error": {"code", "message", "data"}}, or {"cut": text} when the connection broke.
 """
@@ -34,6 +34,10 @@ async def main(url: str, creds: str, calls: list) -> None:
                 async with ClientSession(streams[0], streams[1]) as session:
                     await session.initialize()
                     for call in calls:
+                        if call.get("list"):
+                            listed = await session.list_tools()
+                            outcomes.append({"tools": sorted(tool.name for tool in listed.tools)})
+                            continue
                         try:
                             result = await asyncio.wait_for(
                                 session.call_tool(
