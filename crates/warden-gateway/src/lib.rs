@@ -150,6 +150,11 @@ pub async fn start(
     let address = listener.local_addr()?;
     let public_url = config.public_url(address);
     let client = HttpClient::new(config.limits.upstream_timeout())?;
+    // Compiling the inspection rules takes a while; it overlaps the fetches and policy load.
+    let scanner = {
+        let settings = config.inspect.clone();
+        tokio::task::spawn_blocking(move || settings.scanner())
+    };
     let trust = sync::Trust::fetch(&client, &config.control_url)
         .await
         .with_context(|| {
@@ -228,7 +233,7 @@ pub async fn start(
         Some(audit) => Arc::clone(audit) as Arc<dyn Recorder>,
         None => Arc::new(LogRecorder),
     };
-    let inspector: Arc<dyn pipeline::Inspector> = match config.inspect.scanner()? {
+    let inspector: Arc<dyn pipeline::Inspector> = match scanner.await?? {
         Some(scanner) => Arc::new(inspect::ContentInspector::new(scanner)),
         None => Arc::new(PassThrough),
     };

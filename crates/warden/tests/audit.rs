@@ -179,6 +179,16 @@ async fn every_request_the_upstream_received_has_a_durable_record_across_kill_9(
                 }
             }));
         }
+        // The kill comes a while into the load, once the restarted gateway serves it.
+        let served_before = received.lock().unwrap().len();
+        let serving = Instant::now();
+        while received.lock().unwrap().len() == served_before {
+            assert!(
+                serving.elapsed() < Duration::from_secs(20),
+                "the gateway never served"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         tokio::time::sleep(Duration::from_millis(150 + (round * 37) % 250)).await;
         let _ = fabric.0.kill(); // SIGKILL
         let _ = fabric.0.wait();
