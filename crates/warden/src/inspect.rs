@@ -26,6 +26,10 @@ pub struct InspectArgs {
     /// Skip the secret rules.
     #[arg(long)]
     no_secrets: bool,
+    /// Treat each input line as its own sample (a JSON string is decoded first) and print one
+    /// JSON array of findings per line: for evaluations over many samples.
+    #[arg(long)]
+    lines: bool,
     /// How to print the findings.
     #[arg(short, long, value_enum, default_value_t)]
     output: Output,
@@ -96,6 +100,19 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
         args.input,
         MAX_INPUT_BYTES >> 20
     );
+    if args.lines {
+        let mut any = false;
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let findings = match serde_json::from_str::<serde_json::Value>(line) {
+                Ok(serde_json::Value::String(text)) => scanner.scan_text(&text, ""),
+                Ok(value) => scanner.scan_json(&value),
+                Err(_) => scanner.scan_text(line, ""),
+            };
+            any |= !findings.is_empty();
+            println!("{}", serde_json::to_string(&findings)?);
+        }
+        return Ok(if any { ExitCode::from(1) } else { ExitCode::SUCCESS });
+    }
     let findings = scanner.scan_body(&bytes);
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&findings)?),
