@@ -111,7 +111,11 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
             any |= !findings.is_empty();
             println!("{}", serde_json::to_string(&findings)?);
         }
-        return Ok(if any { ExitCode::from(1) } else { ExitCode::SUCCESS });
+        return Ok(if any {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        });
     }
     let findings = scanner.scan_body(&bytes);
     match args.output {

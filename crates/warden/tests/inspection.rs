@@ -6,7 +6,7 @@
 use serde_json::json;
 
 mod common;
-use common::mcp::{call, calls, ok, recorded, refused, site};
+use common::mcp::{call, calls, fabric_for, ok, python_server, recorded, refused, site};
 
 const POLICY: &str = r#"apiVersion: warden.dev/v1alpha1
 kind: AgentPolicy
@@ -106,35 +106,11 @@ fn an_injected_tool_result_is_withheld_and_a_clean_one_passes() {
     assert_eq!(review["findings"][0]["location"], "/content/0/text");
 }
 
-/// The Python SDK server on `port`, with `env` deciding how its tools describe themselves.
-fn python_server(port: u16, env: &[(&str, &str)]) -> common::Reaped {
-    let server = common::Reaped(
-        common::python3()
-            .arg(common::mcp::peers().join("mcp_server.py"))
-            .arg(port.to_string())
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    common::wait_for_port(port);
-    server
-}
-
 #[test]
 fn a_rug_pulled_tool_and_a_poisoned_one_are_withheld_until_a_person_approves() {
     let port = common::free_port();
     let mut server = python_server(port, &[]);
-    let fabric = common::Fabric::start(
-        POLICY,
-        move |_| {
-            format!(
-                "  upstreams:\n    - {{name: demo, kind: mcp, url: 'http://127.0.0.1:{port}/mcp'}}\n"
-            )
-        },
-        &[],
-    );
+    let fabric = fabric_for(port, POLICY, "");
     let agent = fabric
         .agent("demo/ops", "app=ops", &["mcp.*=demo/*"], &["i-1"])
         .remove(0);

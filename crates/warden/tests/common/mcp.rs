@@ -14,22 +14,27 @@ pub fn peers() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
 }
 
-/// A Python SDK MCP server, and the fabric in front of it with `policy` and extra gateway
-/// settings.
-pub fn site(policy: &str, gateway_extra: &str) -> (Reaped, Fabric) {
-    let port = free_port();
+/// The Python SDK MCP server on `port`, with `env` deciding how some tools describe themselves.
+pub fn python_server(port: u16, env: &[(&str, &str)]) -> Reaped {
     let server = Reaped(
         python3()
             .arg(peers().join("mcp_server.py"))
             .arg(port.to_string())
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap(),
     );
     wait_for_port(port);
+    server
+}
+
+/// The fabric in front of the MCP server on `port` (upstream `demo`), with `policy` and extra
+/// gateway settings.
+pub fn fabric_for(port: u16, policy: &str, gateway_extra: &str) -> Fabric {
     let extra = gateway_extra.to_owned();
-    let fabric = Fabric::start(
+    Fabric::start(
         policy,
         move |_| {
             format!(
@@ -37,8 +42,14 @@ pub fn site(policy: &str, gateway_extra: &str) -> (Reaped, Fabric) {
             )
         },
         &[],
-    );
-    (server, fabric)
+    )
+}
+
+/// A Python SDK MCP server, and the fabric in front of it.
+pub fn site(policy: &str, gateway_extra: &str) -> (Reaped, Fabric) {
+    let port = free_port();
+    let server = python_server(port, &[]);
+    (server, fabric_for(port, policy, gateway_extra))
 }
 
 pub fn url(fabric: &Fabric) -> String {
