@@ -44,8 +44,8 @@ pub use a2a::{
 };
 pub use config::{
     AuditSettings, Durability, ExportSink, FileExport, GatewayConfig, HttpExport,
-    InjectedCredential, Limits, NatsExport, OAuthClient, SyslogExport, UpstreamConfig,
-    UpstreamKind,
+    InjectedCredential, InspectSettings, Limits, NatsExport, OAuthClient, SyslogExport,
+    UpstreamConfig, UpstreamKind,
 };
 pub use identify::{Caller, Identifier, Unidentified};
 pub use mcp::{DENIED, NEEDS_APPROVAL};

@@ -421,6 +421,10 @@ fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let up = Up::start(&dir.path().join("audited"), &[]);
     let unaudited = Up::start(&dir.path().join("unaudited"), &["--audit", "off"]);
+    let uninspected = Up::start(
+        &dir.path().join("uninspected"),
+        &["--audit", "off", "--inspect", "off"],
+    );
     let (d, c) = (up.demo, up.control);
     let (server_ca, server_cert, server_key) = server_certificate(dir.path());
     let nginx = nginx(dir.path(), d, &server_cert, &server_key);
@@ -465,6 +469,12 @@ fn main() {
                 },
                 through(&up, "warden", "/mcp/demo", true),
                 through(&unaudited, "warden, audit off", "/mcp/demo", true),
+                through(
+                    &uninspected,
+                    "warden, audit and inspection off",
+                    "/mcp/demo",
+                    true,
+                ),
             ],
         ),
         (

@@ -103,6 +103,15 @@ pub struct UpArgs {
     /// forwards at once, `off` keeps no log (decisions are still logged to stderr).
     #[arg(long, env = "WARDEN_AUDIT", value_enum, default_value_t = AuditMode::Sync)]
     audit: AuditMode,
+    /// Content inspection (injection, secrets, sensitive data) of requests and results.
+    #[arg(long, env = "WARDEN_INSPECT", value_enum, default_value_t = Switch::On)]
+    inspect: Switch,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -403,6 +412,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                     credential: None,
                 },
             ],
+            inspect: warden_gateway::InspectSettings {
+                enabled: args.inspect == Switch::On,
+                ..warden_gateway::InspectSettings::default()
+            },
             audit: warden_gateway::AuditSettings {
                 enabled: args.audit != AuditMode::Off,
                 dir: Some(data_dir.join("audit")),
