@@ -155,7 +155,7 @@ const SECRETS: &[Rule] = &[
     },
     Rule {
         id: "secret.anthropic-api-key",
-        pattern: r"\b(sk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_\-]{80,120})\b",
+        pattern: r"\b(sk-ant-(?:api|admin)[0-9]{2}-[A-Za-z0-9_\-]{80,120})\b",
         severity: Severity::Critical,
         score: 95,
         check: any,
@@ -190,7 +190,8 @@ const SECRETS: &[Rule] = &[
     },
 ];
 
-/// Personal and payment data, on exact text.
+/// Personal and payment data, on exact text. Digits are ASCII `[0-9]`, as the formats are (`\d`
+/// would take any script's digits, and the checks slice by byte).
 const SENSITIVE: &[Rule] = &[
     Rule {
         id: "pii.email",
@@ -201,28 +202,28 @@ const SENSITIVE: &[Rule] = &[
     },
     Rule {
         id: "pii.payment-card",
-        pattern: r"(?:^|[^0-9])((?:\d[ \-]?){12,18}\d)(?:[^0-9]|$)",
+        pattern: r"(?:^|[^0-9])((?:[0-9][ \-]?){12,18}[0-9])(?:[^0-9]|$)",
         severity: Severity::High,
         score: 90,
         check: payment_card,
     },
     Rule {
         id: "pii.iban",
-        pattern: r"\b([A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30})\b",
+        pattern: r"\b([A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30})\b",
         severity: Severity::High,
         score: 85,
         check: iban,
     },
     Rule {
         id: "pii.us-ssn",
-        pattern: r"(?:^|[^0-9])(\d{3})-(\d{2})-(\d{4})(?:[^0-9]|$)",
+        pattern: r"(?:^|[^0-9])([0-9]{3})-([0-9]{2})-([0-9]{4})(?:[^0-9]|$)",
         severity: Severity::High,
         score: 75,
         check: ssn,
     },
     Rule {
         id: "pii.phone-number",
-        pattern: r"(?:^|[^0-9+])(\+[1-9]\d{0,2}[ \-.]?(?:\(\d{1,4}\)[ \-.]?)?\d{2,4}(?:[ \-.]?\d{2,4}){2,4})(?:[^0-9]|$)",
+        pattern: r"(?:^|[^0-9+])(\+[1-9][0-9]{0,2}[ \-.]?(?:\([0-9]{1,4}\)[ \-.]?)?[0-9]{2,4}(?:[ \-.]?[0-9]{2,4}){2,4})(?:[^0-9]|$)",
         severity: Severity::Low,
         score: 40,
         check: any,

@@ -230,7 +230,11 @@ fn html_decode(text: &str) -> Option<String> {
     while let Some(at) = rest.find('&') {
         out.push_str(&rest[..at]);
         let tail = &rest[at..];
-        let end = tail[..tail.len().min(12)].find(';');
+        // Bytes, not a string slice: twelve bytes may end inside a character. `;` is ASCII, so
+        // where it is found is a character boundary.
+        let end = tail.as_bytes()[..tail.len().min(12)]
+            .iter()
+            .position(|&b| b == b';');
         let decoded = end.and_then(|end| {
             let entity = &tail[1..end];
             let c = if let Some(hex) = entity

@@ -213,3 +213,22 @@ fn ordinary_content_stays_quiet() {
         assert!(found.is_empty(), "{text:?}: {found:?}");
     }
 }
+
+#[test]
+fn hostile_text_never_panics() {
+    let scanner = Scanner::default();
+    // An entity-looking run cut inside multi-byte characters, and an IBAN-shaped run whose
+    // digits are three-byte Devanagari digits.
+    for text in [
+        "&ééééééééé;".to_owned(),
+        "&éé".to_owned(),
+        "IBAN GB\u{0968}\u{0968}WEST1234569876 done".to_owned(),
+        "ssn \u{0968}\u{0968}\u{0968}-\u{0968}\u{0968}-\u{0968}\u{0968}\u{0968}\u{0968}".to_owned(),
+        "\\u12".to_owned(),
+        "%".repeat(5000),
+        "A".repeat(100_000),
+    ] {
+        let _ = scanner.scan_text(&text, "");
+        let _ = scanner.scan_body(text.as_bytes());
+    }
+}
