@@ -367,18 +367,16 @@ impl Pipeline {
             // withheld until a person approves it, whatever policy would say.
             verdict.decision.outcome = Outcome::denied(DenyReason::ToolWithheld);
             verdict.decision.deciding.clear();
-        } else {
-            if matches!(verdict.decision.outcome, Outcome::NeedsApproval { .. }) {
-                self.approvals(caller, &mut request, &mut verdict, &said)
-                    .instrument(span.clone())
-                    .await;
-            }
-            if !matches!(verdict.decision.outcome, Outcome::Deny { .. })
-                && !caller.authority.permits(&request.action)
-            {
-                verdict.decision.outcome = Outcome::denied(DenyReason::OutsideGrant);
-                verdict.decision.deciding.clear();
-            }
+        } else if !matches!(verdict.decision.outcome, Outcome::Deny { .. })
+            && !caller.authority.permits(&request.action)
+        {
+            verdict.decision.outcome = Outcome::denied(DenyReason::OutsideGrant);
+            verdict.decision.deciding.clear();
+        } else if matches!(verdict.decision.outcome, Outcome::NeedsApproval { .. }) {
+            // Only now: an approval is never filed for, nor spent on, a call the grant refuses.
+            self.approvals(caller, &mut request, &mut verdict, &said)
+                .instrument(span.clone())
+                .await;
         }
         let decision = &mut verdict.decision;
         let forwarded_bytes = if decision.is_allowed() {
