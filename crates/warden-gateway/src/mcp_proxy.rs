@@ -27,7 +27,7 @@ use crate::mcp::{self, Classified, Listing};
 use crate::pipeline::Said;
 use crate::server::{
     Body, BoxError, State, Upstream, call_upstream, describe, full, identify, identify_method,
-    json_response, problem, read_body, relay,
+    json_response, problem, read_body, relay, relayed_head,
 };
 use crate::sse::SseRewriter;
 
@@ -250,24 +250,9 @@ async fn filtered(
     response: Response<Incoming>,
 ) -> Response<Body> {
     let is_sse = is_event_stream(&response);
-    let (parts, body) = response.into_parts();
-    let mut head = Response::new(());
-    *head.status_mut() = parts.status;
-    for name in RESPONSE_HEADERS {
-        if let Some(value) = parts.headers.get(name) {
-            head.headers_mut()
-                .insert(http::HeaderName::from_static(name), value.clone());
-        }
-    }
-    let bytes = match Limited::new(body, MAX_LISTING_BYTES).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(_) => {
-            return problem(
-                StatusCode::BAD_GATEWAY,
-                "upstream_too_large",
-                "the upstream's listing is too large",
-            );
-        }
+    let (head, bytes) = match read_whole(response, "the upstream's listing is too large").await {
+        Ok(read) => read,
+        Err(refused) => return refused,
     };
     let hidden = match listing {
         Listing::Tools => withhold_tools(state, server, &messages(&bytes, is_sse)).await,
@@ -294,8 +279,27 @@ async fn filtered(
     } else {
         rewrite("message", &String::from_utf8_lossy(&bytes)).into_bytes()
     };
-    let (parts, ()) = head.into_parts();
-    Response::from_parts(parts, full(out))
+    Response::from_parts(head, full(out))
+}
+
+/// An upstream answer read whole (at most `MAX_LISTING_BYTES`, else refused with `too_large`):
+/// the head it is relayed with, and its bytes.
+async fn read_whole(
+    response: Response<Incoming>,
+    too_large: &'static str,
+) -> Result<(http::response::Parts, Bytes), Response<Body>> {
+    let (parts, body) = response.into_parts();
+    match Limited::new(body, MAX_LISTING_BYTES).collect().await {
+        Ok(collected) => Ok((
+            relayed_head(&parts, &RESPONSE_HEADERS),
+            collected.to_bytes(),
+        )),
+        Err(_) => Err(problem(
+            StatusCode::BAD_GATEWAY,
+            "upstream_too_large",
+            too_large,
+        )),
+    }
 }
 
 /// Relays the answer to a call whose result is inspected. A result policy refuses once it sees
@@ -333,27 +337,14 @@ async fn inspected(
             .boxed();
         return relayed;
     }
-    let (parts, body) = response.into_parts();
-    let Ok(collected) = Limited::new(body, MAX_LISTING_BYTES).collect().await else {
-        // What cannot be read whole cannot be inspected, so it does not pass.
-        return problem(
-            StatusCode::BAD_GATEWAY,
-            "upstream_too_large",
-            "the upstream's answer is too large to inspect",
-        );
-    };
-    let bytes = collected.to_bytes();
+    // What cannot be read whole cannot be inspected, so it does not pass.
+    let (head, bytes) =
+        match read_whole(response, "the upstream's answer is too large to inspect").await {
+            Ok(read) => read,
+            Err(refused) => return refused,
+        };
     let out = review(&String::from_utf8_lossy(&bytes)).map_or(bytes, Bytes::from);
-    let mut answer = Response::new(full(out));
-    *answer.status_mut() = parts.status;
-    for name in RESPONSE_HEADERS {
-        if let Some(value) = parts.headers.get(name) {
-            answer
-                .headers_mut()
-                .insert(http::HeaderName::from_static(name), value.clone());
-        }
-    }
-    answer
+    Response::from_parts(head, full(out))
 }
 
 /// The JSON-RPC messages of an answer: the body, or each SSE event's data.

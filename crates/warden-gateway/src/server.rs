@@ -504,16 +504,26 @@ async fn forward(
 /// The upstream's response with only the headers a client needs.
 pub(crate) fn relay(upstream: Response<Incoming>, keep: &[&'static str]) -> Response<Body> {
     let (parts, body) = upstream.into_parts();
-    let mut response = Response::new(body.map_err(|e| Box::new(e) as BoxError).boxed());
-    *response.status_mut() = parts.status;
+    Response::from_parts(
+        relayed_head(&parts, keep),
+        body.map_err(|e| Box::new(e) as BoxError).boxed(),
+    )
+}
+
+/// The head a relayed answer goes out with: the upstream's status and only the `keep` headers.
+pub(crate) fn relayed_head(
+    upstream: &http::response::Parts,
+    keep: &[&'static str],
+) -> http::response::Parts {
+    let mut head = Response::new(()).into_parts().0;
+    head.status = upstream.status;
     for name in keep {
-        if let Some(value) = parts.headers.get(*name) {
-            response
-                .headers_mut()
+        if let Some(value) = upstream.headers.get(*name) {
+            head.headers
                 .insert(http::HeaderName::from_static(name), value.clone());
         }
     }
-    response
+    head
 }
 
 pub(crate) fn describe(action: &Action) -> String {
