@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use warden_model::{ApprovalRequirement, SpiffeId};
 
-use crate::control::{AdminRecord, AgentRecord, Control, ControlError, bad, now};
+use crate::control::{AdminRecord, AgentRecord, Control, ControlError, bad, now, random_hex};
 use crate::store::{AGENTS, APPROVALS};
 
 /// Pending requests one agent instance may have open: a looping agent cannot flood approvers.
@@ -159,16 +159,6 @@ fn text(what: &str, value: Option<String>) -> Result<Option<String>, ControlErro
     }
 }
 
-fn random_id() -> Result<String, ControlError> {
-    let mut bytes = [0u8; 12];
-    aws_lc_rs::rand::fill(&mut bytes)
-        .map_err(|_| ControlError::Internal("no randomness".into()))?;
-    Ok(format!(
-        "apr_{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
-}
-
 impl Control {
     /// Files an approval request (from a gateway) and notifies the configured webhook.
     pub fn request_approval(&self, request: ApprovalRequest) -> Result<Approval, ControlError> {
@@ -193,7 +183,7 @@ impl Control {
         }
         let validity = i64::try_from(request.requirement.valid_for_secs).unwrap_or(i64::MAX);
         let approval = Approval {
-            id: random_id()?,
+            id: format!("apr_{}", random_hex(12)?),
             status: ApprovalStatus::Pending,
             created: now,
             expires: now.saturating_add(validity),

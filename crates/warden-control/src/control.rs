@@ -352,12 +352,16 @@ fn random_token(prefix: &str) -> Result<String, ControlError> {
     Ok(format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes)))
 }
 
-fn random_instance() -> Result<Name, ControlError> {
-    let mut bytes = [0u8; 5];
+/// `len` random bytes, in hex: for ids.
+pub(crate) fn random_hex(len: usize) -> Result<String, ControlError> {
+    let mut bytes = vec![0u8; len];
     aws_lc_rs::rand::fill(&mut bytes)
         .map_err(|_| ControlError::Internal("no randomness".into()))?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    Name::new(format!("i-{hex}")).map_err(|e| ControlError::Internal(e.to_string()))
+    Ok(hex(&bytes))
+}
+
+fn random_instance() -> Result<Name, ControlError> {
+    Name::new(format!("i-{}", random_hex(5)?)).map_err(|e| ControlError::Internal(e.to_string()))
 }
 
 pub(crate) fn now() -> OffsetDateTime {

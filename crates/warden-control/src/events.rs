@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use warden_model::{Event, EventType};
 
-use crate::control::{AdminRecord, Control, ControlError, bad, now};
+use crate::control::{AdminRecord, Control, ControlError, bad, now, random_hex};
 use crate::store::EVENTS;
 
 const MAX_ATTRIBUTES: usize = 32;
@@ -61,14 +61,8 @@ impl Control {
                 "attribute `{key}`: names are 1 to {MAX_ATTRIBUTE_BYTES} bytes, values at most {MAX_ATTRIBUTE_BYTES}"
             )));
         }
-        let mut id = [0u8; 12];
-        aws_lc_rs::rand::fill(&mut id)
-            .map_err(|_| ControlError::Internal("no randomness".into()))?;
         let event = Event {
-            id: format!(
-                "evt_{}",
-                id.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            ),
+            id: format!("evt_{}", random_hex(12)?),
             event_type: request.event_type,
             time: now().unix_timestamp(),
             publisher: publisher.name.clone(),

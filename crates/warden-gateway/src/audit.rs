@@ -3,7 +3,6 @@
 //! durable unless the configuration trades that away.
 
 use anyhow::Context as _;
-use aws_lc_rs::digest;
 use serde_json::Value;
 use warden_audit::{AuditLog, LogConfig};
 
@@ -111,9 +110,7 @@ impl AuditRecorder {
 }
 
 fn hashed(value: &Value) -> Value {
-    let digest = digest::digest(&digest::SHA256, value.to_string().as_bytes());
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    Value::String(format!("sha256:{hex}"))
+    Value::String(crate::desk::canonical_hash(value))
 }
 
 impl Recorder for AuditRecorder {
