@@ -46,6 +46,10 @@ pub struct GatewayConfig {
 pub struct InspectSettings {
     pub enabled: bool,
     pub injection: bool,
+    /// The statistical injection classifier, beside the injection rules.
+    pub classifier: bool,
+    /// The least classifier probability, in percent, that becomes a finding.
+    pub classifier_min_score: u8,
     pub secrets: bool,
     /// Sensitive-data sets: `email`, `payment-card`, `iban`, `us-ssn`, `phone-number`.
     pub sensitive: Vec<String>,
@@ -57,6 +61,8 @@ impl Default for InspectSettings {
         Self {
             enabled: true,
             injection: scanners.injection,
+            classifier: scanners.classifier,
+            classifier_min_score: scanners.classifier_min_score,
             secrets: scanners.secrets,
             sensitive: scanners.sensitive,
         }
@@ -71,6 +77,8 @@ impl InspectSettings {
         }
         warden_inspect::Scanner::try_new(&warden_inspect::Config {
             injection: self.injection,
+            classifier: self.classifier,
+            classifier_min_score: self.classifier_min_score,
             secrets: self.secrets,
             sensitive: self.sensitive.clone(),
         })

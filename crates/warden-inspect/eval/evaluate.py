@@ -1,82 +1,43 @@
 #!/usr/bin/env python3
-"""Reproducible evaluation of Warden's inspection rules.
+"""Reproducible evaluation of Warden's inspection: rules and classifier.
 
 Usage: evaluate.py WARDEN_BINARY [REPO_ROOT]
 
-- Injection: the attack scenarios of the public `agent-injection-bench` 0.1.0 benchmark (MIT;
-  pinned, fetched from PyPI into a temporary directory) — none of them was seen while the rules
-  were written, so the whole set is held out — against benign content: the benchmark's own
-  controls plus this repository's Rust sources, configuration and documentation (cut into pieces
-  of up to 4 KiB; documents that quote attacks on purpose are left out). The baseline is the
-  benchmark's own `InstructionFilter` defense, run on the same samples.
+- Injection: the held-out test split of the corpus `corpus.py` builds from public, licensed
+  sources (AgentDojo's banking and Slack suites, half of bastioncorpus, all of
+  agent-injection-bench, half of the benign code and documentation). None of it was used to write
+  the rules or train the classifier. Reported per source for the rules, the classifier and both,
+  beside a public baseline run on the same samples: agent-injection-bench's own
+  `InstructionFilter` defense (its regular expressions, read from the pinned wheel).
 - Secrets: keys generated in their real formats (valid checksums where the format has one),
-  embedded in code, JSON and env files, against the same benign corpus.
+  embedded in code, JSON and env files, against every benign sample of the corpus (train and
+  test: secrets were never trained on).
 
 Prints a Markdown report.
 """
 
 import base64
 import json
-import os
 import random
 import re
 import string
 import subprocess
 import sys
 import tempfile
-import zipfile
 import zlib
 from pathlib import Path
 
-BENCH = "agent-injection-bench==0.1.0"
-# Documents that quote attacks and secrets on purpose, to explain them.
-QUOTING = {"docs/inspection.md", "docs/approvals.md", "docs/audit.md"}
+sys.path.insert(0, str(Path(__file__).parent))
+import corpus  # noqa: E402
 
 
-def fetch_bench() -> tuple[list[dict], list[str]]:
-    """The benchmark's scenarios and its InstructionFilter patterns, from the pinned wheel."""
+def baseline_patterns() -> list[re.Pattern]:
+    """agent-injection-bench's InstructionFilter patterns, from the pinned wheel."""
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, BENCH],
-            check=True,
-        )
-        wheel = next(Path(tmp).glob("*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            scenarios = [json.loads(l) for l in z.read("aib/data/attacks.jsonl").decode().splitlines() if l.strip()]
-            source = z.read("aib/defenses/builtin.py").decode()
+        z = corpus.fetch(corpus.AIB, Path(tmp))
+        source = z.read("aib/defenses/builtin.py").decode()
     block = source.split("_PATTERNS = (", 1)[1].split(")\n", 1)[0]
-    patterns = re.findall(r'r"([^"]+)"', block)
-    return scenarios, patterns
-
-
-def untrusted_text(scenario: dict) -> str:
-    """What reaches the agent from outside: the tool's result, or the injected document."""
-    for tool in scenario.get("tools", []):
-        if "returns" in tool:
-            return tool["returns"]
-    return scenario.get("injected", "")
-
-
-def benign_corpus(root: Path) -> list[str]:
-    pieces = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if (
-            not path.is_file()
-            or rel.startswith(("target/", ".git/"))
-            or "/tests/" in rel
-            or "/eval/" in rel
-            or rel in QUOTING
-            or path.suffix not in {".rs", ".md", ".yaml", ".yml", ".json", ".toml"}
-        ):
-            continue
-        text = path.read_text(errors="replace")
-        # The rule tables themselves are lists of attack phrases.
-        if rel.endswith(("warden-inspect/src/rules.rs", "warden/src/inspect.rs")):
-            continue
-        for start in range(0, len(text), 4096):
-            pieces.append(text[start : start + 4096])
-    return pieces
+    return [re.compile(p) for p in re.findall(r'r"([^"]+)"', block)]
 
 
 def scan(warden: str, samples: list[str], extra: list[str]) -> list[list[dict]]:
@@ -136,55 +97,67 @@ def generated_secrets(rng: random.Random, n: int) -> list[tuple[str, str]]:
     return samples
 
 
+def pct(n: int, d: int) -> str:
+    return f"{n}/{d} ({100 * n / d:.1f}%)" if d else "—"
+
+
 def main() -> None:
     warden = sys.argv[1]
     root = Path(sys.argv[2] if len(sys.argv) > 2 else ".").resolve()
-    scenarios, baseline_patterns = fetch_bench()
-    baseline = [re.compile(p) for p in baseline_patterns]
-    attacks = [s for s in scenarios if s["family"] not in ("control", "baseline")]
-    controls = [untrusted_text(s) for s in scenarios if s["family"] == "control"]
-    benign = controls + benign_corpus(root)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, str(Path(__file__).parent / "corpus.py"), tmp, str(root)], check=True)
+        rows = {split: [json.loads(l) for l in open(Path(tmp) / f"{split}.jsonl")] for split in ("train", "test")}
+    test = rows["test"]
+    baseline = baseline_patterns()
+    found = scan(warden, [r["text"] for r in test], ["--sensitive", "none", "--no-secrets"])
+    by_rules = [any(f["kind"] == "injection" and f["rule"] != "injection.classifier" for f in fs) for fs in found]
+    by_model = [any(f["rule"] == "injection.classifier" for f in fs) for fs in found]
+    by_base = [any(p.search(r["text"]) for p in baseline) for r in test]
 
-    attack_texts = [untrusted_text(s) for s in attacks]
-    found = scan(warden, attack_texts + benign, ["--sensitive", "none", "--no-secrets"])
-    injected = lambda fs: any(f["kind"] == "injection" for f in fs)
-    caught = [injected(f) for f in found[: len(attacks)]]
-    false_alarms = [injected(f) for f in found[len(attacks) :]]
-    base_caught = [any(p.search(t) for p in baseline) for t in attack_texts]
-    base_false = [any(p.search(t) for p in baseline) for t in benign]
+    print("## Injection: held-out test split\n")
+    positives = sum(r["label"] for r in test)
+    print(f"{len(test)} samples: {positives} injected, {len(test) - positives} benign. "
+          f"The classifier was trained on the other split ({len(rows['train'])} samples).\n")
+    print("| source | samples | rules | classifier | Warden (either) | baseline |")
+    print("|---|---|---|---|---|---|")
 
-    print("## Injection (agent-injection-bench 0.1.0 attacks; benign: its controls + this repository)\n")
-    print(f"{len(attacks)} attack samples, {len(benign)} benign samples.\n")
-    print("| family | samples | Warden recall | baseline recall |")
-    print("|---|---|---|---|")
-    families = sorted({s["family"] for s in attacks})
-    for family in families:
-        idx = [i for i, s in enumerate(attacks) if s["family"] == family]
-        w = sum(caught[i] for i in idx)
-        b = sum(base_caught[i] for i in idx)
-        print(f"| {family} | {len(idx)} | {w}/{len(idx)} | {b}/{len(idx)} |")
-    tp, fp = sum(caught), sum(false_alarms)
-    btp, bfp = sum(base_caught), sum(base_false)
-    prec = lambda t, f: t / (t + f) if t + f else 1.0
-    print(f"| **all** | {len(attacks)} | **{tp}/{len(attacks)} ({100 * tp / len(attacks):.0f}%)** | {btp}/{len(attacks)} ({100 * btp / len(attacks):.0f}%) |\n")
-    print(f"False-positive rate on benign: Warden {fp}/{len(benign)} ({100 * fp / len(benign):.2f}%), baseline {bfp}/{len(benign)} ({100 * bfp / len(benign):.2f}%).")
-    print(f"Precision: Warden {prec(tp, fp):.3f}, baseline {prec(btp, bfp):.3f}.\n")
-    missed = [s["id"] for s, c in zip(attacks, caught) if not c]
-    print(f"Missed by Warden: {', '.join(missed) or 'none'}.\n")
+    def line(name: str, idx: list[int]) -> None:
+        n = len(idx)
+        cells = [pct(sum(flags[i] for i in idx), n) for flags in (by_rules, by_model)]
+        either = pct(sum(by_rules[i] or by_model[i] for i in idx), n)
+        print(f"| {name} | {n} | {cells[0]} | {cells[1]} | **{either}** | {pct(sum(by_base[i] for i in idx), n)} |")
 
+    for label, title in ((1, "recall"), (0, "false positives")):
+        sources = sorted({r["source"] for r in test if r["label"] == label})
+        for source in sources:
+            line(f"{source} — {title}", [i for i, r in enumerate(test) if r["label"] == label and r["source"] == source])
+        line(f"**all — {title}**", [i for i, r in enumerate(test) if r["label"] == label])
+    print()
+    injected = [i for i, r in enumerate(test) if r["label"] == 1]
+    missed = {}
+    for i in injected:
+        if not (by_rules[i] or by_model[i]):
+            key = f"{test[i]['source']}/{test[i]['group']}"
+            missed[key] = missed.get(key, 0) + 1
+    print("Missed, by source and group: " + (", ".join(f"{k} ({v})" for k, v in sorted(missed.items())) or "none") + ".\n")
+
+    benign = [r["text"] for split in rows.values() for r in split if r["label"] == 0]
     rng = random.Random(20261122)
     secrets = generated_secrets(rng, 4000)
     found = scan(warden, [t for _, t in secrets] + benign, ["--sensitive", "none", "--no-injection"])
     hits = [any(f["kind"] == "secret" for f in fs) for fs in found[: len(secrets)]]
     false_secrets = [any(f["kind"] == "secret" for f in fs) for fs in found[len(secrets) :]]
-    print("## Secrets (generated real-format keys; benign: the same corpus)\n")
+    print("## Secrets (generated real-format keys; benign: every benign sample of the corpus)\n")
     print("| format | samples | recall |")
     print("|---|---|---|")
     for kind in sorted({k for k, _ in secrets}):
         idx = [i for i, (k, _) in enumerate(secrets) if k == kind]
         print(f"| {kind} | {len(idx)} | {100 * sum(hits[i] for i in idx) / len(idx):.1f}% |")
     print(f"| **all** | {len(secrets)} | **{100 * sum(hits) / len(secrets):.2f}%** |\n")
-    print(f"False positives on benign: {sum(false_secrets)}/{len(benign)} ({100 * sum(false_secrets) / len(benign):.2f}%).")
+    print(f"False positives on benign: {pct(sum(false_secrets), len(benign))}.")
+    for text, hit in zip(benign, false_secrets):
+        if hit:
+            print(f"- `{text[:80]!r}`")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 //! pass per family whatever their number. Scanners report findings (kind, rule, where, severity,
 //! score); they never decide: policy says what a finding means.
 
+pub mod classifier;
 mod rules;
 mod text;
 
@@ -54,6 +55,10 @@ pub struct Finding {
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct Config {
     pub injection: bool,
+    /// The statistical injection classifier (with `injection`), for paraphrases rules miss.
+    pub classifier: bool,
+    /// The classifier's least probability (0–100) that is reported as a finding.
+    pub classifier_min_score: u8,
     pub secrets: bool,
     /// Sensitive-data sets: `email`, `payment-card`, `iban`, `us-ssn`, `phone-number`.
     pub sensitive: Vec<String>,
@@ -66,6 +71,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             injection: true,
+            classifier: true,
+            classifier_min_score: 50,
             secrets: true,
             sensitive: SENSITIVE_SETS.iter().map(|s| (*s).to_owned()).collect(),
         }
@@ -93,6 +100,7 @@ const MAX_DEPTH: usize = 64;
 /// The compiled scanners.
 pub struct Scanner {
     injection: Option<rules::Family>,
+    classifier: Option<(classifier::Model, u8)>,
     secrets: Option<rules::Family>,
     sensitive: Option<rules::Family>,
 }
@@ -116,12 +124,20 @@ impl Scanner {
                 SENSITIVE_SETS.join(", ")
             ));
         }
+        if config.classifier_min_score > 100 {
+            return Err("classifierMinScore is a probability in percent: 0 to 100".into());
+        }
         Ok(Self::new(config))
     }
 
     fn new(config: &Config) -> Self {
         Self {
             injection: config.injection.then(rules::Family::injection),
+            classifier: (config.injection && config.classifier).then(|| {
+                let model = classifier::Model::parse(classifier::SHIPPED)
+                    .expect("the shipped model parses (a unit test reads it)");
+                (model, config.classifier_min_score)
+            }),
             secrets: config.secrets.then(rules::Family::secrets),
             sensitive: (!config.sensitive.is_empty())
                 .then(|| rules::Family::sensitive(&config.sensitive)),
@@ -240,6 +256,26 @@ impl Scanner {
                     score: 85,
                     via: Vec::new(),
                 });
+            }
+            if let Some((model, min_score)) = &self.classifier {
+                let probability = model.score_folded(&prepared.folded);
+                // A probability in percent: 0..=100 fits.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let score = (probability * 100.0).round() as u8;
+                if score >= *min_score {
+                    out.push(Finding {
+                        kind: Kind::Injection,
+                        rule: "injection.classifier".into(),
+                        location: location.to_owned(),
+                        severity: if score >= 90 {
+                            Severity::High
+                        } else {
+                            Severity::Medium
+                        },
+                        score,
+                        via: Vec::new(),
+                    });
+                }
             }
             if prepared.invisible >= 3 {
                 out.push(Finding {

@@ -39,7 +39,7 @@ const INJECTION: &[Rule] = &[
     },
     Rule {
         id: "injection.role-impersonation",
-        pattern: r"(<\|im_start\|>\s*(system|developer)|<\|(system|developer)\|>|\[(system|developer)\s*(message|prompt)?\]|###\s*(system|developer|instruction)s?\s*(message|prompt)?\s*:?|(^|\n)\s*(system|developer)\s*(message|prompt)?\s*:|</?(system|developer)(_prompt)?>|\[/?inst\])",
+        pattern: r"(<\|im_start\|>\s*(system|developer)|<\|(system|developer)\|>|\[(system|developer)\s*(message|prompt)?\]|#{2,}\s*(\(\s*(system|developer)[\s_]*(message|prompt)?\s*\)|(system|developer)[\s_]*(message|prompt)|(system|developer|instructions?)\s*:)|(^|\n)\s*(system|developer)\s*(message|prompt)?\s*:|</?(system|developer)(_prompt)?>|\[/?inst\])",
         severity: Severity::High,
         score: 80,
         check: any,
@@ -53,7 +53,8 @@ const INJECTION: &[Rule] = &[
     },
     Rule {
         id: "injection.exfiltration",
-        pattern: r"\b(send|post|upload|forward|email|e-mail|transmit|exfiltrate|leak|paste|append)\s+(.{0,60}?\s)?(the\s+|all\s+|your\s+|any\s+)*(passwords?|secrets?|tokens?|api\s*keys?|credentials?|private\s+keys?|conversation|chat\s+history|system\s+prompt|environment\s+variables|env\s+vars|\.env|ssh\s+keys?|cookies?|session)\b",
+        // …and where to: documentation says "send the cookie" too, but not to an address.
+        pattern: r"\b(send|post|upload|forward|email|e-mail|transmit|exfiltrate|leak|paste|append)\s+(.{0,60}?\s)?(the\s+|all\s+|your\s+|any\s+)*(passwords?|secrets?|tokens?|api\s*keys?|credentials?|private\s+keys?|conversation|chat\s+history|system\s+prompt|environment\s+variables|env\s+vars|\.env|ssh\s+keys?|cookies?|session)\b.{0,80}?\b(to|at|into|via)\s+(https?://|www\.|[\w.+-]+@[\w-]+\.|(the\s+|this\s+|my\s+|our\s+)?(following\s+)?(url|address|endpoint|webhook|server|site|website|email|inbox|channel|link))",
         severity: Severity::Critical,
         score: 90,
         check: any,
@@ -74,7 +75,8 @@ const INJECTION: &[Rule] = &[
     },
     Rule {
         id: "injection.hidden-html-comment",
-        pattern: r"<!--[^>]{0,800}?\b(ignore|instructions?|assistant|ai|model|llm|system|must|do\s+not\s+tell|you\s+are)\b",
+        // Words addressed to a model, not tool directives like `<!-- prettier-ignore -->`.
+        pattern: r"<!--[^>]{0,800}?(\bignore\s+(all|any|previous|prior|the|your|above)\b|\binstructions?\b|\b(ai|assistant|model|llm|agent)\s*[:,]|\byou\s+(are|must|should|will)\b|\bdo\s+not\s+tell\b|\bsystem\s*:)",
         severity: Severity::High,
         score: 75,
         check: any,
@@ -88,7 +90,9 @@ const INJECTION: &[Rule] = &[
     },
     Rule {
         id: "injection.markdown-exfiltration",
-        pattern: r"!\[[^\]]{0,200}\]\(\s*https?://[^)\s]{1,400}\?[^)\s]*=[^)\s]*\)",
+        // The query must carry a slot for data (`{…}`, `[…]`, `<…>`, `$…`), or name what it
+        // carries: badges and avatars (`?style=flat`, `?s=70`) have queries too.
+        pattern: r"!\[[^\]]{0,200}\]\(\s*https?://[^)\s]{1,400}[?&][^)\s]*(=[^)\s]*(\{|\[|<|\$|%7b|%5b|%3c|secret|token|api_?key|passw|credential|conversation|chat|history|memory|data)|\b(data|secret|secrets|token|key|password|conversation|chat|history|memory|exfil|leak|payload|info|content|context|prompt)=)",
         severity: Severity::High,
         score: 85,
         check: any,
@@ -183,7 +187,7 @@ const SECRETS: &[Rule] = &[
     },
     Rule {
         id: "secret.password-assignment",
-        pattern: r#"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret|private[_-]?key)\b["']?\s*[:=]\s*["']?([^\s"',;{}<>]{8,200})"#,
+        pattern: r#"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret|private[_-]?key)\b["']?\s*[:=]\s*["']?([^\s"',;{}<>()\[\]]{8,200})(?:[^(\[A-Za-z0-9_]|$)"#,
         severity: Severity::High,
         score: 70,
         check: high_entropy,
@@ -324,7 +328,9 @@ fn placeholder(value: &str) -> bool {
 
 fn high_entropy(c: &regex::Captures<'_>) -> Option<u8> {
     let value = c.get(1)?.as_str();
-    (!placeholder(value) && entropy(value) >= 3.0).then_some(0)
+    // A link (a reset page, a proxy URL) is not the password; one with credentials in it is
+    // the connection-string rule's.
+    (!placeholder(value) && !value.contains("://") && entropy(value) >= 3.0).then_some(0)
 }
 
 fn connection_password(c: &regex::Captures<'_>) -> Option<u8> {

@@ -23,6 +23,12 @@ pub struct InspectArgs {
     /// Skip the prompt-injection rules.
     #[arg(long)]
     no_injection: bool,
+    /// Skip the statistical injection classifier (the injection rules still run).
+    #[arg(long)]
+    no_classifier: bool,
+    /// The least classifier probability, in percent, reported as a finding.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    classifier_min_score: u8,
     /// Skip the secret rules.
     #[arg(long)]
     no_secrets: bool,
@@ -60,6 +66,9 @@ fn explain(rule: &str) -> &'static str {
             "text in Unicode tag characters: invisible to people, read by models"
         }
         "injection.invisible-characters" => "zero-width or bidirectional control characters",
+        "injection.classifier" => {
+            "reads like instructions to a model (statistical classifier; score = probability)"
+        }
         "secret.named-field" => "a high-entropy value in a field named like a secret",
         "secret.password-assignment" => "a password, key or token assigned a high-entropy value",
         "inspect.too-deep" => "JSON nested too deep to inspect",
@@ -77,6 +86,8 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     };
     let scanner = Scanner::try_new(&Config {
         injection: !args.no_injection,
+        classifier: !args.no_classifier,
+        classifier_min_score: args.classifier_min_score,
         secrets: !args.no_secrets,
         sensitive,
     })
