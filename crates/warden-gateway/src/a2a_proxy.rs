@@ -18,11 +18,11 @@ use crate::a2a::{self, Call};
 use crate::identify::Caller;
 use crate::jsonrpc::{self, Invalid, Message};
 use crate::pipeline::Said;
+use crate::reviewed::{is_event_stream, read_whole, relay_reviewed, review_answer};
 use crate::server::{
-    Body, BoxError, State, Upstream, call_upstream, describe, full, identify_method, json_response,
-    problem, read_body, relay,
+    Body, State, Upstream, call_upstream, describe, full, identify_method, json_response, problem,
+    read_body,
 };
-use crate::sse::SseRewriter;
 
 /// Headers a client's request may carry to an A2A peer; its credentials stay at the gateway.
 const FORWARDED: [&str; 5] = [
@@ -33,8 +33,8 @@ const FORWARDED: [&str; 5] = [
     "last-event-id",
 ];
 const RESPONSE_HEADERS: [&str; 3] = ["content-type", "a2a-version", "a2a-extensions"];
-/// Largest non-streamed answer (or agent card) the gateway reads to check or rewrite.
-const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+/// Largest agent card the gateway reads to check and rewrite.
+const MAX_CARD_BYTES: usize = 1024 * 1024;
 
 /// The paths agent cards are published at (0.3 and later; 0.2).
 pub const CARD_PATHS: [&str; 2] = [".well-known/agent-card.json", ".well-known/agent.json"];
@@ -61,10 +61,16 @@ pub async fn card(
     };
     let what = describe(&action);
     let said = Said::from_headers(request.headers());
-    let verdict = state.pipeline.decide(&caller, action, &[], said).await;
+    let verdict = state
+        .pipeline
+        .decide(&caller, action.clone(), &[], said)
+        .await;
+    let refused = |verdict: &crate::pipeline::Verdict, what: &str| {
+        let refusal = jsonrpc::refusal(&Value::Null, verdict, what, a2a::CODES);
+        json_response(StatusCode::FORBIDDEN, &json!({"error": refusal["error"]}))
+    };
     if !verdict.allowed() {
-        let refusal = jsonrpc::refusal(&Value::Null, &verdict, &what, a2a::CODES);
-        return json_response(StatusCode::FORBIDDEN, &json!({"error": refusal["error"]}));
+        return refused(&verdict, &what);
     }
     let response = match call_upstream(
         state,
@@ -89,6 +95,11 @@ pub async fn card(
     }
     match read_json(response.into_body()).await {
         Ok(mut card) => {
+            // A card's descriptions and skills are read by agents' models, as tools' are.
+            let review = state.pipeline.review(&caller, &action, &mut card);
+            if let Some(verdict) = review.verdict.as_ref().filter(|_| review.refused()) {
+                return refused(verdict, &format!("the card of {what}"));
+            }
             a2a::rewrite_card(&mut card, &rpc_url(state, upstream));
             json_response(StatusCode::OK, &card)
         }
@@ -102,7 +113,7 @@ fn rpc_url(state: &State, upstream: &Upstream) -> String {
 }
 
 pub async fn rpc(
-    state: &State,
+    state: &Arc<State>,
     peer: Option<&SpiffeId>,
     upstream: &Upstream,
     request: Request<Incoming>,
@@ -191,31 +202,44 @@ pub async fn rpc(
             ..
         }
     );
-    let is_sse = response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    // Only answers that hand out tasks, list them or carry a card are read; the rest stream.
-    if is_sse || !(creates_tasks || call.lists_tasks || call.returns_card) {
-        return if is_sse && creates_tasks {
-            streamed(Arc::clone(&state.tasks), agent, response)
-        } else {
-            relay(response, &RESPONSE_HEADERS)
-        };
+    // Every answer's result is reviewed (a peer's messages, tasks and card are content an
+    // agent reads); streams event by event, binding the tasks they announce as they pass.
+    if is_event_stream(&response) {
+        let (tasks, agent) = (Arc::clone(&state.tasks), agent.clone());
+        return relay_reviewed(
+            state,
+            &caller,
+            call.action.clone(),
+            response,
+            &RESPONSE_HEADERS,
+            a2a::CODES,
+            move |message| {
+                if creates_tasks {
+                    for task in a2a::task_ids(message) {
+                        tasks.bind(&task, &agent);
+                    }
+                }
+            },
+        )
+        .await;
     }
-    let (parts, answer) = response.into_parts();
-    let mut head = Response::new(());
-    head.headers_mut()
-        .extend(RESPONSE_HEADERS.iter().filter_map(|name| {
-            let value = parts.headers.get(*name)?.clone();
-            Some((http::HeaderName::from_static(name), value))
-        }));
-    *head.status_mut() = parts.status;
-    // An answer that cannot be read is not passed on unfiltered.
-    let mut message = match read_json(answer).await {
-        Ok(message) => message,
+    // An answer that cannot be read is not passed on unchecked.
+    let (head, bytes) = match read_whole(
+        response,
+        &RESPONSE_HEADERS,
+        "the peer's answer is too large",
+    )
+    .await
+    {
+        Ok(read) => read,
         Err(response) => return response,
+    };
+    let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
+        return problem(
+            StatusCode::BAD_GATEWAY,
+            "bad_upstream_answer",
+            "the peer's answer is not JSON",
+        );
     };
     if creates_tasks {
         for task in a2a::task_ids(&message) {
@@ -225,14 +249,15 @@ pub async fn rpc(
     if call.lists_tasks {
         a2a::filter_tasks(&mut message, &|task| state.tasks.owned_by(task, &agent));
     }
+    if let Err(refusal) = review_answer(state, &caller, &call.action, &mut message, a2a::CODES) {
+        return json_response(StatusCode::OK, &refusal);
+    }
     if call.returns_card
         && let Some(card) = message.get_mut("result")
     {
         a2a::rewrite_card(card, &rpc_url(state, upstream));
     }
-    let out = Bytes::from(message.to_string());
-    let (parts, ()) = head.into_parts();
-    Response::from_parts(parts, full(out))
+    Response::from_parts(head, full(Bytes::from(message.to_string())))
 }
 
 /// Decides the call, and where it asks the peer to push updates, the caller's egress to that
@@ -293,7 +318,7 @@ async fn decide(
 }
 
 async fn read_json(body: Incoming) -> Result<Value, Response<Body>> {
-    let bytes = Limited::new(body, MAX_ANSWER_BYTES)
+    let bytes = Limited::new(body, MAX_CARD_BYTES)
         .collect()
         .await
         .map_err(|_| {
@@ -311,33 +336,4 @@ async fn read_json(body: Incoming) -> Result<Value, Response<Body>> {
             "the peer's answer is not JSON",
         )
     })
-}
-
-/// Relays a stream as it arrives, binding every task it announces to `agent`.
-fn streamed(
-    tasks: Arc<crate::owners::Owners>,
-    agent: SpiffeId,
-    response: Response<Incoming>,
-) -> Response<Body> {
-    let mut events = SseRewriter::new(move |_kind: &str, data: &str| {
-        if let Ok(message) = serde_json::from_str::<Value>(data) {
-            for task in a2a::task_ids(&message) {
-                tasks.bind(&task, &agent);
-            }
-        }
-        // Only watched: the bytes relayed are the peer's own.
-        String::new()
-    });
-    let mut relayed = relay(response, &RESPONSE_HEADERS);
-    let body = std::mem::replace(relayed.body_mut(), full(Bytes::new()));
-    *relayed.body_mut() = body
-        .map_frame(move |frame| {
-            if let Some(chunk) = frame.data_ref() {
-                events.feed(chunk);
-            }
-            frame
-        })
-        .map_err(|e: BoxError| e)
-        .boxed();
-    relayed
 }

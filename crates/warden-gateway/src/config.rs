@@ -53,6 +53,10 @@ pub struct InspectSettings {
     pub secrets: bool,
     /// Sensitive-data sets: `email`, `payment-card`, `iban`, `us-ssn`, `phone-number`.
     pub sensitive: Vec<String>,
+    /// What is redacted from what comes back to agents (tool results, peers' answers,
+    /// inspected HTTP responses) instead of left for policy to refuse: `secret`,
+    /// `sensitive-data`, `injection`.
+    pub redact: Vec<warden_inspect::Kind>,
 }
 
 impl Default for InspectSettings {
@@ -65,6 +69,7 @@ impl Default for InspectSettings {
             classifier_min_score: scanners.classifier_min_score,
             secrets: scanners.secrets,
             sensitive: scanners.sensitive,
+            redact: Vec::new(),
         }
     }
 }
@@ -289,6 +294,10 @@ pub struct UpstreamConfig {
     /// passed through.
     #[serde(default)]
     pub credential: Option<InjectedCredential>,
+    /// HTTP only: read each response whole (up to 16 MiB), inspect it and decide again, as a
+    /// tool's result is (redaction applies). Off by default: it holds responses back.
+    #[serde(default)]
+    pub inspect_responses: bool,
 }
 
 impl UpstreamConfig {

@@ -9,11 +9,13 @@ use crate::pipeline::Inspector;
 
 pub struct ContentInspector {
     scanner: Scanner,
+    /// What is redacted from results rather than reported for policy.
+    redact: Vec<Kind>,
 }
 
 impl ContentInspector {
-    pub fn new(scanner: Scanner) -> Self {
-        Self { scanner }
+    pub fn new(scanner: Scanner, redact: Vec<Kind>) -> Self {
+        Self { scanner, redact }
     }
 }
 
@@ -44,6 +46,17 @@ impl Inspector for ContentInspector {
         }
         self.scanner
             .scan_body(body)
+            .into_iter()
+            .map(to_model)
+            .collect()
+    }
+
+    fn redact_result(&self, _action: &Action, result: &mut serde_json::Value) -> Vec<Finding> {
+        if self.redact.is_empty() {
+            return Vec::new();
+        }
+        self.scanner
+            .redact_json(result, &self.redact)
             .into_iter()
             .map(to_model)
             .collect()

@@ -21,6 +21,7 @@ mod mcp_proxy;
 mod metrics;
 mod owners;
 mod pipeline;
+mod reviewed;
 mod server;
 mod sse;
 mod stdio;
@@ -234,7 +235,10 @@ pub async fn start(
         None => Arc::new(LogRecorder),
     };
     let inspector: Arc<dyn pipeline::Inspector> = match scanner.await?? {
-        Some(scanner) => Arc::new(inspect::ContentInspector::new(scanner)),
+        Some(scanner) => Arc::new(inspect::ContentInspector::new(
+            scanner,
+            config.inspect.redact.clone(),
+        )),
         None => Arc::new(PassThrough),
     };
     let pipeline = Pipeline::new(

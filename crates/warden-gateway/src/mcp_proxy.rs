@@ -15,7 +15,7 @@ use std::time::Instant;
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -25,9 +25,10 @@ use crate::identify::Caller;
 use crate::jsonrpc::{self, Message};
 use crate::mcp::{self, Classified, Listing};
 use crate::pipeline::Said;
+use crate::reviewed::{is_event_stream, read_whole, relay_reviewed};
 use crate::server::{
     Body, BoxError, State, Upstream, call_upstream, describe, full, identify, identify_method,
-    json_response, problem, read_body, relay, relayed_head,
+    json_response, problem, read_body, relay,
 };
 use crate::sse::SseRewriter;
 
@@ -43,8 +44,6 @@ const FORWARDED: [&str; 5] = [
 const RESPONSE_HEADERS: [&str; 3] = ["content-type", "mcp-session-id", "mcp-protocol-version"];
 /// Listing requests of one HTTP+SSE session awaiting their answers on its stream.
 const MAX_PENDING_LISTINGS: usize = 1024;
-/// Largest listing response the gateway buffers to filter.
-const MAX_LISTING_BYTES: usize = 16 * 1024 * 1024;
 
 /// What the pipeline made of one client message.
 enum Screened {
@@ -228,7 +227,18 @@ pub async fn streamable(
             }
             match (listing, inspect) {
                 (Some(listing), _) => filtered(state, &caller, server, listing, response).await,
-                (None, Some(action)) => inspected(state, &caller, action, response).await,
+                (None, Some(action)) => {
+                    relay_reviewed(
+                        state,
+                        &caller,
+                        action,
+                        response,
+                        &RESPONSE_HEADERS,
+                        mcp::CODES,
+                        |_| {},
+                    )
+                    .await
+                }
                 (None, None) => relay(response, &RESPONSE_HEADERS),
             }
         }
@@ -250,7 +260,13 @@ async fn filtered(
     response: Response<Incoming>,
 ) -> Response<Body> {
     let is_sse = is_event_stream(&response);
-    let (head, bytes) = match read_whole(response, "the upstream's listing is too large").await {
+    let (head, bytes) = match read_whole(
+        response,
+        &RESPONSE_HEADERS,
+        "the upstream's listing is too large",
+    )
+    .await
+    {
         Ok(read) => read,
         Err(refused) => return refused,
     };
@@ -279,71 +295,6 @@ async fn filtered(
     } else {
         rewrite("message", &String::from_utf8_lossy(&bytes)).into_bytes()
     };
-    Response::from_parts(head, full(out))
-}
-
-/// An upstream answer read whole (at most `MAX_LISTING_BYTES`, else refused with `too_large`):
-/// the head it is relayed with, and its bytes.
-async fn read_whole(
-    response: Response<Incoming>,
-    too_large: &'static str,
-) -> Result<(http::response::Parts, Bytes), Response<Body>> {
-    let (parts, body) = response.into_parts();
-    match Limited::new(body, MAX_LISTING_BYTES).collect().await {
-        Ok(collected) => Ok((
-            relayed_head(&parts, &RESPONSE_HEADERS),
-            collected.to_bytes(),
-        )),
-        Err(_) => Err(problem(
-            StatusCode::BAD_GATEWAY,
-            "upstream_too_large",
-            too_large,
-        )),
-    }
-}
-
-/// Relays the answer to a call whose result is inspected. A result policy refuses once it sees
-/// what inspection found becomes a refusal; everything else passes as it came — a stream event by
-/// event, so progress is not held back, only the result is checked before it goes on.
-async fn inspected(
-    state: &Arc<State>,
-    caller: &Caller,
-    action: Action,
-    response: Response<Incoming>,
-) -> Response<Body> {
-    let what = format!("the result of {}", describe(&action));
-    let review = {
-        let (state, caller) = (Arc::clone(state), caller.clone());
-        move |data: &str| -> Option<String> {
-            let message: Value = serde_json::from_str(data).ok()?;
-            let verdict = state
-                .pipeline
-                .review(&caller, &action, message.get("result")?)?;
-            (!verdict.allowed())
-                .then(|| jsonrpc::refusal(&message["id"], &verdict, &what, mcp::CODES).to_string())
-        }
-    };
-    if is_event_stream(&response) {
-        let mut events = SseRewriter::new(move |_kind: &str, data: &str| {
-            review(data).unwrap_or_else(|| data.to_owned())
-        });
-        let mut relayed = relay(response, &RESPONSE_HEADERS);
-        let body = std::mem::replace(relayed.body_mut(), full(Bytes::new()));
-        *relayed.body_mut() = body
-            .map_frame(move |frame| match frame.into_data() {
-                Ok(chunk) => Frame::data(Bytes::from(events.feed(&chunk))),
-                Err(frame) => frame,
-            })
-            .boxed();
-        return relayed;
-    }
-    // What cannot be read whole cannot be inspected, so it does not pass.
-    let (head, bytes) =
-        match read_whole(response, "the upstream's answer is too large to inspect").await {
-            Ok(read) => read,
-            Err(refused) => return refused,
-        };
-    let out = review(&String::from_utf8_lossy(&bytes)).map_or(bytes, Bytes::from);
     Response::from_parts(head, full(out))
 }
 
@@ -428,14 +379,6 @@ async fn withhold_tools(state: &State, server: &Name, messages: &[Value]) -> Has
         }
     }
     hidden
-}
-
-fn is_event_stream<B>(response: &Response<B>) -> bool {
-    response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"))
 }
 
 /// One client of the HTTP+SSE transport: its stream, and where its messages go upstream.

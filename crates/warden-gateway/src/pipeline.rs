@@ -25,6 +25,8 @@ pub trait Inspector: Send + Sync {
     fn inspect_request(&self, action: &Action, body: &[u8]) -> Vec<Finding>;
     /// What comes back to it: a tool's result, a resource, a prompt (injection, above all).
     fn inspect_result(&self, action: &Action, result: &serde_json::Value) -> Vec<Finding>;
+    /// Redacts from a result what is configured to be redacted; returns what was.
+    fn redact_result(&self, action: &Action, result: &mut serde_json::Value) -> Vec<Finding>;
 }
 
 /// Reports nothing: for `inspect.enabled: false`.
@@ -36,6 +38,25 @@ impl Inspector for PassThrough {
     }
     fn inspect_result(&self, _action: &Action, _result: &serde_json::Value) -> Vec<Finding> {
         Vec::new()
+    }
+    fn redact_result(&self, _action: &Action, _result: &mut serde_json::Value) -> Vec<Finding> {
+        Vec::new()
+    }
+}
+
+/// What reviewing a result came to.
+#[derive(Default)]
+pub struct Review {
+    /// The decision taken again, when inspection found something to decide on.
+    pub verdict: Option<Verdict>,
+    /// Whether the result was changed: something in it was redacted.
+    pub redacted: bool,
+}
+
+impl Review {
+    /// Whether the result may not go on to the agent.
+    pub fn refused(&self) -> bool {
+        self.verdict.as_ref().is_some_and(|v| !v.allowed())
     }
 }
 
@@ -79,6 +100,9 @@ pub struct DecisionEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
     pub findings: Vec<Finding>,
+    /// What was redacted from the result before it went on (`phase: result`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub redacted: Vec<Finding>,
     /// Approvals spent on this call.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub approvals: Vec<String>,
@@ -511,21 +535,23 @@ impl Pipeline {
         }
     }
 
-    /// Inspects the result of an allowed call and, when inspection finds something, decides
-    /// again with those findings (policy may refuse a result it would not let the agent read).
-    /// Synchronous, so a stream can be checked event by event as it passes; the call itself was
-    /// recorded before it was forwarded, and this review is recorded after it.
+    /// Inspects the result of an allowed call: first redacts what is configured to be redacted,
+    /// then, when inspection finds something in what is left, decides again with those findings
+    /// (policy may refuse a result it would not let the agent read). Synchronous, so a stream
+    /// can be checked event by event as it passes; the call itself was recorded before it was
+    /// forwarded, and this review is recorded after it.
     pub fn review(
         &self,
         caller: &Caller,
         action: &Action,
-        result: &serde_json::Value,
-    ) -> Option<Verdict> {
+        result: &mut serde_json::Value,
+    ) -> Review {
         let started = Instant::now();
+        let redacted = self.inspector.redact_result(action, result);
         let findings = self.inspector.inspect_result(action, result);
         self.metrics.stage("inspect", started.elapsed());
-        if findings.is_empty() {
-            return None;
+        if findings.is_empty() && redacted.is_empty() {
+            return Review::default();
         }
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let request = DecisionRequest {
@@ -554,15 +580,19 @@ impl Pipeline {
             decide_started.elapsed(),
         );
         event.phase = Some("result");
+        event.redacted.clone_from(&redacted);
         self.metrics.decision(decision.outcome.label());
         let _ = self.recorder.record(&event);
         let _ = self.events.send(event);
-        Some(Verdict {
-            decision,
-            filed: Vec::new(),
-            approval_problems: Vec::new(),
-            spent: Vec::new(),
-        })
+        Review {
+            verdict: Some(Verdict {
+                decision,
+                filed: Vec::new(),
+                approval_problems: Vec::new(),
+                spent: Vec::new(),
+            }),
+            redacted: !redacted.is_empty(),
+        }
     }
 
     /// Whether the caller could use `action` with suitable arguments — policy and grant —
@@ -623,6 +653,7 @@ impl Pipeline {
             arguments: request.action.args().cloned(),
             intent,
             findings,
+            redacted: Vec::new(),
             approvals: Vec::new(),
             approval_requests: Vec::new(),
             approval_problems: Vec::new(),

@@ -575,6 +575,8 @@ async fn http_request(
         _ => unreachable!("built above as Action::Http"),
     };
     let what = describe(&action);
+    // Kept for the review of the response, when it is inspected.
+    let reviewed = upstream.config.inspect_responses.then(|| action.clone());
     let verdict = state.pipeline.decide(&caller, action, &body, said).await;
     if !verdict.allowed() {
         // Denied and needs-approval are both 403; the body's `data.outcome` tells them apart and
@@ -582,28 +584,111 @@ async fn http_request(
         let refusal = jsonrpc::refusal(&Value::Null, &verdict, &what, mcp::CODES);
         return json_response(StatusCode::FORBIDDEN, &json!({"error": refusal["error"]}));
     }
-    match call_upstream(
+    let inspect = reviewed.is_some();
+    let response = match call_upstream(
         state,
         upstream,
         method,
         &url,
         &headers,
-        |name| !HOP_AND_CREDENTIALS.contains(&name) && !name.starts_with("warden-"),
+        // An inspected response must come back readable: no compression asked for.
+        |name| {
+            !(HOP_AND_CREDENTIALS.contains(&name)
+                || name.starts_with("warden-")
+                || (inspect && name == "accept-encoding"))
+        },
         body,
     )
     .await
     {
-        Ok(response) => {
-            let (parts, body) = response.into_parts();
-            let mut out = Response::new(body.map_err(|e| Box::new(e) as BoxError).boxed());
-            *out.status_mut() = parts.status;
-            for (name, value) in &parts.headers {
-                if !HOP_AND_CREDENTIALS.contains(&name.as_str()) && name != "set-cookie" {
-                    out.headers_mut().append(name, value.clone());
-                }
-            }
-            out
+        Ok(response) => response,
+        Err(response) => return response,
+    };
+    let (parts, body) = response.into_parts();
+    let mut head = Response::new(());
+    *head.status_mut() = parts.status;
+    for (name, value) in &parts.headers {
+        if !HOP_AND_CREDENTIALS.contains(&name.as_str()) && name != "set-cookie" {
+            head.headers_mut().append(name, value.clone());
         }
-        Err(response) => response,
     }
+    let Some(reviewed) = reviewed else {
+        return head.map(|()| body.map_err(|e| Box::new(e) as BoxError).boxed());
+    };
+    match reviewed_http(state, &caller, &reviewed, &parts.headers, body).await {
+        Ok(bytes) => {
+            // Redaction may have changed the length; the body's own is sent.
+            head.headers_mut().remove(http::header::CONTENT_LENGTH);
+            head.map(|()| full(bytes))
+        }
+        Err(refusal) => refusal,
+    }
+}
+
+/// An HTTP response read whole and reviewed as a tool's result is: its bytes as they go on
+/// (redacted where configured), or the refusal that replaces it. Text and JSON are inspected;
+/// other media types (images, archives) pass as they are.
+async fn reviewed_http(
+    state: &State,
+    caller: &Caller,
+    action: &Action,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, Response<Body>> {
+    let header = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    if header(http::header::CONTENT_ENCODING).is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
+        // Fail closed: what cannot be read cannot be inspected.
+        return Err(problem(
+            StatusCode::BAD_GATEWAY,
+            "uninspectable_response",
+            "the upstream compressed a response that is to be inspected; it must answer uncompressed",
+        ));
+    }
+    let bytes = Limited::new(body, crate::reviewed::MAX_REVIEWED_BYTES)
+        .collect()
+        .await
+        .map_err(|_| {
+            problem(
+                StatusCode::BAD_GATEWAY,
+                "upstream_too_large",
+                "the upstream's response is too large to inspect",
+            )
+        })?
+        .to_bytes();
+    let media = header(http::header::CONTENT_TYPE)
+        .unwrap_or("text/plain")
+        .to_ascii_lowercase();
+    let json = media.contains("json");
+    if !(json
+        || media.starts_with("text/")
+        || media.contains("xml")
+        || media.contains("javascript")
+        || media.starts_with("application/x-www-form-urlencoded"))
+    {
+        return Ok(bytes);
+    }
+    let text = || Value::String(String::from_utf8_lossy(&bytes).into_owned());
+    let mut value = if json {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| text())
+    } else {
+        text()
+    };
+    let review = state.pipeline.review(caller, action, &mut value);
+    if let Some(verdict) = review.verdict.as_ref().filter(|_| review.refused()) {
+        let what = format!("the response of {}", describe(action));
+        let refusal = jsonrpc::refusal(&Value::Null, verdict, &what, mcp::CODES);
+        return Err(json_response(
+            StatusCode::FORBIDDEN,
+            &json!({"error": refusal["error"]}),
+        ));
+    }
+    Ok(match (review.redacted, value) {
+        (false, _) => bytes,
+        (true, Value::String(text)) => Bytes::from(text),
+        (true, value) => Bytes::from(value.to_string()),
+    })
 }

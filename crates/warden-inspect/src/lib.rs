@@ -94,6 +94,9 @@ const SECRET_KEYS: &[&str] = &[
     "private_key",
     "privatekey",
 ];
+const NAMED_SECRET: &str = "secret.named-field";
+/// How a redacted value starts: `[REDACTED:<rule>]`.
+const REDACTED: &str = "[REDACTED:";
 /// Nesting beyond this is not walked (it is reported instead).
 const MAX_DEPTH: usize = 64;
 
@@ -190,14 +193,10 @@ impl Scanner {
         }
         match value {
             Value::String(text) => {
-                if self.secrets.is_some()
-                    && key.is_some_and(|k| SECRET_KEYS.contains(&k.to_ascii_lowercase().as_str()))
-                    && text.len() >= 8
-                    && entropy(text) >= 3.0
-                {
+                if self.named_secret(key, text) {
                     out.push(Finding {
                         kind: Kind::Secret,
-                        rule: "secret.named-field".into(),
+                        rule: NAMED_SECRET.into(),
                         location: pointer.clone(),
                         severity: Severity::High,
                         score: 75,
@@ -226,6 +225,130 @@ impl Scanner {
             }
             _ => {}
         }
+    }
+
+    /// Whether a string is a secret for the key it is under: a high-entropy value of a field
+    /// named like one.
+    fn named_secret(&self, key: Option<&str>, text: &str) -> bool {
+        self.secrets.is_some()
+            && key.is_some_and(|k| SECRET_KEYS.contains(&k.to_ascii_lowercase().as_str()))
+            && text.len() >= 8
+            && !text.starts_with(REDACTED)
+            && entropy(text) >= 3.0
+    }
+
+    /// Redacts what the scanners find of the `kinds` given, in every string of `value`, and
+    /// returns the findings redacted. A secret or a piece of personal data is replaced by
+    /// `[REDACTED:<rule>]` where it stands; a string that still carries one after that (hidden
+    /// in an encoding, in look-alike characters, or a field named like a secret), or that
+    /// carries an injection, is replaced whole: what it says is not for the model.
+    pub fn redact_json(&self, value: &mut Value, kinds: &[Kind]) -> Vec<Finding> {
+        let mut redacted = Vec::new();
+        let mut pointer = String::new();
+        self.redact_walk(value, &mut pointer, None, 0, kinds, &mut redacted);
+        dedupe(redacted)
+    }
+
+    fn redact_walk(
+        &self,
+        value: &mut Value,
+        pointer: &mut String,
+        key: Option<&str>,
+        depth: usize,
+        kinds: &[Kind],
+        out: &mut Vec<Finding>,
+    ) {
+        if depth > MAX_DEPTH {
+            return;
+        }
+        match value {
+            Value::String(text) => {
+                let named = kinds.contains(&Kind::Secret) && self.named_secret(key, text);
+                let found: Vec<Finding> = self
+                    .scan_text(text, pointer)
+                    .into_iter()
+                    .filter(|f| kinds.contains(&f.kind))
+                    .collect();
+                if found.is_empty() && !named {
+                    return;
+                }
+                let in_place = self.redact_in_place(text, kinds);
+                let still = named
+                    || self
+                        .scan_text(&in_place, pointer)
+                        .iter()
+                        .any(|f| kinds.contains(&f.kind));
+                *text = if still {
+                    let rule = if named { NAMED_SECRET } else { &found[0].rule };
+                    format!("{REDACTED}{rule}]")
+                } else {
+                    in_place
+                };
+                if named {
+                    out.push(Finding {
+                        kind: Kind::Secret,
+                        rule: NAMED_SECRET.into(),
+                        location: pointer.clone(),
+                        severity: Severity::High,
+                        score: 75,
+                        via: Vec::new(),
+                    });
+                }
+                out.extend(found);
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    let len = pointer.len();
+                    pointer.push('/');
+                    pointer.push_str(&i.to_string());
+                    self.redact_walk(item, pointer, None, depth + 1, kinds, out);
+                    pointer.truncate(len);
+                }
+            }
+            Value::Object(map) => {
+                for (k, item) in map.iter_mut() {
+                    let len = pointer.len();
+                    pointer.push('/');
+                    pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    self.redact_walk(item, pointer, Some(k), depth + 1, kinds, out);
+                    pointer.truncate(len);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// `text` with every secret and piece of personal data of `kinds` the rules match in it
+    /// replaced where it stands. Offsets are the text's own only when preparing it changed
+    /// nothing; otherwise the text is returned as it is (and the caller replaces it whole).
+    fn redact_in_place(&self, text: &str, kinds: &[Kind]) -> String {
+        if text::prepare(text).exact != text {
+            return text.to_owned();
+        }
+        let mut spans: Vec<(&str, std::ops::Range<usize>)> = [
+            (Kind::Secret, &self.secrets),
+            (Kind::SensitiveData, &self.sensitive),
+        ]
+        .into_iter()
+        .filter(|(kind, _)| kinds.contains(kind))
+        .filter_map(|(_, family)| family.as_ref())
+        .flat_map(|family| family.spans(text))
+        .collect();
+        spans.sort_by_key(|(_, range)| (range.start, std::cmp::Reverse(range.end)));
+        let mut out = String::with_capacity(text.len());
+        let mut at = 0;
+        for (rule, range) in spans {
+            if range.start < at {
+                continue; // inside one already replaced
+            }
+            out.push_str(&text[at..range.start]);
+            out.push_str(REDACTED);
+            out.push_str(rule);
+            out.push(']');
+            at = range.end;
+        }
+        out.push_str(&text[at..]);
+        out
     }
 
     /// Scans plain text found at `location`.

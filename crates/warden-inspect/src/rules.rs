@@ -476,28 +476,57 @@ impl Family {
         self.rules.iter().map(|r| r.id)
     }
 
-    /// Findings in `text`, at `location`.
-    pub fn scan(&self, text: &str, location: &str, out: &mut Vec<Finding>) {
-        if self.rules.is_empty() {
-            return;
-        }
-        for i in self.set.matches(text).iter() {
+    /// Every match in `text` that passes its rule's check: the rule, the match, and the score
+    /// the check raised it to.
+    fn accepted<'t>(
+        &'t self,
+        text: &'t str,
+    ) -> impl Iterator<Item = (&'static Rule, regex::Captures<'t>, u8)> + 't {
+        self.set.matches(text).into_iter().flat_map(move |i| {
             let rule = self.rules[i];
-            let best = self.each[i]
+            self.each[i]
                 .captures_iter(text)
-                .filter_map(|c| (rule.check)(&c))
-                .max();
-            if let Some(raised) = best {
-                out.push(Finding {
+                .filter_map(move |c| (rule.check)(&c).map(|raised| (rule, c, raised)))
+        })
+    }
+
+    /// Findings in `text`, at `location`: one per rule, at its most certain match.
+    pub fn scan(&self, text: &str, location: &str, out: &mut Vec<Finding>) {
+        let start = out.len();
+        for (rule, _, raised) in self.accepted(text) {
+            let score = rule.score.max(raised);
+            match out[start..].iter_mut().find(|f| f.rule == rule.id) {
+                Some(found) => found.score = found.score.max(score),
+                None => out.push(Finding {
                     kind: self.kind,
                     rule: rule.id.to_owned(),
                     location: location.to_owned(),
                     severity: rule.severity,
-                    score: rule.score.max(raised),
+                    score,
                     via: Vec::new(),
-                });
+                }),
             }
         }
+    }
+
+    /// Where in `text` each accepted match's value is — from its first group's start to its
+    /// last group's end (the groups are the value; around them are boundaries), or the whole
+    /// match — with the rule's id: what redaction replaces.
+    pub fn spans(&self, text: &str) -> Vec<(&'static str, std::ops::Range<usize>)> {
+        self.accepted(text)
+            .filter_map(|(rule, c, _)| {
+                let groups = c.iter().skip(1).flatten();
+                let (start, end) = groups.fold((usize::MAX, 0), |(s, e), m| {
+                    (s.min(m.start()), e.max(m.end()))
+                });
+                let range = if start < end {
+                    start..end
+                } else {
+                    c.get(0)?.range()
+                };
+                Some((rule.id, range))
+            })
+            .collect()
     }
 }
 

@@ -403,6 +403,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                     url: format!("http://{demo_address}/mcp"),
                     card_url: None,
                     credential: None,
+                    inspect_responses: false,
                 },
                 UpstreamConfig {
                     name: Name::new(demo::API).map_err(|e| anyhow::anyhow!("{e}"))?,
@@ -410,6 +411,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                     url: format!("http://{demo_address}/api"),
                     card_url: None,
                     credential: None,
+                    // The demo shows a proxied API's answers inspected like tools' results.
+                    inspect_responses: true,
                 },
             ],
             inspect: warden_gateway::InspectSettings {

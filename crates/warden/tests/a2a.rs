@@ -37,6 +37,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(POLICY, "")
+}
+
+/// The peer and the fabric in front of it, with `policy` and extra gateway settings.
+fn setup_with(policy: &str, gateway_extra: &str) -> Setup {
     let port = free_port();
     let peer_process = Reaped(
         python3()
@@ -48,10 +53,10 @@ fn setup() -> Setup {
     );
     wait_for_port(port);
     let fabric = Fabric::start(
-        POLICY,
+        policy,
         |_| {
             format!(
-                "  upstreams:\n    - {{name: researcher, kind: a2a, url: 'http://127.0.0.1:{port}/rpc', credential: {{header: x-api-key, value: peer-secret}}}}\n"
+                "  upstreams:\n    - {{name: researcher, kind: a2a, url: 'http://127.0.0.1:{port}/rpc', credential: {{header: x-api-key, value: peer-secret}}}}\n{gateway_extra}"
             )
         },
         &[],
@@ -203,4 +208,89 @@ async fn the_official_a2a_sdk_works_through_the_gateway_and_tasks_stay_with_thei
     let unknown = rpc(&setup, &setup.a, "tasks/obliterate", json!({})).await;
     assert_eq!(unknown["error"]["code"], -32601, "{unknown}");
     drop(setup.fabric);
+}
+
+/// What a peer answers is content the agent's model reads: it is inspected like a tool's
+/// result. An injection the peer passes on is refused (answer and stream alike), personal data
+/// is redacted where configured, and the review is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_answers_are_inspected_injections_refused_and_personal_data_redacted() {
+    let policy = format!(
+        "{POLICY}  deny:\n    - a2a: {{peers: [researcher], methods: [message/send, message/stream, tasks/get], when: 'context.findings.injection_score > 70'}}\n"
+    );
+    let setup = setup_with(&policy, "  inspect: {redact: [sensitive-data]}\n");
+    let send = |text: &str| json!({"message": {"messageId": "m", "role": "ROLE_USER", "parts": [{"text": text}]}});
+    let artifact =
+        |answer: &Value| answer["result"]["task"]["artifacts"][0]["parts"][0]["text"].clone();
+
+    let clean = rpc(&setup, &setup.a, "SendMessage", send("hello")).await;
+    assert_eq!(artifact(&clean), "echo: hello", "{clean}");
+
+    // The agent asks something harmless; the peer answers with an injection.
+    let injected = rpc(&setup, &setup.a, "SendMessage", send("read reviews")).await;
+    assert_eq!(
+        injected["error"]["code"],
+        warden_gateway::A2A_DENIED,
+        "{injected}"
+    );
+    assert!(
+        injected["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("the result of"),
+        "{injected}"
+    );
+
+    let personal = rpc(
+        &setup,
+        &setup.a,
+        "SendMessage",
+        send("mail ann@example.com today"),
+    )
+    .await;
+    assert_eq!(
+        artifact(&personal),
+        "echo: mail [REDACTED:pii.email] today",
+        "{personal}"
+    );
+
+    // A stream: the event carrying the injection is replaced by the refusal; the rest pass.
+    let grant = format!("Bearer {}", read(&setup.a, "grant"));
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "SendStreamingMessage", "params": send("read reviews")});
+    let streamed = client(&setup.a, true)
+        .send(
+            Method::POST,
+            &setup.url,
+            &[
+                ("content-type", "application/json"),
+                ("accept", "text/event-stream"),
+                ("authorization", &grant),
+                ("a2a-version", "1.0"),
+            ],
+            Some(body.to_string().into_bytes()),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    let events = String::from_utf8_lossy(&streamed.body);
+    assert!(!events.contains("evil.example"), "{events}");
+    assert!(events.contains("the result of"), "{events}");
+
+    let audit = setup.fabric.dir.path().join("data/audit");
+    let refused = common::mcp::recorded(&audit, |r| {
+        r["phase"] == "result" && r["outcome"] == "deny" && r["action"] == "a2a.message/send"
+    });
+    assert!(
+        refused["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["kind"] == "injection"),
+        "{refused}"
+    );
+    let redacted = common::mcp::recorded(&audit, |r| {
+        r["phase"] == "result" && r["redacted"].is_array()
+    });
+    assert_eq!(redacted["redacted"][0]["rule"], "pii.email", "{redacted}");
+    assert_eq!(redacted["outcome"], "allow", "{redacted}");
 }

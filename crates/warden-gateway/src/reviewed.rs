@@ -1,0 +1,135 @@
+//! Answers whose results are reviewed before they reach the agent (MCP tool results, resources
+//! and prompts; A2A peers' messages, tasks and cards): what is configured to be redacted is
+//! redacted, and a result policy refuses once it sees what inspection found becomes a refusal.
+//! A stream is reviewed event by event as it passes, so progress is not held back; a JSON answer
+//! is read whole (bounded), since what cannot be read whole cannot be inspected.
+
+// The `Err` of the server helpers is the early response that ends the request.
+#![allow(clippy::result_large_err)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::Response;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Frame, Incoming};
+use serde_json::Value;
+use warden_model::Action;
+
+use crate::identify::Caller;
+use crate::jsonrpc::{self, Codes};
+use crate::server::{Body, State, describe, full, problem, relay, relayed_head};
+use crate::sse::SseRewriter;
+
+/// Largest answer read whole to be reviewed.
+pub const MAX_REVIEWED_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reviews the result a JSON-RPC answer carries. `Ok(true)` when it was redacted in place,
+/// `Ok(false)` when it goes on as it is, `Err(refusal)` when policy refuses it.
+pub fn review_answer(
+    state: &State,
+    caller: &Caller,
+    action: &Action,
+    message: &mut Value,
+    codes: Codes,
+) -> Result<bool, Value> {
+    let Some(result) = message.get_mut("result") else {
+        return Ok(false);
+    };
+    let review = state.pipeline.review(caller, action, result);
+    match &review.verdict {
+        Some(verdict) if review.refused() => {
+            let what = format!("the result of {}", describe(action));
+            Err(jsonrpc::refusal(&message["id"], verdict, &what, codes))
+        }
+        _ => Ok(review.redacted),
+    }
+}
+
+/// One JSON-RPC message's text reviewed: what goes on instead of it, if anything. `watch` sees
+/// every message first (to bind the tasks it announces, say).
+fn review_text(
+    state: &State,
+    caller: &Caller,
+    action: &Action,
+    data: &str,
+    codes: Codes,
+    watch: &mut impl FnMut(&Value),
+) -> Option<String> {
+    let mut message: Value = serde_json::from_str(data).ok()?;
+    watch(&message);
+    match review_answer(state, caller, action, &mut message, codes) {
+        Err(refusal) => Some(refusal.to_string()),
+        Ok(true) => Some(message.to_string()),
+        Ok(false) => None,
+    }
+}
+
+/// Relays an upstream's answer to `action` with its results reviewed: a stream event by event,
+/// anything else read whole first.
+pub async fn relay_reviewed(
+    state: &Arc<State>,
+    caller: &Caller,
+    action: Action,
+    response: Response<Incoming>,
+    keep: &'static [&'static str],
+    codes: Codes,
+    mut watch: impl FnMut(&Value) + Send + Sync + 'static,
+) -> Response<Body> {
+    if is_event_stream(&response) {
+        let (state, caller) = (Arc::clone(state), caller.clone());
+        let mut events = SseRewriter::new(move |_kind: &str, data: &str| {
+            review_text(&state, &caller, &action, data, codes, &mut watch)
+                .unwrap_or_else(|| data.to_owned())
+        });
+        let mut relayed = relay(response, keep);
+        let body = std::mem::replace(relayed.body_mut(), full(Bytes::new()));
+        *relayed.body_mut() = body
+            .map_frame(move |frame| match frame.into_data() {
+                Ok(chunk) => Frame::data(Bytes::from(events.feed(&chunk))),
+                Err(frame) => frame,
+            })
+            .boxed();
+        return relayed;
+    }
+    let (head, bytes) = match read_whole(
+        response,
+        keep,
+        "the upstream's answer is too large to inspect",
+    )
+    .await
+    {
+        Ok(read) => read,
+        Err(refused) => return refused,
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let out =
+        review_text(state, caller, &action, &text, codes, &mut watch).map_or(bytes, Bytes::from);
+    Response::from_parts(head, full(out))
+}
+
+/// An upstream answer read whole (at most `MAX_REVIEWED_BYTES`, else refused with
+/// `upstream_too_large`): the head it is relayed with, and its bytes.
+pub async fn read_whole(
+    response: Response<Incoming>,
+    keep: &[&'static str],
+    too_large: &'static str,
+) -> Result<(http::response::Parts, Bytes), Response<Body>> {
+    let (parts, body) = response.into_parts();
+    match Limited::new(body, MAX_REVIEWED_BYTES).collect().await {
+        Ok(collected) => Ok((relayed_head(&parts, keep), collected.to_bytes())),
+        Err(_) => Err(problem(
+            http::StatusCode::BAD_GATEWAY,
+            "upstream_too_large",
+            too_large,
+        )),
+    }
+}
+
+pub fn is_event_stream<B>(response: &Response<B>) -> bool {
+    response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
