@@ -3,18 +3,28 @@
 //! (checksums, Luhn, mod 97, entropy, decoded JWT headers).
 
 use base64::Engine as _;
+use aho_corasick::{AhoCorasick, MatchKind};
 use regex::{Regex, RegexSet};
 
 use crate::{Finding, Kind, Severity};
 
-/// A rule: id, pattern, severity, score (0–100) and a check the match must pass.
+/// A rule: id, pattern, severity, score (0–100) and a check the match must pass; and for the
+/// prefilter, literals one of which every match contains (ASCII; lowercase, matched without
+/// regard to case) and how far a match reaches before and after one, in bytes.
 struct Rule {
     id: &'static str,
+    literals: &'static [&'static str],
+    reach: (usize, usize),
     pattern: &'static str,
     severity: Severity,
     score: u8,
     check: fn(&regex::Captures<'_>) -> Option<u8>,
 }
+
+/// The literals of rules anchored instead on a run of at least `MIN_DIGITS` digits (card
+/// numbers, IBANs, social security numbers).
+const DIGIT_RUN: &[&str] = &[];
+const MIN_DIGITS: usize = 7;
 
 /// Accepts every match at the rule's score.
 fn any(_: &regex::Captures<'_>) -> Option<u8> {
@@ -25,13 +35,17 @@ fn any(_: &regex::Captures<'_>) -> Option<u8> {
 const INJECTION: &[Rule] = &[
     Rule {
         id: "injection.instruction-override",
-        pattern: r"\b(ignore|disregard|forget|override|bypass|skip)\s+(all\s+|any\s+|the\s+|your\s+|every\s+|of\s+|these\s+|those\s+)*(previous|prior|above|earlier|preceding|initial|original|system|existing)\s+(instructions?|prompts?|rules|directions|guidelines|context|messages|guardrails)",
+        literals: &["ignore", "disregard", "forget", "override", "bypass", "skip"],
+        reach: (0, 256),
+        pattern: r"\b(ignore|disregard|forget|override|bypass|skip)\s+(all\s+|any\s+|the\s+|your\s+|every\s+|of\s+|these\s+|those\s+){0,6}(previous|prior|above|earlier|preceding|initial|original|system|existing)\s+(instructions?|prompts?|rules|directions|guidelines|context|messages|guardrails)",
         severity: Severity::High,
         score: 90,
         check: any,
     },
     Rule {
         id: "injection.new-instructions",
+        literals: &["instruction", "system", "directive", "orders"],
+        reach: (24, 64),
         pattern: r"\b(new|updated|revised|real|actual|true|secret)\s+(instructions?|system\s+prompt|directives?|orders)\s*[:\-]",
         severity: Severity::High,
         score: 75,
@@ -39,20 +53,26 @@ const INJECTION: &[Rule] = &[
     },
     Rule {
         id: "injection.role-impersonation",
-        pattern: r"(<\|im_start\|>\s*(system|developer)|<\|(system|developer)\|>|\[(system|developer)\s*(message|prompt)?\]|#{2,}\s*(\(\s*(system|developer)[\s_]*(message|prompt)?\s*\)|(system|developer)[\s_]*(message|prompt)|(system|developer|instructions?)\s*:)|(^|\n)\s*(system|developer)\s*(message|prompt)?\s*:|</?(system|developer)(_prompt)?>|\[/?inst\])",
+        literals: &["im_start", "system", "developer", "instruction", "inst]"],
+        reach: (24, 64),
+        pattern: r"(<\|im_start\|>\s*(system|developer)|<\|(system|developer)\|>|\[(system|developer)\s*(message|prompt)?\]|#{2,8}\s*(\(\s*(system|developer)[\s_]*(message|prompt)?\s*\)|(system|developer)[\s_]*(message|prompt)|(system|developer|instructions?)\s*:)|(^|\n)\s*(system|developer)\s*(message|prompt)?\s*:|</?(system|developer)(_prompt)?>|\[/?inst\])",
         severity: Severity::High,
         score: 80,
         check: any,
     },
     Rule {
         id: "injection.persona-switch",
-        pattern: r"\b(you\s+are\s+now\s+(a|an|the|in|no\s+longer)\b|from\s+now\s+on,?\s+(you|act|respond)|pretend\s+(to\s+be|you\s+are)|act\s+as\s+(if|a|an)\s+\w+\s+(with\s+no|without)\s+(restrictions|rules|limits))",
+        literals: &["you are now", "from now on", "pretend", "act as"],
+        reach: (8, 160),
+        pattern: r"\b(you\s+are\s+now\s+(a|an|the|in|no\s+longer)\b|from\s+now\s+on,?\s+(you|act|respond)|pretend\s+(to\s+be|you\s+are)|act\s+as\s+(if|a|an)\s+\w{1,32}\s+(with\s+no|without)\s+(restrictions|rules|limits))",
         severity: Severity::Medium,
         score: 65,
         check: any,
     },
     Rule {
         id: "injection.exfiltration",
+        literals: &["send", "post", "upload", "forward", "email", "e-mail", "transmit", "exfiltrate", "leak", "paste", "append"],
+        reach: (0, 400),
         // …and where to: documentation says "send the cookie" too, but not to an address.
         pattern: r"\b(send|post|upload|forward|email|e-mail|transmit|exfiltrate|leak|paste|append)\s+(.{0,60}?\s)?(the\s+|all\s+|your\s+|any\s+)*(passwords?|secrets?|tokens?|api\s*keys?|credentials?|private\s+keys?|conversation|chat\s+history|system\s+prompt|environment\s+variables|env\s+vars|\.env|ssh\s+keys?|cookies?|session)\b.{0,80}?\b(to|at|into|via)\s+(https?://|www\.|[\w.+-]+@[\w-]+\.|(the\s+|this\s+|my\s+|our\s+)?(following\s+)?(url|address|endpoint|webhook|server|site|website|email|inbox|channel|link))",
         severity: Severity::Critical,
@@ -61,6 +81,8 @@ const INJECTION: &[Rule] = &[
     },
     Rule {
         id: "injection.conceal-from-user",
+        literals: &["tell", "mention", "reveal", "inform", "notify", "alert"],
+        reach: (24, 64),
         pattern: r"\b(do\s+not|don't|dont|never|without)\s+(tell(ing)?|mention(ing)?|reveal(ing)?|inform(ing)?|notify(ing)?|alert(ing)?)\s+(the\s+)?(user|human|operator|anyone|them)\b",
         severity: Severity::High,
         score: 80,
@@ -68,13 +90,17 @@ const INJECTION: &[Rule] = &[
     },
     Rule {
         id: "injection.tool-bait",
-        pattern: r"\b(you\s+must|immediately|now|first|always)\s+(call|invoke|run|execute|use|trigger)\s+(the\s+)?[\w./-]+\s+(tool|function|command)\b",
+        literals: &["tool", "function", "command"],
+        reach: (160, 16),
+        pattern: r"\b(you\s+must|immediately|now|first|always)\s+(call|invoke|run|execute|use|trigger)\s+(the\s+)?[\w./-]{1,64}\s+(tool|function|command)\b",
         severity: Severity::Medium,
         score: 60,
         check: any,
     },
     Rule {
         id: "injection.hidden-html-comment",
+        literals: &["<!--"],
+        reach: (0, 900),
         // Words addressed to a model, not tool directives like `<!-- prettier-ignore -->`.
         pattern: r"<!--[^>]{0,800}?(\bignore\s+(all|any|previous|prior|the|your|above)\b|\binstructions?\b|\b(ai|assistant|model|llm|agent)\s*[:,]|\byou\s+(are|must|should|will)\b|\bdo\s+not\s+tell\b|\bsystem\s*:)",
         severity: Severity::High,
@@ -83,16 +109,20 @@ const INJECTION: &[Rule] = &[
     },
     Rule {
         id: "injection.css-hidden-text",
-        pattern: r#"style\s*=\s*["'][^"']*(display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(px|pt|em)?\s*[;"']|opacity\s*:\s*0\s*[;"']|color\s*:\s*(white|#fff(fff)?)\s*;\s*background(-color)?\s*:\s*(white|#fff(fff)?))"#,
+        literals: &["style"],
+        reach: (0, 600),
+        pattern: r#"style\s*=\s*["'][^"']{0,400}(display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(px|pt|em)?\s*[;"']|opacity\s*:\s*0\s*[;"']|color\s*:\s*(white|#fff(fff)?)\s*;\s*background(-color)?\s*:\s*(white|#fff(fff)?))"#,
         severity: Severity::Medium,
         score: 55,
         check: any,
     },
     Rule {
         id: "injection.markdown-exfiltration",
+        literals: &["!["],
+        reach: (0, 1100),
         // The query must carry a slot for data (`{…}`, `[…]`, `<…>`, `$…`), or name what it
         // carries: badges and avatars (`?style=flat`, `?s=70`) have queries too.
-        pattern: r"!\[[^\]]{0,200}\]\(\s*https?://[^)\s]{1,400}[?&][^)\s]*(=[^)\s]*(\{|\[|<|\$|%7b|%5b|%3c|secret|token|api_?key|passw|credential|conversation|chat|history|memory|data)|\b(data|secret|secrets|token|key|password|conversation|chat|history|memory|exfil|leak|payload|info|content|context|prompt)=)",
+        pattern: r"!\[[^\]]{0,200}\]\(\s*https?://[^)\s]{1,400}[?&][^)\s]{0,400}(=[^)\s]{0,400}(\{|\[|<|\$|%7b|%5b|%3c|secret|token|api_?key|passw|credential|conversation|chat|history|memory|data)|\b(data|secret|secrets|token|key|password|conversation|chat|history|memory|exfil|leak|payload|info|content|context|prompt)=)",
         severity: Severity::High,
         score: 85,
         check: any,
@@ -103,6 +133,8 @@ const INJECTION: &[Rule] = &[
 const SECRETS: &[Rule] = &[
     Rule {
         id: "secret.aws-access-key-id",
+        literals: &["akia", "asia", "abia", "acca"],
+        reach: (0, 24),
         pattern: r"\b((?:AKIA|ASIA|ABIA|ACCA)[A-Z2-7]{16})\b",
         severity: Severity::Critical,
         score: 95,
@@ -110,6 +142,8 @@ const SECRETS: &[Rule] = &[
     },
     Rule {
         id: "secret.aws-secret-access-key",
+        literals: &["aws"],
+        reach: (0, 128),
         pattern: r#"(?i)aws.{0,24}?(?:secret|private).{0,24}?["'=:\s]([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+]|$)"#,
         severity: Severity::Critical,
         score: 90,
@@ -117,6 +151,8 @@ const SECRETS: &[Rule] = &[
     },
     Rule {
         id: "secret.github-token",
+        literals: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_"],
+        reach: (0, 48),
         pattern: r"\b((?:ghp|gho|ghu|ghs|ghr)_[A-Za-z0-9]{36})\b",
         severity: Severity::Critical,
         score: 80,
@@ -124,6 +160,8 @@ const SECRETS: &[Rule] = &[
     },
     Rule {
         id: "secret.github-fine-grained-token",
+        literals: &["github_pat_"],
+        reach: (0, 100),
         pattern: r"\b(github_pat_[A-Za-z0-9_]{82})\b",
         severity: Severity::Critical,
         score: 95,
@@ -131,13 +169,17 @@ const SECRETS: &[Rule] = &[
     },
     Rule {
         id: "secret.slack-token",
-        pattern: r"\b(xox[baprse]-[A-Za-z0-9]{8,}-[A-Za-z0-9-]{8,})\b",
+        literals: &["xox"],
+        reach: (0, 256),
+        pattern: r"\b(xox[baprse]-[A-Za-z0-9]{8,64}-[A-Za-z0-9-]{8,128})\b",
         severity: Severity::Critical,
         score: 90,
         check: any,
     },
     Rule {
         id: "secret.stripe-key",
+        literals: &["sk_live_", "rk_live_"],
+        reach: (0, 112),
         pattern: r"\b((?:sk|rk)_live_[A-Za-z0-9]{24,99})\b",
         severity: Severity::Critical,
         score: 95,
@@ -145,6 +187,8 @@ const SECRETS: &[Rule] = &[
     },
     Rule {
         id: "secret.google-api-key",
+        literals: &["aiza"],
+        reach: (0, 48),
         pattern: r"\b(AIza[0-9A-Za-z_\-]{35})(?:[^0-9A-Za-z_\-]|$)",
         severity: Severity::High,
         score: 90,
@@ -152,13 +196,17 @@ const SECRETS: &[Rule] = &[
     },
     Rule {
         id: "secret.openai-api-key",
-        pattern: r"\b(sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,}T3BlbkFJ[A-Za-z0-9_\-]{20,})\b",
+        literals: &["t3blbkfj"],
+        reach: (200, 160),
+        pattern: r"\b(sk-(?:proj-|svcacct-|admin-)?[A-Za-z0-9_\-]{20,128}T3BlbkFJ[A-Za-z0-9_\-]{20,128})\b",
         severity: Severity::Critical,
         score: 95,
         check: any,
     },
     Rule {
         id: "secret.anthropic-api-key",
+        literals: &["sk-ant-"],
+        reach: (0, 140),
         pattern: r"\b(sk-ant-(?:api|admin)[0-9]{2}-[A-Za-z0-9_\-]{80,120})\b",
         severity: Severity::Critical,
         score: 95,
@@ -166,6 +214,8 @@ const SECRETS: &[Rule] = &[
     },
     Rule {
         id: "secret.private-key",
+        literals: &["-----begin"],
+        reach: (0, 64),
         pattern: r"-----BEGIN ((?:RSA |EC |DSA |OPENSSH |ENCRYPTED |PGP )?PRIVATE KEY(?: BLOCK)?)-----",
         severity: Severity::Critical,
         score: 99,
@@ -173,6 +223,8 @@ const SECRETS: &[Rule] = &[
     },
     Rule {
         id: "secret.jwt",
+        literals: &["eyj"],
+        reach: (0, 16384),
         pattern: r"\b(eyJ[A-Za-z0-9_\-]{8,})\.(eyJ[A-Za-z0-9_\-]{8,})\.([A-Za-z0-9_\-]{8,})\b",
         severity: Severity::High,
         score: 85,
@@ -180,6 +232,8 @@ const SECRETS: &[Rule] = &[
     },
     Rule {
         id: "secret.connection-string",
+        literals: &["postgres", "mysql", "mariadb", "mongodb", "redis", "amqp", "mssql", "sqlserver"],
+        reach: (0, 800),
         pattern: r"\b((?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql|sqlserver)://[^\s:/@]{1,128}:([^\s@/]{3,256})@[^\s/]{1,256})",
         severity: Severity::Critical,
         score: 90,
@@ -187,7 +241,9 @@ const SECRETS: &[Rule] = &[
     },
     Rule {
         id: "secret.password-assignment",
-        pattern: r#"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret|private[_-]?key)\b["']?\s*[:=]\s*["']?([^\s"',;{}<>()\[\]]{8,200})(?:[^(\[A-Za-z0-9_]|$)"#,
+        literals: &["password", "passwd", "pwd", "secret", "api_key", "api-key", "apikey", "access_token", "access-token", "accesstoken", "auth_token", "auth-token", "authtoken", "client_secret", "client-secret", "clientsecret", "private_key", "private-key", "privatekey"],
+        reach: (0, 260),
+        pattern: r#"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret|private[_-]?key)\b["']?\s{0,8}[:=]\s{0,8}["']?([^\s"',;{}<>()\[\]]{8,200})(?:[^(\[A-Za-z0-9_]|$)"#,
         severity: Severity::High,
         score: 70,
         check: high_entropy,
@@ -199,6 +255,8 @@ const SECRETS: &[Rule] = &[
 const SENSITIVE: &[Rule] = &[
     Rule {
         id: "pii.email",
+        literals: &["@"],
+        reach: (70, 260),
         pattern: r"\b([A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24})\b",
         severity: Severity::Low,
         score: 50,
@@ -206,6 +264,8 @@ const SENSITIVE: &[Rule] = &[
     },
     Rule {
         id: "pii.payment-card",
+        literals: DIGIT_RUN,
+        reach: (40, 40),
         pattern: r"(?:^|[^0-9])((?:[0-9][ \-]?){12,18}[0-9])(?:[^0-9]|$)",
         severity: Severity::High,
         score: 90,
@@ -213,6 +273,8 @@ const SENSITIVE: &[Rule] = &[
     },
     Rule {
         id: "pii.iban",
+        literals: DIGIT_RUN,
+        reach: (40, 40),
         pattern: r"\b([A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30})\b",
         severity: Severity::High,
         score: 85,
@@ -220,6 +282,8 @@ const SENSITIVE: &[Rule] = &[
     },
     Rule {
         id: "pii.us-ssn",
+        literals: DIGIT_RUN,
+        reach: (40, 40),
         pattern: r"(?:^|[^0-9])([0-9]{3})-([0-9]{2})-([0-9]{4})(?:[^0-9]|$)",
         severity: Severity::High,
         score: 75,
@@ -227,6 +291,8 @@ const SENSITIVE: &[Rule] = &[
     },
     Rule {
         id: "pii.phone-number",
+        literals: &["+"],
+        reach: (4, 48),
         pattern: r"(?:^|[^0-9+])(\+[1-9][0-9]{0,2}[ \-.]?(?:\([0-9]{1,4}\)[ \-.]?)?[0-9]{2,4}(?:[ \-.]?[0-9]{2,4}){2,4})(?:[^0-9]|$)",
         severity: Severity::Low,
         score: 40,
@@ -235,6 +301,57 @@ const SENSITIVE: &[Rule] = &[
 ];
 
 /// CRC-32 (IEEE), for GitHub tokens' built-in checksum.
+/// `literal`, and the same with each of its spaces a newline instead.
+fn spelled_with_newlines(literal: &str) -> Vec<String> {
+    let mut spellings = vec![String::new()];
+    for c in literal.chars() {
+        if c == ' ' {
+            spellings = spellings
+                .into_iter()
+                .flat_map(|s| [format!("{s} "), format!("{s}\n")])
+                .collect();
+        } else {
+            for s in &mut spellings {
+                s.push(c);
+            }
+        }
+    }
+    spellings
+}
+
+/// Runs of at least `MIN_DIGITS` digits, single separators (` -./()`) allowed between them.
+fn digit_runs(bytes: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i < bytes.len() {
+            if !bytes[i].is_ascii_digit() {
+                i += 1;
+                continue;
+            }
+            let start = i;
+            let mut digits = 0;
+            let mut end = i;
+            while i < bytes.len() {
+                if bytes[i].is_ascii_digit() {
+                    digits += 1;
+                    i += 1;
+                    end = i;
+                } else if matches!(bytes[i], b' ' | b'-' | b'.' | b'/' | b'(' | b')')
+                    && bytes.get(i + 1).is_some_and(u8::is_ascii_digit)
+                {
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+            if digits >= MIN_DIGITS {
+                return Some((start, end));
+            }
+        }
+        None
+    })
+}
+
 fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in bytes {
@@ -430,6 +547,13 @@ pub struct Family {
     rules: Vec<&'static Rule>,
     set: RegexSet,
     each: Vec<Regex>,
+    /// Every rule's literals, found in one pass; the regular expressions then run only on the
+    /// windows around what it finds.
+    literals: AhoCorasick,
+    /// How far a match reaches around each literal of `literals` (by pattern id).
+    reach: Vec<(usize, usize)>,
+    /// How far a match reaches around a run of digits, when a rule is anchored on one.
+    digit_reach: Option<(usize, usize)>,
 }
 
 impl Family {
@@ -441,12 +565,77 @@ impl Family {
             .iter()
             .map(|r| Regex::new(r.pattern).unwrap_or_else(|e| panic!("rule {}: {e}", r.id)))
             .collect();
+        let mut literals: Vec<String> = Vec::new();
+        let mut reach = Vec::new();
+        for rule in &rules {
+            for literal in rule.literals {
+                // Whitespace is folded to one space or one newline before matching.
+                for variant in spelled_with_newlines(literal) {
+                    literals.push(variant);
+                    reach.push(rule.reach);
+                }
+            }
+        }
+        let digit_reach = rules
+            .iter()
+            .filter(|r| r.literals.is_empty())
+            .map(|r| r.reach)
+            .reduce(|a, b| (a.0.max(b.0), a.1.max(b.1)));
+        let literals = AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .match_kind(MatchKind::Standard)
+            .build(&literals)
+            .unwrap_or_else(|e| panic!("the rules' literals do not build: {e}"));
         Self {
             kind,
             rules,
             set,
             each,
+            literals,
+            reach,
+            digit_reach,
         }
+    }
+
+    /// The windows of `text` a match can be in: around every literal and every long digit run,
+    /// merged, widened to whole words and to character boundaries.
+    fn windows(&self, text: &str) -> Vec<std::ops::Range<usize>> {
+        let bytes = text.as_bytes();
+        let mut found: Vec<(usize, usize)> = self
+            .literals
+            .find_iter(text)
+            .map(|m| {
+                let (before, after) = self.reach[m.pattern().as_usize()];
+                (m.start().saturating_sub(before), m.end() + after)
+            })
+            .collect();
+        if let Some((before, after)) = self.digit_reach {
+            found.extend(
+                digit_runs(bytes).map(|(start, end)| (start.saturating_sub(before), end + after)),
+            );
+            found.sort_unstable();
+        }
+        let mut windows: Vec<std::ops::Range<usize>> = Vec::new();
+        for (start, end) in found {
+            let end = end.min(bytes.len());
+            match windows.last_mut() {
+                Some(last) if start <= last.end => last.end = last.end.max(end),
+                _ => windows.push(start..end),
+            }
+        }
+        for window in &mut windows {
+            // Not inside a word (a `\b` at the edge would be a false one), nor a character.
+            let mut start = window.start;
+            while start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || !text.is_char_boundary(start)) {
+                start -= 1;
+            }
+            let mut end = window.end;
+            while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || !text.is_char_boundary(end)) {
+                end += 1;
+            }
+            *window = start..end;
+        }
+        windows
     }
 
     pub fn injection() -> Self {
@@ -490,10 +679,13 @@ impl Family {
         })
     }
 
-    /// Findings in `text`, at `location`: one per rule, at its most certain match.
+    /// Findings in `text`, at `location`: one per rule, at its most certain match. Only the
+    /// windows around the rules' literals are searched: text without them costs one
+    /// literal-search pass.
     pub fn scan(&self, text: &str, location: &str, out: &mut Vec<Finding>) {
         let start = out.len();
-        for (rule, _, raised) in self.accepted(text) {
+        let windows = self.windows(text);
+        for (rule, _, raised) in windows.into_iter().flat_map(|w| self.accepted(&text[w])) {
             let score = rule.score.max(raised);
             match out[start..].iter_mut().find(|f| f.rule == rule.id) {
                 Some(found) => found.score = found.score.max(score),

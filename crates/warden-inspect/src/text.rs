@@ -12,7 +12,8 @@ pub struct Prepared {
     /// Invisible characters removed, tag characters decoded, NFKC: for rules on exact formats
     /// (keys, card numbers), which are case-sensitive.
     pub exact: String,
-    /// `exact` with look-alikes folded to Latin and lowercased: for instruction rules.
+    /// `exact` with look-alikes folded to Latin, lowercased and runs of whitespace folded to one
+    /// character: for instruction rules and the classifier.
     pub folded: String,
     /// Zero-width and bidirectional control characters that were removed.
     pub invisible: usize,
@@ -76,12 +77,30 @@ fn fold_confusable(c: char) -> char {
     }
 }
 
+/// The characters with every run of whitespace folded to one: a newline if the run has one, a
+/// space otherwise. Padding cannot stretch a phrase beyond what a rule spans, and a rule's
+/// `\s+` is one character.
+fn fold_whitespace(chars: impl Iterator<Item = char>) -> String {
+    let mut out = String::new();
+    let mut run: Option<char> = None;
+    for c in chars {
+        if c.is_whitespace() {
+            run = Some(if c == '\n' || run == Some('\n') { '\n' } else { ' ' });
+        } else {
+            out.extend(run.take());
+            out.push(c);
+        }
+    }
+    out.extend(run);
+    out
+}
+
 pub fn prepare(text: &str) -> Prepared {
     if text.is_ascii() {
         // Nothing to strip, decode or fold: the common case, kept cheap.
         return Prepared {
             exact: text.to_owned(),
-            folded: text.to_ascii_lowercase(),
+            folded: fold_whitespace(text.bytes().map(|b| char::from(b.to_ascii_lowercase()))),
             invisible: 0,
             tags: 0,
         };
@@ -116,11 +135,7 @@ pub fn prepare(text: &str) -> Prepared {
         }
     }
     let exact: String = stripped.nfkc().collect();
-    let folded = exact
-        .chars()
-        .map(fold_confusable)
-        .flat_map(char::to_lowercase)
-        .collect();
+    let folded = fold_whitespace(exact.chars().map(fold_confusable).flat_map(char::to_lowercase));
     Prepared {
         exact,
         folded,
