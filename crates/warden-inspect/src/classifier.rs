@@ -13,15 +13,25 @@ use crate::text;
 /// The model shipped with Warden.
 pub const SHIPPED: &str = include_str!("../model/injection-classifier.tsv");
 
-/// A trained model: n-gram weights in an open-addressing table keyed by n-gram hash.
+/// A trained model: n-gram weights in an open-addressing table keyed by a 32-bit fingerprint of
+/// the n-gram's hash — one slot is one cache line's eighth, so a lookup costs one memory access.
+/// (A word outside the vocabulary shares a fingerprint with one in it about once in 10^5
+/// lookups, which adds that n-gram's small weight: noise the windows' sums absorb.)
 pub struct Model {
     window: usize,
     bias: f32,
-    keys: Vec<u64>,
-    weights: Vec<f32>,
+    slots: Vec<(u32, f32)>,
 }
 
-const EMPTY: u64 = 0;
+const EMPTY: u32 = 0;
+
+/// The slot key of a hash: its high half, never `EMPTY`.
+fn fingerprint(hash: u64) -> u32 {
+    // The high half; the low half picks the slot.
+    #[allow(clippy::cast_possible_truncation)]
+    let high = (hash >> 32) as u32;
+    high.max(1)
+}
 
 fn mix(mut h: u64) -> u64 {
     h ^= h >> 33;
@@ -30,10 +40,15 @@ fn mix(mut h: u64) -> u64 {
     h.max(1)
 }
 
+/// A word's hash, eight bytes at a time (words are short; this is most of the classifier's
+/// work).
 fn word_hash(word: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in word {
-        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    let mut h = 0x9e37_79b9_7f4a_7c15u64 ^ word.len() as u64;
+    for chunk in word.chunks(8) {
+        let mut lane = [0u8; 8];
+        lane[..chunk.len()].copy_from_slice(chunk);
+        h = (h ^ u64::from_le_bytes(lane)).wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 29;
     }
     mix(h)
 }
@@ -46,9 +61,20 @@ fn pair_hash(first: u64, second: u64) -> u64 {
 /// all digits (single letters and numbers say nothing about intent and are noise in code and
 /// tables).
 fn words(folded: &str) -> impl Iterator<Item = &str> {
-    folded
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| w.len() >= 2 && !w.bytes().all(|b| b.is_ascii_digit()))
+    let ascii = folded.is_ascii();
+    // ASCII text is split a byte at a time: the same words, found faster.
+    let pieces: Box<dyn Iterator<Item = &str>> = if ascii {
+        Box::new(
+            folded
+                .as_bytes()
+                .split(|b| !b.is_ascii_alphanumeric())
+                .filter(|w| !w.is_empty())
+                .filter_map(|w| std::str::from_utf8(w).ok()),
+        )
+    } else {
+        Box::new(folded.split(|c: char| !c.is_alphanumeric()))
+    };
+    pieces.filter(|w| w.len() >= 2 && !w.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Per word: the hash of the word and of the bigram it ends.
@@ -110,37 +136,39 @@ impl Model {
         }
         let window = window.ok_or("the model has no `@window` line")?;
         let bias = bias.ok_or("the model has no `@bias` line")?;
-        let capacity = (entries.len() * 2).next_power_of_two().max(16);
+        // Three quarters full at most: a miss probes a few neighbouring slots, in one cache line
+        // or two, and the table stays small enough to stay in cache.
+        let capacity = (entries.len() * 4 / 3 + 1).next_power_of_two().max(16);
         let mut model = Self {
             window,
             bias,
-            keys: vec![EMPTY; capacity],
-            weights: vec![0.0; capacity],
+            slots: vec![(EMPTY, 0.0); capacity],
         };
         for (hash, weight) in entries {
             let slot = model.slot(hash);
-            model.keys[slot] = hash;
-            model.weights[slot] += weight;
+            model.slots[slot].0 = fingerprint(hash);
+            model.slots[slot].1 += weight;
         }
         Ok(model)
     }
 
     /// Where `hash` is, or the empty slot it would go in.
     fn slot(&self, hash: u64) -> usize {
-        let mask = self.keys.len() - 1;
+        let mask = self.slots.len() - 1;
+        let key = fingerprint(hash);
         // Truncation is the point: the low bits pick the slot.
         #[allow(clippy::cast_possible_truncation)]
         let mut i = hash as usize & mask;
-        while self.keys[i] != EMPTY && self.keys[i] != hash {
+        while self.slots[i].0 != EMPTY && self.slots[i].0 != key {
             i = (i + 1) & mask;
         }
         i
     }
 
     fn weight(&self, hash: u64) -> f32 {
-        let slot = self.slot(hash);
-        if self.keys[slot] == hash {
-            self.weights[slot]
+        let (key, weight) = self.slots[self.slot(hash)];
+        if key == fingerprint(hash) {
+            weight
         } else {
             0.0
         }
@@ -149,16 +177,19 @@ impl Model {
     /// The probability that the most suspicious window of `folded` (prepared text, lowercase) is
     /// an injection.
     pub fn score_folded(&self, folded: &str) -> f32 {
-        let contributions: Vec<f32> = features(folded)
-            .map(|(word, pair)| self.weight(word) + pair.map_or(0.0, |p| self.weight(p)))
-            .collect();
-        if contributions.is_empty() {
+        let (mut long, mut short) = (
+            WindowSum::new(self.window),
+            WindowSum::new(short_span(self.window)),
+        );
+        for (word, pair) in features(folded) {
+            let c = self.weight(word) + pair.map_or(0.0, |p| self.weight(p));
+            long.push(c);
+            short.push(c);
+        }
+        if long.seen == 0 {
             return 0.0;
         }
-        let best = spans(self.window)
-            .map(|span| most_in_a_window(&contributions, span))
-            .fold(f32::NEG_INFINITY, f32::max);
-        sigmoid(self.bias + best)
+        sigmoid(self.bias + long.best().max(short.best()))
     }
 
     /// The probability for raw text (prepared first).
@@ -170,21 +201,49 @@ impl Model {
 /// The window lengths scored: the model's window and a quarter of it, so a short passage in a
 /// long text is not drowned by its neighbours, and short texts are judged on what they have.
 fn spans(window: usize) -> impl Iterator<Item = usize> {
-    [window, (window / 4).max(1)].into_iter()
+    [window, short_span(window)].into_iter()
 }
 
-/// The largest sum of `span` consecutive contributions (all of them when there are fewer).
-fn most_in_a_window(contributions: &[f32], span: usize) -> f32 {
-    if contributions.len() <= span {
-        return contributions.iter().sum();
+fn short_span(window: usize) -> usize {
+    (window / 4).max(1)
+}
+
+/// The largest sum of `span` consecutive contributions seen (of all of them, when fewer came),
+/// kept as they arrive.
+struct WindowSum {
+    ring: Vec<f32>,
+    sum: f32,
+    best: f32,
+    seen: usize,
+}
+
+impl WindowSum {
+    fn new(span: usize) -> Self {
+        Self {
+            ring: vec![0.0; span],
+            sum: 0.0,
+            best: f32::NEG_INFINITY,
+            seen: 0,
+        }
     }
-    let mut sum: f32 = contributions[..span].iter().sum();
-    let mut best = sum;
-    for i in span..contributions.len() {
-        sum += contributions[i] - contributions[i - span];
-        best = best.max(sum);
+
+    fn push(&mut self, c: f32) {
+        let slot = self.seen % self.ring.len();
+        self.sum += c - self.ring[slot];
+        self.ring[slot] = c;
+        self.seen += 1;
+        if self.seen >= self.ring.len() {
+            self.best = self.best.max(self.sum);
+        }
     }
-    best
+
+    fn best(&self) -> f32 {
+        if self.seen < self.ring.len() {
+            self.sum
+        } else {
+            self.best
+        }
+    }
 }
 
 fn sigmoid(x: f32) -> f32 {

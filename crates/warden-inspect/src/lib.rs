@@ -106,6 +106,7 @@ pub struct Scanner {
     classifier: Option<(classifier::Model, u8)>,
     secrets: Option<rules::Family>,
     sensitive: Option<rules::Family>,
+    quick: rules::Quick,
 }
 
 impl Default for Scanner {
@@ -134,16 +135,25 @@ impl Scanner {
     }
 
     fn new(config: &Config) -> Self {
+        let injection = config.injection.then(rules::Family::injection);
+        let secrets = config.secrets.then(rules::Family::secrets);
+        let sensitive =
+            (!config.sensitive.is_empty()).then(|| rules::Family::sensitive(&config.sensitive));
+        let families: Vec<&rules::Family> = [&injection, &secrets, &sensitive]
+            .into_iter()
+            .flatten()
+            .collect();
+        let quick = rules::Quick::new(&families);
         Self {
-            injection: config.injection.then(rules::Family::injection),
+            injection,
             classifier: (config.injection && config.classifier).then(|| {
                 let model = classifier::Model::parse(classifier::SHIPPED)
                     .expect("the shipped model parses (a unit test reads it)");
                 (model, config.classifier_min_score)
             }),
-            secrets: config.secrets.then(rules::Family::secrets),
-            sensitive: (!config.sensitive.is_empty())
-                .then(|| rules::Family::sensitive(&config.sensitive)),
+            secrets,
+            sensitive,
+            quick,
         }
     }
 
@@ -161,7 +171,11 @@ impl Scanner {
     pub fn scan_body(&self, body: &[u8]) -> Vec<Finding> {
         match serde_json::from_slice::<Value>(body) {
             Ok(value) => self.scan_json(&value),
-            Err(_) => self.scan_text(&String::from_utf8_lossy(body), ""),
+            // Validating is faster than the lossy conversion, which only bad bytes need.
+            Err(_) => match std::str::from_utf8(body) {
+                Ok(text) => self.scan_text(text, ""),
+                Err(_) => self.scan_text(&String::from_utf8_lossy(body), ""),
+            },
         }
     }
 
@@ -218,7 +232,7 @@ impl Scanner {
                 for (k, item) in map {
                     let len = pointer.len();
                     pointer.push('/');
-                    pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    push_token(pointer, k);
                     self.walk(item, pointer, Some(k), depth + 1, out);
                     pointer.truncate(len);
                 }
@@ -309,7 +323,7 @@ impl Scanner {
                 for (k, item) in map.iter_mut() {
                     let len = pointer.len();
                     pointer.push('/');
-                    pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    push_token(pointer, k);
                     self.redact_walk(item, pointer, Some(k), depth + 1, kinds, out);
                     pointer.truncate(len);
                 }
@@ -368,8 +382,15 @@ impl Scanner {
     fn scan_variant(&self, text: &str, location: &str, via: &[Encoding], out: &mut Vec<Finding>) {
         let prepared = text::prepare(text);
         let start = out.len();
-        if let Some(injection) = &self.injection {
-            injection.scan(&prepared.folded, location, out);
+        // A short ASCII text (folded and lowered are one) without any rule's literal is done
+        // with the rules in one pass.
+        let rules_may_match = text.len() > rules::QUICK_MAX
+            || !text.is_ascii()
+            || self.quick.may_match(&prepared.folded);
+        if let Some(injection) = self.injection.as_ref().filter(|_| rules_may_match) {
+            injection.scan(&prepared.folded, &prepared.folded, location, out);
+        }
+        if self.injection.is_some() {
             if prepared.tags > 0 {
                 out.push(Finding {
                     kind: Kind::Injection,
@@ -411,15 +432,24 @@ impl Scanner {
                 });
             }
         }
-        if let Some(secrets) = &self.secrets {
-            secrets.scan(&prepared.exact, location, out);
-        }
-        if let Some(sensitive) = &self.sensitive {
-            sensitive.scan(&prepared.exact, location, out);
+        if rules_may_match && (self.secrets.is_some() || self.sensitive.is_some()) {
+            let lowered = prepared.lowered();
+            for family in [&self.secrets, &self.sensitive].into_iter().flatten() {
+                family.scan(&prepared.exact, &lowered, location, out);
+            }
         }
         for finding in &mut out[start..] {
             finding.via = via.to_vec();
         }
+    }
+}
+
+/// Appends `key` to a JSON pointer as one reference token (RFC 6901: `~` and `/` escaped).
+fn push_token(pointer: &mut String, key: &str) {
+    if key.contains(['~', '/']) {
+        pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+    } else {
+        pointer.push_str(key);
     }
 }
 

@@ -2,15 +2,16 @@
 //! match, whatever their number — and only those are run again to find and check the matches
 //! (checksums, Luhn, mod 97, entropy, decoded JWT headers).
 
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::Engine as _;
-use aho_corasick::{AhoCorasick, MatchKind};
+use memchr::memmem;
 use regex::{Regex, RegexSet};
 
 use crate::{Finding, Kind, Severity};
 
 /// A rule: id, pattern, severity, score (0–100) and a check the match must pass; and for the
-/// prefilter, literals one of which every match contains (ASCII; lowercase, matched without
-/// regard to case) and how far a match reaches before and after one, in bytes.
+/// prefilter, literals one of which every match contains (ASCII, lowercase; the text is
+/// searched lowercased) and how far a match reaches before and after one, in bytes.
 struct Rule {
     id: &'static str,
     literals: &'static [&'static str],
@@ -35,7 +36,14 @@ fn any(_: &regex::Captures<'_>) -> Option<u8> {
 const INJECTION: &[Rule] = &[
     Rule {
         id: "injection.instruction-override",
-        literals: &["ignore", "disregard", "forget", "override", "bypass", "skip"],
+        literals: &[
+            "ignore",
+            "disregard",
+            "forget",
+            "override",
+            "bypass",
+            "skip",
+        ],
         reach: (0, 256),
         pattern: r"\b(ignore|disregard|forget|override|bypass|skip)\s+(all\s+|any\s+|the\s+|your\s+|every\s+|of\s+|these\s+|those\s+){0,6}(previous|prior|above|earlier|preceding|initial|original|system|existing)\s+(instructions?|prompts?|rules|directions|guidelines|context|messages|guardrails)",
         severity: Severity::High,
@@ -62,8 +70,8 @@ const INJECTION: &[Rule] = &[
     },
     Rule {
         id: "injection.persona-switch",
-        literals: &["you are now", "from now on", "pretend", "act as"],
-        reach: (8, 160),
+        literals: &["now", "pretend", "restrictions", "rules", "limits"],
+        reach: (64, 32),
         pattern: r"\b(you\s+are\s+now\s+(a|an|the|in|no\s+longer)\b|from\s+now\s+on,?\s+(you|act|respond)|pretend\s+(to\s+be|you\s+are)|act\s+as\s+(if|a|an)\s+\w{1,32}\s+(with\s+no|without)\s+(restrictions|rules|limits))",
         severity: Severity::Medium,
         score: 65,
@@ -71,7 +79,19 @@ const INJECTION: &[Rule] = &[
     },
     Rule {
         id: "injection.exfiltration",
-        literals: &["send", "post", "upload", "forward", "email", "e-mail", "transmit", "exfiltrate", "leak", "paste", "append"],
+        literals: &[
+            "send",
+            "post",
+            "upload",
+            "forward",
+            "email",
+            "e-mail",
+            "transmit",
+            "exfiltrate",
+            "leak",
+            "paste",
+            "append",
+        ],
         reach: (0, 400),
         // …and where to: documentation says "send the cookie" too, but not to an address.
         pattern: r"\b(send|post|upload|forward|email|e-mail|transmit|exfiltrate|leak|paste|append)\s+(.{0,60}?\s)?(the\s+|all\s+|your\s+|any\s+)*(passwords?|secrets?|tokens?|api\s*keys?|credentials?|private\s+keys?|conversation|chat\s+history|system\s+prompt|environment\s+variables|env\s+vars|\.env|ssh\s+keys?|cookies?|session)\b.{0,80}?\b(to|at|into|via)\s+(https?://|www\.|[\w.+-]+@[\w-]+\.|(the\s+|this\s+|my\s+|our\s+)?(following\s+)?(url|address|endpoint|webhook|server|site|website|email|inbox|channel|link))",
@@ -232,7 +252,16 @@ const SECRETS: &[Rule] = &[
     },
     Rule {
         id: "secret.connection-string",
-        literals: &["postgres", "mysql", "mariadb", "mongodb", "redis", "amqp", "mssql", "sqlserver"],
+        literals: &[
+            "postgres",
+            "mysql",
+            "mariadb",
+            "mongodb",
+            "redis",
+            "amqp",
+            "mssql",
+            "sqlserver",
+        ],
         reach: (0, 800),
         pattern: r"\b((?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql|sqlserver)://[^\s:/@]{1,128}:([^\s@/]{3,256})@[^\s/]{1,256})",
         severity: Severity::Critical,
@@ -241,7 +270,27 @@ const SECRETS: &[Rule] = &[
     },
     Rule {
         id: "secret.password-assignment",
-        literals: &["password", "passwd", "pwd", "secret", "api_key", "api-key", "apikey", "access_token", "access-token", "accesstoken", "auth_token", "auth-token", "authtoken", "client_secret", "client-secret", "clientsecret", "private_key", "private-key", "privatekey"],
+        literals: &[
+            "password",
+            "passwd",
+            "pwd",
+            "secret",
+            "api_key",
+            "api-key",
+            "apikey",
+            "access_token",
+            "access-token",
+            "accesstoken",
+            "auth_token",
+            "auth-token",
+            "authtoken",
+            "client_secret",
+            "client-secret",
+            "clientsecret",
+            "private_key",
+            "private-key",
+            "privatekey",
+        ],
         reach: (0, 260),
         pattern: r#"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret|private[_-]?key)\b["']?\s{0,8}[:=]\s{0,8}["']?([^\s"',;{}<>()\[\]]{8,200})(?:[^(\[A-Za-z0-9_]|$)"#,
         severity: Severity::High,
@@ -301,22 +350,28 @@ const SENSITIVE: &[Rule] = &[
 ];
 
 /// CRC-32 (IEEE), for GitHub tokens' built-in checksum.
-/// `literal`, and the same with each of its spaces a newline instead.
-fn spelled_with_newlines(literal: &str) -> Vec<String> {
-    let mut spellings = vec![String::new()];
-    for c in literal.chars() {
-        if c == ' ' {
-            spellings = spellings
-                .into_iter()
-                .flat_map(|s| [format!("{s} "), format!("{s}\n")])
-                .collect();
-        } else {
-            for s in &mut spellings {
-                s.push(c);
-            }
+/// Where a match that reaches `n` bytes that are not whitespace back from `from` can start.
+fn back(bytes: &[u8], from: usize, n: usize) -> usize {
+    let (mut i, mut left) = (from, n);
+    while i > 0 && left > 0 {
+        i -= 1;
+        if !bytes[i].is_ascii_whitespace() {
+            left -= 1;
         }
     }
-    spellings
+    i
+}
+
+/// Where a match that reaches `n` bytes that are not whitespace on from `from` can end.
+fn forward(bytes: &[u8], from: usize, n: usize) -> usize {
+    let (mut i, mut left) = (from, n);
+    while i < bytes.len() && left > 0 {
+        if !bytes[i].is_ascii_whitespace() {
+            left -= 1;
+        }
+        i += 1;
+    }
+    i
 }
 
 /// Runs of at least `MIN_DIGITS` digits, single separators (` -./()`) allowed between them.
@@ -547,11 +602,14 @@ pub struct Family {
     rules: Vec<&'static Rule>,
     set: RegexSet,
     each: Vec<Regex>,
-    /// Every rule's literals, found in one pass; the regular expressions then run only on the
+    /// The rules' literals of four bytes or more, found in one pass (a SIMD search, which
+    /// shorter literals would slow to a crawl); the regular expressions then run only on the
     /// windows around what it finds.
-    literals: AhoCorasick,
+    literals: Option<AhoCorasick>,
     /// How far a match reaches around each literal of `literals` (by pattern id).
     reach: Vec<(usize, usize)>,
+    /// The shorter literals, each searched on its own (by its rarest byte), with their reach.
+    short: Vec<(memmem::Finder<'static>, (usize, usize))>,
     /// How far a match reaches around a run of digits, when a rule is anchored on one.
     digit_reach: Option<(usize, usize)>,
 }
@@ -565,27 +623,27 @@ impl Family {
             .iter()
             .map(|r| Regex::new(r.pattern).unwrap_or_else(|e| panic!("rule {}: {e}", r.id)))
             .collect();
-        let mut literals: Vec<String> = Vec::new();
-        let mut reach = Vec::new();
-        for rule in &rules {
-            for literal in rule.literals {
-                // Whitespace is folded to one space or one newline before matching.
-                for variant in spelled_with_newlines(literal) {
-                    literals.push(variant);
-                    reach.push(rule.reach);
-                }
-            }
-        }
+        let (long, short): (Vec<_>, Vec<_>) = rules
+            .iter()
+            .flat_map(|rule| rule.literals.iter().map(|l| (*l, rule.reach)))
+            .partition(|(literal, _)| literal.len() >= 4);
+        let (literals, reach): (Vec<&str>, Vec<(usize, usize)>) = long.into_iter().unzip();
+        let short = short
+            .into_iter()
+            .map(|(literal, reach)| (memmem::Finder::new(literal.as_bytes()), reach))
+            .collect();
         let digit_reach = rules
             .iter()
             .filter(|r| r.literals.is_empty())
             .map(|r| r.reach)
             .reduce(|a, b| (a.0.max(b.0), a.1.max(b.1)));
-        let literals = AhoCorasick::builder()
-            .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
-            .build(&literals)
-            .unwrap_or_else(|e| panic!("the rules' literals do not build: {e}"));
+        // None when there are none: an empty automaton would still walk every byte.
+        let literals = (!literals.is_empty()).then(|| {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostFirst)
+                .build(&literals)
+                .unwrap_or_else(|e| panic!("the rules' literals do not build: {e}"))
+        });
         Self {
             kind,
             rules,
@@ -593,31 +651,46 @@ impl Family {
             each,
             literals,
             reach,
+            short,
             digit_reach,
         }
     }
 
-    /// The windows of `text` a match can be in: around every literal and every long digit run,
-    /// merged, widened to whole words and to character boundaries.
-    fn windows(&self, text: &str) -> Vec<std::ops::Range<usize>> {
+    /// The windows of `text` a match can be in: around every literal (found in `lowered`, the
+    /// text with ASCII letters lowercased) and every long digit run, merged, widened to whole
+    /// words and to character boundaries. Reach is counted in bytes that are not whitespace, so
+    /// padding a phrase with whitespace cannot carry it out of its window.
+    fn windows(&self, text: &str, lowered: &str) -> Vec<std::ops::Range<usize>> {
         let bytes = text.as_bytes();
         let mut found: Vec<(usize, usize)> = self
             .literals
-            .find_iter(text)
+            .iter()
+            .flat_map(|literals| literals.find_iter(lowered))
             .map(|m| {
                 let (before, after) = self.reach[m.pattern().as_usize()];
-                (m.start().saturating_sub(before), m.end() + after)
+                (
+                    back(bytes, m.start(), before),
+                    forward(bytes, m.end(), after),
+                )
             })
             .collect();
+        for (finder, (before, after)) in &self.short {
+            found.extend(finder.find_iter(lowered.as_bytes()).map(|at| {
+                (
+                    back(bytes, at, *before),
+                    forward(bytes, at + finder.needle().len(), *after),
+                )
+            }));
+        }
         if let Some((before, after)) = self.digit_reach {
             found.extend(
-                digit_runs(bytes).map(|(start, end)| (start.saturating_sub(before), end + after)),
+                digit_runs(bytes)
+                    .map(|(start, end)| (back(bytes, start, before), forward(bytes, end, after))),
             );
-            found.sort_unstable();
         }
+        found.sort_unstable();
         let mut windows: Vec<std::ops::Range<usize>> = Vec::new();
         for (start, end) in found {
-            let end = end.min(bytes.len());
             match windows.last_mut() {
                 Some(last) if start <= last.end => last.end = last.end.max(end),
                 _ => windows.push(start..end),
@@ -626,11 +699,15 @@ impl Family {
         for window in &mut windows {
             // Not inside a word (a `\b` at the edge would be a false one), nor a character.
             let mut start = window.start;
-            while start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || !text.is_char_boundary(start)) {
+            while start > 0
+                && (bytes[start - 1].is_ascii_alphanumeric() || !text.is_char_boundary(start))
+            {
                 start -= 1;
             }
             let mut end = window.end;
-            while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || !text.is_char_boundary(end)) {
+            while end < bytes.len()
+                && (bytes[end].is_ascii_alphanumeric() || !text.is_char_boundary(end))
+            {
                 end += 1;
             }
             *window = start..end;
@@ -681,10 +758,10 @@ impl Family {
 
     /// Findings in `text`, at `location`: one per rule, at its most certain match. Only the
     /// windows around the rules' literals are searched: text without them costs one
-    /// literal-search pass.
-    pub fn scan(&self, text: &str, location: &str, out: &mut Vec<Finding>) {
+    /// literal-search pass. `lowered` is `text` with ASCII letters lowercased.
+    pub fn scan(&self, text: &str, lowered: &str, location: &str, out: &mut Vec<Finding>) {
         let start = out.len();
-        let windows = self.windows(text);
+        let windows = self.windows(text, lowered);
         for (rule, _, raised) in windows.into_iter().flat_map(|w| self.accepted(&text[w])) {
             let score = rule.score.max(raised);
             match out[start..].iter_mut().find(|f| f.rule == rule.id) {
@@ -722,13 +799,46 @@ impl Family {
     }
 }
 
+/// Texts up to this long are checked by `Quick` first.
+pub const QUICK_MAX: usize = 256;
+
+/// For short texts — most strings of a JSON answer — one walk of one automaton over every
+/// family's literals (and a look for a digit run) says whether any rule can match at all. That
+/// is cheaper than each family's own searches, whose cost per call exceeds a short text's scan.
+pub struct Quick {
+    literals: AhoCorasick,
+    digits: bool,
+}
+
+impl Quick {
+    pub fn new(families: &[&Family]) -> Self {
+        let literals: Vec<&str> = families
+            .iter()
+            .flat_map(|f| f.rules.iter().flat_map(|r| r.literals.iter().copied()))
+            .collect();
+        Self {
+            literals: AhoCorasick::builder()
+                .kind(Some(AhoCorasickKind::DFA))
+                .build(&literals)
+                .unwrap_or_else(|e| panic!("the rules' literals do not build: {e}")),
+            digits: families.iter().any(|f| f.digit_reach.is_some()),
+        }
+    }
+
+    /// Whether some rule may match `lowered` (the text with ASCII letters lowercased).
+    pub fn may_match(&self, lowered: &str) -> bool {
+        self.literals.is_match(lowered)
+            || (self.digits && digit_runs(lowered.as_bytes()).next().is_some())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn ids(family: &Family, text: &str) -> Vec<String> {
         let mut out = Vec::new();
-        family.scan(text, "", &mut out);
+        family.scan(text, &text.to_ascii_lowercase(), "", &mut out);
         out.into_iter().map(|f| f.rule).collect()
     }
 
@@ -745,12 +855,13 @@ mod tests {
     fn github_tokens_are_checked_by_their_checksum() {
         let random = "abcdefghijklmnopqrstuvwxyzABCD";
         let good = format!("ghp_{random}{}", base62(crc32(random.as_bytes()), 6));
-        let mut out = Vec::new();
-        Family::secrets().scan(&format!("token={good}"), "", &mut out);
-        assert_eq!(out[0].score, 99);
-        out.clear();
-        Family::secrets().scan(&format!("ghp_{random}zzzzzz"), "", &mut out);
-        assert_eq!(out[0].score, 80);
+        let score = |text: String| {
+            let mut out = Vec::new();
+            Family::secrets().scan(&text, &text.to_ascii_lowercase(), "", &mut out);
+            out[0].score
+        };
+        assert_eq!(score(format!("token={good}")), 99);
+        assert_eq!(score(format!("ghp_{random}zzzzzz")), 80);
     }
 
     #[test]

@@ -4,21 +4,35 @@
 //! Latin, and — for instruction rules — lowercase. And the encodings content hides behind:
 //! base64, URL encoding, HTML entities and `\u` escapes, each decoded into another variant to scan.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use unicode_normalization::UnicodeNormalization as _;
 
 /// Text prepared for matching.
-pub struct Prepared {
+pub struct Prepared<'a> {
     /// Invisible characters removed, tag characters decoded, NFKC: for rules on exact formats
-    /// (keys, card numbers), which are case-sensitive.
-    pub exact: String,
-    /// `exact` with look-alikes folded to Latin, lowercased and runs of whitespace folded to one
-    /// character: for instruction rules and the classifier.
-    pub folded: String,
+    /// (keys, card numbers), which are case-sensitive. The text itself when it is ASCII.
+    pub exact: Cow<'a, str>,
+    /// `exact` with look-alikes folded to Latin and lowercased: for instruction rules and the
+    /// classifier.
+    pub folded: Cow<'a, str>,
     /// Zero-width and bidirectional control characters that were removed.
     pub invisible: usize,
     /// Unicode tag characters (U+E0000–U+E007F) that were decoded: text only a model reads.
     pub tags: usize,
+}
+
+impl Prepared<'_> {
+    /// `exact` with ASCII letters lowercased, every offset where it was: what literals are
+    /// searched in. For ASCII text that is `folded`.
+    pub fn lowered(&self) -> Cow<'_, str> {
+        if self.exact.len() == self.folded.len() && self.exact.is_ascii() {
+            Cow::Borrowed(&self.folded)
+        } else {
+            Cow::Owned(self.exact.to_ascii_lowercase())
+        }
+    }
 }
 
 fn invisible(c: char) -> bool {
@@ -77,30 +91,17 @@ fn fold_confusable(c: char) -> char {
     }
 }
 
-/// The characters with every run of whitespace folded to one: a newline if the run has one, a
-/// space otherwise. Padding cannot stretch a phrase beyond what a rule spans, and a rule's
-/// `\s+` is one character.
-fn fold_whitespace(chars: impl Iterator<Item = char>) -> String {
-    let mut out = String::new();
-    let mut run: Option<char> = None;
-    for c in chars {
-        if c.is_whitespace() {
-            run = Some(if c == '\n' || run == Some('\n') { '\n' } else { ' ' });
-        } else {
-            out.extend(run.take());
-            out.push(c);
-        }
-    }
-    out.extend(run);
-    out
-}
-
-pub fn prepare(text: &str) -> Prepared {
+pub fn prepare(text: &str) -> Prepared<'_> {
     if text.is_ascii() {
         // Nothing to strip, decode or fold: the common case, kept cheap.
         return Prepared {
-            exact: text.to_owned(),
-            folded: fold_whitespace(text.bytes().map(|b| char::from(b.to_ascii_lowercase()))),
+            exact: Cow::Borrowed(text),
+            // Copied only when there is something to lowercase.
+            folded: if text.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(text.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(text)
+            },
             invisible: 0,
             tags: 0,
         };
@@ -135,10 +136,14 @@ pub fn prepare(text: &str) -> Prepared {
         }
     }
     let exact: String = stripped.nfkc().collect();
-    let folded = fold_whitespace(exact.chars().map(fold_confusable).flat_map(char::to_lowercase));
+    let folded: String = exact
+        .chars()
+        .map(fold_confusable)
+        .flat_map(char::to_lowercase)
+        .collect();
     Prepared {
-        exact,
-        folded,
+        exact: Cow::Owned(exact),
+        folded: Cow::Owned(folded),
         invisible: hidden,
         tags,
     }
@@ -174,7 +179,11 @@ const MIN_BASE64: usize = 24;
 /// The decoded forms hiding in `text`, each with the encodings peeled to reach it.
 pub fn decoded(text: &str) -> Vec<(Vec<Encoding>, String)> {
     let mut out = Vec::new();
-    let mut frontier = vec![(Vec::new(), text.to_owned())];
+    if text.len() < MIN_BASE64 && !text.contains(['%', '&', '\\']) {
+        // Nothing it could hide: the common case for short strings, kept free of allocations.
+        return out;
+    }
+    let mut frontier = vec![(Vec::new(), Cow::Borrowed(text))];
     for _ in 0..MAX_DEPTH {
         let mut next = Vec::new();
         for (path, current) in &frontier {
@@ -191,7 +200,10 @@ pub fn decoded(text: &str) -> Vec<(Vec<Encoding>, String)> {
             break;
         }
         out.extend(next.iter().cloned());
-        frontier = next;
+        frontier = next
+            .into_iter()
+            .map(|(path, variant)| (path, Cow::Owned(variant)))
+            .collect();
     }
     out
 }
@@ -337,36 +349,59 @@ fn unescape(text: &str) -> Option<String> {
 /// Runs of base64 (standard or URL-safe) long enough to hide a sentence, decoded where they are
 /// text.
 fn base64_runs(text: &str) -> Vec<String> {
-    let is_b64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_' | b'=');
+    const fn alphabet() -> [bool; 256] {
+        let mut table = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            table[b] = c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'-' | b'_' | b'=');
+            b += 1;
+        }
+        table
+    }
+    const BASE64: [bool; 256] = alphabet();
     let bytes = text.as_bytes();
     let mut out = Vec::new();
-    let mut start = None;
-    for (i, &b) in bytes.iter().chain(std::iter::once(&b' ')).enumerate() {
-        match (is_b64(b), start) {
-            (true, None) => start = Some(i),
-            (false, Some(s)) => {
-                let run = &text[s..i];
-                start = None;
-                if run.len() < MIN_BASE64 || out.len() >= MAX_VARIANTS {
-                    continue;
-                }
-                let trimmed = run.trim_end_matches('=');
-                let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
-                    .decode(trimmed)
-                    .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed));
-                if let Ok(bytes) = decoded
-                    && let Ok(text) = String::from_utf8(bytes)
-                {
-                    let printable = text
-                        .chars()
-                        .filter(|c| !c.is_control() || c.is_whitespace())
-                        .count();
-                    if printable * 10 >= text.chars().count() * 9 {
-                        out.push(text);
-                    }
-                }
+    let in_alphabet = |i: usize| BASE64[usize::from(bytes[i])];
+    // A run of at least MIN_BASE64 bytes covers a multiple of MIN_BASE64: only those are looked
+    // at, and the run around one measured. Most runs are words, too short to decode.
+    let mut probe = MIN_BASE64 - 1;
+    while probe < bytes.len() && out.len() < MAX_VARIANTS {
+        if !in_alphabet(probe) {
+            probe += MIN_BASE64;
+            continue;
+        }
+        let mut s = probe;
+        while s > 0 && in_alphabet(s - 1) {
+            s -= 1;
+        }
+        let mut i = probe + 1;
+        while i < bytes.len() && in_alphabet(i) {
+            i += 1;
+        }
+        probe = (i / MIN_BASE64 + 1) * MIN_BASE64 - 1;
+        if probe < i {
+            probe += MIN_BASE64;
+        }
+        // The alphabet is ASCII, so the run's ends are character boundaries.
+        let run = &text[s..i];
+        if run.len() < MIN_BASE64 {
+            continue;
+        }
+        let trimmed = run.trim_end_matches('=');
+        let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(trimmed)
+            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed));
+        if let Ok(bytes) = decoded
+            && let Ok(text) = String::from_utf8(bytes)
+        {
+            let printable = text
+                .chars()
+                .filter(|c| !c.is_control() || c.is_whitespace())
+                .count();
+            if printable * 10 >= text.chars().count() * 9 {
+                out.push(text);
             }
-            _ => {}
         }
     }
     out
@@ -386,7 +421,7 @@ mod tests {
         assert_eq!(prepare("👩\u{200D}💻 ❤\u{FE0F} ok").invisible, 0);
         // "hi" in tag characters, hidden from people.
         let p = prepare("ok\u{E0068}\u{E0069}");
-        assert_eq!((p.exact.as_str(), p.tags), ("okhi", 2));
+        assert_eq!((p.exact.as_ref(), p.tags), ("okhi", 2));
         // Fullwidth letters fold by NFKC.
         assert_eq!(prepare("ＩＧＮＯＲＥ").folded, "ignore");
     }

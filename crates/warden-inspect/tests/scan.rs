@@ -301,12 +301,27 @@ fn matches_are_found_wherever_they_are_and_however_they_are_padded() {
         )
     };
     for (text, rule) in [
-        (format!("{filler}{padded}"), "injection.instruction-override"),
-        (format!("{filler}key AKIAIOSFODNN7EXAMPLF {filler}"), "secret.aws-access-key-id"),
+        (
+            format!("{filler}{padded}"),
+            "injection.instruction-override",
+        ),
+        (
+            format!("{filler}key AKIAIOSFODNN7EXAMPLF {filler}"),
+            "secret.aws-access-key-id",
+        ),
         (format!("{filler}token {long_jwt} end"), "secret.jwt"),
-        (format!("{filler}card 4111-1111-1111-1111"), "pii.payment-card"),
-        (format!("{filler}iban GB82 WEST 1234 5698 7654 32"), "pii.iban"),
-        (format!("{filler}PassWord = 'Xq9!vL3#hunter2'"), "secret.password-assignment"),
+        (
+            format!("{filler}card 4111-1111-1111-1111"),
+            "pii.payment-card",
+        ),
+        (
+            format!("{filler}iban GB82 WEST 1234 5698 7654 32"),
+            "pii.iban",
+        ),
+        (
+            format!("{filler}PassWord = 'Xq9!vL3#hunter2'"),
+            "secret.password-assignment",
+        ),
     ] {
         let found = scanner.scan_text(&text, "");
         assert!(
