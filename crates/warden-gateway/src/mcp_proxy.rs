@@ -25,7 +25,7 @@ use crate::identify::Caller;
 use crate::jsonrpc::{self, Message};
 use crate::mcp::{self, Classified, Listing};
 use crate::pipeline::Said;
-use crate::reviewed::{is_event_stream, read_whole, relay_reviewed};
+use crate::reviewed::{is_event_stream, read_whole, relay_reviewed, review_answer};
 use crate::server::{
     Body, BoxError, State, Upstream, call_upstream, describe, full, identify, identify_method,
     json_response, problem, read_body, relay,
@@ -42,15 +42,16 @@ const FORWARDED: [&str; 5] = [
     "last-event-id",
 ];
 const RESPONSE_HEADERS: [&str; 3] = ["content-type", "mcp-session-id", "mcp-protocol-version"];
-/// Listing requests of one HTTP+SSE session awaiting their answers on its stream.
-const MAX_PENDING_LISTINGS: usize = 1024;
+/// Requests of one HTTP+SSE session awaiting their checked answers on its stream.
+const MAX_PENDING: usize = 1024;
 
 /// What the pipeline made of one client message.
 enum Screened {
     /// Forward it; filter the answer if it is a listing.
     Forward(Option<(Listing, Value)>),
-    /// Forward it, and inspect the result (a tool's, a resource's, a prompt's) as it returns.
-    Inspect(Action),
+    /// Forward it, and inspect the result (a tool's, a resource's, a prompt's) as it returns:
+    /// the action, and the request's JSON-RPC id (what the answer carries).
+    Inspect(Action, Value),
     /// Not JSON-RPC Warden forwards: the error, for a 400.
     Malformed(Value),
     /// Refused: the JSON-RPC answer to give the client instead.
@@ -120,7 +121,7 @@ async fn screen(
             return Screened::Refused(jsonrpc::refusal(&id, &verdict, &what, mcp::CODES));
         }
         if returns_content && listing.is_none() {
-            return Screened::Inspect(action);
+            return Screened::Inspect(action, id);
         }
     }
     Screened::Forward(listing)
@@ -197,7 +198,7 @@ pub async fn streamable(
             let server = &upstream.config.name;
             let (listing, inspect) = match screen(state, &caller, server, &body, &said).await {
                 Screened::Forward(listing) => (listing.map(|(listing, _)| listing), None),
-                Screened::Inspect(action) => (None, Some(action)),
+                Screened::Inspect(action, _) => (None, Some(action)),
                 Screened::Malformed(error) => {
                     return json_response(StatusCode::BAD_REQUEST, &error);
                 }
@@ -389,8 +390,32 @@ pub struct LegacySession {
     upstream_endpoint: Mutex<Option<String>>,
     /// Events for the client's stream from the gateway itself (refusals).
     inject: mpsc::Sender<Bytes>,
-    /// Listing requests in flight, by JSON-RPC id: their answers arrive on the stream.
-    listings: Mutex<HashMap<String, Listing>>,
+    /// Requests in flight whose answers, arriving on the stream, are checked: by JSON-RPC id.
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+impl LegacySession {
+    /// Notes that the answer to request `id` is to be checked when it arrives on the stream.
+    fn expect(&self, id: &Value, pending: Pending) -> Result<(), Response<Body>> {
+        let mut awaited = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if awaited.len() >= MAX_PENDING {
+            return Err(problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_pending",
+                "too many requests await their answers on this stream; wait for them",
+            ));
+        }
+        awaited.insert(id.to_string(), pending);
+        Ok(())
+    }
+}
+
+/// What is done with an answer on an HTTP+SSE stream when it arrives.
+enum Pending {
+    /// A listing: filtered to what the caller may use.
+    Listing(Listing),
+    /// A result: reviewed (inspected, decided again, redacted) before it goes on.
+    Result(Action),
 }
 
 /// Open HTTP+SSE sessions, by the id the gateway gave the client.
@@ -499,7 +524,7 @@ pub async fn legacy_stream(
         caller,
         upstream_endpoint: Mutex::new(None),
         inject: inject.clone(),
-        listings: Mutex::new(HashMap::new()),
+        pending: Mutex::new(HashMap::new()),
     });
     state
         .legacy_sessions
@@ -525,18 +550,26 @@ pub async fn legacy_stream(
             let Ok(mut message) = serde_json::from_str::<Value>(data) else {
                 return data.to_owned();
             };
-            let listing = message.get("id").and_then(|id| {
+            let pending = message.get("id").and_then(|id| {
                 session
-                    .listings
+                    .pending
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&id.to_string())
             });
-            match listing {
-                Some(listing) => {
+            match pending {
+                Some(Pending::Listing(listing)) => {
                     let may = |action: &Action| state.pipeline.may(&session.caller, action);
                     mcp::filter_listing(&mut message, listing, &server, &may);
                     message.to_string()
+                }
+                Some(Pending::Result(action)) => {
+                    match review_answer(&state, &session.caller, &action, &mut message, mcp::CODES)
+                    {
+                        Err(refusal) => refusal.to_string(),
+                        Ok(true) => message.to_string(),
+                        Ok(false) => data.to_owned(),
+                    }
                 }
                 None => data.to_owned(),
             }
@@ -646,18 +679,16 @@ pub async fn legacy_message(
             };
         }
         Screened::Forward(Some((listing, id))) => {
-            let mut listings = session.listings.lock().unwrap_or_else(|p| p.into_inner());
-            if listings.len() >= MAX_PENDING_LISTINGS {
-                return problem(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "too_many_pending",
-                    "too many listings await their answers on this stream; wait for them",
-                );
+            if let Err(busy) = session.expect(&id, Pending::Listing(listing)) {
+                return busy;
             }
-            listings.insert(id.to_string(), listing);
         }
-        // The older transport's answers arrive on the client's stream; they are not inspected yet.
-        Screened::Forward(None) | Screened::Inspect(_) => {}
+        Screened::Inspect(action, id) => {
+            if let Err(busy) = session.expect(&id, Pending::Result(action)) {
+                return busy;
+            }
+        }
+        Screened::Forward(None) => {}
     }
     match call_upstream(
         state,

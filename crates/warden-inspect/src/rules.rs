@@ -2,6 +2,8 @@
 //! match, whatever their number — and only those are run again to find and check the matches
 //! (checksums, Luhn, mod 97, entropy, decoded JWT headers).
 
+use std::sync::OnceLock;
+
 use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::Engine as _;
 use memchr::memmem;
@@ -72,7 +74,7 @@ const INJECTION: &[Rule] = &[
         id: "injection.persona-switch",
         literals: &["now", "pretend", "restrictions", "rules", "limits"],
         reach: (64, 32),
-        pattern: r"\b(you\s+are\s+now\s+(a|an|the|in|no\s+longer)\b|from\s+now\s+on,?\s+(you|act|respond)|pretend\s+(to\s+be|you\s+are)|act\s+as\s+(if|a|an)\s+\w{1,32}\s+(with\s+no|without)\s+(restrictions|rules|limits))",
+        pattern: r"\b(you\s+are\s+now\s+(a|an|the|in|no\s+longer)\b|from\s+now\s+on,?\s+(you|act|respond)|pretend\s+(to\s+be|you\s+are)|act\s+as\s+(if|a|an)\s+[0-9a-z_]{1,32}\s+(with\s+no|without)\s+(restrictions|rules|limits))",
         severity: Severity::Medium,
         score: 65,
         check: any,
@@ -94,7 +96,7 @@ const INJECTION: &[Rule] = &[
         ],
         reach: (0, 400),
         // …and where to: documentation says "send the cookie" too, but not to an address.
-        pattern: r"\b(send|post|upload|forward|email|e-mail|transmit|exfiltrate|leak|paste|append)\s+(.{0,60}?\s)?(the\s+|all\s+|your\s+|any\s+)*(passwords?|secrets?|tokens?|api\s*keys?|credentials?|private\s+keys?|conversation|chat\s+history|system\s+prompt|environment\s+variables|env\s+vars|\.env|ssh\s+keys?|cookies?|session)\b.{0,80}?\b(to|at|into|via)\s+(https?://|www\.|[\w.+-]+@[\w-]+\.|(the\s+|this\s+|my\s+|our\s+)?(following\s+)?(url|address|endpoint|webhook|server|site|website|email|inbox|channel|link))",
+        pattern: r"\b(send|post|upload|forward|email|e-mail|transmit|exfiltrate|leak|paste|append)\s+(.{0,60}?\s)?(the\s+|all\s+|your\s+|any\s+){0,4}(passwords?|secrets?|tokens?|api\s*keys?|credentials?|private\s+keys?|conversation|chat\s+history|system\s+prompt|environment\s+variables|env\s+vars|\.env|ssh\s+keys?|cookies?|session)\b.{0,80}?\b(to|at|into|via)\s+(https?://|www\.|[0-9a-z_.+-]+@[0-9a-z_-]+\.|(the\s+|this\s+|my\s+|our\s+)?(following\s+)?(url|address|endpoint|webhook|server|site|website|email|inbox|channel|link))",
         severity: Severity::Critical,
         score: 90,
         check: any,
@@ -112,7 +114,7 @@ const INJECTION: &[Rule] = &[
         id: "injection.tool-bait",
         literals: &["tool", "function", "command"],
         reach: (160, 16),
-        pattern: r"\b(you\s+must|immediately|now|first|always)\s+(call|invoke|run|execute|use|trigger)\s+(the\s+)?[\w./-]{1,64}\s+(tool|function|command)\b",
+        pattern: r"\b(you\s+must|immediately|now|first|always)\s+(call|invoke|run|execute|use|trigger)\s+(the\s+)?[0-9a-z_./-]{1,64}\s+(tool|function|command)\b",
         severity: Severity::Medium,
         score: 60,
         check: any,
@@ -122,7 +124,7 @@ const INJECTION: &[Rule] = &[
         literals: &["<!--"],
         reach: (0, 900),
         // Words addressed to a model, not tool directives like `<!-- prettier-ignore -->`.
-        pattern: r"<!--[^>]{0,800}?(\bignore\s+(all|any|previous|prior|the|your|above)\b|\binstructions?\b|\b(ai|assistant|model|llm|agent)\s*[:,]|\byou\s+(are|must|should|will)\b|\bdo\s+not\s+tell\b|\bsystem\s*:)",
+        pattern: r"<!--[^>]*?(\bignore\s+(all|any|previous|prior|the|your|above)\b|\binstructions?\b|\b(ai|assistant|model|llm|agent)\s*[:,]|\byou\s+(are|must|should|will)\b|\bdo\s+not\s+tell\b|\bsystem\s*:)",
         severity: Severity::High,
         score: 75,
         check: any,
@@ -131,7 +133,7 @@ const INJECTION: &[Rule] = &[
         id: "injection.css-hidden-text",
         literals: &["style"],
         reach: (0, 600),
-        pattern: r#"style\s*=\s*["'][^"']{0,400}(display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(px|pt|em)?\s*[;"']|opacity\s*:\s*0\s*[;"']|color\s*:\s*(white|#fff(fff)?)\s*;\s*background(-color)?\s*:\s*(white|#fff(fff)?))"#,
+        pattern: r#"style\s*=\s*["'][^"']*(display\s*:\s*none|visibility\s*:\s*hidden|font-size\s*:\s*0(px|pt|em)?\s*[;"']|opacity\s*:\s*0\s*[;"']|color\s*:\s*(white|#fff(fff)?)\s*;\s*background(-color)?\s*:\s*(white|#fff(fff)?))"#,
         severity: Severity::Medium,
         score: 55,
         check: any,
@@ -142,7 +144,7 @@ const INJECTION: &[Rule] = &[
         reach: (0, 1100),
         // The query must carry a slot for data (`{…}`, `[…]`, `<…>`, `$…`), or name what it
         // carries: badges and avatars (`?style=flat`, `?s=70`) have queries too.
-        pattern: r"!\[[^\]]{0,200}\]\(\s*https?://[^)\s]{1,400}[?&][^)\s]{0,400}(=[^)\s]{0,400}(\{|\[|<|\$|%7b|%5b|%3c|secret|token|api_?key|passw|credential|conversation|chat|history|memory|data)|\b(data|secret|secrets|token|key|password|conversation|chat|history|memory|exfil|leak|payload|info|content|context|prompt)=)",
+        pattern: r"!\[[^\]]*\]\(\s*https?://[^)\s]+[?&][^)\s]*(=[^)\s]*(\{|\[|<|\$|%7b|%5b|%3c|secret|token|api_?key|passw|credential|conversation|chat|history|memory|data)|\b(data|secret|secrets|token|key|password|conversation|chat|history|memory|exfil|leak|payload|info|content|context|prompt)=)",
         severity: Severity::High,
         score: 85,
         check: any,
@@ -263,7 +265,7 @@ const SECRETS: &[Rule] = &[
             "sqlserver",
         ],
         reach: (0, 800),
-        pattern: r"\b((?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql|sqlserver)://[^\s:/@]{1,128}:([^\s@/]{3,256})@[^\s/]{1,256})",
+        pattern: r"\b((?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|redis|rediss|amqps?|mssql|sqlserver)://[^\s:/@]+:([^\s@/]{3,})@[^\s/]+)",
         severity: Severity::Critical,
         score: 90,
         check: connection_password,
@@ -292,7 +294,7 @@ const SECRETS: &[Rule] = &[
             "privatekey",
         ],
         reach: (0, 260),
-        pattern: r#"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret|private[_-]?key)\b["']?\s{0,8}[:=]\s{0,8}["']?([^\s"',;{}<>()\[\]]{8,200})(?:[^(\[A-Za-z0-9_]|$)"#,
+        pattern: r#"(?i)\b(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|client[_-]?secret|private[_-]?key)\b["']?\s{0,8}[:=]\s{0,8}["']?([\x21-\x7E&&[^"',;{}<>()\[\]]]{8,200})(?:[^(\[A-Za-z0-9_]|$)"#,
         severity: Severity::High,
         score: 70,
         check: high_entropy,
@@ -601,7 +603,9 @@ pub struct Family {
     kind: Kind,
     rules: Vec<&'static Rule>,
     set: RegexSet,
-    each: Vec<Regex>,
+    /// Each rule's own expression (with its patterns), built the first time the set says it
+    /// may match: most never do, and building them all costs start-up time and memory.
+    each: Vec<(String, OnceLock<Regex>)>,
     /// The rules' literals of four bytes or more, found in one pass (a SIMD search, which
     /// shorter literals would slow to a crawl); the regular expressions then run only on the
     /// windows around what it finds.
@@ -616,12 +620,21 @@ pub struct Family {
 
 impl Family {
     fn new(kind: Kind, rules: Vec<&'static Rule>) -> Self {
-        // The patterns are constants of this file, checked by the tests.
-        let set = RegexSet::new(rules.iter().map(|r| r.pattern))
-            .unwrap_or_else(|e| panic!("a built-in rule does not compile: {e}"));
-        let each = rules
+        // Word boundaries are ASCII ones: Unicode's make the automata several times larger,
+        // slower to build, and the fast (lazy DFA) engine gives up on them in non-ASCII text.
+        // The patterns' word characters are spelled as ASCII classes for the same reason, and
+        // their long gaps are unbounded (`[^>]*`), not counted (`[^>]{0,800}` is 800 copies of
+        // a Unicode class): the windows they run in bound them.
+        let patterns: Vec<String> = rules
             .iter()
-            .map(|r| Regex::new(r.pattern).unwrap_or_else(|e| panic!("rule {}: {e}", r.id)))
+            .map(|r| r.pattern.replace(r"\b", r"(?-u:\b)"))
+            .collect();
+        // The patterns are constants of this file, checked by the tests.
+        let set = RegexSet::new(&patterns)
+            .unwrap_or_else(|e| panic!("a built-in rule does not compile: {e}"));
+        let each = patterns
+            .iter()
+            .map(|p| (p.clone(), OnceLock::new()))
             .collect();
         let (long, short): (Vec<_>, Vec<_>) = rules
             .iter()
@@ -750,7 +763,12 @@ impl Family {
     ) -> impl Iterator<Item = (&'static Rule, regex::Captures<'t>, u8)> + 't {
         self.set.matches(text).into_iter().flat_map(move |i| {
             let rule = self.rules[i];
-            self.each[i]
+            let (pattern, regex) = &self.each[i];
+            // It compiled in the set already, so it compiles on its own.
+            regex
+                .get_or_init(|| {
+                    Regex::new(pattern).unwrap_or_else(|e| panic!("rule {}: {e}", rule.id))
+                })
                 .captures_iter(text)
                 .filter_map(move |c| (rule.check)(&c).map(|raised| (rule, c, raised)))
         })

@@ -504,7 +504,7 @@ async fn the_older_http_sse_transport_is_screened_the_same_way() {
         PYTHON_POLICY,
         |_| {
             format!(
-                "  upstreams:\n    - {{name: demo, kind: mcp-sse, url: 'http://127.0.0.1:{python_port}/sse'}}\n"
+                "  upstreams:\n    - {{name: demo, kind: mcp-sse, url: 'http://127.0.0.1:{python_port}/sse'}}\n  inspect: {{redact: [sensitive-data]}}\n"
             )
         },
         &[],
@@ -605,6 +605,20 @@ async fn the_older_http_sse_transport_is_screened_the_same_way() {
         refusal["error"]["code"],
         warden_gateway::DENIED,
         "{refusal}"
+    );
+    // Results arriving on the stream are reviewed too: here, personal data redacted.
+    let (status, _) = message(
+        &grant_a,
+        &a,
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+               "params": {"name": "echo", "arguments": {"text": "mail ann@example.com"}}}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let result = next_event(&mut body, &mut buffer, "\"id\":4").await;
+    assert!(
+        result.contains("mail [REDACTED:pii.email]") && !result.contains("ann@"),
+        "{result}"
     );
 }
 
