@@ -249,7 +249,13 @@ pub async fn rpc(
     if call.lists_tasks {
         a2a::filter_tasks(&mut message, &|task| state.tasks.owned_by(task, &agent));
     }
-    if let Err(refusal) = review_answer(state, &caller, &call.action, &mut message, a2a::CODES) {
+    if let Err(refusal) = review_answer(
+        &state.pipeline,
+        &caller,
+        &call.action,
+        &mut message,
+        a2a::CODES,
+    ) {
         return json_response(StatusCode::OK, &refusal);
     }
     if call.returns_card

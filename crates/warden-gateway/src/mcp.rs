@@ -55,6 +55,26 @@ impl Listing {
 }
 
 /// What a request means for the pipeline.
+/// What is done with an answer that arrives apart from its request (on an HTTP+SSE stream, or
+/// a stdio server's output) when it comes.
+pub enum Awaited {
+    /// A listing: filtered to what the caller may use.
+    Listing(Listing),
+    /// A result: reviewed (inspected, decided again, redacted) before it goes on.
+    Result(Action),
+}
+
+/// Whether an action's answer is content for the agent's model: a tool's result, a resource, a
+/// prompt — what is inspected on the way back.
+pub fn returns_content(action: &Action) -> bool {
+    matches!(
+        action,
+        Action::McpToolsCall { .. }
+            | Action::McpResourcesRead { .. }
+            | Action::McpPromptsGet { .. }
+    )
+}
+
 pub enum Classified {
     /// Decide this action; forward only if allowed.
     Action(Action),

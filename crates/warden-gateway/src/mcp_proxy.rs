@@ -23,7 +23,7 @@ use warden_model::{Action, Name, SpiffeId};
 
 use crate::identify::Caller;
 use crate::jsonrpc::{self, Message};
-use crate::mcp::{self, Classified, Listing};
+use crate::mcp::{self, Awaited, Classified, Listing};
 use crate::pipeline::Said;
 use crate::reviewed::{is_event_stream, read_whole, relay_reviewed, review_answer};
 use crate::server::{
@@ -107,12 +107,7 @@ async fn screen(
             });
         }
         let what = describe(&action);
-        let returns_content = matches!(
-            action,
-            Action::McpToolsCall { .. }
-                | Action::McpResourcesRead { .. }
-                | Action::McpPromptsGet { .. }
-        );
+        let returns_content = mcp::returns_content(&action);
         let verdict = state
             .pipeline
             .decide(caller, action.clone(), body, said)
@@ -391,12 +386,12 @@ pub struct LegacySession {
     /// Events for the client's stream from the gateway itself (refusals).
     inject: mpsc::Sender<Bytes>,
     /// Requests in flight whose answers, arriving on the stream, are checked: by JSON-RPC id.
-    pending: Mutex<HashMap<String, Pending>>,
+    pending: Mutex<HashMap<String, Awaited>>,
 }
 
 impl LegacySession {
     /// Notes that the answer to request `id` is to be checked when it arrives on the stream.
-    fn expect(&self, id: &Value, pending: Pending) -> Result<(), Response<Body>> {
+    fn expect(&self, id: &Value, pending: Awaited) -> Result<(), Response<Body>> {
         let mut awaited = self.pending.lock().unwrap_or_else(|p| p.into_inner());
         if awaited.len() >= MAX_PENDING {
             return Err(problem(
@@ -408,14 +403,6 @@ impl LegacySession {
         awaited.insert(id.to_string(), pending);
         Ok(())
     }
-}
-
-/// What is done with an answer on an HTTP+SSE stream when it arrives.
-enum Pending {
-    /// A listing: filtered to what the caller may use.
-    Listing(Listing),
-    /// A result: reviewed (inspected, decided again, redacted) before it goes on.
-    Result(Action),
 }
 
 /// Open HTTP+SSE sessions, by the id the gateway gave the client.
@@ -558,14 +545,19 @@ pub async fn legacy_stream(
                     .remove(&id.to_string())
             });
             match pending {
-                Some(Pending::Listing(listing)) => {
+                Some(Awaited::Listing(listing)) => {
                     let may = |action: &Action| state.pipeline.may(&session.caller, action);
                     mcp::filter_listing(&mut message, listing, &server, &may);
                     message.to_string()
                 }
-                Some(Pending::Result(action)) => {
-                    match review_answer(&state, &session.caller, &action, &mut message, mcp::CODES)
-                    {
+                Some(Awaited::Result(action)) => {
+                    match review_answer(
+                        &state.pipeline,
+                        &session.caller,
+                        &action,
+                        &mut message,
+                        mcp::CODES,
+                    ) {
                         Err(refusal) => refusal.to_string(),
                         Ok(true) => message.to_string(),
                         Ok(false) => data.to_owned(),
@@ -679,12 +671,12 @@ pub async fn legacy_message(
             };
         }
         Screened::Forward(Some((listing, id))) => {
-            if let Err(busy) = session.expect(&id, Pending::Listing(listing)) {
+            if let Err(busy) = session.expect(&id, Awaited::Listing(listing)) {
                 return busy;
             }
         }
         Screened::Inspect(action, id) => {
-            if let Err(busy) = session.expect(&id, Pending::Result(action)) {
+            if let Err(busy) = session.expect(&id, Awaited::Result(action)) {
                 return busy;
             }
         }

@@ -18,6 +18,7 @@ use warden_model::Action;
 
 use crate::identify::Caller;
 use crate::jsonrpc::{self, Codes};
+use crate::pipeline::Pipeline;
 use crate::server::{Body, State, describe, full, problem, relay, relayed_head};
 use crate::sse::SseRewriter;
 
@@ -27,7 +28,7 @@ pub const MAX_REVIEWED_BYTES: usize = 16 * 1024 * 1024;
 /// Reviews the result a JSON-RPC answer carries. `Ok(true)` when it was redacted in place,
 /// `Ok(false)` when it goes on as it is, `Err(refusal)` when policy refuses it.
 pub fn review_answer(
-    state: &State,
+    pipeline: &Pipeline,
     caller: &Caller,
     action: &Action,
     message: &mut Value,
@@ -36,7 +37,7 @@ pub fn review_answer(
     let Some(result) = message.get_mut("result") else {
         return Ok(false);
     };
-    let review = state.pipeline.review(caller, action, result);
+    let review = pipeline.review(caller, action, result);
     match &review.verdict {
         Some(verdict) if review.refused() => {
             let what = format!("the result of {}", describe(action));
@@ -58,7 +59,7 @@ fn review_text(
 ) -> Option<String> {
     let mut message: Value = serde_json::from_str(data).ok()?;
     watch(&message);
-    match review_answer(state, caller, action, &mut message, codes) {
+    match review_answer(&state.pipeline, caller, action, &mut message, codes) {
         Err(refusal) => Some(refusal.to_string()),
         Ok(true) => Some(message.to_string()),
         Ok(false) => None,

@@ -19,9 +19,11 @@ use warden_model::{AgentIdentity, Name};
 
 use crate::identify::Caller;
 use crate::jsonrpc::{self, Message};
-use crate::mcp::{self, Classified, Listing};
+use crate::mcp::Awaited;
+use crate::mcp::{self, Classified};
 use crate::metrics::Metrics;
 use crate::pipeline::{LogRecorder, PassThrough, Pipeline, Said};
+use crate::reviewed::review_answer;
 
 /// Longest JSON-RPC line accepted from either side.
 const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
@@ -37,6 +39,30 @@ pub struct StdioConfig {
     pub credentials: PathBuf,
     /// The server command and its arguments.
     pub command: Vec<String>,
+    /// Content inspection: of requests, and of results coming back (reviewed, redacted).
+    pub inspect: crate::InspectSettings,
+}
+
+/// Requests whose answers are awaited to be checked, at most.
+const MAX_AWAITED: usize = 1024;
+
+/// Notes that the answer to request `id` is to be checked when the server gives it; refuses the
+/// request (the JSON-RPC answer to give) when too many already wait.
+async fn expect(
+    awaited: &Mutex<HashMap<String, Awaited>>,
+    id: &Value,
+    what: Awaited,
+) -> Result<(), String> {
+    let mut waiting = awaited.lock().await;
+    if waiting.len() >= MAX_AWAITED {
+        let invalid = jsonrpc::Invalid {
+            code: -32000,
+            message: "too many requests await their answers; wait for them".into(),
+        };
+        return Err(jsonrpc::error(id, &invalid).to_string());
+    }
+    waiting.insert(id.to_string(), what);
+    Ok(())
 }
 
 /// Reads one line of at most `MAX_LINE_BYTES`; `None` at end of input.
@@ -119,9 +145,16 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
     };
     let policy = crate::load_policies(&config.policies)?;
     let _watch = policy.watch(|_| {}).ok();
+    let inspector: Arc<dyn crate::pipeline::Inspector> = match config.inspect.scanner()? {
+        Some(scanner) => Arc::new(crate::inspect::ContentInspector::new(
+            scanner,
+            config.inspect.redact.clone(),
+        )),
+        None => Arc::new(PassThrough),
+    };
     let pipeline = Arc::new(Pipeline::new(
         policy,
-        Arc::new(PassThrough),
+        inspector,
         Arc::new(LogRecorder),
         Arc::new(Metrics::default()),
         format!("stdio:{}", config.server),
@@ -155,13 +188,13 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
             }
         }
     });
-    let listings: Arc<Mutex<HashMap<String, Listing>>> = Arc::default();
+    let awaited: Arc<Mutex<HashMap<String, Awaited>>> = Arc::default();
 
-    // Server → client: filter listings, pass the rest.
+    // Server → client: filter listings, review results, pass the rest.
     let from_server = {
-        let (out, listings, pipeline, caller, server) = (
+        let (out, awaited, pipeline, caller, server) = (
             out.clone(),
-            Arc::clone(&listings),
+            Arc::clone(&awaited),
             Arc::clone(&pipeline),
             caller.clone(),
             config.server.clone(),
@@ -172,11 +205,28 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
                 let mut forwarded = line;
                 if let Ok(mut message) = serde_json::from_str::<Value>(&forwarded)
                     && let Some(id) = message.get("id").map(Value::to_string)
-                    && let Some(listing) = listings.lock().await.remove(&id)
+                    && let Some(awaited) = awaited.lock().await.remove(&id)
                 {
-                    let may = |action: &warden_model::Action| pipeline.may(&caller, action);
-                    mcp::filter_listing(&mut message, listing, &server, &may);
-                    forwarded = message.to_string();
+                    match awaited {
+                        Awaited::Listing(listing) => {
+                            let may = |action: &warden_model::Action| pipeline.may(&caller, action);
+                            mcp::filter_listing(&mut message, listing, &server, &may);
+                            forwarded = message.to_string();
+                        }
+                        Awaited::Result(action) => {
+                            match review_answer(
+                                &pipeline,
+                                &caller,
+                                &action,
+                                &mut message,
+                                mcp::CODES,
+                            ) {
+                                Err(refusal) => forwarded = refusal.to_string(),
+                                Ok(true) => forwarded = message.to_string(),
+                                Ok(false) => {}
+                            }
+                        }
+                    }
                 }
                 if out.send(forwarded).await.is_err() {
                     break;
@@ -221,11 +271,17 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
                         Classified::Plumbing => Ok(()),
                         Classified::Action(action) => {
                             let what = crate::server::describe(&action);
+                            let reviewed = mcp::returns_content(&action).then(|| action.clone());
                             let verdict = pipeline
                                 .decide(&caller, action, line.as_bytes(), said)
                                 .await;
                             if verdict.allowed() {
-                                Ok(())
+                                match reviewed {
+                                    Some(action) => {
+                                        expect(&awaited, &id, Awaited::Result(action)).await
+                                    }
+                                    None => Ok(()),
+                                }
                             } else {
                                 Err(jsonrpc::refusal(&id, &verdict, &what, mcp::CODES).to_string())
                             }
@@ -246,10 +302,7 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
                             }
                             match refused {
                                 Some(refusal) => Err(refusal),
-                                None => {
-                                    listings.lock().await.insert(id.to_string(), listing);
-                                    Ok(())
-                                }
+                                None => expect(&awaited, &id, Awaited::Listing(listing)).await,
                             }
                         }
                     }

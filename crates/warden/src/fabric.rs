@@ -530,9 +530,21 @@ pub struct McpStdioArgs {
         default_value = "http://127.0.0.1:8181"
     )]
     control_url: String,
+    /// Content inspection of requests and of results (docs/inspection.md).
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    inspect: Switch,
+    /// What to redact from results instead of leaving it for policy, comma-separated:
+    /// secret, sensitive-data, injection.
+    #[arg(long, value_delimiter = ',', value_parser = redactable)]
+    redact: Vec<warden_inspect::Kind>,
     /// The stdio MCP server to run, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<String>,
+}
+
+fn redactable(kind: &str) -> Result<warden_inspect::Kind, String> {
+    serde_json::from_value(serde_json::Value::String(kind.to_owned()))
+        .map_err(|_| format!("`{kind}`: use secret, sensitive-data or injection"))
 }
 
 pub fn mcp_stdio(args: McpStdioArgs) -> anyhow::Result<ExitCode> {
@@ -543,6 +555,11 @@ pub fn mcp_stdio(args: McpStdioArgs) -> anyhow::Result<ExitCode> {
         server,
         credentials: args.credential,
         command: args.command,
+        inspect: warden_gateway::InspectSettings {
+            enabled: args.inspect == Switch::On,
+            redact: args.redact,
+            ..warden_gateway::InspectSettings::default()
+        },
     }))?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }

@@ -904,13 +904,16 @@ fn a_stdio_mcp_server_runs_behind_the_same_pipeline() {
         .arg(&creds)
         .arg("--policies")
         .arg(up.dir.path().join("warden-data/policies"))
+        .args(["--redact", "sensitive-data"])
         .arg("--")
         .arg("python3")
         .arg(peers.join("mcp_server.py"))
         .arg("stdio")
         .output()
         .unwrap();
-    expect_python_run(out, "python deleted all records of scratch");
+    let seen = expect_python_run(out, "python deleted all records of scratch");
+    // Results are reviewed on the way back, as through the gateway: here, redacted.
+    assert_eq!(seen["echoed"], "mail [REDACTED:pii.email]", "{seen}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -20,6 +20,8 @@ async def main(command: list[str]) -> None:
             seen["tools"] = sorted(t.name for t in (await session.list_tools()).tools)
             allowed = await session.call_tool("delete_records", {"table": "scratch"})
             seen["allowed"] = allowed.content[0].text
+            echoed = await session.call_tool("echo", {"text": "mail ann@example.com"})
+            seen["echoed"] = echoed.content[0].text
             try:
                 await session.call_tool("read_secrets", {})
                 seen["denied"] = None
