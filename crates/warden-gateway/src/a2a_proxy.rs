@@ -129,15 +129,15 @@ pub async fn rpc(
         Err(response) => return response,
     };
     let headers = request.headers().clone();
-    let said = Said::from_headers(&headers);
-    let body = match read_body(state, request.into_body()).await {
+    let mut said = Said::from_headers(&headers);
+    let mut body = match read_body(state, request.into_body()).await {
         Ok(b) => b,
         Err(response) => return response,
     };
     let started = std::time::Instant::now();
     let parsed = crate::metrics::stage_span("classify").in_scope(|| jsonrpc::parse(&body));
     state.metrics.stage("classify", started.elapsed());
-    let (id, rpc, params) = match parsed {
+    let (id, rpc, mut params) = match parsed {
         Ok(Message::Request { id, method, params }) => (id, method, params),
         Ok(Message::Notification | Message::Response) => {
             return json_response(
@@ -158,6 +158,7 @@ pub async fn rpc(
             );
         }
     };
+    said.redacted = jsonrpc::redact_request(&state.pipeline, &id, &rpc, &mut params, &mut body);
     let call = match a2a::classify(&upstream.config.name, &rpc, &params) {
         Ok(call) => call,
         Err(invalid) => return json_response(StatusCode::OK, &jsonrpc::error(&id, &invalid)),

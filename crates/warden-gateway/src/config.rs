@@ -57,6 +57,9 @@ pub struct InspectSettings {
     /// inspected HTTP responses) instead of left for policy to refuse: `secret`,
     /// `sensitive-data`, `injection`.
     pub redact: Vec<warden_inspect::Kind>,
+    /// What is redacted from what agents send — tool and prompt arguments, A2A messages,
+    /// HTTP bodies — before it is decided and forwarded: the same kinds.
+    pub redact_requests: Vec<warden_inspect::Kind>,
 }
 
 impl Default for InspectSettings {
@@ -70,6 +73,7 @@ impl Default for InspectSettings {
             secrets: scanners.secrets,
             sensitive: scanners.sensitive,
             redact: Vec::new(),
+            redact_requests: Vec::new(),
         }
     }
 }

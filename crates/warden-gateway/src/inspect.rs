@@ -11,11 +11,28 @@ pub struct ContentInspector {
     scanner: Scanner,
     /// What is redacted from results rather than reported for policy.
     redact: Vec<Kind>,
+    /// What is redacted from what agents send rather than reported for policy.
+    redact_requests: Vec<Kind>,
 }
 
 impl ContentInspector {
-    pub fn new(scanner: Scanner, redact: Vec<Kind>) -> Self {
-        Self { scanner, redact }
+    pub fn new(scanner: Scanner, redact: Vec<Kind>, redact_requests: Vec<Kind>) -> Self {
+        Self {
+            scanner,
+            redact,
+            redact_requests,
+        }
+    }
+
+    fn redact(&self, kinds: &[Kind], value: &mut serde_json::Value) -> Vec<Finding> {
+        if kinds.is_empty() {
+            return Vec::new();
+        }
+        self.scanner
+            .redact_json(value, kinds)
+            .into_iter()
+            .map(to_model)
+            .collect()
     }
 }
 
@@ -52,14 +69,15 @@ impl Inspector for ContentInspector {
     }
 
     fn redact_result(&self, _action: &Action, result: &mut serde_json::Value) -> Vec<Finding> {
-        if self.redact.is_empty() {
-            return Vec::new();
-        }
-        self.scanner
-            .redact_json(result, &self.redact)
-            .into_iter()
-            .map(to_model)
-            .collect()
+        self.redact(&self.redact, result)
+    }
+
+    fn redact_request(&self, request: &mut serde_json::Value) -> Vec<Finding> {
+        self.redact(&self.redact_requests, request)
+    }
+
+    fn redacts_requests(&self) -> bool {
+        !self.redact_requests.is_empty()
     }
 
     fn inspect_result(&self, _action: &Action, result: &serde_json::Value) -> Vec<Finding> {

@@ -32,6 +32,30 @@ pub struct Invalid {
     pub message: String,
 }
 
+/// Redacts a request's `params` where the pipeline is configured to, before it is classified and
+/// decided; when anything was redacted, `body` becomes the request rebuilt around the redacted
+/// params (what is forwarded). Returns what was redacted, for the record.
+pub fn redact_request(
+    pipeline: &crate::pipeline::Pipeline,
+    id: &Value,
+    method: &str,
+    params: &mut Value,
+    body: &mut bytes::Bytes,
+) -> Vec<warden_model::Finding> {
+    if !pipeline.redacts_requests() {
+        return Vec::new();
+    }
+    let redacted = pipeline.redact_request(params);
+    if !redacted.is_empty() {
+        let mut message = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method});
+        if !params.is_null() {
+            message["params"] = params.clone();
+        }
+        *body = bytes::Bytes::from(message.to_string());
+    }
+    redacted
+}
+
 pub fn parse(body: &[u8]) -> Result<Message, Invalid> {
     let value: Value = serde_json::from_slice(body).map_err(|e| Invalid {
         code: -32700,

@@ -238,6 +238,7 @@ pub async fn start(
         Some(scanner) => Arc::new(inspect::ContentInspector::new(
             scanner,
             config.inspect.redact.clone(),
+            config.inspect.redact_requests.clone(),
         )),
         None => Arc::new(PassThrough),
     };

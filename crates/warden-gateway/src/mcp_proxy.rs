@@ -63,12 +63,12 @@ async fn screen(
     state: &State,
     caller: &Caller,
     server: &Name,
-    body: &[u8],
+    body: &mut Bytes,
     headers_said: &Said,
 ) -> Screened {
     let started = Instant::now();
     let classified = crate::metrics::stage_span("classify").in_scope(|| {
-        let (id, rpc, params) = match jsonrpc::parse(body) {
+        let (id, rpc, mut params) = match jsonrpc::parse(body) {
             Err(invalid) => {
                 return Err(Screened::Malformed(jsonrpc::error(&Value::Null, &invalid)));
             }
@@ -76,7 +76,9 @@ async fn screen(
             Ok(Message::Notification | Message::Response) => return Err(Screened::Forward(None)),
             Ok(Message::Request { id, method, params }) => (id, method, params),
         };
-        let said = headers_said.with_metadata(mcp::metadata(&params));
+        let redacted = jsonrpc::redact_request(&state.pipeline, &id, &rpc, &mut params, body);
+        let mut said = headers_said.with_metadata(mcp::metadata(&params));
+        said.redacted = redacted;
         match mcp::classify(server, &rpc, &params) {
             Classified::Refused(invalid) => Err(Screened::Refused(jsonrpc::error(&id, &invalid))),
             Classified::Plumbing => Err(Screened::Forward(None)),
@@ -186,12 +188,12 @@ pub async fn streamable(
             relay(response, &RESPONSE_HEADERS)
         }
         Method::POST => {
-            let body = match read_body(state, request.into_body()).await {
+            let mut body = match read_body(state, request.into_body()).await {
                 Ok(b) => b,
                 Err(response) => return response,
             };
             let server = &upstream.config.name;
-            let (listing, inspect) = match screen(state, &caller, server, &body, &said).await {
+            let (listing, inspect) = match screen(state, &caller, server, &mut body, &said).await {
                 Screened::Forward(listing) => (listing.map(|(listing, _)| listing), None),
                 Screened::Inspect(action, _) => (None, Some(action)),
                 Screened::Malformed(error) => {
@@ -655,12 +657,12 @@ pub async fn legacy_message(
     };
     let headers = request.headers().clone();
     let said = Said::from_headers(&headers);
-    let body = match read_body(state, request.into_body()).await {
+    let mut body = match read_body(state, request.into_body()).await {
         Ok(b) => b,
         Err(response) => return response,
     };
     let server = &upstream.config.name;
-    match screen(state, &caller, server, &body, &said).await {
+    match screen(state, &caller, server, &mut body, &said).await {
         Screened::Malformed(error) => return json_response(StatusCode::BAD_REQUEST, &error),
         Screened::Refused(answer) => {
             let event = format!("event: message\ndata: {answer}\n\n");

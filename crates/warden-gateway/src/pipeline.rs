@@ -27,6 +27,11 @@ pub trait Inspector: Send + Sync {
     fn inspect_result(&self, action: &Action, result: &serde_json::Value) -> Vec<Finding>;
     /// Redacts from a result what is configured to be redacted; returns what was.
     fn redact_result(&self, action: &Action, result: &mut serde_json::Value) -> Vec<Finding>;
+    /// Redacts from what an agent sends (before it is classified, so the action carries what
+    /// goes out) what is configured to be redacted; returns what was.
+    fn redact_request(&self, request: &mut serde_json::Value) -> Vec<Finding>;
+    /// Whether `redact_request` may change anything (so callers can skip preparing for it).
+    fn redacts_requests(&self) -> bool;
 }
 
 /// Reports nothing: for `inspect.enabled: false`.
@@ -41,6 +46,12 @@ impl Inspector for PassThrough {
     }
     fn redact_result(&self, _action: &Action, _result: &mut serde_json::Value) -> Vec<Finding> {
         Vec::new()
+    }
+    fn redact_request(&self, _request: &mut serde_json::Value) -> Vec<Finding> {
+        Vec::new()
+    }
+    fn redacts_requests(&self) -> bool {
+        false
     }
 }
 
@@ -100,7 +111,8 @@ pub struct DecisionEvent {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub intent: Option<String>,
     pub findings: Vec<Finding>,
-    /// What was redacted from the result before it went on (`phase: result`).
+    /// What was redacted before the call went out, or from its result before that went on
+    /// (`phase: result`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub redacted: Vec<Finding>,
     /// Approvals spent on this call.
@@ -168,6 +180,8 @@ pub struct Said {
     pub approvals: Vec<String>,
     /// What the adapter knows about the call beside its content (a tool withheld for drift).
     pub findings: Vec<Finding>,
+    /// What was redacted from the call before it was decided (and forwarded).
+    pub redacted: Vec<Finding>,
 }
 
 /// Longest stated intent kept, in characters.
@@ -181,6 +195,7 @@ impl Said {
             intent: header("warden-intent").map(|s| s.chars().take(MAX_INTENT_CHARS).collect()),
             approvals: presented_approvals(None, header("warden-approval")),
             findings: Vec::new(),
+            redacted: Vec::new(),
         }
     }
 
@@ -203,6 +218,7 @@ impl Said {
             intent,
             approvals,
             findings: self.findings.clone(),
+            redacted: self.redacted.clone(),
         }
     }
 }
@@ -424,6 +440,7 @@ impl Pipeline {
             said.intent,
             decide_time,
         );
+        event.redacted = said.redacted;
         event.approvals.clone_from(&verdict.spent);
         event.approval_requests.clone_from(&verdict.filed);
         event
@@ -533,6 +550,16 @@ impl Pipeline {
             }
             Err(why) => verdict.approval_problems.push(why),
         }
+    }
+
+    /// Redacts from a request's content what is configured to be redacted; returns what was.
+    pub fn redact_request(&self, request: &mut serde_json::Value) -> Vec<Finding> {
+        self.inspector.redact_request(request)
+    }
+
+    /// Whether anything is redacted from what agents send.
+    pub fn redacts_requests(&self) -> bool {
+        self.inspector.redacts_requests()
     }
 
     /// Inspects the result of an allowed call: first redacts what is configured to be redacted,

@@ -559,13 +559,16 @@ async fn http_request(
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
-    let said = crate::pipeline::Said::from_headers(request.headers());
+    let mut said = crate::pipeline::Said::from_headers(request.headers());
     let method = request.method().clone();
     let headers = request.headers().clone();
-    let body = match read_body(state, request.into_body()).await {
+    let mut body = match read_body(state, request.into_body()).await {
         Ok(b) => b,
         Err(response) => return response,
     };
+    if state.pipeline.redacts_requests() && !body.is_empty() {
+        said.redacted = redact_body(&state.pipeline, &headers, &mut body);
+    }
     let url = match &action {
         Action::Http { path, .. } => format!(
             "{}{}{query}",
@@ -623,6 +626,41 @@ async fn http_request(
         }
         Err(refusal) => refusal,
     }
+}
+
+/// Redacts an HTTP request body where configured — JSON value by value, text as text; other
+/// media types are left as they are — and returns what was redacted.
+fn redact_body(
+    pipeline: &crate::pipeline::Pipeline,
+    headers: &HeaderMap,
+    body: &mut Bytes,
+) -> Vec<warden_model::Finding> {
+    let media = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("text/plain")
+        .to_ascii_lowercase();
+    let (mut value, json) = if media.contains("json") {
+        match serde_json::from_slice::<Value>(body) {
+            Ok(value) => (value, true),
+            Err(_) => return Vec::new(),
+        }
+    } else if media.starts_with("text/") || media.starts_with("application/x-www-form-urlencoded") {
+        match std::str::from_utf8(body) {
+            Ok(text) => (Value::String(text.to_owned()), false),
+            Err(_) => return Vec::new(),
+        }
+    } else {
+        return Vec::new();
+    };
+    let redacted = pipeline.redact_request(&mut value);
+    if !redacted.is_empty() {
+        *body = match value {
+            Value::String(text) if !json => Bytes::from(text),
+            value => Bytes::from(value.to_string()),
+        };
+    }
+    redacted
 }
 
 /// An HTTP response read whole and reviewed as a tool's result is: its bytes as they go on

@@ -149,6 +149,7 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
         Some(scanner) => Arc::new(crate::inspect::ContentInspector::new(
             scanner,
             config.inspect.redact.clone(),
+            config.inspect.redact_requests.clone(),
         )),
         None => Arc::new(PassThrough),
     };
@@ -238,7 +239,7 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
     // Client → server: decide, forward or refuse.
     let mut reader = BufReader::new(tokio::io::stdin());
     loop {
-        let line = match read_line(&mut reader).await {
+        let mut line = match read_line(&mut reader).await {
             Ok(Some(line)) => line,
             Ok(None) => break,
             Err(e) => {
@@ -254,7 +255,17 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
         let forward = match jsonrpc::parse(line.as_bytes()) {
             Err(invalid) => Err(refuse(&Value::Null, &invalid)),
             Ok(Message::Notification | Message::Response) => Ok(()),
-            Ok(Message::Request { id, method, params }) => {
+            Ok(Message::Request {
+                id,
+                method,
+                mut params,
+            }) => {
+                let mut rebuilt = bytes::Bytes::new();
+                let redacted =
+                    jsonrpc::redact_request(&pipeline, &id, &method, &mut params, &mut rebuilt);
+                if !redacted.is_empty() {
+                    line = String::from_utf8_lossy(&rebuilt).into_owned();
+                }
                 // The grant may have expired or been revoked since the start.
                 if let Err(e) = trust.grants.verify(&token, now().unix_timestamp()) {
                     Err(refuse(
@@ -265,7 +276,8 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
                         },
                     ))
                 } else {
-                    let said = Said::default().with_metadata(mcp::metadata(&params));
+                    let mut said = Said::default().with_metadata(mcp::metadata(&params));
+                    said.redacted = redacted;
                     match mcp::classify(&config.server, &method, &params) {
                         Classified::Refused(invalid) => Err(refuse(&id, &invalid)),
                         Classified::Plumbing => Ok(()),

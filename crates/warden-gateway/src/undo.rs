@@ -314,8 +314,7 @@ pub async fn handle(state: &State, request: Request<Incoming>) -> Response<Body>
     };
     let said = Said {
         intent: Some(format!("undo of decision {decision}, asked by {admin}")),
-        approvals: Vec::new(),
-        findings: Vec::new(),
+        ..Said::default()
     };
     let verdict = state
         .pipeline

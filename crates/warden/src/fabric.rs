@@ -537,6 +537,10 @@ pub struct McpStdioArgs {
     /// secret, sensitive-data, injection.
     #[arg(long, value_delimiter = ',', value_parser = redactable)]
     redact: Vec<warden_inspect::Kind>,
+    /// What to redact from what the agent sends (tool and prompt arguments) before it is
+    /// decided and reaches the server, comma-separated: secret, sensitive-data, injection.
+    #[arg(long, value_delimiter = ',', value_parser = redactable)]
+    redact_requests: Vec<warden_inspect::Kind>,
     /// The stdio MCP server to run, after `--`.
     #[arg(last = true, required = true)]
     command: Vec<String>,
@@ -558,6 +562,7 @@ pub fn mcp_stdio(args: McpStdioArgs) -> anyhow::Result<ExitCode> {
         inspect: warden_gateway::InspectSettings {
             enabled: args.inspect == Switch::On,
             redact: args.redact,
+            redact_requests: args.redact_requests,
             ..warden_gateway::InspectSettings::default()
         },
     }))?;

@@ -62,6 +62,37 @@ fn a_secret_leaving_in_tool_arguments_is_found_and_policy_denies_it() {
     });
 }
 
+#[test]
+fn a_secret_leaving_is_redacted_instead_of_refused_where_configured() {
+    let (_server, fabric) = site(POLICY, "  inspect: {redactRequests: [secret]}\n");
+    let agent = fabric
+        .agent("demo/ops", "app=ops", &["mcp.*=demo/*"], &["i-1"])
+        .remove(0);
+    let out = calls(
+        &fabric,
+        &agent,
+        json!([call(
+            "echo",
+            json!({"text": "use key AKIAIOSFODNN7EXAMPLE for the upload"})
+        )]),
+    );
+    // The server got (and echoed) the call without the key; policy, which refuses secrets
+    // leaving, had nothing to refuse.
+    assert_eq!(
+        ok(&out[0]),
+        "use key [REDACTED:secret.aws-access-key-id] for the upload"
+    );
+    let audit = fabric.dir.path().join("data/audit");
+    let record = recorded(&audit, |r| r["redacted"].is_array() && r["phase"].is_null());
+    assert_eq!(record["outcome"], "allow");
+    assert_eq!(record["redacted"][0]["rule"], "secret.aws-access-key-id");
+    assert_eq!(record["redacted"][0]["location"], "/arguments/text");
+    assert_eq!(
+        record["arguments"]["text"], "use key [REDACTED:secret.aws-access-key-id] for the upload",
+        "the record keeps what went out, not the secret"
+    );
+}
+
 fn base64_of(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)
@@ -261,6 +292,10 @@ async fn inspected_http_responses_are_redacted_or_refused_like_tool_results() {
             }),
         )
         .route(
+            "/echo",
+            axum::routing::post(|body: String| async move { body }),
+        )
+        .route(
             "/logo",
             axum::routing::get(|| async {
                 ([(http::header::CONTENT_TYPE, "image/png")], vec![0x89_u8, b'P', b'N', b'G'])
@@ -270,10 +305,10 @@ async fn inspected_http_responses_are_redacted_or_refused_like_tool_results() {
     let api_port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let fabric = common::Fabric::start(
-        "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: api, namespace: ops}\nspec:\n  selector: {matchLabels: {app: probe}}\n  http:\n    - {service: api, methods: [GET], paths: ['/*']}\n  deny:\n    - http: {service: api, methods: [GET], paths: ['/*'], when: 'context.findings.injection_score > 70'}\n",
+        "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: api, namespace: ops}\nspec:\n  selector: {matchLabels: {app: probe}}\n  http:\n    - {service: api, methods: [GET, POST], paths: ['/*']}\n  deny:\n    - http: {service: api, methods: [GET], paths: ['/*'], when: 'context.findings.injection_score > 70'}\n",
         |_| {
             format!(
-                "  upstreams:\n    - {{name: api, kind: http, url: 'http://127.0.0.1:{api_port}', inspectResponses: true}}\n  inspect: {{redact: [sensitive-data]}}\n"
+                "  upstreams:\n    - {{name: api, kind: http, url: 'http://127.0.0.1:{api_port}', inspectResponses: true}}\n  inspect: {{redact: [sensitive-data], redactRequests: [secret]}}\n"
             )
         },
         &[],
@@ -319,6 +354,25 @@ async fn inspected_http_responses_are_redacted_or_refused_like_tool_results() {
     let packed = get("/packed").await;
     assert_eq!(packed.status, StatusCode::BAD_GATEWAY);
     assert!(String::from_utf8_lossy(&packed.body).contains("uninspectable_response"));
+
+    // A secret in a request body is redacted before it leaves.
+    let sent = agent
+        .send(
+            Method::POST,
+            &format!("https://127.0.0.1:{}/http/api/echo", fabric.gateway_port),
+            &[
+                ("authorization", &grant),
+                ("content-type", "application/json"),
+            ],
+            Some(br#"{"note": "key AKIAIOSFODNN7EXAMPLE"}"#.to_vec()),
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&sent.body),
+        r#"{"note":"key [REDACTED:secret.aws-access-key-id]"}"#
+    );
 
     let logo = get("/logo").await;
     assert_eq!(
