@@ -9,7 +9,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use warden_model::{A2aMethod, Action, Host, Protocol, SpiffeId};
@@ -325,17 +324,8 @@ async fn decide(
 }
 
 async fn read_json(body: Incoming) -> Result<Value, Response<Body>> {
-    let bytes = Limited::new(body, MAX_CARD_BYTES)
-        .collect()
-        .await
-        .map_err(|_| {
-            problem(
-                StatusCode::BAD_GATEWAY,
-                "upstream_too_large",
-                "the peer's answer is too large",
-            )
-        })?
-        .to_bytes();
+    let bytes =
+        crate::reviewed::collect(body, MAX_CARD_BYTES, "the peer's card is too large").await?;
     serde_json::from_slice(&bytes).map_err(|_| {
         problem(
             StatusCode::BAD_GATEWAY,

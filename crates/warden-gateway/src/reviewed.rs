@@ -117,8 +117,19 @@ pub async fn read_whole(
     too_large: &'static str,
 ) -> Result<(http::response::Parts, Bytes), Response<Body>> {
     let (parts, body) = response.into_parts();
-    match Limited::new(body, MAX_REVIEWED_BYTES).collect().await {
-        Ok(collected) => Ok((relayed_head(&parts, keep), collected.to_bytes())),
+    let bytes = collect(body, MAX_REVIEWED_BYTES, too_large).await?;
+    Ok((relayed_head(&parts, keep), bytes))
+}
+
+/// An upstream's body read whole, or `502 upstream_too_large` saying `too_large` when it is over
+/// `limit` bytes.
+pub async fn collect(
+    body: Incoming,
+    limit: usize,
+    too_large: &str,
+) -> Result<Bytes, Response<Body>> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
         Err(_) => Err(problem(
             http::StatusCode::BAD_GATEWAY,
             "upstream_too_large",

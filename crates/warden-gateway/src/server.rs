@@ -686,17 +686,12 @@ async fn reviewed_http(
             "the upstream compressed a response that is to be inspected; it must answer uncompressed",
         ));
     }
-    let bytes = Limited::new(body, crate::reviewed::MAX_REVIEWED_BYTES)
-        .collect()
-        .await
-        .map_err(|_| {
-            problem(
-                StatusCode::BAD_GATEWAY,
-                "upstream_too_large",
-                "the upstream's response is too large to inspect",
-            )
-        })?
-        .to_bytes();
+    let bytes = crate::reviewed::collect(
+        body,
+        crate::reviewed::MAX_REVIEWED_BYTES,
+        "the upstream's response is too large to inspect",
+    )
+    .await?;
     let media = header(http::header::CONTENT_TYPE)
         .unwrap_or("text/plain")
         .to_ascii_lowercase();

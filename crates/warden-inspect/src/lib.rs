@@ -208,14 +208,7 @@ impl Scanner {
         match value {
             Value::String(text) => {
                 if self.named_secret(key, text) {
-                    out.push(Finding {
-                        kind: Kind::Secret,
-                        rule: NAMED_SECRET.into(),
-                        location: pointer.clone(),
-                        severity: Severity::High,
-                        score: 75,
-                        via: Vec::new(),
-                    });
+                    out.push(named_secret_at(pointer));
                 }
                 self.scan_into(text, pointer, out);
             }
@@ -299,14 +292,7 @@ impl Scanner {
                     in_place
                 };
                 if named {
-                    out.push(Finding {
-                        kind: Kind::Secret,
-                        rule: NAMED_SECRET.into(),
-                        location: pointer.clone(),
-                        severity: Severity::High,
-                        score: 75,
-                        via: Vec::new(),
-                    });
+                    out.push(named_secret_at(pointer));
                 }
                 out.extend(found);
             }
@@ -441,6 +427,18 @@ impl Scanner {
         for finding in &mut out[start..] {
             finding.via = via.to_vec();
         }
+    }
+}
+
+/// The finding for a field named like a secret holding a high-entropy value.
+fn named_secret_at(pointer: &str) -> Finding {
+    Finding {
+        kind: Kind::Secret,
+        rule: NAMED_SECRET.into(),
+        location: pointer.to_owned(),
+        severity: Severity::High,
+        score: 75,
+        via: Vec::new(),
     }
 }
 
