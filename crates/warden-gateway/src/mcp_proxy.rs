@@ -342,7 +342,7 @@ async fn withhold_tools(state: &State, server: &Name, messages: &[Value]) -> Has
         };
         let poisoned = state
             .pipeline
-            .inspect_definition(&action, &definition)
+            .inspect_content(&action, &definition)
             .iter()
             .any(|f| f.kind == warden_model::FindingKind::Injection && f.score >= 70);
         let approved = match state.pipeline.desk() {

@@ -325,13 +325,10 @@ impl Pipeline {
             .collect()
     }
 
-    /// Content a listing offers (a tool's description and schema), inspected like a result.
-    pub fn inspect_definition(
-        &self,
-        action: &Action,
-        definition: &serde_json::Value,
-    ) -> Vec<Finding> {
-        self.inspector.inspect_result(action, definition)
+    /// Content beside a call's body — what a listing offers (a tool's description and schema),
+    /// the URL and headers of an HTTP request — inspected like a result.
+    pub fn inspect_content(&self, action: &Action, content: &serde_json::Value) -> Vec<Finding> {
+        self.inspector.inspect_result(action, content)
     }
 
     pub fn desk(&self) -> Option<&Arc<Desk>> {

@@ -569,14 +569,25 @@ async fn http_request(
     if state.pipeline.redacts_requests() && !body.is_empty() {
         said.redacted = redact_body(&state.pipeline, &headers, &mut body);
     }
-    let url = match &action {
-        Action::Http { path, .. } => format!(
-            "{}{}{query}",
-            upstream.config.url.trim_end_matches('/'),
-            path.as_str()
-        ),
+    let path = match &action {
+        Action::Http { path, .. } => path.as_str().to_owned(),
         _ => unreachable!("built above as Action::Http"),
     };
+    let url = format!("{}{path}{query}", upstream.config.url.trim_end_matches('/'));
+    // What leaves besides the body: the URL (a query string carries data too) and the headers
+    // that are forwarded. Their findings are located at `/url` and `/headers/<name>`.
+    let forwarded: serde_json::Map<String, Value> = headers
+        .iter()
+        .filter(|(name, _)| forwards_header(name.as_str()))
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), Value::String(value))
+        })
+        .collect();
+    said.findings.extend(state.pipeline.inspect_content(
+        &action,
+        &json!({"url": format!("{path}{query}"), "headers": forwarded}),
+    ));
     let what = describe(&action);
     // Kept for the review of the response, when it is inspected.
     let reviewed = upstream.config.inspect_responses.then(|| action.clone());
@@ -595,11 +606,7 @@ async fn http_request(
         &url,
         &headers,
         // An inspected response must come back readable: no compression asked for.
-        |name| {
-            !(HOP_AND_CREDENTIALS.contains(&name)
-                || name.starts_with("warden-")
-                || (inspect && name == "accept-encoding"))
-        },
+        |name| forwards_header(name) && !(inspect && name == "accept-encoding"),
         body,
     )
     .await
@@ -626,6 +633,12 @@ async fn http_request(
         }
         Err(refusal) => refusal,
     }
+}
+
+/// Whether a client's header goes on to an HTTP upstream: credentials, hop-by-hop headers and
+/// Warden's own do not.
+fn forwards_header(name: &str) -> bool {
+    !(HOP_AND_CREDENTIALS.contains(&name) || name.starts_with("warden-"))
 }
 
 /// Redacts an HTTP request body where configured — JSON value by value, text as text; other

@@ -305,7 +305,7 @@ async fn inspected_http_responses_are_redacted_or_refused_like_tool_results() {
     let api_port = listener.local_addr().unwrap().port();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let fabric = common::Fabric::start(
-        "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: api, namespace: ops}\nspec:\n  selector: {matchLabels: {app: probe}}\n  http:\n    - {service: api, methods: [GET, POST], paths: ['/*']}\n  deny:\n    - http: {service: api, methods: [GET], paths: ['/*'], when: 'context.findings.injection_score > 70'}\n",
+        "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: api, namespace: ops}\nspec:\n  selector: {matchLabels: {app: probe}}\n  http:\n    - {service: api, methods: [GET, POST], paths: ['/*']}\n  deny:\n    - http: {service: api, methods: [GET], paths: ['/*'], when: 'context.findings.injection_score > 70'}\n    - http: {service: api, methods: [GET, POST], paths: ['/*'], when: 'context.findings.secret_count > 0'}\n",
         |_| {
             format!(
                 "  upstreams:\n    - {{name: api, kind: http, url: 'http://127.0.0.1:{api_port}', inspectResponses: true}}\n  inspect: {{redact: [sensitive-data], redactRequests: [secret]}}\n"
@@ -374,13 +374,33 @@ async fn inspected_http_responses_are_redacted_or_refused_like_tool_results() {
         r#"{"note":"key [REDACTED:secret.aws-access-key-id]"}"#
     );
 
+    // A secret leaving in the URL or a header is found there, and policy refuses it.
+    for (path, header) in [
+        ("/logo?key=AKIAIOSFODNN7EXAMPLE", None),
+        ("/logo", Some(("x-debug-key", "AKIAIOSFODNN7EXAMPLE"))),
+    ] {
+        let url = format!("https://127.0.0.1:{}/http/api{path}", fabric.gateway_port);
+        let mut headers = vec![("authorization", grant.as_str())];
+        headers.extend(header);
+        let leaked = agent
+            .send(Method::GET, &url, &headers, None, 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(leaked.status, StatusCode::FORBIDDEN, "{path} {header:?}");
+    }
+    let audit = fabric.dir.path().join("data/audit");
+    for place in ["/url", "/headers/x-debug-key"] {
+        recorded(&audit, |r| {
+            r["outcome"] == "deny" && r["findings"][0]["location"] == place
+        });
+    }
+
     let logo = get("/logo").await;
     assert_eq!(
         (logo.status, &logo.body[..]),
         (StatusCode::OK, &b"\x89PNG"[..])
     );
 
-    let audit = fabric.dir.path().join("data/audit");
     let review = recorded(&audit, |r| r["phase"] == "result" && r["outcome"] == "deny");
     assert_eq!(review["action"], "http");
 }
