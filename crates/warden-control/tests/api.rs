@@ -131,6 +131,12 @@ impl Plane {
     async fn stop(mut self) {
         let _ = self.stop.take().unwrap().send(());
         self.served.take().unwrap().await.unwrap();
+        // Connection tasks let go of the control plane just after `serve` returns; its store
+        // can be opened again only once they all have (redb holds a lock while it is open).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while Arc::strong_count(&self.control) > 1 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 }
 
