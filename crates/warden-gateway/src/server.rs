@@ -641,37 +641,19 @@ fn forwards_header(name: &str) -> bool {
     !(HOP_AND_CREDENTIALS.contains(&name) || name.starts_with("warden-"))
 }
 
-/// Redacts an HTTP request body where configured — JSON value by value, text as text; other
-/// media types are left as they are — and returns what was redacted.
+/// Redacts an HTTP request body where configured (see `as_content`) and returns what was
+/// redacted.
 fn redact_body(
     pipeline: &crate::pipeline::Pipeline,
     headers: &HeaderMap,
     body: &mut Bytes,
 ) -> Vec<warden_model::Finding> {
-    let media = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("text/plain")
-        .to_ascii_lowercase();
-    let (mut value, json) = if media.contains("json") {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(value) => (value, true),
-            Err(_) => return Vec::new(),
-        }
-    } else if media.starts_with("text/") || media.starts_with("application/x-www-form-urlencoded") {
-        match std::str::from_utf8(body) {
-            Ok(text) => (Value::String(text.to_owned()), false),
-            Err(_) => return Vec::new(),
-        }
-    } else {
+    let Some((mut value, json)) = as_content(headers, body) else {
         return Vec::new();
     };
     let redacted = pipeline.redact_request(&mut value);
     if !redacted.is_empty() {
-        *body = match value {
-            Value::String(text) if !json => Bytes::from(text),
-            value => Bytes::from(value.to_string()),
-        };
+        *body = content_bytes(value, json);
     }
     redacted
 }
@@ -686,12 +668,10 @@ async fn reviewed_http(
     headers: &HeaderMap,
     body: Incoming,
 ) -> Result<Bytes, Response<Body>> {
-    let header = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
-    if header(http::header::CONTENT_ENCODING).is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
+    let encoding = headers
+        .get(http::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok());
+    if encoding.is_some_and(|e| !e.eq_ignore_ascii_case("identity")) {
         // Fail closed: what cannot be read cannot be inspected.
         return Err(problem(
             StatusCode::BAD_GATEWAY,
@@ -705,23 +685,8 @@ async fn reviewed_http(
         "the upstream's response is too large to inspect",
     )
     .await?;
-    let media = header(http::header::CONTENT_TYPE)
-        .unwrap_or("text/plain")
-        .to_ascii_lowercase();
-    let json = media.contains("json");
-    if !(json
-        || media.starts_with("text/")
-        || media.contains("xml")
-        || media.contains("javascript")
-        || media.starts_with("application/x-www-form-urlencoded"))
-    {
+    let Some((mut value, json)) = as_content(headers, &bytes) else {
         return Ok(bytes);
-    }
-    let text = || Value::String(String::from_utf8_lossy(&bytes).into_owned());
-    let mut value = if json {
-        serde_json::from_slice(&bytes).unwrap_or_else(|_| text())
-    } else {
-        text()
     };
     let review = state.pipeline.review(caller, action, &mut value);
     if let Some(verdict) = review.verdict.as_ref().filter(|_| review.refused()) {
@@ -732,9 +697,44 @@ async fn reviewed_http(
             &json!({"error": refusal["error"]}),
         ));
     }
-    Ok(match (review.redacted, value) {
-        (false, _) => bytes,
-        (true, Value::String(text)) => Bytes::from(text),
-        (true, value) => Bytes::from(value.to_string()),
+    Ok(if review.redacted {
+        content_bytes(value, json)
+    } else {
+        bytes
     })
+}
+
+/// An HTTP body as content to inspect or redact, by its media type: JSON as its value (as text
+/// when it does not parse), text (and XML, JavaScript, forms) as a string; other media types
+/// (images, archives) are not content. Whether it is JSON comes with it.
+fn as_content(headers: &HeaderMap, body: &[u8]) -> Option<(Value, bool)> {
+    let media = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("text/plain")
+        .to_ascii_lowercase();
+    let json = media.contains("json");
+    let textual = json
+        || media.starts_with("text/")
+        || media.contains("xml")
+        || media.contains("javascript")
+        || media.starts_with("application/x-www-form-urlencoded");
+    if !textual {
+        return None;
+    }
+    let text = || Value::String(String::from_utf8_lossy(body).into_owned());
+    let value = if json {
+        serde_json::from_slice(body).unwrap_or_else(|_| text())
+    } else {
+        text()
+    };
+    Some((value, json))
+}
+
+/// The body `as_content` read, written back after redaction.
+fn content_bytes(value: Value, json: bool) -> Bytes {
+    match value {
+        Value::String(text) if !json => Bytes::from(text),
+        value => Bytes::from(value.to_string()),
+    }
 }

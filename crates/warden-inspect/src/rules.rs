@@ -675,32 +675,38 @@ impl Family {
     /// padding a phrase with whitespace cannot carry it out of its window.
     fn windows(&self, text: &str, lowered: &str) -> Vec<std::ops::Range<usize>> {
         let bytes = text.as_bytes();
-        let mut found: Vec<(usize, usize)> = self
-            .literals
-            .iter()
-            .flat_map(|literals| literals.find_iter(lowered))
-            .map(|m| {
-                let (before, after) = self.reach[m.pattern().as_usize()];
-                (
-                    back(bytes, m.start(), before),
-                    forward(bytes, m.end(), after),
-                )
+        // Anchors (where a literal or a digit run is, and the rule's reach around it) are
+        // collected up to a budget: text dense with them is searched whole, which costs less
+        // than walking every anchor's reach and keeps hostile text from piling them up.
+        let budget = 64 + bytes.len() / 256;
+        let literal_hits = self.literals.iter().flat_map(|literals| {
+            literals
+                .find_iter(lowered)
+                .map(|m| (m.start(), m.end(), self.reach[m.pattern().as_usize()]))
+        });
+        let short_hits = self.short.iter().flat_map(|(finder, reach)| {
+            finder
+                .find_iter(lowered.as_bytes())
+                .map(move |at| (at, at + finder.needle().len(), *reach))
+        });
+        let digit_hits = self
+            .digit_reach
+            .into_iter()
+            .flat_map(|reach| digit_runs(bytes).map(move |(start, end)| (start, end, reach)));
+        let mut anchors = Vec::new();
+        for anchor in literal_hits.chain(short_hits).chain(digit_hits) {
+            if anchors.len() == budget {
+                let whole = 0..bytes.len();
+                return vec![whole];
+            }
+            anchors.push(anchor);
+        }
+        let mut found: Vec<(usize, usize)> = anchors
+            .into_iter()
+            .map(|(start, end, (before, after))| {
+                (back(bytes, start, before), forward(bytes, end, after))
             })
             .collect();
-        for (finder, (before, after)) in &self.short {
-            found.extend(finder.find_iter(lowered.as_bytes()).map(|at| {
-                (
-                    back(bytes, at, *before),
-                    forward(bytes, at + finder.needle().len(), *after),
-                )
-            }));
-        }
-        if let Some((before, after)) = self.digit_reach {
-            found.extend(
-                digit_runs(bytes)
-                    .map(|(start, end)| (back(bytes, start, before), forward(bytes, end, after))),
-            );
-        }
         found.sort_unstable();
         let mut windows: Vec<std::ops::Range<usize>> = Vec::new();
         for (start, end) in found {

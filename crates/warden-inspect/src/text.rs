@@ -27,7 +27,8 @@ impl Prepared<'_> {
     /// `exact` with ASCII letters lowercased, every offset where it was: what literals are
     /// searched in. For ASCII text that is `folded`.
     pub fn lowered(&self) -> Cow<'_, str> {
-        if self.exact.len() == self.folded.len() && self.exact.is_ascii() {
+        // ASCII `exact` folds to its ASCII lowercase: nothing else changes ASCII.
+        if self.exact.is_ascii() {
             Cow::Borrowed(&self.folded)
         } else {
             Cow::Owned(self.exact.to_ascii_lowercase())
