@@ -168,7 +168,9 @@ pub fn target_of(action: &Action) -> String {
         } => format!("[{ip}]:{port}"),
         Action::EgressConnect { host, port, .. } => format!("{host}:{port}"),
         Action::McpToolsCall { server, tool, .. } => format!("{server}/{tool}"),
-        Action::McpToolsList { server } => format!("{server}/"),
+        Action::McpToolsList { server } | Action::McpClientMessage { server, .. } => {
+            format!("{server}/")
+        }
         Action::McpResourcesRead { server, uri } => format!("{server}/{uri}"),
         Action::McpPromptsGet { server, prompt, .. } => format!("{server}/{prompt}"),
         Action::A2a { peer, .. } => peer.to_string(),

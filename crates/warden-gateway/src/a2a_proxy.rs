@@ -20,7 +20,7 @@ use crate::pipeline::Said;
 use crate::reviewed::{is_event_stream, read_whole, relay_reviewed, review_answer};
 use crate::server::{
     Body, State, Upstream, call_upstream, describe, full, identify_method, json_response, problem,
-    read_body,
+    read_request_body,
 };
 
 /// Headers a client's request may carry to an A2A peer; its credentials stay at the gateway.
@@ -129,7 +129,7 @@ pub async fn rpc(
     };
     let headers = request.headers().clone();
     let mut said = Said::from_headers(&headers);
-    let mut body = match read_body(state, request.into_body()).await {
+    let mut body = match read_request_body(state, request).await {
         Ok(b) => b,
         Err(response) => return response,
     };
@@ -138,7 +138,7 @@ pub async fn rpc(
     state.metrics.stage("classify", started.elapsed());
     let (id, rpc, mut params) = match parsed {
         Ok(Message::Request { id, method, params }) => (id, method, params),
-        Ok(Message::Notification | Message::Response) => {
+        Ok(Message::Notification { .. } | Message::Response) => {
             return json_response(
                 StatusCode::BAD_REQUEST,
                 &jsonrpc::error(
@@ -210,6 +210,7 @@ pub async fn rpc(
             state,
             &caller,
             call.action.clone(),
+            &id,
             response,
             &RESPONSE_HEADERS,
             a2a::CODES,
@@ -234,7 +235,7 @@ pub async fn rpc(
         Ok(read) => read,
         Err(response) => return response,
     };
-    let Ok(mut message) = serde_json::from_slice::<Value>(&bytes) else {
+    let Ok(mut message) = crate::json::parse_strict(&bytes) else {
         return problem(
             StatusCode::BAD_GATEWAY,
             "bad_upstream_answer",
@@ -326,7 +327,7 @@ async fn decide(
 async fn read_json(body: Incoming) -> Result<Value, Response<Body>> {
     let bytes =
         crate::reviewed::collect(body, MAX_CARD_BYTES, "the peer's card is too large").await?;
-    serde_json::from_slice(&bytes).map_err(|_| {
+    crate::json::parse_strict(&bytes).map_err(|_| {
         problem(
             StatusCode::BAD_GATEWAY,
             "bad_upstream_answer",

@@ -272,9 +272,12 @@ async fn absolute_form(
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut outgoing = Request::builder().method(parts.method).uri(path);
     for (name, value) in &parts.headers {
+        // The client's own Host header never goes on: the one sent is the decided destination,
+        // so an upstream routing on the first of two Host headers cannot be pointed elsewhere.
         let keep = !matches!(
             name.as_str(),
-            "proxy-authorization"
+            "host"
+                | "proxy-authorization"
                 | "proxy-connection"
                 | "connection"
                 | "keep-alive"

@@ -20,9 +20,44 @@ pub enum Message {
         method: String,
         params: Value,
     },
-    Notification,
-    /// A response to a request the server sent (sampling, elicitation).
+    Notification {
+        method: String,
+        params: Value,
+    },
+    /// A response to a request the server sent (sampling, elicitation, roots): a `result` or an
+    /// `error`, which the agent's text goes out in.
     Response,
+}
+
+/// A JSON-RPC id as a key that matches by value: the upstream's `1.0` answers the request `1`,
+/// the string `"1"` does not. `None` for what is not an id.
+pub fn id_key(id: &Value) -> Option<String> {
+    match id {
+        Value::String(s) => Some(format!("s{s}")),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Some(format!("n{i}"))
+            } else if let Some(u) = n.as_u64() {
+                Some(format!("n{u}"))
+            } else {
+                let f = n.as_f64()?;
+                // Integral floats inside i64 stand for that integer; anything else never matches
+                // a request (requests' ids are checked to be exact integers or strings).
+                (f.fract() == 0.0 && f.abs() < 9.2e18).then(|| format!("n{}", f as i64))
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Whether a request id comes back exactly as sent: a string, or an integer that fits 64 bits
+/// (a larger or fractional number would be read as a float and answered rounded).
+fn exact_id(id: &Value) -> bool {
+    match id {
+        Value::String(s) => s.len() <= 1024,
+        Value::Number(n) => n.is_i64() || n.is_u64(),
+        _ => false,
+    }
 }
 
 /// Why a body is not a JSON-RPC message Warden will forward.
@@ -56,8 +91,11 @@ pub fn redact_request(
     redacted
 }
 
+/// Reads one JSON-RPC message from a client, strictly (see [`crate::json`]): a request needs an
+/// id that comes back exactly as sent; a message with a method and no id is a notification;
+/// one with an id and a `result` or `error` is a response to the server.
 pub fn parse(body: &[u8]) -> Result<Message, Invalid> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| Invalid {
+    let value = crate::json::parse_strict(body).map_err(|e| Invalid {
         code: -32700,
         message: format!("parse error: {e}"),
     })?;
@@ -75,21 +113,38 @@ pub fn parse(body: &[u8]) -> Result<Message, Invalid> {
     }
     let method = object.remove("method");
     let id = object.remove("id");
+    let (result, error) = (object.remove("result"), object.remove("error"));
+    let params = object.remove("params").unwrap_or(Value::Null);
+    if !matches!(params, Value::Object(_) | Value::Array(_) | Value::Null) {
+        return Err(invalid("`params` must be an object or an array"));
+    }
     match (method, id) {
-        (Some(Value::String(method)), Some(id)) if id.is_string() || id.is_number() => {
-            Ok(Message::Request {
-                id,
-                method,
-                params: object.remove("params").unwrap_or(Value::Null),
-            })
-        }
-        (Some(Value::String(_)), None) => Ok(Message::Notification),
-        (None, Some(_)) if object.contains_key("result") || object.contains_key("error") => {
-            Ok(Message::Response)
-        }
-        _ => Err(invalid(
-            "not a JSON-RPC request, notification or response (check `method` and `id`)",
+        (Some(Value::String(_)), Some(id)) if !exact_id(&id) => Err(invalid(
+            "`id` must be a string (at most 1 KiB) or an integer within 64 bits, so its answer carries it back exactly",
         )),
+        (Some(Value::String(method)), Some(id)) if result.is_none() && error.is_none() => {
+            Ok(Message::Request { id, method, params })
+        }
+        (Some(Value::String(method)), None) if result.is_none() && error.is_none() => {
+            Ok(Message::Notification { method, params })
+        }
+        (None, Some(id)) if exact_id(&id) && params.is_null() => match (result, error) {
+            (Some(_), None) | (None, Some(_)) => Ok(Message::Response),
+            _ => Err(invalid(
+                "a response carries exactly one of `result` and `error`",
+            )),
+        },
+        _ => Err(invalid(
+            "not a JSON-RPC request, notification or response (check `method`, `id`, `result` and `error`)",
+        )),
+    }
+}
+
+/// The id of a body that is a JSON-RPC request (read as [`parse`] reads it), if it is one.
+pub fn request_id(body: &[u8]) -> Option<Value> {
+    match parse(body) {
+        Ok(Message::Request { id, .. }) => Some(id),
+        _ => None,
     }
 }
 
@@ -146,6 +201,7 @@ pub fn refusal(id: &Value, verdict: &Verdict, what: &str, codes: Codes) -> Value
                 warden_model::DenyReason::ToolWithheld => {
                     "the tool is withheld: its definition changed since it was approved, or its description carries instructions (an admin approves it with `warden tools approve`)"
                 }
+                warden_model::DenyReason::NotForwarded => "the message is not one Warden forwards",
             };
             json!({
                 "jsonrpc": "2.0", "id": id,
@@ -176,8 +232,34 @@ mod tests {
             b"{\"id\":1,\"method\":\"ping\"}",
             b"{\"jsonrpc\":\"2.0\",\"id\":{},\"method\":\"ping\"}",
             b"\"x\"",
+            b"{\"jsonrpc\":\"2.0\",\"id\":18446744073709551616,\"method\":\"ping\"}",
+            b"{\"jsonrpc\":\"2.0\",\"id\":1.5,\"method\":\"ping\"}",
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"result\":{}}",
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{},\"error\":{}}",
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\",\"params\":\"x\"}",
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/call\",\"params\":{\"name\":\"a\",\"name\":\"b\"}}",
         ] {
             assert!(parse(body).is_err(), "{}", String::from_utf8_lossy(body));
         }
+    }
+
+    #[test]
+    fn messages_without_an_id_are_notifications_and_answers_are_responses() {
+        let body = br#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"delete_records"}}"#;
+        assert!(
+            matches!(parse(body), Ok(Message::Notification { method, .. }) if method == "tools/call")
+        );
+        let body = br#"{"jsonrpc":"2.0","id":7,"result":{"content":[]}}"#;
+        assert!(matches!(parse(body), Ok(Message::Response)));
+    }
+
+    #[test]
+    fn ids_match_by_value() {
+        let key = |text: &str| id_key(&serde_json::from_str(text).unwrap());
+        assert_eq!(key("1"), key("1.0"));
+        assert_ne!(key("1"), key("\"1\""));
+        assert_eq!(key("-3"), key("-3.0"));
+        assert_eq!(key("1.5"), None);
+        assert_eq!(key("null"), None);
     }
 }

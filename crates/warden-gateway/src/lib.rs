@@ -15,11 +15,13 @@ mod desk;
 mod egress;
 mod identify;
 mod inspect;
+mod json;
 mod jsonrpc;
 mod mcp;
 mod mcp_proxy;
 mod metrics;
 mod owners;
+mod pins;
 mod pipeline;
 mod reviewed;
 mod server;
@@ -257,7 +259,6 @@ pub async fn start(
         sessions: owners::Owners::new(config.limits.max_sessions),
         legacy_sessions: mcp_proxy::LegacySessions::default(),
         tasks: Arc::new(owners::Owners::new(config.limits.max_tasks)),
-        withheld_tools: std::sync::Mutex::new(std::collections::HashSet::new()),
         public_url: public_url.clone(),
         client: client.clone(),
         metrics,

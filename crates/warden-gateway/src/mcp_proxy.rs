@@ -19,16 +19,19 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use warden_model::{Action, Name, SpiffeId};
+use warden_model::{Action, DenyReason, Name, SpiffeId};
 
 use crate::identify::Caller;
 use crate::jsonrpc::{self, Message};
 use crate::mcp::{self, Awaited, Classified, Listing};
-use crate::pipeline::Said;
-use crate::reviewed::{is_event_stream, read_whole, relay_reviewed, review_answer};
+use crate::pins::withhold_tools;
+use crate::pipeline::{Pipeline, Said};
+use crate::reviewed::{
+    is_event_stream, read_whole, relay_awaited, relay_reviewed, unreadable_answer,
+};
 use crate::server::{
     Body, BoxError, State, Upstream, call_upstream, describe, full, identify, identify_method,
-    json_response, problem, read_body, relay,
+    json_response, problem, read_request_body, relay,
 };
 use crate::sse::SseRewriter;
 
@@ -46,82 +49,124 @@ const RESPONSE_HEADERS: [&str; 3] = ["content-type", "mcp-session-id", "mcp-prot
 const MAX_PENDING: usize = 1024;
 
 /// What the pipeline made of one client message.
-enum Screened {
-    /// Forward it; filter the answer if it is a listing.
+pub(crate) enum Screened {
+    /// Forward it; filter the answer if it is a listing (the listing, and the request's id).
     Forward(Option<(Listing, Value)>),
     /// Forward it, and inspect the result (a tool's, a resource's, a prompt's) as it returns:
     /// the action, and the request's JSON-RPC id (what the answer carries).
     Inspect(Action, Value),
-    /// Not JSON-RPC Warden forwards: the error, for a 400.
-    Malformed(Value),
-    /// Refused: the JSON-RPC answer to give the client instead.
-    Refused(Value),
+    /// Not forwarded: the JSON-RPC error to answer with, and whether it is the answer to a
+    /// request (on the request's own channel) or a refusal of what has no answer — a
+    /// notification, a response, a body that is no message — given as an HTTP error.
+    Refused {
+        answer: Value,
+        answers_request: bool,
+    },
 }
 
-/// Classifies and decides one message from the client.
-async fn screen(
-    state: &State,
+impl Screened {
+    fn refused(answer: Value, answers_request: bool) -> Self {
+        Self::Refused {
+            answer,
+            answers_request,
+        }
+    }
+}
+
+/// Classifies and decides one message from the client. Every message is screened: requests are
+/// decided (session plumbing only checked against quarantine and the kill switch), notifications
+/// forwarded only when MCP defines them for clients, answers to the server's own requests
+/// inspected and decided; everything else is refused and recorded.
+pub(crate) async fn screen(
+    pipeline: &Pipeline,
     caller: &Caller,
     server: &Name,
     body: &mut Bytes,
     headers_said: &Said,
 ) -> Screened {
     let started = Instant::now();
-    let classified = crate::metrics::stage_span("classify").in_scope(|| {
-        let (id, rpc, mut params) = match jsonrpc::parse(body) {
-            Err(invalid) => {
-                return Err(Screened::Malformed(jsonrpc::error(&Value::Null, &invalid)));
+    let (id, method, classified, said) =
+        crate::metrics::stage_span("classify").in_scope(|| match jsonrpc::parse(body) {
+            Err(invalid) => (
+                None,
+                "invalid".to_owned(),
+                Classified::Refused(invalid),
+                headers_said.clone(),
+            ),
+            Ok(Message::Notification { method, params }) => {
+                let classified = mcp::classify_notification(server, &method);
+                let said = headers_said.with_metadata(mcp::metadata(&params));
+                (None, method, classified, said)
             }
-            // Session plumbing and answers to the server's own requests touch nothing.
-            Ok(Message::Notification | Message::Response) => return Err(Screened::Forward(None)),
-            Ok(Message::Request { id, method, params }) => (id, method, params),
-        };
-        let redacted = jsonrpc::redact_request(&state.pipeline, &id, &rpc, &mut params, body);
-        let mut said = headers_said.with_metadata(mcp::metadata(&params));
-        said.redacted = redacted;
-        match mcp::classify(server, &rpc, &params) {
-            Classified::Refused(invalid) => Err(Screened::Refused(jsonrpc::error(&id, &invalid))),
-            Classified::Plumbing => Err(Screened::Forward(None)),
-            Classified::Action(action) => Ok((id, said, Some(action), None)),
-            Classified::Listing(listing, action) => {
-                Ok((id.clone(), said, action, Some((listing, id))))
+            Ok(Message::Response) => (
+                None,
+                "response".to_owned(),
+                Classified::Action(mcp::client_message(server, "response")),
+                headers_said.clone(),
+            ),
+            Ok(Message::Request {
+                id,
+                method,
+                mut params,
+            }) => {
+                let redacted = jsonrpc::redact_request(pipeline, &id, &method, &mut params, body);
+                let mut said = headers_said.with_metadata(mcp::metadata(&params));
+                said.redacted = redacted;
+                let classified = mcp::classify(server, &method, &params);
+                (Some(id), method, classified, said)
             }
+        });
+    pipeline.metrics().stage("classify", started.elapsed());
+    let answers_request = id.is_some();
+    let id_or_null = id.clone().unwrap_or(Value::Null);
+    let (action, listing) = match classified {
+        Classified::Refused(invalid) => {
+            pipeline.refuse(
+                caller,
+                mcp::client_message(server, &method),
+                DenyReason::NotForwarded,
+            );
+            return Screened::refused(jsonrpc::error(&id_or_null, &invalid), answers_request);
         }
-    });
-    state.metrics.stage("classify", started.elapsed());
-    let (id, mut said, action, listing) = match classified {
-        Ok(classified) => classified,
-        Err(screened) => return screened,
+        Classified::Plumbing => {
+            if let Some(reason) = pipeline.stopped(caller) {
+                let action = mcp::client_message(server, &method);
+                let what = describe(&action);
+                let verdict = pipeline.refuse(caller, action, reason);
+                let refusal = jsonrpc::refusal(&id_or_null, &verdict, &what, mcp::CODES);
+                return Screened::refused(refusal, answers_request);
+            }
+            return Screened::Forward(None);
+        }
+        Classified::Action(action) => (Some(action), None),
+        Classified::Listing(listing, action) => (action, id.clone().map(|id| (listing, id))),
     };
     if let Some(action) = action {
-        if let Action::McpToolsCall { server, tool, .. } = &action
-            && state
-                .withheld_tools
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains(&format!("{server}/{tool}"))
-        {
-            said.findings.push(warden_model::Finding {
-                kind: warden_model::FindingKind::ToolDrift,
-                rule: "tool.withheld".into(),
-                location: String::new(),
-                score: 100,
-            });
-        }
         let what = describe(&action);
         let returns_content = mcp::returns_content(&action);
-        let verdict = state
-            .pipeline
-            .decide(caller, action.clone(), body, said)
-            .await;
+        let verdict = pipeline.decide(caller, action.clone(), body, said).await;
         if !verdict.allowed() {
-            return Screened::Refused(jsonrpc::refusal(&id, &verdict, &what, mcp::CODES));
+            let refusal = jsonrpc::refusal(&id_or_null, &verdict, &what, mcp::CODES);
+            return Screened::refused(refusal, answers_request);
         }
-        if returns_content && listing.is_none() {
+        if returns_content && let Some(id) = id {
             return Screened::Inspect(action, id);
         }
     }
     Screened::Forward(listing)
+}
+
+/// The HTTP answer to a refusal of what has no JSON-RPC answer of its own.
+fn unanswered(answer: &Value) -> Response<Body> {
+    let denied = answer["error"]["code"]
+        .as_i64()
+        .is_some_and(|code| code == mcp::DENIED || code == mcp::NEEDS_APPROVAL);
+    let status = if denied {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    json_response(status, answer)
 }
 
 fn unknown_session() -> Response<Body> {
@@ -188,19 +233,21 @@ pub async fn streamable(
             relay(response, &RESPONSE_HEADERS)
         }
         Method::POST => {
-            let mut body = match read_body(state, request.into_body()).await {
+            let mut body = match read_request_body(state, request).await {
                 Ok(b) => b,
                 Err(response) => return response,
             };
             let server = &upstream.config.name;
-            let (listing, inspect) = match screen(state, &caller, server, &mut body, &said).await {
-                Screened::Forward(listing) => (listing.map(|(listing, _)| listing), None),
-                Screened::Inspect(action, _) => (None, Some(action)),
-                Screened::Malformed(error) => {
-                    return json_response(StatusCode::BAD_REQUEST, &error);
-                }
-                Screened::Refused(answer) => return json_response(StatusCode::OK, &answer),
-            };
+            let (listing, inspect) =
+                match screen(&state.pipeline, &caller, server, &mut body, &said).await {
+                    Screened::Forward(listing) => (listing, None),
+                    Screened::Inspect(action, id) => (None, Some((action, id))),
+                    Screened::Refused {
+                        answer,
+                        answers_request: true,
+                    } => return json_response(StatusCode::OK, &answer),
+                    Screened::Refused { answer, .. } => return unanswered(&answer),
+                };
             let response = match call_upstream(
                 state,
                 upstream,
@@ -224,12 +271,15 @@ pub async fn streamable(
                 state.sessions.bind(new, &agent);
             }
             match (listing, inspect) {
-                (Some(listing), _) => filtered(state, &caller, server, listing, response).await,
-                (None, Some(action)) => {
+                (Some((listing, id)), _) => {
+                    filtered(state, &caller, server, listing, &id, response).await
+                }
+                (None, Some((action, id))) => {
                     relay_reviewed(
                         state,
                         &caller,
                         action,
+                        &id,
                         response,
                         &RESPONSE_HEADERS,
                         mcp::CODES,
@@ -249,12 +299,14 @@ pub async fn streamable(
 }
 
 /// Relays a listing response with the items the caller may not use removed, whether the
-/// upstream answered with JSON or with an SSE stream.
+/// upstream answered with JSON or with an SSE stream. What cannot be read is not relayed: an
+/// unfiltered listing would show what the caller may not use.
 async fn filtered(
     state: &State,
     caller: &Caller,
     server: &Name,
     listing: Listing,
+    id: &Value,
     response: Response<Incoming>,
 ) -> Response<Body> {
     let is_sse = is_event_stream(&response);
@@ -269,7 +321,7 @@ async fn filtered(
         Err(refused) => return refused,
     };
     let hidden = match listing {
-        Listing::Tools => withhold_tools(state, server, &messages(&bytes, is_sse)).await,
+        Listing::Tools => withhold_tools(&state.pipeline, server, &messages(&bytes, is_sse)).await,
         _ => HashSet::new(),
     };
     let may = |action: &Action| {
@@ -277,12 +329,15 @@ async fn filtered(
             && !matches!(action, Action::McpToolsCall { tool, .. } if hidden.contains(tool.as_str()))
     };
     let rewrite = |_kind: &str, data: &str| -> String {
-        match serde_json::from_str::<Value>(data) {
+        if data.trim().is_empty() {
+            return data.to_owned();
+        }
+        match crate::json::parse_strict(data.as_bytes()) {
             Ok(mut message) => {
                 mcp::filter_listing(&mut message, listing, server, &may);
                 message.to_string()
             }
-            Err(_) => data.to_owned(),
+            Err(_) => unreadable_answer(id).to_string(),
         }
     };
     let out = if is_sse {
@@ -299,84 +354,17 @@ async fn filtered(
 /// The JSON-RPC messages of an answer: the body, or each SSE event's data.
 fn messages(bytes: &[u8], is_sse: bool) -> Vec<Value> {
     if !is_sse {
-        return serde_json::from_slice(bytes).into_iter().collect();
+        return crate::json::parse_strict(bytes).into_iter().collect();
     }
     let mut found = Vec::new();
     let mut events = SseRewriter::new(|_: &str, data: &str| {
-        found.extend(serde_json::from_str::<Value>(data).ok());
+        found.extend(crate::json::parse_strict(data.as_bytes()).ok());
         String::new()
     });
     events.feed(bytes);
     events.finish();
     drop(events);
     found
-}
-
-/// Which tools of a listing are withheld from agents: those whose definition (name,
-/// description, input schema) is not the pinned one — a rug pull — or whose description or
-/// schema carries instructions for the model. Calls to them are refused until a person approves.
-async fn withhold_tools(state: &State, server: &Name, messages: &[Value]) -> HashSet<String> {
-    let mut hidden = HashSet::new();
-    // Collected first: an iterator of closures held across the awaits below is not `Send`.
-    let tools: Vec<&Value> = messages
-        .iter()
-        .filter_map(|m| m.get("result")?.get("tools")?.as_array())
-        .flatten()
-        .collect();
-    for tool in tools {
-        let Some(name) = tool.get("name").and_then(Value::as_str) else {
-            continue;
-        };
-        let Ok(tool_name) = Name::new(name) else {
-            continue;
-        };
-        let definition = serde_json::json!({
-            "name": name,
-            "description": tool.get("description"),
-            "inputSchema": tool.get("inputSchema"),
-        });
-        let action = Action::McpToolsCall {
-            server: server.clone(),
-            tool: tool_name,
-            args: serde_json::Map::new(),
-        };
-        let poisoned = state
-            .pipeline
-            .inspect_content(&action, &definition)
-            .iter()
-            .any(|f| f.kind == warden_model::FindingKind::Injection && f.score >= 70);
-        let approved = match state.pipeline.desk() {
-            Some(desk) => desk
-                .tool_approved(server.as_str(), name, &definition)
-                .await
-                .unwrap_or_else(|e| {
-                    // Unknown is not approved: fail closed.
-                    tracing::warn!("cannot check tool {server}/{name}'s pin: {e}");
-                    false
-                }),
-            None => true,
-        };
-        let key = format!("{server}/{name}");
-        let mut withheld = state
-            .withheld_tools
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if poisoned || !approved {
-            tracing::warn!(
-                "withholding tool {key}: {}",
-                if poisoned {
-                    "its description carries instructions"
-                } else {
-                    "its definition changed since it was approved"
-                }
-            );
-            hidden.insert(name.to_owned());
-            withheld.insert(key);
-        } else {
-            withheld.remove(&key);
-        }
-    }
-    hidden
 }
 
 /// One client of the HTTP+SSE transport: its stream, and where its messages go upstream.
@@ -387,23 +375,29 @@ pub struct LegacySession {
     upstream_endpoint: Mutex<Option<String>>,
     /// Events for the client's stream from the gateway itself (refusals).
     inject: mpsc::Sender<Bytes>,
-    /// Requests in flight whose answers, arriving on the stream, are checked: by JSON-RPC id.
-    pending: Mutex<HashMap<String, Awaited>>,
+    /// Requests in flight whose answers, arriving on the stream, are checked.
+    awaiting: Mutex<mcp::Awaiting>,
 }
 
 impl LegacySession {
-    /// Notes that the answer to request `id` is to be checked when it arrives on the stream.
-    fn expect(&self, id: &Value, pending: Awaited) -> Result<(), Response<Body>> {
-        let mut awaited = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if awaited.len() >= MAX_PENDING {
-            return Err(problem(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too_many_pending",
-                "too many requests await their answers on this stream; wait for them",
-            ));
+    /// Notes that the answer to request `id` is to be checked when it arrives on the stream;
+    /// the error to answer with when it cannot be (a reused id, too many in flight).
+    fn expect(&self, id: &Value, awaited: Awaited) -> Result<(), Value> {
+        self.awaiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .expect(id, awaited)
+            .map_err(|invalid| jsonrpc::error(id, &invalid))
+    }
+
+    /// Answers the client on its stream, as the transport expects.
+    async fn answer(&self, answer: &Value) -> Response<Body> {
+        let event = format!("event: message\ndata: {answer}\n\n");
+        if self.inject.send(Bytes::from(event)).await.is_ok() {
+            accepted()
+        } else {
+            unknown_session()
         }
-        awaited.insert(id.to_string(), pending);
-        Ok(())
     }
 }
 
@@ -513,7 +507,7 @@ pub async fn legacy_stream(
         caller,
         upstream_endpoint: Mutex::new(None),
         inject: inject.clone(),
-        pending: Mutex::new(HashMap::new()),
+        awaiting: Mutex::new(mcp::Awaiting::new(MAX_PENDING)),
     });
     state
         .legacy_sessions
@@ -528,6 +522,20 @@ pub async fn legacy_stream(
     let mut upstream_body = response.into_body();
     tokio::spawn(async move {
         let state = pump_state;
+        // Tools a listing on its way withholds, found (asynchronously: pins are checked with the
+        // control plane) before the listing is rewritten: a probe sees each chunk's events
+        // first, the rewriter then relays them.
+        let hidden: Mutex<HashSet<String>> = Mutex::default();
+        let listings: Mutex<Vec<String>> = Mutex::default();
+        let mut probe = SseRewriter::new(|kind: &str, data: &str| {
+            if kind != "endpoint" && data.contains("\"tools\"") {
+                listings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(data.to_owned());
+            }
+            String::new()
+        });
         let mut events = SseRewriter::new(|kind: &str, data: &str| {
             if kind == "endpoint" {
                 *session
@@ -536,37 +544,16 @@ pub async fn legacy_stream(
                     .unwrap_or_else(|p| p.into_inner()) = resolve(&base, data.trim());
                 return endpoint.clone();
             }
-            let Ok(mut message) = serde_json::from_str::<Value>(data) else {
-                return data.to_owned();
-            };
-            let pending = message.get("id").and_then(|id| {
-                session
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&id.to_string())
-            });
-            match pending {
-                Some(Awaited::Listing(listing)) => {
-                    let may = |action: &Action| state.pipeline.may(&session.caller, action);
-                    mcp::filter_listing(&mut message, listing, &server, &may);
-                    message.to_string()
-                }
-                Some(Awaited::Result(action)) => {
-                    match review_answer(
-                        &state.pipeline,
-                        &session.caller,
-                        &action,
-                        &mut message,
-                        mcp::CODES,
-                    ) {
-                        Err(refusal) => refusal.to_string(),
-                        Ok(true) => message.to_string(),
-                        Ok(false) => data.to_owned(),
-                    }
-                }
-                None => data.to_owned(),
-            }
+            let hidden = hidden.lock().unwrap_or_else(|p| p.into_inner());
+            let mut awaiting = session.awaiting.lock().unwrap_or_else(|p| p.into_inner());
+            relay_awaited(
+                &state.pipeline,
+                &session.caller,
+                &server,
+                &mut awaiting,
+                &hidden,
+                data,
+            )
         });
         loop {
             // A client that went away ends the upstream stream too, even while it is idle.
@@ -578,11 +565,30 @@ pub async fn legacy_stream(
             let Some(chunk) = frame.data_ref() else {
                 continue;
             };
+            probe.feed(chunk);
+            let found = std::mem::take(&mut *listings.lock().unwrap_or_else(|p| p.into_inner()));
+            let tool_listings: Vec<Value> = found
+                .iter()
+                .filter_map(|data| crate::json::parse_strict(data.as_bytes()).ok())
+                .filter(|m| {
+                    m.get("id").is_some_and(|id| {
+                        session
+                            .awaiting
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .awaits_tool_listing(id)
+                    })
+                })
+                .collect();
+            if !tool_listings.is_empty() {
+                let withheld = withhold_tools(&state.pipeline, &server, &tool_listings).await;
+                *hidden.lock().unwrap_or_else(|p| p.into_inner()) = withheld;
+            }
             let out = events.feed(chunk);
             if !out.is_empty() && inject.send(Bytes::from(out)).await.is_err() {
                 break;
             }
-            if events.overflowed() {
+            if events.overflowed() || probe.overflowed() {
                 tracing::warn!("upstream {server} sent an event over 16 MiB; stream closed");
                 break;
             }
@@ -657,32 +663,25 @@ pub async fn legacy_message(
     };
     let headers = request.headers().clone();
     let said = Said::from_headers(&headers);
-    let mut body = match read_body(state, request.into_body()).await {
+    let mut body = match read_request_body(state, request).await {
         Ok(b) => b,
         Err(response) => return response,
     };
     let server = &upstream.config.name;
-    match screen(state, &caller, server, &mut body, &said).await {
-        Screened::Malformed(error) => return json_response(StatusCode::BAD_REQUEST, &error),
-        Screened::Refused(answer) => {
-            let event = format!("event: message\ndata: {answer}\n\n");
-            return if session.inject.send(Bytes::from(event)).await.is_ok() {
-                accepted()
-            } else {
-                unknown_session()
-            };
-        }
-        Screened::Forward(Some((listing, id))) => {
-            if let Err(busy) = session.expect(&id, Awaited::Listing(listing)) {
-                return busy;
-            }
-        }
-        Screened::Inspect(action, id) => {
-            if let Err(busy) = session.expect(&id, Awaited::Result(action)) {
-                return busy;
-            }
-        }
-        Screened::Forward(None) => {}
+    let awaited = match screen(&state.pipeline, &caller, server, &mut body, &said).await {
+        Screened::Refused {
+            answer,
+            answers_request: true,
+        } => return session.answer(&answer).await,
+        Screened::Refused { answer, .. } => return unanswered(&answer),
+        Screened::Forward(Some((listing, id))) => Some((id, Awaited::Listing(listing))),
+        Screened::Inspect(action, id) => Some((id, Awaited::Result(action))),
+        Screened::Forward(None) => jsonrpc::request_id(&body).map(|id| (id, Awaited::Plain)),
+    };
+    if let Some((id, awaited)) = awaited
+        && let Err(refusal) = session.expect(&id, awaited)
+    {
+        return session.answer(&refusal).await;
     }
     match call_upstream(
         state,

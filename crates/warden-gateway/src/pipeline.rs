@@ -277,6 +277,7 @@ pub struct Pipeline {
     gateway: String,
     stops: Arc<Stops>,
     desk: Option<Arc<Desk>>,
+    withheld: crate::pins::Withheld,
 }
 
 impl Pipeline {
@@ -294,6 +295,7 @@ impl Pipeline {
             events: broadcast::channel(4096).0,
             stops: Arc::new(Stops::default()),
             desk: None,
+            withheld: crate::pins::Withheld::default(),
             metrics,
             usage: UsageMeter::new(100_000),
             gateway,
@@ -335,6 +337,15 @@ impl Pipeline {
         self.desk.as_ref()
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The tools withheld from agents now (a changed definition, instructions in it).
+    pub fn withheld(&self) -> &crate::pins::Withheld {
+        &self.withheld
+    }
+
     pub fn policy(&self) -> &Arc<Engine> {
         &self.policy
     }
@@ -364,6 +375,16 @@ impl Pipeline {
         let mut findings =
             stage_span("inspect").in_scope(|| self.inspector.inspect_request(&action, body));
         findings.extend(said.findings.iter().cloned());
+        if let Action::McpToolsCall { server, tool, .. } = &action
+            && self.withheld.contains(server, tool)
+        {
+            findings.push(Finding {
+                kind: warden_model::FindingKind::ToolDrift,
+                rule: "tool.withheld".into(),
+                location: String::new(),
+                score: 100,
+            });
+        }
         self.metrics.stage("inspect", started.elapsed());
         let span = tracing::info_span!(
             "stage",
@@ -455,6 +476,40 @@ impl Pipeline {
         let _ = self.events.send(event);
         self.metrics.stage("record", record_started.elapsed());
         verdict
+    }
+
+    /// Refuses `action` before policy is consulted (`reason` says why: a message Warden does not
+    /// forward, a stopped agent's session plumbing), and records the refusal like any decision.
+    pub fn refuse(&self, caller: &Caller, action: Action, reason: DenyReason) -> Verdict {
+        let decision = self.policy.current().refusal(reason);
+        let request = DecisionRequest {
+            agent: caller.identity.clone(),
+            action,
+            context: RequestContext::default(),
+        };
+        self.metrics.decision(decision.outcome.label());
+        let event = self.event(
+            caller,
+            &request,
+            &decision,
+            Vec::new(),
+            None,
+            Duration::ZERO,
+        );
+        let _ = self.recorder.record(&event);
+        let _ = self.events.send(event);
+        Verdict {
+            decision,
+            filed: Vec::new(),
+            approval_problems: Vec::new(),
+            spent: Vec::new(),
+        }
+    }
+
+    /// Why the caller may not be served at all now (quarantine, the kill switch), if so.
+    pub fn stopped(&self, caller: &Caller) -> Option<DenyReason> {
+        self.stops
+            .stopped(caller.identity.spiffe_id(), caller.identity.parents())
     }
 
     /// Where policy asks for approval: spends the approvals the agent presents for this exact

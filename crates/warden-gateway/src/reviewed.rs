@@ -34,7 +34,13 @@ pub fn review_answer(
     message: &mut Value,
     codes: Codes,
 ) -> Result<bool, Value> {
-    let Some(result) = message.get_mut("result") else {
+    // An error's message and data reach the agent's model as a result does.
+    let reviewed = if message.get("result").is_some() {
+        "result"
+    } else {
+        "error"
+    };
+    let Some(result) = message.get_mut(reviewed) else {
         return Ok(false);
     };
     let review = pipeline.review(caller, action, result);
@@ -47,17 +53,92 @@ pub fn review_answer(
     }
 }
 
+/// What goes to the client when an upstream's message cannot be read: a message the gateway
+/// cannot parse cannot be inspected, so it is not passed on.
+pub fn unreadable_answer(id: &Value) -> Value {
+    jsonrpc::error(
+        id,
+        &jsonrpc::Invalid {
+            code: -32603,
+            message: "the upstream's answer could not be read, so Warden did not pass it on".into(),
+        },
+    )
+}
+
+/// What goes on to the client for one message an MCP server sent apart from its requests'
+/// answers (an HTTP+SSE stream, a stdio server's output): an answer is matched by id value to
+/// the request awaiting it and filtered or reviewed as that request needs; an answer no request
+/// awaits, and a message that cannot be read, are replaced by an error. The server's own
+/// requests and notifications pass.
+pub fn relay_awaited(
+    pipeline: &Pipeline,
+    caller: &Caller,
+    server: &warden_model::Name,
+    awaiting: &mut crate::mcp::Awaiting,
+    hidden: &std::collections::HashSet<String>,
+    data: &str,
+) -> String {
+    if data.trim().is_empty() {
+        return data.to_owned();
+    }
+    let Ok(mut message) = crate::json::parse_strict(data.as_bytes()) else {
+        tracing::warn!("MCP server {server} sent a message that does not parse; withheld");
+        return unreadable_answer(&Value::Null).to_string();
+    };
+    let is_answer = message.get("method").is_none()
+        && (message.get("result").is_some() || message.get("error").is_some());
+    if !is_answer {
+        return data.to_owned();
+    }
+    let id = message.get("id").cloned().unwrap_or(Value::Null);
+    match awaiting.answered(&id) {
+        None => {
+            tracing::warn!("MCP server {server} answered request {id}, which nobody awaits");
+            jsonrpc::error(
+                &Value::Null,
+                &jsonrpc::Invalid {
+                    code: -32603,
+                    message: "the upstream sent an answer to no request in flight; Warden did not pass it on".into(),
+                },
+            )
+            .to_string()
+        }
+        Some(crate::mcp::Awaited::Plain) => data.to_owned(),
+        Some(crate::mcp::Awaited::Listing(listing)) => {
+            let may = |action: &Action| {
+                pipeline.may(caller, action)
+                    && !matches!(action, Action::McpToolsCall { tool, .. } if hidden.contains(tool.as_str()))
+            };
+            crate::mcp::filter_listing(&mut message, listing, server, &may);
+            message.to_string()
+        }
+        Some(crate::mcp::Awaited::Result(action)) => {
+            match review_answer(pipeline, caller, &action, &mut message, crate::mcp::CODES) {
+                Err(refusal) => refusal.to_string(),
+                Ok(_) => message.to_string(),
+            }
+        }
+    }
+}
+
 /// One JSON-RPC message's text reviewed: what goes on instead of it, if anything. `watch` sees
 /// every message first (to bind the tasks it announces, say).
 fn review_text(
     state: &State,
     caller: &Caller,
     action: &Action,
+    id: &Value,
     data: &str,
     codes: Codes,
     watch: &mut impl FnMut(&Value),
 ) -> Option<String> {
-    let mut message: Value = serde_json::from_str(data).ok()?;
+    if data.trim().is_empty() {
+        // An event with no data (a stream primed for resumption) carries nothing to review.
+        return None;
+    }
+    let Ok(mut message) = crate::json::parse_strict(data.as_bytes()) else {
+        return Some(unreadable_answer(id).to_string());
+    };
     watch(&message);
     match review_answer(&state.pipeline, caller, action, &mut message, codes) {
         Err(refusal) => Some(refusal.to_string()),
@@ -72,15 +153,16 @@ pub async fn relay_reviewed(
     state: &Arc<State>,
     caller: &Caller,
     action: Action,
+    id: &Value,
     response: Response<Incoming>,
     keep: &'static [&'static str],
     codes: Codes,
     mut watch: impl FnMut(&Value) + Send + Sync + 'static,
 ) -> Response<Body> {
     if is_event_stream(&response) {
-        let (state, caller) = (Arc::clone(state), caller.clone());
+        let (state, caller, id) = (Arc::clone(state), caller.clone(), id.clone());
         let mut events = SseRewriter::new(move |_kind: &str, data: &str| {
-            review_text(&state, &caller, &action, data, codes, &mut watch)
+            review_text(&state, &caller, &action, &id, data, codes, &mut watch)
                 .unwrap_or_else(|| data.to_owned())
         });
         let mut relayed = relay(response, keep);
@@ -104,8 +186,8 @@ pub async fn relay_reviewed(
         Err(refused) => return refused,
     };
     let text = String::from_utf8_lossy(&bytes);
-    let out =
-        review_text(state, caller, &action, &text, codes, &mut watch).map_or(bytes, Bytes::from);
+    let out = review_text(state, caller, &action, id, &text, codes, &mut watch)
+        .map_or(bytes, Bytes::from);
     Response::from_parts(head, full(out))
 }
 

@@ -85,9 +85,6 @@ pub struct State {
     pub sessions: Owners,
     pub legacy_sessions: crate::mcp_proxy::LegacySessions,
     pub tasks: Arc<Owners>,
-    /// `server/tool` of tools withheld from agents: a changed definition awaiting approval, or
-    /// instructions injected into its description.
-    pub withheld_tools: std::sync::Mutex<std::collections::HashSet<String>>,
     pub client: HttpClient,
     pub metrics: Arc<Metrics>,
     pub permits: Semaphore,
@@ -344,6 +341,34 @@ async fn route(
     }
 }
 
+/// Reads an agent's request body within the size limit, refusing one in a content coding other
+/// than `identity`: what is compressed cannot be inspected or decided on as the upstream will
+/// read it.
+pub(crate) async fn read_request_body(
+    state: &State,
+    request: Request<Incoming>,
+) -> Result<Bytes, Response<Body>> {
+    identity_encoded(request.headers())?;
+    read_body(state, request.into_body()).await
+}
+
+fn identity_encoded(headers: &HeaderMap) -> Result<(), Response<Body>> {
+    let encoded = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+        .map(str::trim)
+        .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case("identity"));
+    if encoded {
+        return Err(problem(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "encoded_body",
+            "request bodies must not be compressed (Content-Encoding): Warden inspects and decides on what the upstream will read; send it uncompressed",
+        ));
+    }
+    Ok(())
+}
+
 /// Reads the request body within the size limit.
 pub(crate) async fn read_body(state: &State, body: Incoming) -> Result<Bytes, Response<Body>> {
     let limit = state.config.limits.max_body_bytes;
@@ -562,15 +587,27 @@ async fn http_request(
     let mut said = crate::pipeline::Said::from_headers(request.headers());
     let method = request.method().clone();
     let headers = request.headers().clone();
-    let mut body = match read_body(state, request.into_body()).await {
+    let mut body = match read_request_body(state, request).await {
         Ok(b) => b,
         Err(response) => return response,
     };
+    if !body.is_empty()
+        && is_json(&headers)
+        && let Err(e) = crate::json::parse_strict(&body)
+    {
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+            &format!(
+                "the JSON body is refused ({e}): Warden forwards only JSON that it and the upstream read the same way"
+            ),
+        );
+    }
     if state.pipeline.redacts_requests() && !body.is_empty() {
         said.redacted = redact_body(&state.pipeline, &headers, &mut body);
     }
     let path = match &action {
-        Action::Http { path, .. } => path.as_str().to_owned(),
+        Action::Http { path, .. } => path.encoded(),
         _ => unreachable!("built above as Action::Http"),
     };
     let url = format!("{}{path}{query}", upstream.config.url.trim_end_matches('/'));
@@ -635,10 +672,26 @@ async fn http_request(
     }
 }
 
-/// Whether a client's header goes on to an HTTP upstream: credentials, hop-by-hop headers and
-/// Warden's own do not.
+/// Headers some frameworks read as the request's real method or URL: forwarded, they would turn
+/// a call decided as `GET /status` into a `DELETE` or a request for another path upstream.
+const METHOD_AND_URL_OVERRIDES: [&str; 9] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "x-original-url",
+    "x-rewrite-url",
+    "x-override-url",
+    "x-forwarded-path",
+    "x-forwarded-prefix",
+];
+
+/// Whether a client's header goes on to an HTTP upstream: credentials, hop-by-hop headers,
+/// method and URL overrides and Warden's own do not.
 fn forwards_header(name: &str) -> bool {
-    !(HOP_AND_CREDENTIALS.contains(&name) || name.starts_with("warden-"))
+    !(HOP_AND_CREDENTIALS.contains(&name)
+        || METHOD_AND_URL_OVERRIDES.contains(&name)
+        || name.starts_with("warden-"))
 }
 
 /// Redacts an HTTP request body where configured (see `as_content`) and returns what was
@@ -708,11 +761,7 @@ async fn reviewed_http(
 /// when it does not parse), text (and XML, JavaScript, forms) as a string; other media types
 /// (images, archives) are not content. Whether it is JSON comes with it.
 fn as_content(headers: &HeaderMap, body: &[u8]) -> Option<(Value, bool)> {
-    let media = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("text/plain")
-        .to_ascii_lowercase();
+    let media = media_type(headers);
     let json = media.contains("json");
     let textual = json
         || media.starts_with("text/")
@@ -724,11 +773,24 @@ fn as_content(headers: &HeaderMap, body: &[u8]) -> Option<(Value, bool)> {
     }
     let text = || Value::String(String::from_utf8_lossy(body).into_owned());
     let value = if json {
-        serde_json::from_slice(body).unwrap_or_else(|_| text())
+        crate::json::parse_strict(body).unwrap_or_else(|_| text())
     } else {
         text()
     };
     Some((value, json))
+}
+
+fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("text/plain")
+        .to_ascii_lowercase()
+}
+
+/// Whether a body says it is JSON (`application/json`, `…+json`).
+fn is_json(headers: &HeaderMap) -> bool {
+    media_type(headers).contains("json")
 }
 
 /// The body `as_content` read, written back after redaction.

@@ -3,7 +3,7 @@
 //! Requests are classified and decided as at the gateway; refused ones never reach the server;
 //! listings coming back are filtered.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -18,12 +18,13 @@ use warden_http::HttpClient;
 use warden_model::{AgentIdentity, Name};
 
 use crate::identify::Caller;
-use crate::jsonrpc::{self, Message};
-use crate::mcp::Awaited;
-use crate::mcp::{self, Classified};
+use crate::jsonrpc;
+use crate::mcp::{self, Awaited, Awaiting};
+use crate::mcp_proxy::{Screened, screen};
 use crate::metrics::Metrics;
+use crate::pins::withhold_tools;
 use crate::pipeline::{LogRecorder, PassThrough, Pipeline, Said};
-use crate::reviewed::review_answer;
+use crate::reviewed::relay_awaited;
 
 /// Longest JSON-RPC line accepted from either side.
 const MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
@@ -45,25 +46,6 @@ pub struct StdioConfig {
 
 /// Requests whose answers are awaited to be checked, at most.
 const MAX_AWAITED: usize = 1024;
-
-/// Notes that the answer to request `id` is to be checked when the server gives it; refuses the
-/// request (the JSON-RPC answer to give) when too many already wait.
-async fn expect(
-    awaited: &Mutex<HashMap<String, Awaited>>,
-    id: &Value,
-    what: Awaited,
-) -> Result<(), String> {
-    let mut waiting = awaited.lock().await;
-    if waiting.len() >= MAX_AWAITED {
-        let invalid = jsonrpc::Invalid {
-            code: -32000,
-            message: "too many requests await their answers; wait for them".into(),
-        };
-        return Err(jsonrpc::error(id, &invalid).to_string());
-    }
-    waiting.insert(id.to_string(), what);
-    Ok(())
-}
 
 /// Reads one line of at most `MAX_LINE_BYTES`; `None` at end of input.
 async fn read_line(
@@ -189,13 +171,14 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
             }
         }
     });
-    let awaited: Arc<Mutex<HashMap<String, Awaited>>> = Arc::default();
+    let awaiting = Arc::new(Mutex::new(Awaiting::new(MAX_AWAITED)));
 
-    // Server → client: filter listings, review results, pass the rest.
+    // Server → client: answers matched to the requests awaiting them (listings filtered, results
+    // reviewed), tools checked against their pins and for instructions, the rest passed.
     let from_server = {
-        let (out, awaited, pipeline, caller, server) = (
+        let (out, awaiting, pipeline, caller, server) = (
             out.clone(),
-            Arc::clone(&awaited),
+            Arc::clone(&awaiting),
             Arc::clone(&pipeline),
             caller.clone(),
             config.server.clone(),
@@ -203,32 +186,18 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
         tokio::spawn(async move {
             let mut reader = BufReader::new(server_out);
             while let Ok(Some(line)) = read_line(&mut reader).await {
-                let mut forwarded = line;
-                if let Ok(mut message) = serde_json::from_str::<Value>(&forwarded)
-                    && let Some(id) = message.get("id").map(Value::to_string)
-                    && let Some(awaited) = awaited.lock().await.remove(&id)
+                let mut hidden = HashSet::new();
+                if line.contains("\"tools\"")
+                    && let Ok(message) = crate::json::parse_strict(line.as_bytes())
+                    && let Some(id) = message.get("id")
+                    && awaiting.lock().await.awaits_tool_listing(id)
                 {
-                    match awaited {
-                        Awaited::Listing(listing) => {
-                            let may = |action: &warden_model::Action| pipeline.may(&caller, action);
-                            mcp::filter_listing(&mut message, listing, &server, &may);
-                            forwarded = message.to_string();
-                        }
-                        Awaited::Result(action) => {
-                            match review_answer(
-                                &pipeline,
-                                &caller,
-                                &action,
-                                &mut message,
-                                mcp::CODES,
-                            ) {
-                                Err(refusal) => forwarded = refusal.to_string(),
-                                Ok(true) => forwarded = message.to_string(),
-                                Ok(false) => {}
-                            }
-                        }
-                    }
+                    hidden = withhold_tools(&pipeline, &server, &[message]).await;
                 }
+                let forwarded = {
+                    let mut awaiting = awaiting.lock().await;
+                    relay_awaited(&pipeline, &caller, &server, &mut awaiting, &hidden, &line)
+                };
                 if out.send(forwarded).await.is_err() {
                     break;
                 }
@@ -236,10 +205,10 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
         })
     };
 
-    // Client → server: decide, forward or refuse.
+    // Client → server: every message screened as at the gateway; forwarded or refused.
     let mut reader = BufReader::new(tokio::io::stdin());
     loop {
-        let mut line = match read_line(&mut reader).await {
+        let line = match read_line(&mut reader).await {
             Ok(Some(line)) => line,
             Ok(None) => break,
             Err(e) => {
@@ -250,80 +219,47 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
         if line.is_empty() {
             continue;
         }
-        let refuse =
-            |id: &Value, invalid: &jsonrpc::Invalid| jsonrpc::error(id, invalid).to_string();
-        let forward = match jsonrpc::parse(line.as_bytes()) {
-            Err(invalid) => Err(refuse(&Value::Null, &invalid)),
-            Ok(Message::Notification | Message::Response) => Ok(()),
-            Ok(Message::Request {
-                id,
-                method,
-                mut params,
-            }) => {
-                let mut rebuilt = bytes::Bytes::new();
-                let redacted =
-                    jsonrpc::redact_request(&pipeline, &id, &method, &mut params, &mut rebuilt);
-                if !redacted.is_empty() {
-                    line = String::from_utf8_lossy(&rebuilt).into_owned();
+        let mut body = bytes::Bytes::from(line);
+        let forward = if let Err(e) = trust.grants.verify(&token, now().unix_timestamp()) {
+            // The grant may have expired or been revoked since the start.
+            let invalid = jsonrpc::Invalid {
+                code: mcp::DENIED,
+                message: format!("the credential is refused: {e}"),
+            };
+            Err(jsonrpc::error(
+                &jsonrpc::request_id(&body).unwrap_or(Value::Null),
+                &invalid,
+            ))
+        } else {
+            let awaited = match screen(
+                &pipeline,
+                &caller,
+                &config.server,
+                &mut body,
+                &Said::default(),
+            )
+            .await
+            {
+                Screened::Refused { answer, .. } => Err(answer),
+                Screened::Forward(Some((listing, id))) => Ok(Some((id, Awaited::Listing(listing)))),
+                Screened::Inspect(action, id) => Ok(Some((id, Awaited::Result(action)))),
+                Screened::Forward(None) => {
+                    Ok(jsonrpc::request_id(&body).map(|id| (id, Awaited::Plain)))
                 }
-                // The grant may have expired or been revoked since the start.
-                if let Err(e) = trust.grants.verify(&token, now().unix_timestamp()) {
-                    Err(refuse(
-                        &id,
-                        &jsonrpc::Invalid {
-                            code: mcp::DENIED,
-                            message: format!("the credential is refused: {e}"),
-                        },
-                    ))
-                } else {
-                    let mut said = Said::default().with_metadata(mcp::metadata(&params));
-                    said.redacted = redacted;
-                    match mcp::classify(&config.server, &method, &params) {
-                        Classified::Refused(invalid) => Err(refuse(&id, &invalid)),
-                        Classified::Plumbing => Ok(()),
-                        Classified::Action(action) => {
-                            let what = crate::server::describe(&action);
-                            let reviewed = mcp::returns_content(&action).then(|| action.clone());
-                            let verdict = pipeline
-                                .decide(&caller, action, line.as_bytes(), said)
-                                .await;
-                            if verdict.allowed() {
-                                match reviewed {
-                                    Some(action) => {
-                                        expect(&awaited, &id, Awaited::Result(action)).await
-                                    }
-                                    None => Ok(()),
-                                }
-                            } else {
-                                Err(jsonrpc::refusal(&id, &verdict, &what, mcp::CODES).to_string())
-                            }
-                        }
-                        Classified::Listing(listing, action) => {
-                            let mut refused = None;
-                            if let Some(action) = action {
-                                let what = crate::server::describe(&action);
-                                let verdict = pipeline
-                                    .decide(&caller, action, line.as_bytes(), said)
-                                    .await;
-                                if !verdict.allowed() {
-                                    refused = Some(
-                                        jsonrpc::refusal(&id, &verdict, &what, mcp::CODES)
-                                            .to_string(),
-                                    );
-                                }
-                            }
-                            match refused {
-                                Some(refusal) => Err(refusal),
-                                None => expect(&awaited, &id, Awaited::Listing(listing)).await,
-                            }
-                        }
-                    }
-                }
+            };
+            match awaited {
+                Ok(Some((id, awaited))) => awaiting
+                    .lock()
+                    .await
+                    .expect(&id, awaited)
+                    .map_err(|invalid| jsonrpc::error(&id, &invalid)),
+                Ok(None) => Ok(()),
+                Err(answer) => Err(answer),
             }
         };
         match forward {
             Ok(()) => {
-                if server_in.write_all(line.as_bytes()).await.is_err()
+                if server_in.write_all(&body).await.is_err()
                     || server_in.write_all(b"\n").await.is_err()
                     || server_in.flush().await.is_err()
                 {
@@ -331,7 +267,7 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
                 }
             }
             Err(refusal) => {
-                if out.send(refusal).await.is_err() {
+                if out.send(refusal.to_string()).await.is_err() {
                     break;
                 }
             }

@@ -16,7 +16,9 @@ use warden_policy::UndoArgument;
 use crate::config::UpstreamKind;
 use crate::identify::{Authority, Caller, ClientAddress};
 use crate::pipeline::Said;
-use crate::server::{Body, State, Upstream, call_upstream, json_response, problem, read_body};
+use crate::server::{
+    Body, State, Upstream, call_upstream, json_response, problem, read_body, read_request_body,
+};
 use crate::sse::SseRewriter;
 
 const MAX_ANSWER_BYTES: usize = 1 << 20;
@@ -164,7 +166,7 @@ pub async fn handle(state: &State, request: Request<Incoming>) -> Response<Body>
         Ok(name) => name,
         Err(response) => return response,
     };
-    let body = match read_body(state, request.into_body()).await {
+    let body = match read_request_body(state, request).await {
         Ok(b) => b,
         Err(response) => return response,
     };

@@ -99,6 +99,21 @@ const NAMED_SECRET: &str = "secret.named-field";
 const REDACTED: &str = "[REDACTED:";
 /// Nesting beyond this is not walked (it is reported instead).
 const MAX_DEPTH: usize = 64;
+/// The rule of a finding for JSON nested deeper than the scanners walk.
+const TOO_DEEP: &str = "inspect.too-deep";
+
+/// JSON nested deeper than [`MAX_DEPTH`] at `pointer`: reported, and redacted whole where
+/// redaction runs, since nothing below it was looked at.
+fn too_deep_at(pointer: &str) -> Finding {
+    Finding {
+        kind: Kind::Injection,
+        rule: TOO_DEEP.into(),
+        location: pointer.to_owned(),
+        severity: Severity::Medium,
+        score: 50,
+        via: Vec::new(),
+    }
+}
 
 /// The compiled scanners.
 pub struct Scanner {
@@ -195,14 +210,7 @@ impl Scanner {
         out: &mut Vec<Finding>,
     ) {
         if depth > MAX_DEPTH {
-            out.push(Finding {
-                kind: Kind::Injection,
-                rule: "inspect.too-deep".into(),
-                location: pointer.clone(),
-                severity: Severity::Medium,
-                score: 50,
-                via: Vec::new(),
-            });
+            out.push(too_deep_at(pointer));
             return;
         }
         match value {
@@ -266,6 +274,9 @@ impl Scanner {
         out: &mut Vec<Finding>,
     ) {
         if depth > MAX_DEPTH {
+            // What is too deep to walk cannot be shown clean: it is replaced whole.
+            *value = Value::String(format!("{REDACTED}{TOO_DEEP}]"));
+            out.push(too_deep_at(pointer));
             return;
         }
         match value {

@@ -282,6 +282,29 @@ fn redaction_replaces_what_was_found_and_nothing_else() {
     );
 }
 
+/// Nesting deeper than the scanners walk hides nothing: the deep subtree is redacted whole.
+#[test]
+fn redaction_replaces_a_subtree_nested_too_deep_to_walk() {
+    let scanner = Scanner::default();
+    let mut deep = json!({"key": "AKIAIOSFODNN7EXAMPLF", "mail": "ann@example.com"});
+    for _ in 0..100 {
+        deep = json!({"n": deep});
+    }
+    let mut value = json!({"shallow": "fine", "deep": deep});
+    let redacted = scanner.redact_json(&mut value, &[Kind::Secret, Kind::SensitiveData]);
+    assert!(
+        redacted.iter().any(|f| f.rule == "inspect.too-deep"),
+        "{redacted:?}"
+    );
+    let text = value.to_string();
+    assert!(
+        !text.contains("AKIA") && !text.contains("ann@example.com"),
+        "{text}"
+    );
+    assert!(text.contains("[REDACTED:inspect.too-deep]"), "{text}");
+    assert_eq!(value["shallow"], "fine");
+}
+
 /// The rules run only around their literals: whatever surrounds a match — padding inside it,
 /// megabytes before it, a long token — it is still found.
 #[test]

@@ -39,10 +39,12 @@ pub enum ActionKind {
     A2aTasksPushNotificationConfig,
     #[serde(rename = "a2a.agent/card")]
     A2aAgentCard,
+    #[serde(rename = "mcp.client/message")]
+    McpClientMessage,
 }
 
 impl ActionKind {
-    pub const ALL: [ActionKind; 14] = [
+    pub const ALL: [ActionKind; 15] = [
         Self::Http,
         Self::EgressConnect,
         Self::McpToolsCall,
@@ -57,6 +59,7 @@ impl ActionKind {
         Self::A2aTasksList,
         Self::A2aTasksPushNotificationConfig,
         Self::A2aAgentCard,
+        Self::McpClientMessage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -75,6 +78,7 @@ impl ActionKind {
             Self::A2aTasksList => "a2a.tasks/list",
             Self::A2aTasksPushNotificationConfig => "a2a.tasks/pushNotificationConfig",
             Self::A2aAgentCard => "a2a.agent/card",
+            Self::McpClientMessage => "mcp.client/message",
         }
     }
 }
@@ -343,8 +347,13 @@ impl HttpPath {
         for raw_segment in without_query.split('/') {
             let segment = percent_decode(raw_segment)
                 .ok_or_else(|| fail("has an invalid percent-encoding or is not UTF-8"))?;
-            if segment.contains(['/', '\\', '\0']) {
-                return Err(fail("a segment decodes to `/`, `\\` or NUL"));
+            if segment.contains(['/', '\\', '\0', '%', '?', '#']) {
+                // A decoded `%` would be decoded again by an upstream that decodes twice, and a
+                // decoded `?` or `#` ends the path for one that forwards decoded paths: the path
+                // decided would not be the path served.
+                return Err(fail(
+                    "a segment decodes to `/`, `\\`, NUL, `%`, `?` or `#` (encoded twice, or an encoded separator)",
+                ));
             }
             if segment.chars().any(char::is_control) {
                 return Err(fail("contains control characters"));
@@ -366,14 +375,77 @@ impl HttpPath {
         })
     }
 
+    /// The canonical path, decoded: what policy sees.
     pub fn as_str(&self) -> &str {
         &self.path
+    }
+
+    /// The canonical path percent-encoded again, segment by segment: what is sent upstream, so
+    /// an upstream reads exactly the segments that were decided (`/a b` goes out as `/a%20b`).
+    pub fn encoded(&self) -> String {
+        let mut out = String::with_capacity(self.path.len() + 8);
+        for byte in self.path.bytes() {
+            if byte == b'/' || byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@".contains(&byte)
+            {
+                out.push(char::from(byte));
+            } else {
+                out.push_str(&format!("%{byte:02X}"));
+            }
+        }
+        out
     }
 
     /// Number of segments: `/` has 0, `/v1/items` has 2.
     pub fn depth(&self) -> usize {
         self.depth
     }
+}
+
+/// An MCP resource URI as policy decides it: the path's segments percent-decoded, the scheme,
+/// authority and query as written. Refused — rather than guessed at — when its path holds a dot
+/// segment (also encoded), a segment decoding to `/`, `\\`, `%`, `?`, `#` or NUL, a backslash
+/// or control characters: a server resolving the URI would read another resource than the one
+/// decided. So `file:///docs/../secrets/key` is refused, never read as inside `/docs`.
+pub fn canonical_resource_uri(uri: &str) -> Result<String, ModelError> {
+    let fail =
+        |reason: &str| ModelError::Action(format!("resource URI `{}` {reason}", excerpt(uri)));
+    if uri.is_empty() || uri.len() > Action::MAX_URI_LEN {
+        return Err(fail("must have 1–8192 characters"));
+    }
+    if uri.chars().any(|c| c.is_control() || c == '\\') {
+        return Err(fail("contains control characters or `\\`"));
+    }
+    let end = uri.find(['?', '#']).unwrap_or(uri.len());
+    let (head, tail) = uri.split_at(end);
+    // Only hierarchical URIs (`scheme://authority/path`) have segments to resolve.
+    let Some(authority_at) = head.find("://").map(|i| i + 3) else {
+        return Ok(uri.to_owned());
+    };
+    let path_at = head[authority_at..]
+        .find('/')
+        .map_or(head.len(), |i| authority_at + i);
+    let (origin, path) = head.split_at(path_at);
+    let mut out = String::with_capacity(uri.len());
+    out.push_str(origin);
+    for (i, raw) in path.split('/').enumerate() {
+        let segment = percent_decode(raw).ok_or_else(|| fail("has an invalid percent-encoding"))?;
+        if matches!(segment.as_str(), "." | "..") {
+            return Err(fail("has a `.` or `..` segment"));
+        }
+        if segment.contains(['/', '\\', '%', '?', '#', '\0'])
+            || segment.chars().any(char::is_control)
+        {
+            return Err(fail(
+                "has a segment decoding to `/`, `\\`, `%`, `?`, `#` or a control character",
+            ));
+        }
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(&segment);
+    }
+    out.push_str(tail);
+    Ok(out)
 }
 
 fn percent_decode(segment: &str) -> Option<String> {
@@ -445,6 +517,14 @@ pub enum Action {
         peer: Name,
         method: A2aMethod,
     },
+    /// A message from an MCP client to a server that asks for no tool, resource or prompt but
+    /// carries the agent's text out: an answer to the server's own request (sampling,
+    /// elicitation, roots) or a notification with free text (cancelled, progress). `message` is
+    /// the notification's method, or `response` for an answer.
+    McpClientMessage {
+        server: Name,
+        message: Name,
+    },
 }
 
 /// What an action touches, as policies index it.
@@ -489,6 +569,7 @@ impl Action {
             Self::McpResourcesRead { .. } => ActionKind::McpResourcesRead,
             Self::McpPromptsGet { .. } => ActionKind::McpPromptsGet,
             Self::A2a { method, .. } => method.kind(),
+            Self::McpClientMessage { .. } => ActionKind::McpClientMessage,
         }
     }
 
@@ -503,7 +584,9 @@ impl Action {
                 server: server.clone(),
                 tool: tool.clone(),
             },
-            Self::McpToolsList { server } => Resource::McpServer(server.clone()),
+            Self::McpToolsList { server } | Self::McpClientMessage { server, .. } => {
+                Resource::McpServer(server.clone())
+            }
             Self::McpResourcesRead { server, uri } => Resource::McpResource {
                 server: server.clone(),
                 uri: uri.clone(),
@@ -556,6 +639,8 @@ struct ActionWire {
     args: Option<Map<String, Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     peer: Option<Name>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message: Option<Name>,
 }
 
 impl ActionWire {
@@ -579,6 +664,7 @@ impl ActionWire {
         add(self.prompt.is_some(), "prompt");
         add(self.args.is_some(), "args");
         add(self.peer.is_some(), "peer");
+        add(self.message.is_some(), "message");
         present
     }
 }
@@ -600,6 +686,7 @@ impl TryFrom<ActionWire> for Action {
             ActionKind::McpToolsList => &["server"],
             ActionKind::McpResourcesRead => &["server", "uri"],
             ActionKind::McpPromptsGet => &["server", "prompt", "args"],
+            ActionKind::McpClientMessage => &["server", "message"],
             _ => &["peer"],
         };
         if let Some(extra) = w.field_names().into_iter().find(|f| !allowed.contains(f)) {
@@ -629,15 +716,7 @@ impl TryFrom<ActionWire> for Action {
                 server: require(w.server, kind, "server")?,
             },
             ActionKind::McpResourcesRead => {
-                let uri = require(w.uri, kind, "uri")?;
-                if uri.is_empty()
-                    || uri.len() > Self::MAX_URI_LEN
-                    || uri.chars().any(char::is_control)
-                {
-                    return Err(ModelError::Action(
-                        "`uri` must be 1–8192 characters without control characters".into(),
-                    ));
-                }
+                let uri = canonical_resource_uri(&require(w.uri, kind, "uri")?)?;
                 Self::McpResourcesRead {
                     server: require(w.server, kind, "server")?,
                     uri,
@@ -647,6 +726,10 @@ impl TryFrom<ActionWire> for Action {
                 server: require(w.server, kind, "server")?,
                 prompt: require(w.prompt, kind, "prompt")?,
                 args: w.args.unwrap_or_default(),
+            },
+            ActionKind::McpClientMessage => Self::McpClientMessage {
+                server: require(w.server, kind, "server")?,
+                message: require(w.message, kind, "message")?,
             },
             a2a => Self::A2a {
                 peer: require(w.peer, kind, "peer")?,
@@ -721,6 +804,12 @@ impl From<Action> for ActionWire {
                 peer: Some(peer),
                 ..Self::default()
             },
+            Action::McpClientMessage { server, message } => Self {
+                kind,
+                server: Some(server),
+                message: Some(message),
+                ..Self::default()
+            },
         }
     }
 }
@@ -746,6 +835,51 @@ mod tests {
     }
 
     #[test]
+    fn canonical_paths_go_upstream_encoded_again() {
+        for (raw, encoded) in [
+            ("/public/a%20b", "/public/a%20b"),
+            ("/public/a b", "/public/a%20b"),
+            ("/v1/%61dmin", "/v1/admin"),
+            ("/caf%C3%A9/x", "/caf%C3%A9/x"),
+            ("/a/./b/../c:d@e", "/a/c:d@e"),
+            ("/q\"x", "/q%22x"),
+        ] {
+            let path = HttpPath::new(raw).unwrap();
+            assert_eq!(path.encoded(), encoded, "{raw}");
+            // What goes upstream canonicalises to what was decided.
+            assert_eq!(HttpPath::new(&path.encoded()).unwrap(), path, "{raw}");
+        }
+    }
+
+    #[test]
+    fn resource_uris_are_decided_decoded_and_never_resolved() {
+        for (uri, canonical) in [
+            ("file:///docs/readme.md", "file:///docs/readme.md"),
+            ("file:///docs/%72eadme.md", "file:///docs/readme.md"),
+            ("file:///docs/a%20b?x=../y", "file:///docs/a b?x=../y"),
+            ("mem://notes/x", "mem://notes/x"),
+            ("urn:isbn:0451450523", "urn:isbn:0451450523"),
+            ("db://host", "db://host"),
+        ] {
+            assert_eq!(canonical_resource_uri(uri).unwrap(), canonical, "{uri}");
+        }
+        for bad in [
+            "file:///docs/../secrets/key",
+            "file:///docs/%2e%2e/secrets",
+            "file:///docs/./x",
+            "file:///docs/a%2Fb",
+            "file:///docs/a%5Cb",
+            "file:///docs/a%252e",
+            "file:///docs\\..\\x",
+            "file:///docs/%zz",
+            "file:///docs/a%00",
+            "",
+        ] {
+            assert!(canonical_resource_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn smuggling_paths_are_refused() {
         for bad in [
             "v1/x",
@@ -757,6 +891,11 @@ mod tests {
             "/a%zz",
             "/%ff",
             "/a%0d%0a",
+            "/public/%252e%252e/admin",
+            "/public/..%3Fx",
+            "/public/a%252F..%252F..%252Fadmin",
+            "/public/a%23b",
+            "/public/a%25b",
         ] {
             assert!(HttpPath::new(bad).is_err(), "{bad}");
         }

@@ -154,6 +154,9 @@ pub enum DenyReason {
     /// The tool's definition changed since it was approved, or its description carries
     /// instructions: it is withheld until a person approves it.
     ToolWithheld,
+    /// The message is not one Warden forwards: a request without an id, a notification the
+    /// protocol does not define, a body with duplicate keys. Refused whatever policy says.
+    NotForwarded,
 }
 
 /// The verdict. Errors exist only inside a denial, and approval requirements only where they are

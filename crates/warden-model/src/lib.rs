@@ -13,7 +13,10 @@ mod name;
 mod oversight;
 mod request;
 
-pub use action::{A2aMethod, Action, ActionKind, Host, HttpMethod, HttpPath, Protocol, Resource};
+pub use action::{
+    A2aMethod, Action, ActionKind, Host, HttpMethod, HttpPath, Protocol, Resource,
+    canonical_resource_uri,
+};
 pub use decision::{
     ApprovalRequirement, BundleHash, Decision, DecisionId, DenyReason, Outcome, PolicyRef,
 };

@@ -21,8 +21,8 @@ use crate::document::{
 use crate::locate::Locator;
 use crate::matcher::{Destination, Extra, LabelTest, Matcher, SelectorMatcher, TargetMatcher};
 use crate::pattern::{
-    HostPattern, NamePattern, PortRange, SegmentPattern, all_of, any_of, cedar_str, path_char,
-    spiffe_char,
+    HostPattern, NamePattern, PortRange, SegmentPattern, UriPattern, all_of, any_of, cedar_str,
+    path_char, spiffe_char,
 };
 use crate::schema::{ArgTypes, blank_strings, resource_type};
 
@@ -881,11 +881,17 @@ fn mcp_clauses(
             ));
             return None;
         }
-        uris.push(if uri == "*" {
-            None
-        } else {
-            Some(format!("resource.uri like {}", cedar_str(uri)))
-        });
+        if uri == "*" {
+            uris.push(None);
+            continue;
+        }
+        match UriPattern::parse(uri) {
+            Ok(pattern) => uris.push(Some(pattern)),
+            Err(e) => {
+                out.push(cx.error(&format!("{field}.resources[{i}]"), e));
+                return None;
+            }
+        }
     }
     // Tools or prompts a catalog says the server does not have make a rule that matches nothing.
     if let Some(server_name) = server.exact() {
@@ -923,13 +929,14 @@ fn mcp_clauses(
         prompt,
         args: Default::default(),
     });
-    let resource_examples: Vec<Action> = rule
-        .resources
+    let resource_examples: Vec<Action> = uris
         .iter()
         .filter_map(|u| {
             Some(Action::McpResourcesRead {
                 server: server_name.clone()?,
-                uri: u.replace('*', "x"),
+                uri: u
+                    .as_ref()
+                    .map_or_else(|| "x".to_owned(), UriPattern::example),
             })
         })
         .collect();
@@ -969,17 +976,17 @@ fn mcp_clauses(
     if !uris.is_empty() {
         clauses.push(Clause {
             kinds: vec![ActionKind::McpResourcesRead],
-            condition: with_server(any_of(uris)),
+            condition: with_server(any_of(
+                uris.iter()
+                    .map(|u| u.as_ref().map(UriPattern::condition))
+                    .collect(),
+            )),
             resources: keys.clone(),
             takes_condition: true,
             examples: resource_examples,
             matcher: TargetMatcher::Resources {
                 server: server.clone(),
-                uris: rule
-                    .resources
-                    .iter()
-                    .map(|u| (u != "*").then(|| u.clone()))
-                    .collect(),
+                uris,
             },
         });
     }
@@ -999,6 +1006,33 @@ fn mcp_clauses(
                 server: server.clone(),
                 prompts: prompts.clone(),
             },
+        });
+    }
+    // Whoever may use a server may answer its requests (sampling, elicitation, roots) and send
+    // it the notifications that carry text; what they carry is inspected and decided. A deny
+    // rule over every tool of a server (`tools: ["*"]`) covers those messages too, when its
+    // condition can apply to them (it reads no tool arguments).
+    let every_tool = tools.contains(&NamePattern::Any);
+    let denies_messages = !implies_listing
+        && every_tool
+        && !rule
+            .when
+            .as_deref()
+            .is_some_and(|w| w.contains("context.args"));
+    if implies_listing || denies_messages {
+        clauses.push(Clause {
+            kinds: vec![ActionKind::McpClientMessage],
+            condition: all_of(server.condition("resource.name")),
+            resources: name_keys(&[&server]),
+            takes_condition: denies_messages,
+            examples: server_name
+                .iter()
+                .map(|s| Action::McpClientMessage {
+                    server: s.clone(),
+                    message: Name::new("response").expect("a valid name"),
+                })
+                .collect(),
+            matcher: TargetMatcher::ClientMessages { server },
         });
     }
     Some(clauses)

@@ -20,7 +20,7 @@ use crate::bundle::{Bundle, policy_number};
 use crate::compile::Gate;
 use crate::document::AttributeSource;
 use crate::index::{FastMap, RequestKeys, SlicedSet};
-use crate::pattern::MAX_SEGMENTS;
+use crate::pattern::{MAX_SEGMENTS, UriPattern};
 use crate::schema::{ArgType, ArgTypes, ContextUse, resource_type};
 
 /// Whether to evaluate only the policies the index selects (the default) or every policy.
@@ -219,7 +219,7 @@ fn resource_entity(action: &Action) -> Result<(EntityUid, Entity), String> {
                 ),
             ],
         ),
-        Action::McpToolsList { server } => {
+        Action::McpToolsList { server } | Action::McpClientMessage { server, .. } => {
             (server.to_string(), vec![("name", string(server.as_str()))])
         }
         Action::McpToolsCall { server, tool, .. } => (
@@ -231,7 +231,12 @@ fn resource_entity(action: &Action) -> Result<(EntityUid, Entity), String> {
         ),
         Action::McpResourcesRead { server, uri } => (
             format!("{server}#{uri}"),
-            vec![("server", string(server.as_str())), ("uri", string(uri))],
+            vec![
+                ("server", string(server.as_str())),
+                ("uri", string(uri)),
+                ("depth", long(UriPattern::parts_of(uri).count())),
+                ("segments", segments_record(UriPattern::parts_of(uri))?),
+            ],
         ),
         Action::McpPromptsGet { server, prompt, .. } => (
             format!("{server}#{prompt}"),
@@ -549,6 +554,17 @@ impl Bundle {
                         && self.grants.matcher(c).is_some_and(|m| m.matches(request))
                 })
             }
+        }
+    }
+
+    /// A denial Warden makes before policy is consulted (a message it does not forward): a
+    /// decision of this bundle, with its own id, that no policy decided.
+    pub fn refusal(&self, reason: DenyReason) -> Decision {
+        Decision {
+            id: new_decision_id(),
+            outcome: Outcome::denied(reason),
+            deciding: Vec::new(),
+            bundle: self.hash().clone(),
         }
     }
 

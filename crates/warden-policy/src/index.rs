@@ -119,6 +119,7 @@ impl RequestKeys {
         match action {
             Action::Http { service: n, .. }
             | Action::McpToolsList { server: n }
+            | Action::McpClientMessage { server: n, .. }
             | Action::A2a { peer: n, .. } => {
                 resources.push(key(NAME, &[n.as_str()]));
             }

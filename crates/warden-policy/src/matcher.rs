@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 use warden_model::{Action, ActionKind, AgentIdentity, DecisionRequest, Host, Protocol};
 
-use crate::pattern::{HostPattern, NamePattern, PortRange, SegmentPattern, cedar_str, glob_match};
+use crate::pattern::{HostPattern, NamePattern, PortRange, SegmentPattern, UriPattern, cedar_str};
 
 /// A label condition of a selector.
 #[derive(Debug, Clone)]
@@ -103,10 +103,13 @@ pub enum TargetMatcher {
     ToolList {
         server: NamePattern,
     },
+    ClientMessages {
+        server: NamePattern,
+    },
     Resources {
         server: NamePattern,
         /// `None` for `*`.
-        uris: Vec<Option<String>>,
+        uris: Vec<Option<UriPattern>>,
     },
     Prompts {
         server: NamePattern,
@@ -175,14 +178,15 @@ impl TargetMatcher {
             (Self::Tools { server: s, tools }, Action::McpToolsCall { server, tool, .. }) => {
                 s.matches(server.as_str()) && any_name(tools, tool.as_str())
             }
-            (Self::ToolList { server: s }, Action::McpToolsList { server }) => {
+            (Self::ToolList { server: s }, Action::McpToolsList { server })
+            | (Self::ClientMessages { server: s }, Action::McpClientMessage { server, .. }) => {
                 s.matches(server.as_str())
             }
             (Self::Resources { server: s, uris }, Action::McpResourcesRead { server, uri }) => {
                 s.matches(server.as_str())
                     && uris
                         .iter()
-                        .any(|u| u.as_deref().is_none_or(|g| glob_match(g, uri)))
+                        .any(|u| u.as_ref().is_none_or(|p| p.matches(uri)))
             }
             (
                 Self::Prompts { server: s, prompts },

@@ -359,6 +359,81 @@ impl SegmentPattern {
     }
 }
 
+/// A resource URI pattern, matched part by part between `/`s: `*` matches within one part, a
+/// last part `**` matches any number of remaining parts (including none), and the pattern `*`
+/// alone matches every URI. So `file:///docs/*` is what sits directly in `/docs`, and
+/// `file:///docs/**` is everything below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UriPattern {
+    parts: Vec<String>,
+    open_ended: bool,
+}
+
+impl UriPattern {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts: Vec<String> = text.split('/').map(str::to_owned).collect();
+        let open_ended = parts.last().is_some_and(|p| p == "**");
+        if open_ended {
+            parts.pop();
+        }
+        if parts.iter().any(|p| p.contains("**")) {
+            return Err("`**` may only be the last part of a URI pattern (after a `/`)".into());
+        }
+        if parts.len() > MAX_SEGMENTS {
+            return Err(format!(
+                "URI patterns can address at most {MAX_SEGMENTS} `/`-separated parts"
+            ));
+        }
+        Ok(Self { parts, open_ended })
+    }
+
+    /// The URI's parts as the entity carries them (`segments`, with `depth` their count).
+    pub fn parts_of(uri: &str) -> impl Iterator<Item = &str> {
+        uri.split('/')
+    }
+
+    /// Cedar condition over the resource's `depth` and `segments`.
+    pub fn condition(&self) -> String {
+        let n = self.parts.len();
+        let mut out = vec![if self.open_ended {
+            format!("resource.depth >= {n}")
+        } else {
+            format!("resource.depth == {n}")
+        }];
+        for (i, part) in self.parts.iter().enumerate() {
+            if part == "*" {
+                continue;
+            }
+            let op = if part.contains('*') { "like" } else { "==" };
+            out.push(format!(
+                "resource.segments has s{i} && resource.segments.s{i} {op} {}",
+                cedar_like(part)
+            ));
+        }
+        out.join(" && ")
+    }
+
+    /// Whether `uri` matches, exactly as the Cedar condition decides it.
+    pub fn matches(&self, uri: &str) -> bool {
+        let parts: Vec<&str> = Self::parts_of(uri).collect();
+        let depth_ok = if self.open_ended {
+            parts.len() >= self.parts.len()
+        } else {
+            parts.len() == self.parts.len()
+        };
+        depth_ok && self.parts.iter().zip(&parts).all(|(p, u)| glob_match(p, u))
+    }
+
+    /// A URI this pattern matches, for generated sample requests.
+    pub fn example(&self) -> String {
+        self.parts
+            .iter()
+            .map(|p| p.replace('*', "x"))
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+}
+
 /// Characters allowed in literal path segments of patterns (RFC 3986 pchar, unencoded).
 pub fn path_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || "-._~!$&'()+,;=:@%".contains(c)
@@ -456,6 +531,23 @@ mod tests {
                 .unwrap()
                 .matches_everything()
         );
+    }
+
+    #[test]
+    fn uri_patterns_keep_a_star_within_one_part() {
+        let direct = UriPattern::parse("file:///docs/*").unwrap();
+        assert!(direct.matches("file:///docs/readme.md"));
+        assert!(!direct.matches("file:///docs/a/secret"));
+        assert!(!direct.matches("file:///docs"));
+        let below = UriPattern::parse("file:///docs/**").unwrap();
+        assert!(below.matches("file:///docs/a/b/c"));
+        assert!(below.matches("file:///docs"));
+        assert!(!below.matches("file:///secrets/key"));
+        let glob = UriPattern::parse("mem://*/x*").unwrap();
+        assert!(glob.matches("mem://notes/xy"));
+        assert!(!glob.matches("mem://a/b/xy"));
+        assert!(UriPattern::parse("file:///**/x").is_err());
+        assert!(UriPattern::parse("file:///a**").is_err());
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub fn resource_type(kind: ActionKind) -> &'static str {
         ActionKind::Http => "Service",
         ActionKind::EgressConnect => "Host",
         ActionKind::McpToolsCall => "Tool",
-        ActionKind::McpToolsList => "McpServer",
+        ActionKind::McpToolsList | ActionKind::McpClientMessage => "McpServer",
         ActionKind::McpResourcesRead => "McpResource",
         ActionKind::McpPromptsGet => "Prompt",
         _ => "Peer",
@@ -114,7 +114,7 @@ entity Service {{ name: String }};
 entity Host {{ name: String, label_count: Long, is_ip: Bool }};
 entity McpServer {{ name: String }};
 entity Tool {{ server: String, name: String }};
-entity McpResource {{ server: String, uri: String }};
+entity McpResource {{ server: String, uri: String, depth: Long, segments: Segments }};
 entity Prompt {{ server: String, name: String }};
 entity Peer {{ name: String }};
 "#,

@@ -280,9 +280,10 @@ fn print_explanation(request: &DecisionRequest, e: &Explanation) {
             }
             warden_model::DenyReason::Quarantined
             | warden_model::DenyReason::Frozen
-            | warden_model::DenyReason::ToolWithheld => {
+            | warden_model::DenyReason::ToolWithheld
+            | warden_model::DenyReason::NotForwarded => {
                 println!(
-                    "why        the gateway stopped it (quarantine, kill switch, withheld tool)"
+                    "why        the gateway stopped it (quarantine, kill switch, withheld tool, malformed message)"
                 )
             }
             warden_model::DenyReason::EvaluationError => {
