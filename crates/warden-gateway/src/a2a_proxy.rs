@@ -17,7 +17,7 @@ use crate::a2a::{self, Call};
 use crate::identify::Caller;
 use crate::jsonrpc::{self, Invalid, Message};
 use crate::pipeline::Said;
-use crate::reviewed::{is_event_stream, read_whole, relay_reviewed, review_answer};
+use crate::reviewed::{Asked, is_event_stream, read_whole, relay_reviewed, review_answer};
 use crate::server::{
     Body, State, Upstream, call_upstream, describe, full, identify_method, json_response, problem,
     read_request_body,
@@ -209,8 +209,10 @@ pub async fn rpc(
         return relay_reviewed(
             state,
             &caller,
-            call.action.clone(),
-            &id,
+            Asked {
+                action: call.action.clone(),
+                id: id.clone(),
+            },
             response,
             &RESPONSE_HEADERS,
             a2a::CODES,

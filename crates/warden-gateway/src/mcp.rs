@@ -70,7 +70,8 @@ pub enum Awaited {
 /// awaited — a reused id would let one request's answer pass as another's — and an answer
 /// nothing awaits is not passed on.
 pub struct Awaiting {
-    pending: std::collections::HashMap<String, Awaited>,
+    /// By id key: the id as the client sent it, and what its answer needs.
+    pending: std::collections::HashMap<String, (Value, Awaited)>,
     limit: usize,
 }
 
@@ -102,13 +103,13 @@ impl Awaiting {
                 message: "too many requests await their answers; wait for them".into(),
             });
         }
-        self.pending.insert(key, what);
+        self.pending.insert(key, (id.clone(), what));
         Ok(())
     }
 
-    /// What is to be done with the answer carrying `id`, if a request awaits it; the request
-    /// is then no longer in flight.
-    pub fn answered(&mut self, id: &Value) -> Option<Awaited> {
+    /// The id the awaiting request was sent with and what is to be done with the answer carrying
+    /// `id`, if a request awaits it; the request is then no longer in flight.
+    pub fn answered(&mut self, id: &Value) -> Option<(Value, Awaited)> {
         self.pending.remove(&crate::jsonrpc::id_key(id)?)
     }
 
@@ -117,7 +118,7 @@ impl Awaiting {
         crate::jsonrpc::id_key(id).is_some_and(|key| {
             matches!(
                 self.pending.get(&key),
-                Some(Awaited::Listing(Listing::Tools))
+                Some((_, Awaited::Listing(Listing::Tools)))
             )
         })
     }

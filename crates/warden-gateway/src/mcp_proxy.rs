@@ -27,7 +27,7 @@ use crate::mcp::{self, Awaited, Classified, Listing};
 use crate::pins::withhold_tools;
 use crate::pipeline::{Pipeline, Said};
 use crate::reviewed::{
-    is_event_stream, read_whole, relay_awaited, relay_reviewed, unreadable_answer,
+    Asked, is_event_stream, read_whole, relay_awaited, relay_reviewed, unreadable_answer,
 };
 use crate::server::{
     Body, BoxError, State, Upstream, call_upstream, describe, full, identify, identify_method,
@@ -278,8 +278,7 @@ pub async fn streamable(
                     relay_reviewed(
                         state,
                         &caller,
-                        action,
-                        &id,
+                        Asked { action, id },
                         response,
                         &RESPONSE_HEADERS,
                         mcp::CODES,

@@ -91,20 +91,17 @@ pub fn relay_awaited(
         return data.to_owned();
     }
     let id = message.get("id").cloned().unwrap_or(Value::Null);
-    match awaiting.answered(&id) {
-        None => {
-            tracing::warn!("MCP server {server} answered request {id}, which nobody awaits");
-            jsonrpc::error(
-                &Value::Null,
-                &jsonrpc::Invalid {
-                    code: -32603,
-                    message: "the upstream sent an answer to no request in flight; Warden did not pass it on".into(),
-                },
-            )
-            .to_string()
-        }
-        Some(crate::mcp::Awaited::Plain) => data.to_owned(),
-        Some(crate::mcp::Awaited::Listing(listing)) => {
+    let Some((sent, awaited)) = awaiting.answered(&id) else {
+        tracing::warn!("MCP server {server} answered request {id}, which nobody awaits");
+        return unsolicited_answer().to_string();
+    };
+    // The client's id goes back exactly as it sent it (`1`, not the server's `1.0`).
+    let restamped = sent != id;
+    message["id"] = sent;
+    match awaited {
+        crate::mcp::Awaited::Plain if !restamped => data.to_owned(),
+        crate::mcp::Awaited::Plain => message.to_string(),
+        crate::mcp::Awaited::Listing(listing) => {
             let may = |action: &Action| {
                 pipeline.may(caller, action)
                     && !matches!(action, Action::McpToolsCall { tool, .. } if hidden.contains(tool.as_str()))
@@ -112,7 +109,7 @@ pub fn relay_awaited(
             crate::mcp::filter_listing(&mut message, listing, server, &may);
             message.to_string()
         }
-        Some(crate::mcp::Awaited::Result(action)) => {
+        crate::mcp::Awaited::Result(action) => {
             match review_answer(pipeline, caller, &action, &mut message, crate::mcp::CODES) {
                 Err(refusal) => refusal.to_string(),
                 Ok(_) => message.to_string(),
@@ -139,28 +136,61 @@ fn review_text(
     let Ok(mut message) = crate::json::parse_strict(data.as_bytes()) else {
         return Some(unreadable_answer(id).to_string());
     };
+    let is_answer = message.get("method").is_none()
+        && (message.get("result").is_some() || message.get("error").is_some());
+    if is_answer {
+        // On a request's own channel every answer is that request's: matched by value, and
+        // carried back with the id exactly as the client sent it.
+        if jsonrpc::id_key(message.get("id").unwrap_or(&Value::Null)) != jsonrpc::id_key(id) {
+            return Some(unsolicited_answer().to_string());
+        }
+    }
+    let restamped = is_answer && message.get("id") != Some(id);
+    if restamped {
+        message["id"] = id.clone();
+    }
     watch(&message);
     match review_answer(&state.pipeline, caller, action, &mut message, codes) {
         Err(refusal) => Some(refusal.to_string()),
         Ok(true) => Some(message.to_string()),
+        // Unchanged but for an id written another way (`1.0` for `1`): the client's own goes back.
+        Ok(false) if restamped => Some(message.to_string()),
         Ok(false) => None,
     }
 }
 
-/// Relays an upstream's answer to `action` with its results reviewed: a stream event by event,
+/// What replaces an answer to no request in flight: nothing awaits it, so nothing reviews it.
+fn unsolicited_answer() -> Value {
+    jsonrpc::error(
+        &Value::Null,
+        &jsonrpc::Invalid {
+            code: -32603,
+            message:
+                "the upstream sent an answer to no request in flight; Warden did not pass it on"
+                    .into(),
+        },
+    )
+}
+
+/// A call whose answer is reviewed: the action decided, and the JSON-RPC id it was asked with.
+pub struct Asked {
+    pub action: Action,
+    pub id: Value,
+}
+
+/// Relays an upstream's answer to a call with its results reviewed: a stream event by event,
 /// anything else read whole first.
 pub async fn relay_reviewed(
     state: &Arc<State>,
     caller: &Caller,
-    action: Action,
-    id: &Value,
+    Asked { action, id }: Asked,
     response: Response<Incoming>,
     keep: &'static [&'static str],
     codes: Codes,
     mut watch: impl FnMut(&Value) + Send + Sync + 'static,
 ) -> Response<Body> {
     if is_event_stream(&response) {
-        let (state, caller, id) = (Arc::clone(state), caller.clone(), id.clone());
+        let (state, caller) = (Arc::clone(state), caller.clone());
         let mut events = SseRewriter::new(move |_kind: &str, data: &str| {
             review_text(&state, &caller, &action, &id, data, codes, &mut watch)
                 .unwrap_or_else(|| data.to_owned())
@@ -186,7 +216,7 @@ pub async fn relay_reviewed(
         Err(refused) => return refused,
     };
     let text = String::from_utf8_lossy(&bytes);
-    let out = review_text(state, caller, &action, id, &text, codes, &mut watch)
+    let out = review_text(state, caller, &action, &id, &text, codes, &mut watch)
         .map_or(bytes, Bytes::from);
     Response::from_parts(head, full(out))
 }

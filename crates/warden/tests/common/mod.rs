@@ -4,6 +4,7 @@
 // Each test binary uses its own share of these.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod hostile;
 pub mod mcp;
 
 use std::net::TcpListener;

@@ -1,6 +1,7 @@
 """Tool calls through Warden's gateway with the official MCP Python SDK client, one session.
 
-Usage: mcp_calls.py URL CREDENTIALS_DIR CALLS_JSON
+Usage: mcp_calls.py URL CREDENTIALS_DIR CALLS_JSON [sse]
+With `sse`, the older HTTP+SSE transport (URL is the event stream).
 CALLS_JSON is a list of {"tool", "args", "meta"?}, or {"list": true} for the tools offered. Prints `{"progress": n}` lines as a call reports
 progress (so a test can act mid-call), then one JSON list with each call's outcome:
 {"ok": text}, {"error": {"code", "message", "data"}}, or {"cut": text} when the connection broke.
@@ -13,10 +14,11 @@ import sys
 
 import httpx2
 from mcp import ClientSession, MCPError
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 
-async def main(url: str, creds: str, calls: list) -> None:
+async def main(url: str, creds: str, calls: list, transport: str) -> None:
     tls = ssl.create_default_context(cafile=f"{creds}/bundle.pem")
     tls.load_cert_chain(f"{creds}/svid.pem", f"{creds}/svid-key.pem")
     with open(f"{creds}/grant") as f:
@@ -26,11 +28,20 @@ async def main(url: str, creds: str, calls: list) -> None:
     async def progress(done, total, message):
         print(json.dumps({"progress": done}), flush=True)
 
-    async with httpx2.AsyncClient(
-        verify=tls, headers={"Authorization": f"Bearer {grant}"}, timeout=60
-    ) as http:
+    credential = {"Authorization": f"Bearer {grant}"}
+
+    def http_client(headers=None, timeout=None, auth=None):
+        return httpx2.AsyncClient(
+            verify=tls, headers={**(headers or {}), **credential}, timeout=timeout or 60, auth=auth
+        )
+
+    async with http_client() as http:
+        if transport == "sse":
+            connection = sse_client(url, httpx_client_factory=http_client)
+        else:
+            connection = streamable_http_client(url, http_client=http)
         try:
-            async with streamable_http_client(url, http_client=http) as streams:
+            async with connection as streams:
                 async with ClientSession(streams[0], streams[1]) as session:
                     await session.initialize()
                     for call in calls:
@@ -59,4 +70,5 @@ async def main(url: str, creds: str, calls: list) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3])))
+    transport = sys.argv[4] if len(sys.argv) > 4 else "streamable"
+    asyncio.run(main(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), transport))

@@ -23,6 +23,11 @@ async def main(command: list[str]) -> None:
             echoed = await session.call_tool("echo", {"text": "mail ann@example.com"})
             seen["echoed"] = echoed.content[0].text
             try:
+                looked = await session.call_tool("lookup", {"word": "x"})
+                seen["lookup"] = looked.content[0].text
+            except MCPError as e:
+                seen["lookup"] = {"code": e.code, "message": e.error.message, "data": e.error.data}
+            try:
                 await session.call_tool("read_secrets", {})
                 seen["denied"] = None
             except MCPError as e:
