@@ -271,13 +271,23 @@ impl BlockClaims {
     }
 }
 
-/// A grant as issued: the token and what it says.
-#[derive(Debug, Clone)]
+/// A grant as issued: the token and what it says. Its `Debug` leaves the token out.
+#[derive(Clone)]
 pub struct IssuedGrant {
     /// Base64url Biscuit; present it as `Authorization: Bearer` (or `Proxy-Authorization`).
     pub token: String,
     pub id: String,
     pub expires: OffsetDateTime,
+}
+
+impl std::fmt::Debug for IssuedGrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedGrant")
+            .field("token", &"<redacted>")
+            .field("id", &self.id)
+            .field("expires", &self.expires)
+            .finish()
+    }
 }
 
 /// What the authority mints a grant for.

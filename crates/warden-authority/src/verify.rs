@@ -212,6 +212,22 @@ impl GrantVerifier {
         Ok(grant)
     }
 
+    /// The agent and grant id a token names, when its signatures verify — valid or not (it may
+    /// have expired or been revoked): what a refused credential is recorded with. A token whose
+    /// signatures fail names nobody; its claims are an attacker's to choose.
+    pub fn claims(&self, token: &str) -> Option<(SpiffeId, String)> {
+        let cached = self
+            .cache
+            .read()
+            .ok()
+            .and_then(|cache| cache.get(token).cloned());
+        let grant = match cached {
+            Some(grant) => grant,
+            None => Arc::new(self.verify_cold(token).ok()?),
+        };
+        Some((grant.agent().clone(), grant.id().to_owned()))
+    }
+
     /// Verifies a grant for one request: who presents it and what it is used for.
     pub fn authorize(
         &self,

@@ -214,7 +214,9 @@ pub struct CredentialRequest {
     pub key_thumbprint: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// An SVID as handed out. `Debug` of this and of the types below that carry a credential leaves
+/// the secret out, so a log line or a panic message never holds one.
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SvidView {
     pub certificate_pem: String,
@@ -223,7 +225,7 @@ pub struct SvidView {
 }
 
 /// Credentials for one agent instance.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Credentials {
     pub spiffe_id: SpiffeId,
@@ -269,7 +271,7 @@ pub struct RevocationsView {
 }
 
 /// What attestation presents.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case", tag = "type")]
 pub enum Evidence {
     /// A platform identity token (Kubernetes ServiceAccount, cloud OIDC).
@@ -287,7 +289,7 @@ pub struct AttestRequest {
 }
 
 /// The token-exchange request (RFC 8693 §2.1, form-encoded), with Warden's extensions.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct ExchangeRequest {
     pub grant_type: String,
     pub subject_token: String,
@@ -307,7 +309,7 @@ pub struct ExchangeRequest {
     pub svid: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct ExchangeResponse {
     pub access_token: String,
     pub issued_token_type: String,
@@ -319,6 +321,71 @@ pub struct ExchangeResponse {
     pub grant_id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub svid: Option<SvidView>,
+}
+
+const REDACTED: &str = "<redacted>";
+
+impl std::fmt::Debug for SvidView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SvidView")
+            .field("certificate_pem", &self.certificate_pem)
+            .field("private_key_pem", &REDACTED)
+            .field("expires", &self.expires)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("spiffe_id", &self.spiffe_id)
+            .field("task", &self.task)
+            .field("grant", &REDACTED)
+            .field("grant_id", &self.grant_id)
+            .field("expires", &self.expires)
+            .field("svid", &self.svid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for Evidence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Jwt { .. } => f.write_str("Evidence::Jwt { token: <redacted> }"),
+            Self::JoinToken { .. } => f.write_str("Evidence::JoinToken { token: <redacted> }"),
+        }
+    }
+}
+
+impl std::fmt::Debug for ExchangeRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeRequest")
+            .field("grant_type", &self.grant_type)
+            .field("subject_token", &REDACTED)
+            .field("subject_token_type", &self.subject_token_type)
+            .field("scope", &self.scope)
+            .field("sub_agent", &self.sub_agent)
+            .field("sub_instance", &self.sub_instance)
+            .field("expires_in", &self.expires_in)
+            .field("purpose", &self.purpose)
+            .field("holder_key", &self.holder_key)
+            .field("proof", &self.proof.as_ref().map(|_| REDACTED))
+            .field("svid", &self.svid.as_ref().map(|_| "<certificate>"))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for ExchangeResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExchangeResponse")
+            .field("access_token", &REDACTED)
+            .field("issued_token_type", &self.issued_token_type)
+            .field("expires_in", &self.expires_in)
+            .field("spiffe_id", &self.spiffe_id)
+            .field("grant_id", &self.grant_id)
+            .field("svid", &self.svid)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1360,5 +1427,54 @@ fn lineage(agent: AgentRecord, instances: &[InstanceRecord], grants: &[GrantReco
     AgentView {
         agent,
         instances: roots,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_a_credential() {
+        let svid = SvidView {
+            certificate_pem: "CERT".into(),
+            private_key_pem: "SECRET-KEY".into(),
+            expires: 1,
+        };
+        let credentials = Credentials {
+            spiffe_id: SpiffeId::new("spiffe://td/tenant/t/agent/a/i").unwrap(),
+            task: TaskId::new("t").unwrap(),
+            grant: "SECRET-GRANT".into(),
+            grant_id: "g".into(),
+            expires: 1,
+            svid: Some(svid.clone()),
+            bundle_pem: "B".into(),
+        };
+        let exchange = ExchangeRequest {
+            subject_token: "SECRET-GRANT".into(),
+            proof: Some("SECRET-PROOF".into()),
+            ..ExchangeRequest::default()
+        };
+        let response = ExchangeResponse {
+            access_token: "SECRET-GRANT".into(),
+            issued_token_type: "t".into(),
+            token_type: "Bearer".into(),
+            expires_in: 1,
+            act: serde_json::Value::Null,
+            spiffe_id: credentials.spiffe_id.clone(),
+            grant_id: "g".into(),
+            svid: Some(svid.clone()),
+        };
+        let evidence = [
+            Evidence::Jwt {
+                token: "SECRET-JWT".into(),
+            },
+            Evidence::JoinToken {
+                token: "SECRET-JOIN".into(),
+            },
+        ];
+        let printed = format!("{svid:?} {credentials:?} {exchange:?} {response:?} {evidence:?}");
+        assert!(!printed.contains("SECRET"), "{printed}");
+        assert!(printed.contains("<redacted>"));
     }
 }

@@ -318,7 +318,8 @@ impl UpstreamConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// Its `Debug` leaves a literal `value` out.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct InjectedCredential {
     /// Header to set; `authorization` when absent.
@@ -334,6 +335,17 @@ pub struct InjectedCredential {
     /// `Bearer <access token>` and fetching a new token before the old one expires.
     #[serde(default)]
     pub oauth: Option<OAuthClient>,
+}
+
+impl std::fmt::Debug for InjectedCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InjectedCredential")
+            .field("header", &self.header)
+            .field("value_env", &self.value_env)
+            .field("value", &self.value.as_ref().map(|_| "<redacted>"))
+            .field("oauth", &self.oauth)
+            .finish()
+    }
 }
 
 fn authorization() -> String {
@@ -389,5 +401,22 @@ impl Limits {
     }
     pub fn header_timeout(&self) -> Duration {
         Duration::from_secs(self.header_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_an_injected_credential() {
+        let credential = InjectedCredential {
+            header: "authorization".into(),
+            value_env: None,
+            value: Some("Bearer SECRET".into()),
+            oauth: None,
+        };
+        let printed = format!("{credential:?}");
+        assert!(!printed.contains("SECRET"), "{printed}");
     }
 }

@@ -114,6 +114,30 @@ impl Identifier {
         }
     }
 
+    /// Who a refused request's credential names, as far as it can be trusted: the verified
+    /// client certificate's SPIFFE ID, else the agent of a grant whose signatures verify (valid
+    /// or not); and that grant's id.
+    pub fn claimed(
+        &self,
+        peer: Option<&SpiffeId>,
+        headers: &HeaderMap,
+        credential: &http::HeaderName,
+    ) -> (Option<SpiffeId>, Option<String>) {
+        let token = headers
+            .get(credential)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|a| {
+                a.strip_prefix("Bearer ")
+                    .or_else(|| a.strip_prefix("DPoP "))
+            })
+            .map(str::trim);
+        let claims = token.and_then(|t| self.grants.claims(t));
+        let agent = peer
+            .cloned()
+            .or_else(|| claims.as_ref().map(|(a, _)| a.clone()));
+        (agent, claims.map(|(_, grant)| grant))
+    }
+
     /// Identifies a request: `peer` is the verified client certificate's SPIFFE ID, if any, and
     /// `credential` the header carrying the grant (`Authorization`, or `Proxy-Authorization` for
     /// egress through the forward proxy).

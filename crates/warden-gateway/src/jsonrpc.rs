@@ -202,6 +202,7 @@ pub fn refusal(id: &Value, verdict: &Verdict, what: &str, codes: Codes) -> Value
                     "the tool is withheld: its definition changed since it was approved, or its description carries instructions (an admin approves it with `warden tools approve`)"
                 }
                 warden_model::DenyReason::NotForwarded => "the message is not one Warden forwards",
+                warden_model::DenyReason::Unidentified => "the caller could not be identified",
             };
             json!({
                 "jsonrpc": "2.0", "id": id,

@@ -278,6 +278,71 @@ pub struct Pipeline {
     stops: Arc<Stops>,
     desk: Option<Arc<Desk>>,
     withheld: crate::pins::Withheld,
+    refusals: RefusalBudget,
+}
+
+/// A request refused before anyone was identified, for its record: who its credential names as
+/// far as that can be trusted, why it was refused, and what it asked for.
+pub struct RefusedIdentity {
+    pub agent: Option<warden_model::SpiffeId>,
+    pub grant: Option<String>,
+    pub why: String,
+    pub method: String,
+    pub path: String,
+}
+
+/// How many refused identifications are recorded each second, from one address and in all.
+const REFUSALS_PER_SOURCE: u32 = 10;
+const REFUSALS_PER_SECOND: u32 = 100;
+/// Addresses tracked within one second; past this, further addresses share the global budget.
+const REFUSAL_SOURCES: usize = 4096;
+
+/// The budget of refused identifications recorded: per source address and in all, each second.
+/// What goes over it is counted, and the next record says how many went unrecorded.
+#[derive(Default)]
+struct RefusalBudget(std::sync::Mutex<RefusalWindow>);
+
+#[derive(Default)]
+struct RefusalWindow {
+    second: i64,
+    total: u32,
+    by_source: std::collections::HashMap<std::net::IpAddr, u32>,
+    suppressed: u64,
+}
+
+impl RefusalBudget {
+    /// `Some(n)` when this refusal is to be recorded (`n` went unrecorded since the last one),
+    /// `None` when it is over budget.
+    fn admit(&self, source: Option<std::net::IpAddr>, now: i64) -> Option<u64> {
+        let mut window = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if window.second != now {
+            window.second = now;
+            window.total = 0;
+            window.by_source.clear();
+        }
+        let from_source = source.map(|ip| {
+            let tracked = window.by_source.len();
+            match window.by_source.get_mut(&ip) {
+                Some(count) => *count,
+                None if tracked < REFUSAL_SOURCES => {
+                    window.by_source.insert(ip, 0);
+                    0
+                }
+                None => 0,
+            }
+        });
+        if window.total >= REFUSALS_PER_SECOND
+            || from_source.is_some_and(|n| n >= REFUSALS_PER_SOURCE)
+        {
+            window.suppressed += 1;
+            return None;
+        }
+        window.total += 1;
+        if let Some(count) = source.and_then(|ip| window.by_source.get_mut(&ip)) {
+            *count += 1;
+        }
+        Some(std::mem::take(&mut window.suppressed))
+    }
 }
 
 impl Pipeline {
@@ -296,6 +361,7 @@ impl Pipeline {
             stops: Arc::new(Stops::default()),
             desk: None,
             withheld: crate::pins::Withheld::default(),
+            refusals: RefusalBudget::default(),
             metrics,
             usage: UsageMeter::new(100_000),
             gateway,
@@ -504,6 +570,71 @@ impl Pipeline {
             approval_problems: Vec::new(),
             spent: Vec::new(),
         }
+    }
+
+    /// Records a request refused at identification (rate-limited per source address and in
+    /// all: a flood of forged credentials must not become a flood of records), so probing with
+    /// stolen, swapped or revoked credentials is seen. `refused` is asked for only when the
+    /// refusal is recorded.
+    pub fn record_unidentified(
+        &self,
+        source: Option<std::net::SocketAddr>,
+        refused: impl FnOnce() -> RefusedIdentity,
+    ) {
+        self.metrics.decision("deny");
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let Some(suppressed) = self.refusals.admit(source.map(|a| a.ip()), now) else {
+            return;
+        };
+        let refused = refused();
+        // A quarantined agent's credentials are revoked: its attempts say so.
+        let reason = refused
+            .agent
+            .as_ref()
+            .and_then(|agent| self.stops.stopped(agent, &[]))
+            .unwrap_or(DenyReason::Unidentified);
+        let decision = self.policy.current().refusal(reason.clone());
+        let agent = refused.agent.as_ref();
+        let mut target = serde_json::Map::new();
+        target.insert("method".into(), refused.method.into());
+        target.insert("path".into(), refused.path.clone().into());
+        target.insert("why".into(), refused.why.into());
+        if suppressed > 0 {
+            target.insert("unrecordedBefore".into(), suppressed.into());
+        }
+        let event = DecisionEvent {
+            time: now,
+            decision_id: decision.id.to_string(),
+            outcome: decision.outcome.label(),
+            reason: Some(reason),
+            deciding: Vec::new(),
+            bundle: decision.bundle.to_string(),
+            agent: agent.map(ToString::to_string).unwrap_or_default(),
+            tenant: agent
+                .and_then(|a| a.segments().nth(1).map(str::to_owned))
+                .unwrap_or_default(),
+            source: source.map(|a| a.to_string()),
+            parents: Vec::new(),
+            task: None,
+            grant: refused.grant.unwrap_or_default(),
+            phase: Some("identify"),
+            undo_of: None,
+            undone_by: None,
+            action: "identify".into(),
+            resource: refused.path,
+            target,
+            arguments: None,
+            intent: None,
+            findings: Vec::new(),
+            redacted: Vec::new(),
+            approvals: Vec::new(),
+            approval_requests: Vec::new(),
+            approval_problems: Vec::new(),
+            gateway: self.gateway.clone(),
+            decide_micros: 0,
+        };
+        let _ = self.recorder.record(&event);
+        let _ = self.events.send(event);
     }
 
     /// Why the caller may not be served at all now (quarantine, the kill switch), if so.
@@ -729,7 +860,10 @@ impl Pipeline {
             action: request.action.kind().as_str().to_owned(),
             resource: request.action.resource().to_string(),
             target: target(&request.action),
-            arguments: request.action.args().cloned(),
+            arguments: request
+                .action
+                .args()
+                .map(|args| redacted_at_findings(args, &findings)),
             intent,
             findings,
             redacted: Vec::new(),
@@ -739,6 +873,45 @@ impl Pipeline {
             gateway: self.gateway.clone(),
             decide_micros: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
         }
+    }
+}
+
+/// Where a request's findings sit in its arguments: pointers into the JSON-RPC body
+/// (`/params/arguments/...`) become pointers into the arguments object.
+const ARGUMENTS_AT: &str = "/params/arguments";
+
+/// The arguments as records and log lines keep them: every value where inspection found a
+/// secret or personal data replaced by `[REDACTED:<rule>]`, so what the scanner just found is not
+/// written to disk or stderr. (`redactArguments` hashes every value, a stronger option.)
+fn redacted_at_findings(
+    args: &serde_json::Map<String, serde_json::Value>,
+    findings: &[Finding],
+) -> serde_json::Map<String, serde_json::Value> {
+    let sensitive = |f: &&Finding| {
+        matches!(
+            f.kind,
+            warden_model::FindingKind::Secret | warden_model::FindingKind::SensitiveData
+        )
+    };
+    let mut value = serde_json::Value::Object(args.clone());
+    for finding in findings.iter().filter(sensitive) {
+        let Some(pointer) = finding.location.strip_prefix(ARGUMENTS_AT) else {
+            continue;
+        };
+        if pointer.is_empty() {
+            // A finding on the arguments as a whole (a key split across values): all of them.
+            if let serde_json::Value::Object(all) = &mut value {
+                for v in all.values_mut() {
+                    *v = serde_json::Value::String(format!("[REDACTED:{}]", finding.rule));
+                }
+            }
+        } else if let Some(found) = value.pointer_mut(pointer) {
+            *found = serde_json::Value::String(format!("[REDACTED:{}]", finding.rule));
+        }
+    }
+    match value {
+        serde_json::Value::Object(args) => args,
+        _ => serde_json::Map::new(),
     }
 }
 

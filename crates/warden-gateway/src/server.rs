@@ -424,6 +424,18 @@ pub(crate) fn identify(
     result
         .map(|caller| Caller { source, ..caller })
         .map_err(|e| {
+            state.pipeline.record_unidentified(source, || {
+                let (agent, grant) = state
+                    .identifier
+                    .claimed(peer, request.headers(), &credential);
+                crate::pipeline::RefusedIdentity {
+                    agent,
+                    grant,
+                    why: e.to_string(),
+                    method: request.method().to_string(),
+                    path: request.uri().path().chars().take(512).collect(),
+                }
+            });
             let (status, challenge) = if proxied {
                 (
                     StatusCode::PROXY_AUTHENTICATION_REQUIRED,

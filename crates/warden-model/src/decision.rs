@@ -157,6 +157,9 @@ pub enum DenyReason {
     /// The message is not one Warden forwards: a request without an id, a notification the
     /// protocol does not define, a body with duplicate keys. Refused whatever policy says.
     NotForwarded,
+    /// The caller could not be identified: a missing, tampered, expired, swapped or revoked
+    /// credential. Recorded (within a rate) so probing with stolen credentials is seen.
+    Unidentified,
 }
 
 /// The verdict. Errors exist only inside a denial, and approval requirements only where they are

@@ -958,8 +958,10 @@ fn mcp_clauses(
             },
         });
         if implies_listing {
+            // Listing the tools and sending the server the client's own messages (below) are
+            // allowed alike: one policy for both.
             clauses.push(Clause {
-                kinds: vec![ActionKind::McpToolsList],
+                kinds: vec![ActionKind::McpToolsList, ActionKind::McpClientMessage],
                 condition: all_of(server.condition("resource.name")),
                 resources: keys.clone(),
                 takes_condition: false,
@@ -1019,7 +1021,7 @@ fn mcp_clauses(
             .when
             .as_deref()
             .is_some_and(|w| w.contains("context.args"));
-    if implies_listing || denies_messages {
+    if (implies_listing && tools.is_empty()) || denies_messages {
         clauses.push(Clause {
             kinds: vec![ActionKind::McpClientMessage],
             condition: all_of(server.condition("resource.name")),

@@ -179,9 +179,10 @@ impl TargetMatcher {
                 s.matches(server.as_str()) && any_name(tools, tool.as_str())
             }
             (Self::ToolList { server: s }, Action::McpToolsList { server })
-            | (Self::ClientMessages { server: s }, Action::McpClientMessage { server, .. }) => {
-                s.matches(server.as_str())
-            }
+            | (
+                Self::ToolList { server: s } | Self::ClientMessages { server: s },
+                Action::McpClientMessage { server, .. },
+            ) => s.matches(server.as_str()),
             (Self::Resources { server: s, uris }, Action::McpResourcesRead { server, uri }) => {
                 s.matches(server.as_str())
                     && uris

@@ -281,9 +281,10 @@ fn print_explanation(request: &DecisionRequest, e: &Explanation) {
             warden_model::DenyReason::Quarantined
             | warden_model::DenyReason::Frozen
             | warden_model::DenyReason::ToolWithheld
-            | warden_model::DenyReason::NotForwarded => {
+            | warden_model::DenyReason::NotForwarded
+            | warden_model::DenyReason::Unidentified => {
                 println!(
-                    "why        the gateway stopped it (quarantine, kill switch, withheld tool, malformed message)"
+                    "why        the gateway stopped it (quarantine, kill switch, withheld tool, malformed message, unidentified caller)"
                 )
             }
             warden_model::DenyReason::EvaluationError => {
