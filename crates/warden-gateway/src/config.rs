@@ -38,6 +38,19 @@ pub struct GatewayConfig {
     pub audit: AuditSettings,
     /// Content inspection of request bodies (docs/inspection.md).
     pub inspect: InspectSettings,
+    /// Who may read `/metrics`.
+    pub metrics: MetricsSettings,
+}
+
+/// Metrics say which agents and upstreams are busy: they are not for anyone who can reach the
+/// agent listener. `/metrics` there needs the token in `tokenFile`; `listen` serves them on a
+/// listener of their own instead (plain HTTP, no token: bind it to loopback or a scrape
+/// network). With neither, `/metrics` answers `404` saying so.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct MetricsSettings {
+    pub token_file: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
 }
 
 /// Which scanners look at request bodies; their findings feed `context.findings`.
@@ -251,6 +264,7 @@ impl Default for GatewayConfig {
             trust_refresh_secs: 60,
             audit: AuditSettings::default(),
             inspect: InspectSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }

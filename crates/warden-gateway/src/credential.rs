@@ -49,22 +49,8 @@ impl UpstreamCredential {
                 Ok(Self::Static(header, value))
             }
             (None, None, Some(oauth)) => {
-                let uri: http::Uri = oauth
-                    .token_url
-                    .parse()
-                    .with_context(|| format!("upstream {upstream}: invalid tokenUrl"))?;
-                let loopback = uri.host().is_some_and(|h| {
-                    h == "localhost"
-                        || h.parse::<std::net::IpAddr>()
-                            .is_ok_and(|ip| ip.is_loopback())
-                });
-                match uri.scheme_str() {
-                    Some("https") => {}
-                    Some("http") if loopback => {}
-                    _ => bail!(
-                        "upstream {upstream}: tokenUrl must be https (plain http only on loopback)"
-                    ),
-                }
+                warden_http::secure_url(&oauth.token_url)
+                    .map_err(|e| anyhow::anyhow!("upstream {upstream}: tokenUrl {e}"))?;
                 Ok(Self::OAuth {
                     header,
                     secret: secret_from_env(&oauth.client_secret_env, upstream)?,

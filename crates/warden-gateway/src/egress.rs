@@ -46,20 +46,44 @@ pub fn is_special(ip: IpAddr) -> bool {
                 || (a == 192 && b == 0 && v4.octets()[2] == 0) // IETF protocol assignments
                 || a >= 240 // reserved
         }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_special(IpAddr::V4(v4)),
-            None => {
-                let first = v6.segments()[0];
-                v6.is_loopback()
-                    || v6.is_unspecified()
-                    || v6.is_multicast()
-                    || (first & 0xfe00) == 0xfc00 // unique local, incl. AWS metadata fd00:ec2::254
-                    || (first & 0xffc0) == 0xfe80 // link-local
-                    || first == 0x2001 && v6.segments()[1] == 0x0db8 // documentation
-                    || first == 0x0064 && v6.segments()[1] == 0xff9b // NAT64, reaches IPv4 inside
+        IpAddr::V6(v6) => {
+            if let Some(v4) = embedded_ipv4(v6) {
+                return is_special(IpAddr::V4(v4));
             }
-        },
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local, incl. AWS metadata fd00:ec2::254
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated, still routed by some)
+                || s[0] == 0x2001 && s[1] == 0x0db8 // documentation
+                || s[0] == 0x2001 && s[1] == 0 // Teredo: tunnels to an IPv4 peer it hides
+                || s[0] == 0x0064 && s[1] == 0xff9b // NAT64 (well-known and local-use)
+                || s[0] == 0x0100 && s[1..4] == [0, 0, 0] // discard-only
+        }
     }
+}
+
+/// The IPv4 address an IPv6 address carries to be reached through: IPv4-mapped (`::ffff:a.b.c.d`),
+/// IPv4-compatible (`::a.b.c.d`), SIIT-translated (`::ffff:0:a.b.c.d`) and 6to4
+/// (`2002:aabb:ccdd::`) — each reaches that IPv4 host, so each is as special as it is.
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| std::net::Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    if s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1) {
+        return Some(v4(s[6], s[7])); // IPv4-compatible (`::` and `::1` are themselves)
+    }
+    if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
+        return Some(v4(s[6], s[7]));
+    }
+    if s[0] == 0x2002 {
+        return Some(v4(s[1], s[2]));
+    }
+    None
 }
 
 fn refused(verdict: &crate::pipeline::Verdict, what: &str) -> Response<Body> {
@@ -346,10 +370,27 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "64:ff9b::a00:1",
+            "64:ff9b:1::a00:1",
+            // The same private and metadata addresses in other IPv6 forms.
+            "2002:a9fe:a9fe::1",
+            "2002:7f00:1::",
+            "2002:c0a8:101::1",
+            "::169.254.169.254",
+            "::10.0.0.1",
+            "::ffff:0:127.0.0.1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
+            "100::1",
         ] {
             assert!(is_special(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["93.184.215.14", "140.82.112.3", "2606:4700::6810:84e5"] {
+        for ip in [
+            "93.184.215.14",
+            "140.82.112.3",
+            "2606:4700::6810:84e5",
+            "2002:5db8:d70e::1",
+            "::8.8.8.8",
+        ] {
             assert!(!is_special(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -47,8 +47,8 @@ pub use a2a::{
 };
 pub use config::{
     AuditSettings, Durability, ExportSink, FileExport, GatewayConfig, HttpExport,
-    InjectedCredential, InspectSettings, Limits, NatsExport, OAuthClient, SyslogExport,
-    UpstreamConfig, UpstreamKind,
+    InjectedCredential, InspectSettings, Limits, MetricsSettings, NatsExport, OAuthClient,
+    SyslogExport, UpstreamConfig, UpstreamKind,
 };
 pub use identify::{Caller, Identifier, Unidentified};
 pub use mcp::{DENIED, NEEDS_APPROVAL};
@@ -103,6 +103,7 @@ pub struct RunningGateway {
     /// Following quarantines and events; they hold the state, so they stop with the gateway.
     follow_stops: tokio::task::JoinHandle<()>,
     follow_events: Option<tokio::task::JoinHandle<()>>,
+    metrics_served: Option<tokio::task::JoinHandle<()>>,
     _watch: Option<warden_policy::WatchGuard>,
 }
 
@@ -134,6 +135,9 @@ impl RunningGateway {
         if let Some(events) = &self.follow_events {
             events.abort();
         }
+        if let Some(metrics) = &self.metrics_served {
+            metrics.abort();
+        }
         if let Some(audit) = &self.audit {
             let log = audit.log().clone();
             let _ = tokio::task::spawn_blocking(move || log.close()).await;
@@ -152,6 +156,10 @@ pub async fn start(
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let address = listener.local_addr()?;
     let public_url = config.public_url(address);
+    // Trust roots and grant keys come from the control plane: never over a path anyone between
+    // could rewrite.
+    warden_http::secure_url(&config.control_url)
+        .map_err(|e| anyhow::anyhow!("gateway.controlUrl {e}"))?;
     let client = HttpClient::new(config.limits.upstream_timeout())?;
     // Compiling the inspection rules takes a while; it overlaps the fetches and policy load.
     let scanner = {
@@ -197,14 +205,27 @@ pub async fn start(
         }
     };
     let policy = load_policies(&config.policies)?;
-    let watch = policy
-        .watch(|outcome| match outcome {
+    let metrics = Arc::new(Metrics::default());
+    let reloads = Arc::clone(&metrics);
+    let watch = match policy.watch(move |outcome| {
+        reloads.policy_reload(outcome.is_ok());
+        match outcome {
             Ok(outcome) => tracing::info!("policy bundle reload: {outcome:?}"),
             Err(e) => {
                 tracing::error!("policy bundle reload failed; keeping the last good one:\n{e}")
             }
-        })
-        .ok();
+        }
+    }) {
+        Ok(watch) => Some(watch),
+        Err(e) => {
+            tracing::error!(
+                "cannot watch {} for policy edits ({e}); the bundle loaded now stays until restart",
+                config.policies.display()
+            );
+            None
+        }
+    };
+    metrics.policy_watched(watch.is_some());
     let upstreams = config
         .upstreams
         .iter()
@@ -217,7 +238,6 @@ pub async fn start(
         Arc::clone(&certificate),
         &trust.roots_der,
     )?));
-    let metrics = Arc::new(Metrics::default());
     let audit = if config.audit.enabled {
         let origin = format!(
             "{}/audit",
@@ -252,7 +272,26 @@ pub async fn start(
         public_url.clone(),
     )
     .with_oversight(Arc::clone(&stops), desk.clone());
+    let metrics_token = match &config.metrics.token_file {
+        Some(file) => Some(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("gateway.metrics.tokenFile {}", file.display()))?
+                .trim()
+                .to_owned(),
+        )
+        .filter(|token| !token.is_empty()),
+        None => None,
+    };
+    let metrics_served = match config.metrics.listen {
+        Some(address) => Some(
+            server::serve_metrics(Arc::clone(&metrics), address)
+                .await
+                .with_context(|| format!("gateway.metrics.listen {address}"))?,
+        ),
+        None => None,
+    };
     let state = Arc::new(server::State {
+        metrics_token,
         identifier: Identifier::new(Arc::clone(&trust.grants), public_url.clone()),
         pipeline,
         upstreams,
@@ -322,6 +361,7 @@ pub async fn start(
         _sync: sync,
         follow_stops,
         follow_events,
+        metrics_served,
         _watch: watch,
     })
 }

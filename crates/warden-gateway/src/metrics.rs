@@ -1,9 +1,15 @@
-//! Prometheus metrics: requests, decisions by outcome, and latency histograms per stage.
+//! Prometheus metrics through `prometheus-client`: requests, decisions by outcome, latency
+//! histograms per stage, requests in flight, and the policy bundle's reloads.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 /// Histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -11,91 +17,157 @@ const BUCKETS: [f64; 12] = [
     1.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// The pipeline's stages, whose histograms are made once so a request only looks one up.
+const STAGES: [&str; 6] = [
+    "identify", "classify", "inspect", "decide", "record", "forward",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    adapter: &'static str,
+    status: u16,
 }
 
-#[derive(Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: &'static str,
+}
+
+type StageHistograms = Family<StageLabels, Histogram, fn() -> Histogram>;
+
 pub struct Metrics {
-    requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
-    decisions: Mutex<BTreeMap<&'static str, u64>>,
-    stages: Mutex<BTreeMap<&'static str, Histogram>>,
-    in_flight: AtomicU64,
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    decisions: Family<OutcomeLabels, Counter>,
+    stages: StageHistograms,
+    /// `STAGES`' histograms, in order.
+    stage_handles: Vec<Histogram>,
+    in_flight: Gauge<i64, AtomicI64>,
+    policy_watched: Gauge<i64, AtomicI64>,
+    policy_reloads: Family<ReloadLabels, Counter>,
+}
+
+fn stage_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "warden_requests",
+            "Requests handled, by adapter and HTTP status",
+            requests.clone(),
+        );
+        let decisions = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "warden_decisions",
+            "Decisions, by outcome",
+            decisions.clone(),
+        );
+        let stages: StageHistograms = Family::new_with_constructor(stage_histogram);
+        registry.register(
+            "warden_stage_seconds",
+            "Time spent per pipeline stage",
+            stages.clone(),
+        );
+        let stage_handles = STAGES
+            .iter()
+            .map(|stage| stages.get_or_create(&StageLabels { stage }).clone())
+            .collect();
+        let in_flight = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "warden_requests_in_flight",
+            "Requests being handled",
+            in_flight.clone(),
+        );
+        let policy_watched = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "warden_policy_watched",
+            "1 while the policy directory is watched for changes (0: edits are not picked up; see the log)",
+            policy_watched.clone(),
+        );
+        let policy_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "warden_policy_reloads",
+            "Policy bundle reloads, by result (a failed one keeps the last good bundle)",
+            policy_reloads.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            decisions,
+            stages,
+            stage_handles,
+            in_flight,
+            policy_watched,
+            policy_reloads,
+        }
+    }
 }
 
 impl Metrics {
     pub fn request(&self, adapter: &'static str, status: u16) {
-        if let Ok(mut r) = self.requests.lock() {
-            *r.entry((adapter, status)).or_default() += 1;
-        }
+        self.requests
+            .get_or_create(&RequestLabels { adapter, status })
+            .inc();
     }
 
     pub fn decision(&self, outcome: &'static str) {
-        if let Ok(mut d) = self.decisions.lock() {
-            *d.entry(outcome).or_default() += 1;
-        }
+        self.decisions
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 
     pub fn stage(&self, stage: &'static str, took: Duration) {
         let seconds = took.as_secs_f64();
-        if let Ok(mut stages) = self.stages.lock() {
-            let h = stages.entry(stage).or_default();
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                if seconds <= *bound {
-                    h.counts[i] += 1;
-                }
-            }
-            h.count += 1;
-            h.sum += seconds;
+        match STAGES.iter().position(|s| *s == stage) {
+            Some(i) => self.stage_handles[i].observe(seconds),
+            None => self
+                .stages
+                .get_or_create(&StageLabels { stage })
+                .observe(seconds),
         }
     }
 
     pub fn enter(&self) {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.inc();
     }
 
     pub fn leave(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.in_flight.dec();
     }
 
-    /// The text exposition format.
+    /// Whether the policy directory is being watched for edits.
+    pub fn policy_watched(&self, watched: bool) {
+        self.policy_watched.set(i64::from(watched));
+    }
+
+    /// A reload of the policy bundle, and whether it loaded.
+    pub fn policy_reload(&self, loaded: bool) {
+        let result = if loaded { "loaded" } else { "failed" };
+        self.policy_reloads
+            .get_or_create(&ReloadLabels { result })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        out += "# HELP warden_requests_total Requests handled, by adapter and HTTP status.\n# TYPE warden_requests_total counter\n";
-        if let Ok(r) = self.requests.lock() {
-            for ((adapter, status), n) in r.iter() {
-                out += &format!(
-                    "warden_requests_total{{adapter=\"{adapter}\",status=\"{status}\"}} {n}\n"
-                );
-            }
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
         }
-        out += "# HELP warden_decisions_total Decisions, by outcome.\n# TYPE warden_decisions_total counter\n";
-        if let Ok(d) = self.decisions.lock() {
-            for (outcome, n) in d.iter() {
-                out += &format!("warden_decisions_total{{outcome=\"{outcome}\"}} {n}\n");
-            }
-        }
-        out += "# HELP warden_stage_seconds Time spent per pipeline stage.\n# TYPE warden_stage_seconds histogram\n";
-        if let Ok(stages) = self.stages.lock() {
-            for (stage, h) in stages.iter() {
-                for (bound, count) in BUCKETS.iter().zip(h.counts) {
-                    out += &format!(
-                        "warden_stage_seconds_bucket{{stage=\"{stage}\",le=\"{bound}\"}} {count}\n"
-                    );
-                }
-                out += &format!(
-                    "warden_stage_seconds_bucket{{stage=\"{stage}\",le=\"+Inf\"}} {}\nwarden_stage_seconds_sum{{stage=\"{stage}\"}} {}\nwarden_stage_seconds_count{{stage=\"{stage}\"}} {}\n",
-                    h.count, h.sum, h.count
-                );
-            }
-        }
-        out += &format!(
-            "# HELP warden_requests_in_flight Requests being handled.\n# TYPE warden_requests_in_flight gauge\nwarden_requests_in_flight {}\n",
-            self.in_flight.load(Ordering::Relaxed)
-        );
         out
     }
 }

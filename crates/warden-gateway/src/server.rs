@@ -77,6 +77,8 @@ impl Upstream {
 
 pub struct State {
     pub config: GatewayConfig,
+    /// The token `/metrics` on the agent listener requires; `None`: not served there.
+    pub metrics_token: Option<String>,
     pub identifier: Identifier,
     pub pipeline: Pipeline,
     pub upstreams: Vec<Upstream>,
@@ -279,12 +281,7 @@ async fn route(
         return ("undo", crate::undo::handle(state, request).await);
     }
     if path == "/metrics" {
-        let mut response = Response::new(full(state.metrics.render()));
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
-        );
-        return ("metrics", response);
+        return ("metrics", metrics_for(state, request.headers()));
     }
     let mut segments = path.trim_start_matches('/').splitn(3, '/');
     let (kind, name, rest) = (segments.next(), segments.next(), segments.next());
@@ -339,6 +336,85 @@ async fn route(
             ),
         ),
     }
+}
+
+/// `/metrics` on the agent listener: only with the metrics token.
+fn metrics_for(state: &State, headers: &HeaderMap) -> Response<Body> {
+    let Some(token) = &state.metrics_token else {
+        return problem(
+            StatusCode::NOT_FOUND,
+            "metrics_elsewhere",
+            "metrics are not served to agents: set gateway.metrics.tokenFile (then send `Authorization: Bearer <token>`) or gateway.metrics.listen",
+        );
+    };
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    let matches = presented.len() == token.len()
+        && aws_lc_rs::constant_time::verify_slices_are_equal(
+            presented.as_bytes(),
+            token.as_bytes(),
+        )
+        .is_ok();
+    if !matches {
+        let mut refused = problem(
+            StatusCode::UNAUTHORIZED,
+            "metrics_token",
+            "metrics need `Authorization: Bearer <the token in gateway.metrics.tokenFile>`",
+        );
+        refused.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"warden-metrics\""),
+        );
+        return refused;
+    }
+    metrics_response(&state.metrics)
+}
+
+fn metrics_response(metrics: &Metrics) -> Response<Body> {
+    let mut response = Response::new(full(metrics.render()));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+/// Serves `/metrics` alone, without a token, on a listener of its own (plain HTTP).
+pub(crate) async fn serve_metrics(
+    metrics: Arc<Metrics>,
+    address: std::net::SocketAddr,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = TcpListener::bind(address).await?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let response = if request.uri().path() == "/metrics" {
+                        metrics_response(&metrics)
+                    } else {
+                        problem(
+                            StatusCode::NOT_FOUND,
+                            "not_found",
+                            "only /metrics is served here",
+                        )
+                    };
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(10))
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    }))
 }
 
 /// Reads an agent's request body within the size limit, refusing one in a content coding other

@@ -69,6 +69,8 @@ async fn read_line(
 /// exit code.
 pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    warden_http::secure_url(&config.control_url)
+        .map_err(|e| anyhow::anyhow!("--control-url {e}"))?;
     let client = HttpClient::new(Duration::from_secs(10))?;
     let trust = crate::sync::Trust::fetch(&client, &config.control_url)
         .await
@@ -126,7 +128,19 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
         source: None,
     };
     let policy = crate::load_policies(&config.policies)?;
-    let _watch = policy.watch(|_| {}).ok();
+    let _watch = policy
+        .watch(|outcome| {
+            if let Err(e) = outcome {
+                tracing::error!("policy bundle reload failed; keeping the last good one:\n{e}");
+            }
+        })
+        .map_err(|e| {
+            tracing::error!(
+                "cannot watch {} for policy edits ({e}); the bundle loaded now stays until restart",
+                config.policies.display()
+            )
+        })
+        .ok();
     let inspector: Arc<dyn crate::pipeline::Inspector> = match config.inspect.scanner()? {
         Some(scanner) => Arc::new(crate::inspect::ContentInspector::new(
             scanner,

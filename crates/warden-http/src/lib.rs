@@ -27,6 +27,28 @@ pub enum ClientError {
     Tls(String),
 }
 
+/// Whether `url` may carry what must not be read or changed on the way (trust roots, grant keys,
+/// tokens): `https`, or plain `http` to a loopback address only.
+pub fn secure_url(url: &str) -> Result<(), String> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    let loopback = uri.host().is_some_and(|h| {
+        h == "localhost"
+            || h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    });
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if loopback => Ok(()),
+        _ => Err(format!(
+            "`{url}` must be https (plain http is allowed only to a loopback address)"
+        )),
+    }
+}
+
 pub struct HttpResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
@@ -194,4 +216,29 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_travel_over_https_or_loopback_only() {
+        for ok in [
+            "https://control.example:8181",
+            "http://127.0.0.1:8181",
+            "http://localhost:8181",
+            "http://[::1]:8181",
+        ] {
+            assert!(secure_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.5:8181",
+            "http://control.example",
+            "ftp://x",
+            "nonsense",
+        ] {
+            assert!(secure_url(bad).is_err(), "{bad}");
+        }
+    }
 }

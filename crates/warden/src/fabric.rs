@@ -230,6 +230,20 @@ fn in_process_gateway_token(control: &Control) -> anyhow::Result<std::path::Path
     Ok(path)
 }
 
+/// The token `/metrics` needs on `warden up`'s gateway, kept in the data directory.
+fn metrics_token_file(data_dir: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let path = data_dir.join("metrics-token");
+    if std::fs::read_to_string(&path).is_ok_and(|t| !t.trim().is_empty()) {
+        return Ok(path);
+    }
+    let mut bytes = [0u8; 24];
+    aws_lc_rs::rand::fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    crate::control::write_secret(&path, &format!("{token}\n"))?;
+    Ok(path)
+}
+
 /// The gateway's certificate from the in-process authority, for the names clients dial.
 fn gateway_identity(control: &Control, listen: SocketAddr) -> anyhow::Result<TlsIdentity> {
     let mut addresses = vec![IpAddr::V4(Ipv4Addr::LOCALHOST)];
@@ -419,6 +433,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 enabled: args.inspect == Switch::On,
                 ..warden_gateway::InspectSettings::default()
             },
+            metrics: warden_gateway::MetricsSettings {
+                token_file: Some(metrics_token_file(&data_dir)?),
+                listen: None,
+            },
             audit: warden_gateway::AuditSettings {
                 enabled: args.audit != AuditMode::Off,
                 dir: Some(data_dir.join("audit")),
@@ -475,7 +493,7 @@ fn print_welcome(control_url: &str, gateway_url: &str, data_dir: &Path, policies
         r#"
 Warden is up.
   control plane   {control_url}   (OpenAPI: {control_url}/v1/openapi.json)
-  gateway         {gateway_url}   (metrics: {gateway_url}/metrics)
+  gateway         {gateway_url}   (metrics: {gateway_url}/metrics with the token in {data}/metrics-token)
   demo MCP server behind the gateway at {gateway_url}/mcp/{server}
   demo HTTP API   behind the gateway at {gateway_url}/http/{api}/
   policies        {policies}   (edit them; the gateway reloads on save)

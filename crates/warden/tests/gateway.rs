@@ -192,17 +192,37 @@ async fn mcp_calls_through_the_gateway_are_decided_on_tool_and_arguments() {
     names.sort_unstable();
     assert_eq!(names, ["add", "delete_records", "echo"], "{listed}");
 
-    // The decision was counted.
-    let metrics = agent
+    // The decision was counted. Metrics are not for agents: they need the metrics token.
+    let metrics_url = format!("{}/metrics", up.gateway);
+    let refused = agent
+        .send(Method::GET, &metrics_url, &[], None, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    let with_grant = agent
         .send(
             Method::GET,
-            &format!("{}/metrics", up.gateway),
-            &[],
+            &metrics_url,
+            &[("authorization", &grant)],
             None,
             1 << 20,
         )
         .await
         .unwrap();
+    assert_eq!(with_grant.status, StatusCode::UNAUTHORIZED);
+    let token = std::fs::read_to_string(up.dir.path().join("warden-data/metrics-token")).unwrap();
+    let bearer = format!("Bearer {}", token.trim());
+    let metrics = agent
+        .send(
+            Method::GET,
+            &metrics_url,
+            &[("authorization", &bearer)],
+            None,
+            1 << 20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(metrics.status, StatusCode::OK);
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(
         text.contains("warden_decisions_total{outcome=\"deny\"}"),
