@@ -3,7 +3,7 @@
 //! signs a checkpoint at most every interval while records arrive, and at shutdown.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -37,7 +37,15 @@ pub enum AuditError {
     Inconsistent { dir: PathBuf, why: String },
     #[error("the log has {size} records; {what}")]
     OutOfRange { size: u64, what: String },
+    #[error(
+        "the audit log is behind: {0} bytes of records wait to be written; refusing more until it catches up"
+    )]
+    Behind(usize),
 }
+
+/// Record bytes queued for the writer at most: past this, appends are refused (allowed calls
+/// then fail closed) rather than memory growing without bound.
+pub const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
 
 pub struct LogConfig {
     pub dir: PathBuf,
@@ -66,6 +74,8 @@ struct Shared {
 #[derive(Clone)]
 pub struct AuditLog {
     shared: Arc<Shared>,
+    /// Bytes of records queued and not yet written.
+    queued: Arc<AtomicUsize>,
     sender: Arc<Mutex<Option<mpsc::Sender<Request>>>>,
     writer: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -123,16 +133,18 @@ impl AuditLog {
             *shared.latest.write().unwrap_or_else(|p| p.into_inner()) = Some(note);
         }
         let (sender, receiver) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
         let writer = {
-            let shared = Arc::clone(&shared);
+            let (shared, queued) = (Arc::clone(&shared), Arc::clone(&queued));
             let interval = config.checkpoint_interval;
             std::thread::Builder::new()
                 .name("warden-audit".into())
-                .spawn(move || write_loop(store, signer, shared, receiver, interval))
+                .spawn(move || write_loop(store, signer, shared, receiver, interval, &queued))
                 .map_err(io)?
         };
         Ok(Self {
             shared,
+            queued,
             sender: Arc::new(Mutex::new(Some(sender))),
             writer: Arc::new(Mutex::new(Some(writer))),
         })
@@ -145,12 +157,20 @@ impl AuditLog {
             let _ = tx.send(Err(AuditError::TooLarge(record.len())));
             return rx;
         }
+        let len = record.len();
+        let queued = self.queued.fetch_add(len, Ordering::AcqRel);
+        if queued + len > MAX_QUEUED_BYTES {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            let _ = tx.send(Err(AuditError::Behind(queued)));
+            return rx;
+        }
         let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
         match sender.as_ref() {
             Some(sender) => {
                 if let Err(mpsc::SendError(Request::Append(_, tx))) =
                     sender.send(Request::Append(record, tx))
                 {
+                    self.queued.fetch_sub(len, Ordering::AcqRel);
                     let _ = tx.send(Err(AuditError::Closed));
                 }
             }
@@ -229,6 +249,7 @@ fn write_loop(
     shared: Arc<Shared>,
     receiver: mpsc::Receiver<Request>,
     interval: Duration,
+    queued: &AtomicUsize,
 ) {
     let mut failed: Option<String> = None;
     let mut signed_size = shared
@@ -267,6 +288,7 @@ fn write_loop(
             }
         }
         if !records.is_empty() {
+            queued.fetch_sub(records.iter().map(Vec::len).sum(), Ordering::AcqRel);
             let result = match &failed {
                 Some(why) => Err(why.clone()),
                 None => store.append(&records).map_err(|e| e.to_string()),

@@ -83,23 +83,62 @@ pub struct DpopVerifier {
 /// Where seen proof ids are kept. In memory by default; a durable guard (the control plane's
 /// store) keeps a restart from reopening the replay window.
 pub trait ReplayGuard: Send + Sync {
-    /// Records `jti` until `expires` (unix seconds), refusing an id recorded and not yet expired.
-    fn remember(&self, jti: &str, expires: i64, now: i64) -> Result<(), DpopError>;
+    /// Records proof id `jti` of the key with thumbprint `key` until `expires` (unix seconds),
+    /// refusing an id recorded and not yet expired.
+    fn remember(&self, key: &str, jti: &str, expires: i64, now: i64) -> Result<(), DpopError>;
 }
 
-/// Seen proof ids in memory, bounded: when full of live ids, proofs are refused rather than
-/// replays risked.
+/// A proof id as the replay table keeps it: SHA-256 of the key's thumbprint and the id, so an
+/// entry costs the same whatever the id's length, and one key's ids never collide with another's.
+pub fn replay_key(key: &str, jti: &str) -> [u8; 32] {
+    let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    digest.update(key.as_bytes());
+    digest.update(b"\0");
+    digest.update(jti.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest.finish().as_ref());
+    out
+}
+
+/// Seen proof ids in memory, bounded in all and per key: a key with too many live ids has its
+/// proofs refused (rather than replays risked) while every other key is served; when the whole
+/// table is full of live ids, proofs are refused.
 pub struct MemoryReplayGuard {
     max_tracked: usize,
-    /// Proof id → the time after which its `iat` is too old anyway.
-    seen: Mutex<HashMap<String, i64>>,
+    per_key: usize,
+    table: Mutex<ReplayTable>,
+}
+
+#[derive(Default)]
+struct ReplayTable {
+    /// Replay key → the time after which its proof is too old anyway, and its key's digest.
+    seen: HashMap<[u8; 32], (i64, [u8; 32])>,
+    /// Live ids per key (by the key thumbprint's digest).
+    per_key: HashMap<[u8; 32], usize>,
+}
+
+impl ReplayTable {
+    fn expire(&mut self, now: i64) {
+        let per_key = &mut self.per_key;
+        self.seen.retain(|_, (until, key)| {
+            let live = *until >= now;
+            if !live && let Some(n) = per_key.get_mut(key) {
+                *n -= 1;
+            }
+            live
+        });
+        per_key.retain(|_, n| *n > 0);
+    }
 }
 
 impl MemoryReplayGuard {
+    /// At most `max_tracked` live ids in all (48 bytes each), and a tenth of that (at least
+    /// 1,000) for any one key.
     pub fn new(max_tracked: usize) -> Self {
         Self {
             max_tracked,
-            seen: Mutex::new(HashMap::new()),
+            per_key: (max_tracked / 10).max(1_000).min(max_tracked),
+            table: Mutex::default(),
         }
     }
 }
@@ -107,21 +146,29 @@ impl MemoryReplayGuard {
 impl ReplayGuard for MemoryReplayGuard {
     /// Ids leave once their proof is too old to be accepted anyway, so the table holds only the
     /// replay window.
-    fn remember(&self, jti: &str, expires: i64, now: i64) -> Result<(), DpopError> {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= self.max_tracked {
-            seen.retain(|_, until| *until >= now);
-            if seen.len() >= self.max_tracked {
+    fn remember(&self, key: &str, jti: &str, expires: i64, now: i64) -> Result<(), DpopError> {
+        let entry = replay_key(key, jti);
+        let holder = replay_key(key, "");
+        let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((until, _)) = table.seen.get(&entry)
+            && *until >= now
+        {
+            return Err(DpopError::Replayed);
+        }
+        let full = |table: &ReplayTable| {
+            table.seen.len() >= self.max_tracked
+                || table.per_key.get(&holder).copied().unwrap_or(0) >= self.per_key
+        };
+        if full(&table) {
+            table.expire(now);
+            if full(&table) {
                 return Err(DpopError::Saturated);
             }
         }
-        match seen.get(jti) {
-            Some(until) if *until >= now => Err(DpopError::Replayed),
-            _ => {
-                seen.insert(jti.to_owned(), expires);
-                Ok(())
-            }
+        if table.seen.insert(entry, (expires, holder)).is_none() {
+            *table.per_key.entry(holder).or_default() += 1;
         }
+        Ok(())
     }
 }
 
@@ -256,8 +303,12 @@ impl DpopVerifier {
         if claims.ath.as_deref() != Some(URL_SAFE_NO_PAD.encode(digest.as_ref()).as_str()) {
             return Err(DpopError::CredentialHash);
         }
-        self.replays
-            .remember(&claims.jti, claims.iat.saturating_add(max_age), request.now)
+        self.replays.remember(
+            bound_thumbprint,
+            &claims.jti,
+            claims.iat.saturating_add(max_age),
+            request.now,
+        )
     }
 }
 

@@ -19,7 +19,7 @@ pub use ca::{
 };
 pub use dpop::{
     DpopError, DpopVerifier, MAX_PROOF_BYTES, MemoryReplayGuard, ProofRequest, ProofSigner,
-    ReplayGuard, thumbprint,
+    ReplayGuard, replay_key, thumbprint,
 };
 pub use evidence::{
     EvidenceError, EvidenceIssuer, IdentityRule, MAX_TOKEN_BYTES, MappingError, VerifiedEvidence,

@@ -59,6 +59,12 @@ impl VerifiedGrant {
         &self.header().id
     }
 
+    /// The root grant this one descends from (itself, for a root grant).
+    pub fn root(&self) -> &str {
+        let header = self.header();
+        header.lineage.first().unwrap_or(&header.id)
+    }
+
     /// The agent acting with this grant: the deepest SPIFFE holder, or the agent it was issued to.
     pub fn agent(&self) -> &SpiffeId {
         self.blocks
@@ -165,11 +171,65 @@ impl VerifiedGrant {
     }
 }
 
-/// Cached verifications kept at most; past this the cache starts over (cold verifications are
-/// still correct, just slower).
+/// Cached verifications kept at most, and the most token bytes they may hold; past either the
+/// cache starts over (cold verifications are still correct, just slower).
 const CACHE_CAPACITY: usize = 100_000;
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// Cached verifications of grants descending from one root grant, at most: an agent minting
+/// offline attenuations by the thousand pays for verifying each, but cannot push everyone
+/// else's grants out of the cache.
+const CACHE_PER_ROOT: usize = 1024;
 
-type Cache = HashMap<Box<str>, Arc<VerifiedGrant>, foldhash::fast::RandomState>;
+struct Cache {
+    per_root_limit: usize,
+    grants: HashMap<Box<str>, Arc<VerifiedGrant>, foldhash::fast::RandomState>,
+    /// Cached grants per root grant id.
+    per_root: HashMap<String, usize, foldhash::fast::RandomState>,
+    token_bytes: usize,
+}
+
+impl Cache {
+    fn get(&self, token: &str) -> Option<&Arc<VerifiedGrant>> {
+        self.grants.get(token)
+    }
+
+    fn new(per_root_limit: usize) -> Self {
+        Self {
+            per_root_limit,
+            grants: HashMap::default(),
+            per_root: HashMap::default(),
+            token_bytes: 0,
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Self::new(self.per_root_limit);
+    }
+
+    fn retain(&mut self, mut keep: impl FnMut(&VerifiedGrant) -> bool) {
+        let grants = std::mem::take(&mut self.grants);
+        self.clear();
+        for (token, grant) in grants {
+            if keep(&grant) {
+                self.insert(token, grant);
+            }
+        }
+    }
+
+    fn insert(&mut self, token: Box<str>, grant: Arc<VerifiedGrant>) {
+        if let Some(cached) = self.grants.get_mut(&token) {
+            *cached = grant;
+            return;
+        }
+        let cached = self.per_root.entry(grant.root().to_owned()).or_default();
+        if *cached >= self.per_root_limit {
+            return;
+        }
+        *cached += 1;
+        self.token_bytes += token.len();
+        self.grants.insert(token, grant);
+    }
+}
 
 /// Verifies grants against the authority's root keys and the current revocation set.
 pub struct GrantVerifier {
@@ -185,7 +245,16 @@ impl GrantVerifier {
             roots: ArcSwap::from_pointee(roots),
             max_depth,
             revocations: ArcSwap::from_pointee(RevocationSet::default()),
-            cache: RwLock::new(Cache::default()),
+            cache: RwLock::new(Cache::new(CACHE_PER_ROOT)),
+        }
+    }
+
+    /// Caches at most `limit` verified grants descending from any one root grant (1,024 unless
+    /// set).
+    pub fn with_cache_per_root(self, limit: usize) -> Self {
+        Self {
+            cache: RwLock::new(Cache::new(limit)),
+            ..self
         }
     }
 
@@ -262,7 +331,7 @@ impl GrantVerifier {
 
     fn remember(&self, token: &str, grant: &Arc<VerifiedGrant>) {
         if let Ok(mut cache) = self.cache.write() {
-            if cache.len() >= CACHE_CAPACITY {
+            if cache.grants.len() >= CACHE_CAPACITY || cache.token_bytes >= CACHE_BYTES {
                 cache.clear();
             }
             cache.insert(token.into(), Arc::clone(grant));
@@ -276,7 +345,7 @@ impl GrantVerifier {
             return;
         }
         if let Ok(mut cache) = self.cache.write() {
-            cache.retain(|_, grant| grant.revoked_by(&set).is_none());
+            cache.retain(|grant| grant.revoked_by(&set).is_none());
         }
         self.revocations.store(Arc::new(set));
     }
@@ -294,7 +363,7 @@ impl GrantVerifier {
     }
 
     pub fn cached(&self) -> usize {
-        self.cache.read().map_or(0, |c| c.len())
+        self.cache.read().map_or(0, |c| c.grants.len())
     }
 }
 

@@ -234,3 +234,35 @@ fn the_replay_table_is_bounded_and_fails_closed() {
     };
     assert!(v.verify(&holder.proof(later), &later_request, &t).is_ok());
 }
+
+/// One key flooding the table with fresh proof ids runs out of its own share; other keys are
+/// still served. Ids are kept by digest, so long ids cost no more than short ones.
+#[test]
+fn one_keys_flood_of_proofs_leaves_other_keys_served() {
+    let (flooder, other) = (Holder::new(), Holder::new());
+    let (f, o) = (flooder.thumbprint(), other.thumbprint());
+    let v = DpopVerifier::new(vec![Algorithm::ES256], Duration::from_secs(60), 10_000);
+    let mut refused_at = None;
+    for i in 0..1_200 {
+        let id = format!("{i:0>4096}");
+        if v.verify(&flooder.proof(claims(&id)), &request(), &f) == Err(DpopError::Saturated) {
+            refused_at = Some(i);
+            break;
+        }
+    }
+    assert_eq!(
+        refused_at,
+        Some(1_000),
+        "the flooding key's share is 1,000 live ids"
+    );
+    assert!(
+        v.verify(&other.proof(claims("mine")), &request(), &o)
+            .is_ok()
+    );
+    // The same id under another key is another proof, not a replay.
+    assert!(v.verify(&other.proof(claims("0")), &request(), &o).is_ok());
+    assert_eq!(
+        v.verify(&other.proof(claims("mine")), &request(), &o),
+        Err(DpopError::Replayed)
+    );
+}

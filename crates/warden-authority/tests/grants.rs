@@ -819,3 +819,46 @@ fn the_fast_path_agrees_with_biscuits_own_datalog() {
     }
     assert!(checked > 10, "the matrix must include allowed cases");
 }
+
+/// An agent minting offline attenuations by the thousand fills only its own share of the
+/// verified-grant cache (here 16): another agent's grant stays cached and a new one is cached too.
+#[test]
+fn minted_attenuations_cannot_push_other_grants_out_of_the_cache() {
+    let mut f = fixture();
+    f.verifier = GrantVerifier::new(f.roots.clone(), 3).with_cache_per_root(16);
+    let others = mint(
+        &f,
+        Holder::Spiffe(id(CHILD)),
+        &[("mcp.tools/call", "github/x")],
+        Duration::from_secs(600),
+    );
+    f.verifier.verify(&others, t()).unwrap();
+    let token = parent_grant(&f);
+    for i in 0..40 {
+        let offline = warden_authority::attenuate(
+            &token,
+            &f.roots,
+            Attenuation {
+                rights: rights(&[("mcp.tools/call", "github/x")]),
+                expires: Some(now() + Duration::from_secs(60 + i)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        // Past its share it is still verified, just not cached.
+        f.verifier.verify(&offline, t()).unwrap();
+    }
+    assert_eq!(
+        f.verifier.cached(),
+        1 + 16,
+        "the flood keeps to its root's share"
+    );
+    let third = mint(
+        &f,
+        Holder::Spiffe(id(GRANDCHILD)),
+        &[("mcp.tools/call", "github/x")],
+        Duration::from_secs(600),
+    );
+    f.verifier.verify(&third, t()).unwrap();
+    assert_eq!(f.verifier.cached(), 1 + 16 + 1);
+}

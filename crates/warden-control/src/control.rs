@@ -443,8 +443,12 @@ fn agent_key(tenant: &Name, name: &Name) -> String {
 struct StoredReplays(Arc<Store>);
 
 impl ReplayGuard for StoredReplays {
-    fn remember(&self, jti: &str, expires: i64, now: i64) -> Result<(), DpopError> {
-        match self.0.remember_proof(&sha256_hex(jti), expires, now) {
+    fn remember(&self, key: &str, jti: &str, expires: i64, now: i64) -> Result<(), DpopError> {
+        let id: String = warden_authority::replay_key(key, jti)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        match self.0.remember_proof(&id, expires, now) {
             Ok(true) => Ok(()),
             Ok(false) => Err(DpopError::Replayed),
             Err(e) => Err(DpopError::ReplayCheck(e.to_string())),

@@ -13,6 +13,8 @@ pub struct AuditRecorder {
     log: AuditLog,
     durability: Durability,
     redact_arguments: bool,
+    /// The second a lost record was last logged.
+    last_loss_logged: std::sync::atomic::AtomicI64,
     /// Running exports; they stop when the recorder goes.
     _exports: Vec<warden_audit::export::Exporter>,
 }
@@ -100,6 +102,7 @@ impl AuditRecorder {
             log,
             durability: settings.durability,
             redact_arguments: settings.redact_arguments,
+            last_loss_logged: std::sync::atomic::AtomicI64::new(0),
             _exports: exports,
         })
     }
@@ -138,7 +141,25 @@ impl Recorder for AuditRecorder {
         if tracing::enabled!(target: "warden::decision", tracing::Level::INFO) {
             log_decision(&String::from_utf8_lossy(&bytes));
         }
-        let appended = self.log.append(bytes);
+        let mut appended = self.log.append(bytes);
+        // Refused at once (the writer is behind, or failed): an allowed call fails closed, and
+        // the loss of a refusal's record is said, once a second at most.
+        match appended.try_recv() {
+            Ok(Ok(_)) => return Recorded::Kept,
+            Ok(Err(e)) => {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                if self
+                    .last_loss_logged
+                    .swap(now, std::sync::atomic::Ordering::Relaxed)
+                    != now
+                {
+                    tracing::error!("a decision was not recorded: {e}");
+                }
+                let why = e.to_string();
+                return Recorded::Pending(Box::pin(async move { Err(why) }));
+            }
+            Err(_) => {}
+        }
         match self.durability {
             Durability::Async => Recorded::Kept,
             Durability::Sync => Recorded::Pending(Box::pin(async move {

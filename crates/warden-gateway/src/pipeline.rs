@@ -469,7 +469,7 @@ impl Pipeline {
                 intent: said.intent.clone(),
                 findings: findings.clone(),
                 events: self.gated_events(),
-                usage: self.usage.usage(agent, now),
+                usage: self.usage.reserve(agent, now, body.len() as u64),
                 body_bytes: body.len() as u64,
                 ..RequestContext::default()
             },
@@ -503,12 +503,9 @@ impl Pipeline {
                 .await;
         }
         let decision = &mut verdict.decision;
-        let forwarded_bytes = if decision.is_allowed() {
-            body.len() as u64
-        } else {
-            0
-        };
-        self.usage.add(agent, now, forwarded_bytes);
+        if !decision.is_allowed() {
+            self.usage.refund_bytes(agent, now, body.len() as u64);
+        }
         let decide_time = decide_started.elapsed();
         span.record("warden.decision.id", decision.id.as_str());
         span.record("warden.outcome", decision.outcome.label());

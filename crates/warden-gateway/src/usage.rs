@@ -47,6 +47,14 @@ impl Window {
         }
     }
 
+    fn refund_bytes(&mut self, now: i64, bytes: u64) {
+        let minute = now.div_euclid(60);
+        let slot = &mut self.bytes[minute.rem_euclid(SLOTS as i64) as usize];
+        if slot.0 == minute {
+            slot.1 = slot.1.saturating_sub(bytes);
+        }
+    }
+
     fn add(&mut self, now: i64, bytes: u64) {
         let slot = &mut self.requests[now.rem_euclid(SLOTS as i64) as usize];
         if slot.0 != now {
@@ -84,14 +92,28 @@ impl UsageMeter {
         agents.get(agent).map(|w| w.usage(now)).unwrap_or_default()
     }
 
-    /// Counts a request (whatever its outcome, so a flood of refused calls still counts) and, if
-    /// it was forwarded, its bytes.
-    pub fn add(&self, agent: &SpiffeId, now: i64, bytes: u64) {
+    /// Counts a request and its bytes, and returns the usage before it — in one step, so
+    /// concurrent requests each see the others: with a limit of N, exactly N pass, however many
+    /// arrive at once. The request counts whatever its outcome (a flood of refused calls still
+    /// counts); its bytes are given back with [`UsageMeter::refund_bytes`] if it is not
+    /// forwarded.
+    pub fn reserve(&self, agent: &SpiffeId, now: i64, bytes: u64) -> Usage {
         let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
         if agents.len() >= self.sweep_above && !agents.contains_key(agent) {
             agents.retain(|_, w| now - w.last_seen < 3600);
         }
-        agents.entry(agent.clone()).or_default().add(now, bytes);
+        let window = agents.entry(agent.clone()).or_default();
+        let before = window.usage(now);
+        window.add(now, bytes);
+        before
+    }
+
+    /// Gives back the bytes of a reserved request that was not forwarded.
+    pub fn refund_bytes(&self, agent: &SpiffeId, now: i64, bytes: u64) {
+        let mut agents = self.agents.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(window) = agents.get_mut(agent) {
+            window.refund_bytes(now, bytes);
+        }
     }
 }
 
@@ -104,7 +126,7 @@ mod tests {
         let meter = UsageMeter::new(10);
         let a = SpiffeId::new("spiffe://td/tenant/t/agent/a/1").unwrap();
         for t in 0..5 {
-            meter.add(&a, 1_000 + t, 100);
+            meter.reserve(&a, 1_000 + t, 100);
         }
         assert_eq!(meter.usage(&a, 1_004).requests_last_minute, 5);
         assert_eq!(meter.usage(&a, 1_059).requests_last_minute, 5);
@@ -114,5 +136,31 @@ mod tests {
         assert_eq!(meter.usage(&a, 1_000 + 3_700).bytes_last_hour, 0);
         let b = SpiffeId::new("spiffe://td/tenant/t/agent/b/1").unwrap();
         assert_eq!(meter.usage(&b, 1_004), Usage::default());
+        meter.refund_bytes(&a, 1_004, 50);
+        assert_eq!(meter.usage(&a, 1_070).bytes_last_hour, 450);
+    }
+
+    /// Many threads at once, each reserving and checking a limit of 10: exactly 10 pass.
+    #[test]
+    fn concurrent_requests_never_overshoot_a_limit() {
+        let meter = std::sync::Arc::new(UsageMeter::new(10));
+        let a = SpiffeId::new("spiffe://td/tenant/t/agent/a/1").unwrap();
+        let passed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (meter, a, passed) = (meter.clone(), a.clone(), passed.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        if meter.reserve(&a, 5_000, 1).requests_last_minute < 10 {
+                            passed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(passed.load(std::sync::atomic::Ordering::Relaxed), 10);
     }
 }
