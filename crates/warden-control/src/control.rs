@@ -481,6 +481,9 @@ pub struct Control {
     oversight_version: tokio::sync::watch::Sender<u64>,
     approvals_version: tokio::sync::watch::Sender<u64>,
     events_version: tokio::sync::watch::Sender<u64>,
+    /// Set when the control plane stops: long polls answer at once instead of holding the
+    /// shutdown for their full wait.
+    stopping: tokio::sync::watch::Sender<bool>,
     trail: AuditTrail,
 }
 
@@ -562,6 +565,7 @@ impl Control {
             oversight_version,
             approvals_version: tokio::sync::watch::channel(0).0,
             events_version: tokio::sync::watch::channel(last_event).0,
+            stopping: tokio::sync::watch::channel(false).0,
             trail,
             config,
         })
@@ -1223,7 +1227,16 @@ impl Control {
             Feed::Events => &self.events_version,
         };
         let mut rx = version.subscribe();
-        let _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > since)).await;
+        let mut stopping = self.stopping.subscribe();
+        tokio::select! {
+            _ = tokio::time::timeout(timeout, rx.wait_for(|v| *v > since)) => {}
+            _ = stopping.wait_for(|stopping| *stopping) => {}
+        }
+    }
+
+    /// Ends every long poll now and every later one at once: the control plane is stopping.
+    pub fn stopping(&self) {
+        self.stopping.send_replace(true);
     }
 
     pub fn bundle(&self) -> Result<BundleView, ControlError> {

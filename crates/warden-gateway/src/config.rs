@@ -393,6 +393,9 @@ pub struct Limits {
     pub max_sessions: usize,
     /// A2A tasks tracked (task → agent binding); an agent reaches only tasks it created.
     pub max_tasks: usize,
+    /// On SIGINT or SIGTERM, how long requests in flight (open streams among them) may take to
+    /// finish before their connections are closed.
+    pub drain_secs: u64,
 }
 
 impl Default for Limits {
@@ -405,6 +408,7 @@ impl Default for Limits {
             max_concurrent_requests: 1024,
             max_sessions: 100_000,
             max_tasks: 100_000,
+            drain_secs: 10,
         }
     }
 }

@@ -177,3 +177,29 @@ impl Metrics {
 pub fn stage_span(stage: &'static str) -> tracing::Span {
     tracing::info_span!("stage", otel.name = stage)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_names_every_family() {
+        let metrics = Metrics::default();
+        metrics.request("mcp", 200);
+        metrics.decision("deny");
+        metrics.stage("decide", Duration::from_micros(7));
+        metrics.policy_watched(true);
+        metrics.policy_reload(false);
+        let text = metrics.render();
+        for expected in [
+            "warden_requests_total{adapter=\"mcp\",status=\"200\"} 1",
+            "warden_decisions_total{outcome=\"deny\"} 1",
+            "warden_stage_seconds_count{stage=\"decide\"} 1",
+            "warden_requests_in_flight 0",
+            "warden_policy_watched 1",
+            "warden_policy_reloads_total{result=\"failed\"} 1",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from\n{text}");
+        }
+    }
+}

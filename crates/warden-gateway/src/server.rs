@@ -116,7 +116,7 @@ pub(crate) fn problem(status: StatusCode, code: &str, message: &str) -> Response
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and drains in-flight requests (for up
-/// to 30 seconds).
+/// to `limits.drainSecs`).
 pub async fn serve(
     state: Arc<State>,
     listener: TcpListener,
@@ -199,7 +199,8 @@ pub async fn serve(
     }
     let _ = stop.send(true);
     drop(alive);
-    let _ = tokio::time::timeout(Duration::from_secs(30), drained.recv()).await;
+    let drain = Duration::from_secs(state.config.limits.drain_secs);
+    let _ = tokio::time::timeout(drain, drained.recv()).await;
 }
 
 /// The SPIFFE ID in a verified client certificate's single URI SAN.

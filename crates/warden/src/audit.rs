@@ -481,12 +481,25 @@ fn print_record(record: &[u8], output: Output) {
                 return;
             };
             let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or("-");
+            let target = |name: &str| value["target"].get(name).and_then(Value::as_str);
             let when = rfc3339(value.get("time"));
+            // What was asked: an HTTP call by method and path, the rest by resource.
+            let what = match (target("method"), target("path")) {
+                (Some(method), Some(path)) => format!("{} {method} {path}", field("resource")),
+                _ => field("resource").to_owned(),
+            };
+            let outcome = match value.get("reason").and_then(Value::as_str) {
+                Some(reason) => format!("{} ({reason})", field("outcome")),
+                None => field("outcome").to_owned(),
+            };
+            let phase = value
+                .get("phase")
+                .and_then(Value::as_str)
+                .map(|p| format!("[{p}] "))
+                .unwrap_or_default();
             println!(
-                "{when} {:<14} {:<22} {} {}  {}",
-                field("outcome"),
+                "{when} {outcome:<28} {:<22} {phase}{what} {}  {}",
                 field("action"),
-                field("resource"),
                 value
                     .get("intent")
                     .and_then(Value::as_str)

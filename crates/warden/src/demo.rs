@@ -20,7 +20,8 @@ pub const SERVER: &str = "demo";
 /// The HTTP API's name at the gateway (`/http/demo-api/…`).
 pub const API: &str = "demo-api";
 
-const POLICY: &str = r#"# The demo agent may echo and add, and delete records only in the scratch table.
+const POLICY: &str = r#"# The demo agent may echo and add, and delete records only in the scratch table; nothing it
+# sends may carry a secret (inspection finds it, the deny rule refuses the call).
 apiVersion: warden.dev/v1alpha1
 kind: AgentPolicy
 metadata:
@@ -40,6 +41,11 @@ spec:
     - service: demo-api
       methods: [GET]
       paths: [/status]
+  deny:
+    - mcp:
+        server: demo
+        tools: ["*"]
+        when: context.findings.secret_count > 0
 "#;
 
 const CATALOG: &str = r#"# The demo server's tools, as its tools/list describes them.

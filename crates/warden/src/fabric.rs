@@ -168,6 +168,7 @@ struct RunningControl {
 
 impl RunningControl {
     async fn stop(self) -> anyhow::Result<()> {
+        self.control.stopping();
         let _ = self.stop.send(());
         self.served.await??;
         let control = self.control;
@@ -499,25 +500,30 @@ Warden is up.
   policies        {policies}   (edit them; the gateway reloads on save)
   admin token     in {data}/admin-token
 
-Try it (in another terminal, from this directory):
+Try it (in another terminal, from this directory; `warden` is the binary you started, e.g.
+`alias warden=$PWD/target/release/warden` in a checkout):
 
   export WARDEN_CONTROL_URL={control_url} WARDEN_TOKEN=$(cat {data}/admin-token)
-  warden agent credential {tenant}/{agent} --task try-warden --purpose "try the demo" --out ./assistant
+  warden agent credential {tenant}/{agent} --task try-warden --purpose "try the demo" --out {data}/assistant
 
-  mcp() {{ curl -s --cacert assistant/bundle.pem --cert assistant/svid.pem --key assistant/svid-key.pem \
-      -H "Authorization: Bearer $(cat assistant/grant)" -H 'Content-Type: application/json' \
-      -H 'Accept: application/json, text/event-stream' {gateway_url}/mcp/{server} -d "$1"; echo; }}
+  mcp() {{ curl -s --cacert {data}/assistant/bundle.pem --cert {data}/assistant/svid.pem \
+      --key {data}/assistant/svid-key.pem -H "Authorization: Bearer $(cat {data}/assistant/grant)" \
+      -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+      {gateway_url}/mcp/{server} -d "$1"; echo; }}
 
   # allowed: the policy lets the assistant delete records in the scratch table
   mcp '{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"delete_records","arguments":{{"table":"scratch"}}}}}}'
   # denied: not the customers table (a JSON-RPC error with the decision id)
   mcp '{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"delete_records","arguments":{{"table":"customers"}}}}}}'
+  # denied: inspection finds a secret leaving in the arguments
+  mcp '{{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{{"name":"echo","arguments":{{"text":"key AKIAQ3EGRJH6WXKQ7VZN"}}}}}}'
   # the tool list shows only what the assistant may call (read_secrets is hidden)
-  mcp '{{"jsonrpc":"2.0","id":3,"method":"tools/list"}}'
+  mcp '{{"jsonrpc":"2.0","id":4,"method":"tools/list"}}'
 
   # plain HTTP APIs too: GET /status is allowed, DELETE /records is not (403)
-  api() {{ curl -s --cacert assistant/bundle.pem --cert assistant/svid.pem --key assistant/svid-key.pem \
-      -H "Authorization: Bearer $(cat assistant/grant)" -X "$1" {gateway_url}/http/{api}$2; echo; }}
+  api() {{ curl -s --cacert {data}/assistant/bundle.pem --cert {data}/assistant/svid.pem \
+      --key {data}/assistant/svid-key.pem -H "Authorization: Bearer $(cat {data}/assistant/grant)" \
+      -X "$1" {gateway_url}/http/{api}$2; echo; }}
   api GET /status
   api DELETE /records
 

@@ -162,7 +162,26 @@ pub enum Output {
     Json,
 }
 
+/// `warden … | head` ends quietly: once the reader has gone, a write to stdout ends the command
+/// instead of panicking (Rust ignores SIGPIPE, so the write fails and `print!` panics).
+fn exit_quietly_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    exit_quietly_on_closed_pipe();
     let _telemetry = match telemetry::init() {
         Ok(telemetry) => telemetry,
         Err(e) => {

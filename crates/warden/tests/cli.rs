@@ -324,3 +324,29 @@ fn decide_bounds_each_line() {
     assert!(lines[1]["error"].as_str().unwrap().contains("not UTF-8"));
     assert_eq!(lines[2]["outcome"], "allow");
 }
+
+/// `warden … | head`: once the reader has gone, the command ends quietly — no panic, nothing on
+/// stderr.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    let input = tempfile::NamedTempFile::new().unwrap();
+    let lines: String = (0..20_000)
+        .map(|i| format!("mail ann{i}@example.com about the report\n"))
+        .collect();
+    std::fs::write(input.path(), lines).unwrap();
+    let mut child = warden()
+        .args(["inspect", "--lines", s(input.path())])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("pii.email"), "{first}");
+    // The reader is gone now (its end of the pipe dropped above).
+    let out = child.wait_with_output().unwrap();
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+}

@@ -228,7 +228,38 @@ async fn mcp_calls_through_the_gateway_are_decided_on_tool_and_arguments() {
         text.contains("warden_decisions_total{outcome=\"deny\"}"),
         "{text}"
     );
-    assert!(text.contains("warden_stage_seconds_bucket{stage=\"decide\""));
+    assert!(
+        text.contains("warden_stage_seconds_count{stage=\"decide\"}"),
+        "{text}"
+    );
+}
+
+/// An idle `warden up` stops at once on Ctrl-C: nothing waits on its own long polls.
+#[test]
+fn an_idle_warden_up_stops_within_a_second_of_ctrl_c() {
+    let mut up = up();
+    // Let the gateway's long polls to the control plane start.
+    std::thread::sleep(Duration::from_millis(500));
+    let interrupted = Instant::now();
+    let signalled = Command::new("kill")
+        .args(["-INT", &up.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if up.child.try_wait().unwrap().is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "warden up still runs 10 s after SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = interrupted.elapsed();
+    eprintln!("warden up stopped {took:?} after SIGINT");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
