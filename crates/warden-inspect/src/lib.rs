@@ -234,11 +234,74 @@ impl Scanner {
                     let len = pointer.len();
                     pointer.push('/');
                     push_token(pointer, k);
+                    // A key is text the upstream reads too: a secret can be sent as one.
+                    self.scan_marked(k, pointer, Encoding::ObjectKey, Kind::Secret, out);
                     self.walk(item, pointer, Some(k), depth + 1, out);
                     pointer.truncate(len);
                 }
+                self.scan_joined(map, pointer, out);
             }
             _ => {}
+        }
+    }
+
+    /// Scans `text` for what `only` names, marking findings as reached through `how`.
+    fn scan_marked(
+        &self,
+        text: &str,
+        location: &str,
+        how: Encoding,
+        only: Kind,
+        out: &mut Vec<Finding>,
+    ) {
+        if text.len() < 8 {
+            return;
+        }
+        let start = out.len();
+        self.scan_into(text, location, out);
+        let kept = retain_kind(&mut out[start..], only);
+        out.truncate(start + kept);
+        for finding in &mut out[start..] {
+            finding.via.insert(0, how);
+        }
+    }
+
+    /// A secret split across an object's string values (`{"a": "AKIAQ3EG", "b": "RJH6…"}`):
+    /// each pair of consecutive short strings that could be pieces of a key (4–128 characters,
+    /// no whitespace) is scanned joined, for secrets only, located at the object.
+    fn scan_joined(
+        &self,
+        map: &serde_json::Map<String, Value>,
+        pointer: &str,
+        out: &mut Vec<Finding>,
+    ) {
+        const MAX_PART: usize = 128;
+        const MAX_PAIRS: usize = 32;
+        if self.secrets.is_none() {
+            return;
+        }
+        let piece =
+            |s: &&str| (4..=MAX_PART).contains(&s.len()) && !s.contains(char::is_whitespace);
+        let strings: Vec<Option<&str>> = map.values().map(|v| v.as_str().filter(piece)).collect();
+        for pair in strings
+            .windows(2)
+            .filter_map(|w| Some([w[0]?, w[1]?]))
+            .take(MAX_PAIRS)
+        {
+            let joined = format!("{}{}", pair[0], pair[1]);
+            let start = out.len();
+            self.scan_marked(&joined, pointer, Encoding::Joined, Kind::Secret, out);
+            if out.len() == start {
+                continue;
+            }
+            // Only what neither part holds alone.
+            let alone: Vec<String> = pair
+                .iter()
+                .flat_map(|part| self.scan_text(part, pointer))
+                .map(|f| f.rule)
+                .collect();
+            let kept = retain_by(&mut out[start..], |f| !alone.contains(&f.rule));
+            out.truncate(start + kept);
         }
     }
 
@@ -439,6 +502,23 @@ impl Scanner {
             finding.via = via.to_vec();
         }
     }
+}
+
+/// Moves the findings of `kind` to the front of `findings`; how many there are.
+fn retain_kind(findings: &mut [Finding], kind: Kind) -> usize {
+    retain_by(findings, |f| f.kind == kind)
+}
+
+/// Moves the findings `keep` accepts to the front of `findings`, in order; how many there are.
+fn retain_by(findings: &mut [Finding], keep: impl Fn(&Finding) -> bool) -> usize {
+    let mut kept = 0;
+    for i in 0..findings.len() {
+        if keep(&findings[i]) {
+            findings.swap(kept, i);
+            kept += 1;
+        }
+    }
+    kept
 }
 
 /// The finding for a field named like a secret holding a high-entropy value.

@@ -868,11 +868,28 @@ mod tests {
 
     #[test]
     fn every_built_in_rule_compiles() {
-        let _ = (
+        let sets: Vec<String> = crate::SENSITIVE_SETS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        for family in [
             Family::injection(),
             Family::secrets(),
-            Family::sensitive(&["email".into()]),
-        );
+            Family::sensitive(&sets),
+        ] {
+            assert!(!family.rules.is_empty());
+            assert_eq!(family.each.len(), family.rules.len());
+            // Each rule's own expression is built lazily in scans: build every one here.
+            for ((pattern, _), rule) in family.each.iter().zip(&family.rules) {
+                let compiled = Regex::new(pattern);
+                assert!(compiled.is_ok(), "rule {}: {compiled:?}", rule.id);
+                assert!(
+                    !rule.literals.is_empty() || rule.id.starts_with("pii."),
+                    "{}",
+                    rule.id
+                );
+            }
+        }
     }
 
     #[test]

@@ -158,6 +158,14 @@ pub enum Encoding {
     Url,
     Html,
     Escapes,
+    /// Hexadecimal bytes (`414b4941…`).
+    Hex,
+    /// Short groups of letters and digits with spaces or dashes between (`AKIA Q3EG RJH6 …`).
+    Grouped,
+    /// An object's key rather than a value (`{"AKIA…": 1}`).
+    ObjectKey,
+    /// Consecutive string values of one object joined (a key split across two arguments).
+    Joined,
 }
 
 impl Encoding {
@@ -167,6 +175,10 @@ impl Encoding {
             Self::Url => "url-encoding",
             Self::Html => "html-entities",
             Self::Escapes => "unicode-escapes",
+            Self::Hex => "hex",
+            Self::Grouped => "grouping-removed",
+            Self::ObjectKey => "object-key",
+            Self::Joined => "joined-values",
         }
     }
 }
@@ -180,7 +192,7 @@ const MIN_BASE64: usize = 24;
 /// The decoded forms hiding in `text`, each with the encodings peeled to reach it.
 pub fn decoded(text: &str) -> Vec<(Vec<Encoding>, String)> {
     let mut out = Vec::new();
-    if text.len() < MIN_BASE64 && !text.contains(['%', '&', '\\']) {
+    if text.len() < MIN_BASE64 && !text.contains(['%', '&', '\\', ' ', '-']) {
         // Nothing it could hide: the common case for short strings, kept free of allocations.
         return out;
     }
@@ -227,11 +239,110 @@ fn decode_once(text: &str) -> Vec<(Encoding, String)> {
         out.push((Encoding::Escapes, decoded));
     }
     if text.len() >= MIN_BASE64 {
-        for run in base64_runs(text) {
-            out.push((Encoding::Base64, run));
+        for (encoding, run) in base64_runs(text) {
+            out.push((encoding, run));
         }
     }
+    if let Some(ungrouped) = ungrouped(text) {
+        out.push((Encoding::Grouped, ungrouped));
+    }
     out
+}
+
+/// `text` with the separators inside runs of short letter-and-digit groups removed — `AKIA
+/// Q3EG RJH6 WXKQ 7VZN` becomes `AKIAQ3EGRJH6WXKQ7VZN` — where there is such a run: four or more
+/// groups of one length (3–6 characters, not lowercase words), one and the same separator (a
+/// space or a dash) between them, digits in some of them — prose is words of many lengths, not
+/// groups with digits.
+pub fn ungrouped(text: &str) -> Option<String> {
+    const MIN_GROUPS: usize = 4;
+    let group = |t: &str| {
+        (3..=6).contains(&t.len())
+            && t.bytes().all(|b| b.is_ascii_alphanumeric())
+            && !t.bytes().all(|b| b.is_ascii_lowercase())
+    };
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        // The run of groups starting at i, if any.
+        let mut end = i;
+        let mut groups = 0;
+        let mut digits = false;
+        let mut width = None;
+        let mut separator = None;
+        loop {
+            let start = end;
+            let mut j = start;
+            while j < bytes.len() && bytes[j].is_ascii_alphanumeric() {
+                j += 1;
+            }
+            if j == start || !group(&text[start..j]) || width.is_some_and(|w| w != j - start) {
+                end = start;
+                break;
+            }
+            width = Some(j - start);
+            digits |= text[start..j].bytes().any(|b| b.is_ascii_digit());
+            groups += 1;
+            end = j;
+            let next = bytes.get(j).copied();
+            if next.is_some_and(|b| matches!(b, b' ' | b'-'))
+                && separator.is_none_or(|s| Some(s) == next)
+                && bytes.get(j + 1).is_some_and(u8::is_ascii_alphanumeric)
+            {
+                separator = next;
+                end = j + 1;
+            } else {
+                break;
+            }
+        }
+        let starts_word = i == 0 || !bytes[i - 1].is_ascii_alphanumeric();
+        if starts_word && groups >= MIN_GROUPS && digits {
+            let run = text[i..end].trim_end_matches([' ', '-']);
+            out.extend(run.chars().filter(|c| !matches!(c, ' ' | '-')));
+            i += run.len();
+            changed = true;
+        } else if starts_word && groups > 0 {
+            // A run too short or without digits: no run inside it qualifies either, so it is
+            // passed whole — every byte is looked at a bounded number of times.
+            let run = text[i..end].trim_end_matches([' ', '-']);
+            out.push_str(run);
+            i += run.len();
+        } else {
+            // Past this word whole (a run starts only at a word's start).
+            let mut next = i + text[i..].chars().next().map_or(1, char::len_utf8);
+            if bytes[i].is_ascii_alphanumeric() {
+                while next < bytes.len() && bytes[next].is_ascii_alphanumeric() {
+                    next += 1;
+                }
+            }
+            out.push_str(&text[i..next]);
+            i = next;
+        }
+    }
+    changed.then_some(out)
+}
+
+/// Whether decoded bytes read as text: valid UTF-8, nine in ten characters printable.
+fn as_text(bytes: Vec<u8>) -> Option<String> {
+    let text = String::from_utf8(bytes).ok()?;
+    let printable = text
+        .chars()
+        .filter(|c| !c.is_control() || c.is_whitespace())
+        .count();
+    (printable * 10 >= text.chars().count() * 9).then_some(text)
+}
+
+/// Hex digits decoded to bytes (an even number of them), if they are.
+fn hex_decode(run: &str) -> Option<Vec<u8>> {
+    if run.len() % 2 != 0 || !run.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    run.as_bytes()
+        .chunks(2)
+        .map(|pair| Some(hex_value(pair[0])? * 16 + hex_value(pair[1])?))
+        .collect()
 }
 
 fn hex_value(b: u8) -> Option<u8> {
@@ -347,9 +458,9 @@ fn unescape(text: &str) -> Option<String> {
     changed.then_some(out)
 }
 
-/// Runs of base64 (standard or URL-safe) long enough to hide a sentence, decoded where they are
-/// text.
-fn base64_runs(text: &str) -> Vec<String> {
+/// Runs of base64 (standard or URL-safe) or hex long enough to hide a sentence, decoded where
+/// they are text.
+fn base64_runs(text: &str) -> Vec<(Encoding, String)> {
     const fn alphabet() -> [bool; 256] {
         let mut table = [false; 256];
         let mut b = 0;
@@ -389,20 +500,17 @@ fn base64_runs(text: &str) -> Vec<String> {
         if run.len() < MIN_BASE64 {
             continue;
         }
+        // Hex digits are base64 too: a run of them is tried as hex first.
+        if let Some(text) = hex_decode(run).and_then(as_text) {
+            out.push((Encoding::Hex, text));
+            continue;
+        }
         let trimmed = run.trim_end_matches('=');
         let decoded = base64::engine::general_purpose::STANDARD_NO_PAD
             .decode(trimmed)
             .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed));
-        if let Ok(bytes) = decoded
-            && let Ok(text) = String::from_utf8(bytes)
-        {
-            let printable = text
-                .chars()
-                .filter(|c| !c.is_control() || c.is_whitespace())
-                .count();
-            if printable * 10 >= text.chars().count() * 9 {
-                out.push(text);
-            }
+        if let Some(text) = decoded.ok().and_then(as_text) {
+            out.push((Encoding::Base64, text));
         }
     }
     out
@@ -443,6 +551,34 @@ mod tests {
         assert_eq!(html_decode("&lt;b&gt; &#x41;&#66;").unwrap(), "<b> AB");
         assert_eq!(unescape("\\u0069gnore \\x41").unwrap(), "ignore A");
         assert!(url_decode("no escapes").is_none());
+    }
+
+    #[test]
+    fn hex_and_grouped_keys_are_unwrapped_prose_is_not() {
+        let hex: String = "key AKIAQ3EGRJH6WXKQ7VZN"
+            .bytes()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(
+            decoded(&hex)
+                .iter()
+                .any(|(path, text)| path == &[Encoding::Hex] && text == "key AKIAQ3EGRJH6WXKQ7VZN")
+        );
+        assert_eq!(
+            ungrouped("use AKIA Q3EG RJH6 WXKQ 7VZN now").as_deref(),
+            Some("use AKIAQ3EGRJH6WXKQ7VZN now")
+        );
+        assert_eq!(
+            ungrouped("card 4111-1111-1111-1111 ok").as_deref(),
+            Some("card 4111111111111111 ok")
+        );
+        assert_eq!(ungrouped("the cat sat on the big red mat today"), None);
+        assert_eq!(ungrouped("call 555 0100 now"), None);
+        // Long words and long runs of groups without digits take linear time.
+        let started = std::time::Instant::now();
+        assert_eq!(ungrouped(&"A".repeat(200_000)), None);
+        assert_eq!(ungrouped(&"ABCD ".repeat(100_000)), None);
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
     }
 
     fn url_decode_roundtrip(text: &str) -> String {

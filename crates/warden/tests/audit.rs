@@ -278,7 +278,10 @@ async fn proofs_check_offline_and_tampering_fails_verification() {
     }
     drop(fabric); // SIGKILL; recovery writes the missing checkpoint at the next start.
     let fabric = site.start();
-    std::thread::sleep(Duration::from_millis(1500));
+    let ocsf = site.dir.path().join("ocsf.jsonl");
+    common::eventually("the export catches up after the restart", || {
+        std::fs::read_to_string(&ocsf).is_ok_and(|text| text.lines().count() >= 4)
+    });
     drop(fabric);
 
     // The SIEM file got every record as an OCSF HTTP Activity event, denied ones as failures.

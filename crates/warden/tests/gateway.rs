@@ -77,6 +77,36 @@ impl Up {
             .unwrap()
     }
 
+    /// How many times the gateway has loaded an edited policy bundle (from its metrics).
+    fn reloads(&self) -> u64 {
+        let token =
+            std::fs::read_to_string(self.dir.path().join("warden-data/metrics-token")).unwrap();
+        let out = Command::new("curl")
+            .args(["-sk", "-H"])
+            .arg(format!("Authorization: Bearer {}", token.trim()))
+            .arg(format!("{}/metrics", self.gateway))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("warden_policy_reloads_total{result=\"loaded\"} "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Writes the demo policy file and waits until the gateway has loaded it.
+    fn edit_policy(&self, text: &str) {
+        let before = self.reloads();
+        std::fs::write(
+            self.dir.path().join("warden-data/policies/assistant.yaml"),
+            text,
+        )
+        .unwrap();
+        common::eventually("the gateway reloads the edited policy", || {
+            self.reloads() > before
+        });
+    }
+
     /// Credentials for a demo agent instance, written to a directory.
     fn credentials(&self, name: &str, extra: &[&str]) -> PathBuf {
         let out = self.dir.path().join(name);
@@ -680,9 +710,7 @@ async fn policy_edits_reload_live_and_rate_limits_hold_per_agent() {
     let other = up.credentials("unlimited", &[]);
     let policy = up.dir.path().join("warden-data/policies/assistant.yaml");
     let text = std::fs::read_to_string(&policy).unwrap();
-    std::fs::write(&policy, text + "  limits: {requestsPerMinute: 3}\n").unwrap();
-    // The gateway reloads on save (debounced); give it a moment.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    up.edit_policy(&(text + "  limits: {requestsPerMinute: 3}\n"));
     let mcp = format!("{}/mcp/demo", up.gateway);
     let body = call(1, "echo", json!({"text": "x"}));
     let grant = format!("Bearer {}", read(&creds, "grant"));
@@ -878,12 +906,9 @@ fn egress_through_the_forward_proxy_is_decided_on_host_port_and_address() {
 
     // The name is allowed, but it resolves to a loopback address no rule allows: refused, both
     // as plain HTTP through the proxy and as a CONNECT tunnel.
-    std::fs::write(
-        &policy,
-        format!("{original}  egress:\n    - hosts: [localhost]\n      ports: [{demo_port}]\n"),
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    up.edit_policy(&format!(
+        "{original}  egress:\n    - hosts: [localhost]\n      ports: [{demo_port}]\n"
+    ));
     for tunnel in [false, true] {
         let (code, body) = curl_via_proxy(&up, &creds, tunnel, &target);
         assert!(
@@ -893,12 +918,9 @@ fn egress_through_the_forward_proxy_is_decided_on_host_port_and_address() {
     }
 
     // Allow the address too: the request reaches the demo server (which answers GET /mcp itself).
-    std::fs::write(
-        &policy,
-        format!("{original}  egress:\n    - hosts: [localhost]\n      ports: [{demo_port}]\n    - cidrs: [127.0.0.1/32]\n      ports: [{demo_port}]\n"),
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    up.edit_policy(&format!(
+        "{original}  egress:\n    - hosts: [localhost]\n      ports: [{demo_port}]\n    - cidrs: [127.0.0.1/32]\n      ports: [{demo_port}]\n"
+    ));
     for tunnel in [false, true] {
         let (code, body) = curl_via_proxy(&up, &creds, tunnel, &target);
         assert!(
@@ -1122,12 +1144,7 @@ async fn an_action_needing_approval_gets_the_documented_distinct_answer() {
     let creds = up.credentials("approval", &[]);
     let policy = up.dir.path().join("warden-data/policies/assistant.yaml");
     let text = std::fs::read_to_string(&policy).unwrap();
-    std::fs::write(
-        &policy,
-        text + "  approval:\n    - match:\n        mcp: {server: demo, tools: [add]}\n      approvers: {group: finance, required: 2}\n      validFor: 10m\n",
-    )
-    .unwrap();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    up.edit_policy(&(text + "  approval:\n    - match:\n        mcp: {server: demo, tools: [add]}\n      approvers: {group: finance, required: 2}\n      validFor: 10m\n"));
     let grant = format!("Bearer {}", read(&creds, "grant"));
     let (status, answer) = post(
         &client(&creds, true),

@@ -230,3 +230,13 @@ impl Fabric {
         answer["token"].as_str().unwrap().to_owned()
     }
 }
+
+/// Polls `done` until it holds, for up to 15 s: what a test waits for, instead of sleeping for a
+/// guess.
+pub fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !done() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
