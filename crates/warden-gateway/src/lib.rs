@@ -29,6 +29,8 @@ mod sse;
 mod stdio;
 mod stops;
 mod sync;
+#[cfg(test)]
+mod testing;
 mod undo;
 mod usage;
 

@@ -723,3 +723,87 @@ mod tests {
         assert_eq!(resolve(base, "https://127.0.0.1:9000/m"), None);
     }
 }
+
+#[cfg(test)]
+mod screening {
+    use super::*;
+    use crate::testing::fixture;
+
+    fn screened(body: &str) -> Screened {
+        let f = fixture();
+        let server = Name::new("tools").unwrap();
+        let mut body = Bytes::from(body.to_owned());
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(screen(
+            &f.pipeline,
+            &f.caller,
+            &server,
+            &mut body,
+            &Said::default(),
+        ))
+    }
+
+    fn refusal(screened: Screened) -> (Value, bool) {
+        match screened {
+            Screened::Refused {
+                answer,
+                answers_request,
+            } => (answer, answers_request),
+            _ => panic!("expected a refusal"),
+        }
+    }
+
+    /// Every message is screened before any adapter relays it: what has no id is refused unless
+    /// MCP defines it for clients, what carries text out is decided.
+    #[test]
+    fn messages_without_an_id_and_answers_to_the_server_are_screened() {
+        let (answer, answers) = refusal(screened(
+            r#"{"jsonrpc":"2.0","method":"tools/call","params":{"name":"delete_records"}}"#,
+        ));
+        assert!(!answers);
+        assert_eq!(answer["error"]["code"], -32600);
+        assert!(matches!(
+            screened(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+            Screened::Forward(None)
+        ));
+        let (answer, _) = refusal(screened(
+            r#"{"jsonrpc":"2.0","id":"s1","result":{"content":{"type":"text","text":"AKIAQ3EGRJH6WXKQ7VZN"}}}"#,
+        ));
+        assert_eq!(answer["error"]["data"]["reason"], "forbidden", "{answer}");
+        assert!(matches!(
+            screened(r#"{"jsonrpc":"2.0","id":"s2","result":{"action":"decline"}}"#),
+            Screened::Forward(None)
+        ));
+    }
+
+    #[test]
+    fn requests_are_decided_and_answered_on_their_own_channel() {
+        let call = |args: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{{"name":"echo","arguments":{args}}}}}"#
+            )
+        };
+        assert!(matches!(
+            screened(&call(r#"{"text":"hi"}"#)),
+            Screened::Inspect(_, id) if id == 7
+        ));
+        let (answer, answers) = refusal(screened(&call(r#"{"text":"AKIAQ3EGRJH6WXKQ7VZN"}"#)));
+        assert!(answers);
+        assert_eq!(answer["id"], 7);
+        assert_eq!(answer["error"]["code"], mcp::DENIED);
+        // Read two ways is not read at all.
+        let (answer, _) = refusal(screened(&call(r#"{"text":"a","text":"b"}"#)));
+        assert_eq!(answer["error"]["code"], -32700);
+        // A listing is forwarded to be filtered; plumbing passes.
+        assert!(matches!(
+            screened(r#"{"jsonrpc":"2.0","id":8,"method":"tools/list"}"#),
+            Screened::Forward(Some((Listing::Tools, _)))
+        ));
+        assert!(matches!(
+            screened(r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#),
+            Screened::Forward(None)
+        ));
+    }
+}

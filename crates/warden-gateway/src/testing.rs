@@ -1,0 +1,73 @@
+//! What the gateway's unit tests share: a pipeline over a real policy bundle and the real
+//! scanners, and a caller to decide for (no network, no control plane).
+
+use std::sync::Arc;
+
+use warden_model::{AgentIdentity, Labels, SpiffeId};
+
+use crate::identify::{Authority, Caller};
+use crate::metrics::Metrics;
+use crate::pipeline::{LogRecorder, Pipeline};
+
+/// The agent allowed every tool of MCP server `tools` but for what inspection objects to, and
+/// `secret_*` tools not at all.
+pub const POLICY: &str = r#"apiVersion: warden.dev/v1alpha1
+kind: AgentPolicy
+metadata: {name: unit, namespace: t}
+spec:
+  selector: {matchLabels: {app: unit}}
+  mcp:
+    - {server: tools, tools: [echo, get_issue, delete_records], prompts: [greet], resources: ["file:///docs/*"]}
+  deny:
+    - mcp: {server: tools, tools: ["*"], when: 'context.findings.secret_count > 0'}
+    - mcp: {server: tools, tools: ["*"], when: 'context.findings.injection_score > 70'}
+"#;
+
+pub struct Fixture {
+    pub pipeline: Pipeline,
+    pub caller: Caller,
+    _policies: tempfile::TempDir,
+}
+
+pub fn fixture() -> Fixture {
+    let policies = tempfile::tempdir().expect("a temporary directory");
+    std::fs::write(policies.path().join("unit.yaml"), POLICY).expect("the policy is written");
+    let policy = crate::load_policies(policies.path()).expect("the unit policy loads");
+    let inspector = Arc::new(crate::inspect::ContentInspector::new(
+        warden_inspect::Scanner::default(),
+        Vec::new(),
+        Vec::new(),
+    ));
+    let pipeline = Pipeline::new(
+        policy,
+        inspector,
+        Arc::new(LogRecorder),
+        Arc::new(Metrics::default()),
+        "unit".into(),
+    );
+    let mut labels = Labels::new();
+    labels.insert(
+        warden_model::LabelKey::new("app").expect("a label key"),
+        warden_model::LabelValue::new("unit").expect("a label value"),
+    );
+    let identity = AgentIdentity::new(
+        SpiffeId::new("spiffe://td/tenant/t/agent/a/i-1").expect("a SPIFFE ID"),
+        labels,
+        None,
+    )
+    .expect("an agent identity");
+    // A compensating call's authority: bounded by policy alone, which is what these tests decide.
+    let caller = Caller {
+        identity,
+        authority: Authority::Undo {
+            by: "unit".into(),
+            of: "d".into(),
+        },
+        source: None,
+    };
+    Fixture {
+        pipeline,
+        caller,
+        _policies: policies,
+    }
+}
