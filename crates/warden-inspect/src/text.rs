@@ -336,7 +336,7 @@ fn as_text(bytes: Vec<u8>) -> Option<String> {
 
 /// Hex digits decoded to bytes (an even number of them), if they are.
 fn hex_decode(run: &str) -> Option<Vec<u8>> {
-    if run.len() % 2 != 0 || !run.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !run.len().is_multiple_of(2) || !run.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     run.as_bytes()
