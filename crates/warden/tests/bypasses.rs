@@ -704,3 +704,109 @@ fn tools_are_pinned_and_screened_on_the_older_sse_transport_and_over_stdio() {
     );
     assert_eq!(seen["lookup"]["data"]["reason"], "tool-withheld", "{seen}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_identifications_are_recorded_with_who_the_credential_named() {
+    let site = site("");
+    let audit = site.audit();
+    let post = |authorization: Option<String>, creds: PathBuf| {
+        let url = site.url("/mcp/tools");
+        async move {
+            let mut headers = vec![("content-type", "application/json")];
+            let authorization = authorization.unwrap_or_default();
+            if !authorization.is_empty() {
+                headers.push(("authorization", authorization.as_str()));
+            }
+            client(&creds, true)
+                .send(Method::POST, &url, &headers, Some(echo(1, "hi")), 1 << 16)
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    // No credential, a tampered grant, another agent's grant over this agent's certificate.
+    assert_eq!(post(None, site.agent.clone()).await, StatusCode::UNAUTHORIZED);
+    let mut tampered = read(&site.agent, "grant").into_bytes();
+    let at = tampered.len() / 2;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let tampered = format!("Bearer {}", String::from_utf8(tampered).unwrap());
+    assert_eq!(
+        post(Some(tampered), site.agent.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let other = site
+        .fabric
+        .agent("demo/other", "app=probe", &["mcp.*=tools/*"], &["o-1"])
+        .remove(0);
+    let other_grant = format!("Bearer {}", read(&other, "grant"));
+    assert_eq!(
+        post(Some(other_grant), site.agent.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
+    let refusals = || {
+        common::mcp::records(&audit)
+            .into_iter()
+            .filter(|r| r["phase"] == "identify")
+            .collect::<Vec<_>>()
+    };
+    common::eventually("three refusals are recorded", || refusals().len() >= 3);
+    let seen = refusals();
+    assert!(seen.iter().all(|r| r["outcome"] == "deny" && r["reason"] == "unidentified"));
+    assert!(seen.iter().all(|r| r["resource"] == "/mcp/tools"), "{seen:?}");
+    // Who the mTLS certificate named; and the swapped grant's own id, since its signature holds.
+    assert!(
+        seen.iter()
+            .all(|r| r["agent"].as_str().unwrap().contains("/tenant/demo/agent/probe/")),
+        "{seen:?}"
+    );
+    assert!(seen[2]["grant"].as_str().is_some_and(|g| !g.is_empty()), "{seen:?}");
+    assert!(seen[2]["target"]["why"].as_str().unwrap().contains("bound to"), "{seen:?}");
+
+    // A quarantined agent's attempts are refused at identification, and say why.
+    site.fabric
+        .warden(&["quarantine", "demo/probe", "--reason", "probing"]);
+    eventually("the quarantine reaches the gateway", async || {
+        post(Some(site.grant.clone()), site.agent.clone()).await == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    common::eventually("the quarantined attempt is recorded", || {
+        refusals().iter().any(|r| r["reason"] == "quarantined")
+    });
+
+    // A flood of forged credentials is recorded within a bound, and the loss is said.
+    let before = refusals().len();
+    for _ in 0..200 {
+        let _ = post(Some("Bearer forged".into()), site.agent.clone()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let _ = post(Some("Bearer forged".into()), site.agent.clone()).await;
+    common::eventually("the flood's summary is recorded", || {
+        refusals().iter().any(|r| r["target"]["unrecordedBefore"].as_u64().is_some())
+    });
+    let flood = refusals().len() - before;
+    assert!(flood <= 40, "{flood} records for 201 forged requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_the_scanner_found_never_reaches_the_record() {
+    let site = site("");
+    let (_, answer) = site
+        .mcp(&tool_call(
+            1,
+            "echo",
+            json!({"text": "key AKIAQ3EGRJH6WXKQ7VZN", "note": "fine"}),
+        ))
+        .await;
+    assert_eq!(answer["error"]["code"], warden_gateway::DENIED, "{answer}");
+    let record = recorded(&site.audit(), |r| r["action"] == "mcp.tools/call");
+    assert_eq!(
+        record["arguments"]["text"], "[REDACTED:secret.aws-access-key-id]",
+        "{record}"
+    );
+    assert_eq!(record["arguments"]["note"], "fine");
+    let everything = common::mcp::records(&site.audit())
+        .iter()
+        .map(Value::to_string)
+        .collect::<String>();
+    assert!(!everything.contains("AKIAQ3EG"), "{everything}");
+}
