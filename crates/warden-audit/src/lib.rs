@@ -12,6 +12,6 @@ mod reader;
 pub mod store;
 pub mod verify;
 
-pub use log::{Appended, AuditError, AuditLog, LogConfig};
+pub use log::{Appended, Appending, AuditError, AuditLog, LogConfig, MAX_QUEUED_BYTES};
 pub use note::{Checkpoint, NoteSigner, NoteVerifier, generate_private_key, load_or_create_signer};
 pub use reader::LogReader;

@@ -55,7 +55,12 @@ pub struct LogConfig {
 }
 
 enum Request {
-    Append(Vec<u8>, oneshot::Sender<Result<u64, AuditError>>),
+    /// A record, and who waits for it to be written and to be durable.
+    Append(
+        Vec<u8>,
+        oneshot::Sender<Result<u64, AuditError>>,
+        oneshot::Sender<Result<u64, AuditError>>,
+    ),
     Checkpoint(oneshot::Sender<Result<String, AuditError>>),
 }
 
@@ -82,6 +87,13 @@ pub struct AuditLog {
 
 /// Resolves to the record's index once it is durable.
 pub type Appended = oneshot::Receiver<Result<u64, AuditError>>;
+
+/// A record on its way to disk: `written` resolves once it is in the log file (a crash of the
+/// process can no longer lose it), `durable` once it is synced (nor can a power loss).
+pub struct Appending {
+    pub written: Appended,
+    pub durable: Appended,
+}
 
 impl AuditLog {
     /// Opens the log in `config.dir` (creating it), recovering from a crash: a torn last record
@@ -152,33 +164,44 @@ impl AuditLog {
 
     /// Queues a record; the answer comes once it is durable (group commit).
     pub fn append(&self, record: Vec<u8>) -> Appended {
-        let (tx, rx) = oneshot::channel();
+        self.append_staged(record).durable
+    }
+
+    /// Queues a record, answering twice: once it is written, once it is durable.
+    pub fn append_staged(&self, record: Vec<u8>) -> Appending {
+        let (written_tx, written) = oneshot::channel();
+        let (durable_tx, durable) = oneshot::channel();
+        let refuse = |written_tx: oneshot::Sender<_>,
+                      durable_tx: oneshot::Sender<_>,
+                      e: &dyn Fn() -> AuditError| {
+            let _ = written_tx.send(Err(e()));
+            let _ = durable_tx.send(Err(e()));
+        };
         if record.len() > MAX_RECORD_BYTES {
-            let _ = tx.send(Err(AuditError::TooLarge(record.len())));
-            return rx;
+            let len = record.len();
+            refuse(written_tx, durable_tx, &|| AuditError::TooLarge(len));
+            return Appending { written, durable };
         }
         let len = record.len();
         let queued = self.queued.fetch_add(len, Ordering::AcqRel);
         if queued + len > MAX_QUEUED_BYTES {
             self.queued.fetch_sub(len, Ordering::AcqRel);
-            let _ = tx.send(Err(AuditError::Behind(queued)));
-            return rx;
+            refuse(written_tx, durable_tx, &|| AuditError::Behind(queued));
+            return Appending { written, durable };
         }
         let sender = self.sender.lock().unwrap_or_else(|p| p.into_inner());
         match sender.as_ref() {
             Some(sender) => {
-                if let Err(mpsc::SendError(Request::Append(_, tx))) =
-                    sender.send(Request::Append(record, tx))
+                if let Err(mpsc::SendError(Request::Append(_, written_tx, durable_tx))) =
+                    sender.send(Request::Append(record, written_tx, durable_tx))
                 {
                     self.queued.fetch_sub(len, Ordering::AcqRel);
-                    let _ = tx.send(Err(AuditError::Closed));
+                    refuse(written_tx, durable_tx, &|| AuditError::Closed);
                 }
             }
-            None => {
-                let _ = tx.send(Err(AuditError::Closed));
-            }
+            None => refuse(written_tx, durable_tx, &|| AuditError::Closed),
         }
-        rx
+        Appending { written, durable }
     }
 
     /// Signs a checkpoint now (if records arrived since the last) and returns the latest.
@@ -277,9 +300,9 @@ fn write_loop(
         let mut next = first;
         while let Some(request) = next.take() {
             match request {
-                Request::Append(record, tx) => {
+                Request::Append(record, written, durable) => {
                     records.push(record);
-                    waiters.push(tx);
+                    waiters.push((written, durable));
                 }
                 Request::Checkpoint(tx) => checkpoint_waiters.push(tx),
             }
@@ -289,22 +312,37 @@ fn write_loop(
         }
         if !records.is_empty() {
             queued.fetch_sub(records.iter().map(Vec::len).sum(), Ordering::AcqRel);
-            let result = match &failed {
+            let written = match &failed {
                 Some(why) => Err(why.clone()),
-                None => store.append(&records).map_err(|e| e.to_string()),
+                None => store.write(&records).map_err(|e| e.to_string()),
             };
-            match result {
+            // Those waiting for the write hear first (a gateway forwards then); those waiting
+            // for durability after the sync (an agent gets its answer then).
+            let mut durable = Vec::with_capacity(waiters.len());
+            for (i, (written_tx, durable_tx)) in waiters.into_iter().enumerate() {
+                let answer = written
+                    .as_ref()
+                    .map(|first| first + i as u64)
+                    .map_err(|why| AuditError::Failed(why.clone()));
+                let _ = written_tx.send(answer);
+                durable.push(durable_tx);
+            }
+            let synced = match written {
+                Ok(first) => store.sync().map(|()| first).map_err(|e| e.to_string()),
+                Err(why) => Err(why),
+            };
+            match synced {
                 Ok(first) => {
                     shared.size.store(store.size(), Ordering::Release);
-                    for (i, tx) in waiters.into_iter().enumerate() {
+                    for (i, tx) in durable.into_iter().enumerate() {
                         let _ = tx.send(Ok(first + i as u64));
                     }
                 }
                 Err(why) => {
-                    // Fail closed: nothing is acknowledged after a failed write.
+                    // Fail closed: nothing is acknowledged after a failed write or sync.
                     tracing_failure(&shared.dir, &why);
                     failed = Some(why.clone());
-                    for tx in waiters {
+                    for tx in durable {
                         let _ = tx.send(Err(AuditError::Failed(why.clone())));
                     }
                 }

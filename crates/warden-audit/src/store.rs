@@ -408,7 +408,17 @@ impl Store {
     }
 
     /// Writes records as one batch and makes them durable; returns the index of the first.
+    /// Appends records durably: written, then synced.
     pub fn append(&mut self, records: &[Vec<u8>]) -> io::Result<u64> {
+        let first = self.write(records)?;
+        self.sync()?;
+        Ok(first)
+    }
+
+    /// Writes records to the segment (the page cache holds them: a process crash loses nothing
+    /// written, a power loss may lose what is not yet synced) and indexes them; the index of the
+    /// first. A checkpoint covers them only after [`Store::sync`].
+    pub fn write(&mut self, records: &[Vec<u8>]) -> io::Result<u64> {
         let first = self.size;
         if self.segment_len >= SEGMENT_BYTES {
             let segments = self.dir.join("segments");
@@ -427,7 +437,6 @@ impl Store {
             hashes.push(hash);
         }
         self.segment.write_all(&bytes)?;
-        self.segment.sync_data()?;
         self.segment_len += bytes.len() as u64;
         self.offsets.write_all(&offsets)?;
         for hash in hashes {
@@ -435,6 +444,11 @@ impl Store {
             self.size += 1;
         }
         Ok(first)
+    }
+
+    /// Makes what was written durable (fdatasync of the segment).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.segment.sync_data()
     }
 
     /// Syncs offsets and tree, then appends `note` durably: after a crash, everything up to its

@@ -9,10 +9,18 @@ use warden_audit::{AuditLog, LogConfig};
 use crate::config::{AuditSettings, Durability, ExportSink};
 use crate::pipeline::{DecisionEvent, Recorded, Recorder, log_decision};
 
+/// An audit stage already reached.
+fn ready(answer: Result<u64, warden_audit::AuditError>) -> warden_audit::Appended {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let _ = tx.send(answer);
+    rx
+}
+
 pub struct AuditRecorder {
     log: AuditLog,
     durability: Durability,
     redact_arguments: bool,
+    log_decisions: bool,
     /// The second a lost record was last logged.
     last_loss_logged: std::sync::atomic::AtomicI64,
     /// Running exports; they stop when the recorder goes.
@@ -102,6 +110,7 @@ impl AuditRecorder {
             log,
             durability: settings.durability,
             redact_arguments: settings.redact_arguments,
+            log_decisions: settings.log_decisions,
             last_loss_logged: std::sync::atomic::AtomicI64::new(0),
             _exports: exports,
         })
@@ -133,19 +142,19 @@ impl Recorder for AuditRecorder {
         };
         let bytes = match bytes {
             Ok(bytes) => bytes,
-            Err(e) => {
-                let why = format!("unrecordable decision: {e}");
-                return Recorded::Pending(Box::pin(async move { Err(why) }));
-            }
+            Err(e) => return Recorded::failed(format!("unrecordable decision: {e}")),
         };
-        if tracing::enabled!(target: "warden::decision", tracing::Level::INFO) {
+        if self.log_decisions && tracing::enabled!(target: "warden::decision", tracing::Level::INFO)
+        {
             log_decision(&String::from_utf8_lossy(&bytes));
         }
-        let mut appended = self.log.append(bytes);
+        let warden_audit::Appending {
+            mut written,
+            durable,
+        } = self.log.append_staged(bytes);
         // Refused at once (the writer is behind, or failed): an allowed call fails closed, and
         // the loss of a refusal's record is said, once a second at most.
-        match appended.try_recv() {
-            Ok(Ok(_)) => return Recorded::Kept,
+        match written.try_recv() {
             Ok(Err(e)) => {
                 let now = time::OffsetDateTime::now_utc().unix_timestamp();
                 if self
@@ -155,20 +164,30 @@ impl Recorder for AuditRecorder {
                 {
                     tracing::error!("a decision was not recorded: {e}");
                 }
-                let why = e.to_string();
-                return Recorded::Pending(Box::pin(async move { Err(why) }));
+                return Recorded::failed(e.to_string());
             }
+            Ok(Ok(_)) => written = ready(Ok(0)),
             Err(_) => {}
         }
-        match self.durability {
-            Durability::Async => Recorded::Kept,
-            Durability::Sync => Recorded::Pending(Box::pin(async move {
-                match appended.await {
+        let kept = |stage: warden_audit::Appended| -> crate::pipeline::Keeping {
+            Box::pin(async move {
+                match stage.await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err("the audit log stopped".into()),
                 }
-            })),
+            })
+        };
+        match self.durability {
+            Durability::Async => Recorded::Kept,
+            Durability::Sync => Recorded::Staged {
+                before_forward: kept(written),
+                before_answer: Some(kept(durable)),
+            },
+            Durability::Strict => Recorded::Staged {
+                before_forward: kept(durable),
+                before_answer: None,
+            },
         }
     }
 }

@@ -113,9 +113,13 @@ impl InspectSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Durability {
-    /// After its record is on disk (fsync): nothing acknowledged is ever lost.
+    /// A call is forwarded once its record is in the log file (a crash of the gateway loses no
+    /// record of anything forwarded), and its answer reaches the agent once the record is on
+    /// disk (fsync, group-committed: nothing an agent has seen can vanish in a power loss).
     #[default]
     Sync,
+    /// A call is forwarded only once its record is on disk: one fsync before every upstream call.
+    Strict,
     /// At once, the record following within milliseconds: a crash may lose the last records.
     Async,
 }
@@ -139,6 +143,9 @@ pub struct AuditSettings {
     pub checkpoint_interval_ms: u64,
     /// Where OCSF events go; each sink reads the log from its own cursor.
     pub export: Vec<ExportSink>,
+    /// Also write every record as a log line (`warden::decision`) on stderr. Off by default: the
+    /// log holds them, and a synchronous stderr write per decision sits on the request path.
+    pub log_decisions: bool,
 }
 
 /// An export destination for OCSF events.
@@ -230,6 +237,7 @@ impl Default for AuditSettings {
             redact_arguments: false,
             checkpoint_interval_ms: 1000,
             export: Vec::new(),
+            log_decisions: false,
         }
     }
 }

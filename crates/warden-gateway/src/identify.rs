@@ -21,6 +21,8 @@ pub struct Caller {
     pub authority: Authority,
     /// Where the call came from (the TCP peer), for the audit record; `None` over stdio.
     pub source: Option<std::net::SocketAddr>,
+    /// What the answer to this request waits for (its records on disk).
+    pub answer_after: crate::pipeline::AnswerGate,
 }
 
 /// What lets a caller act: the task grant it presented, or — for the compensating call of an
@@ -65,6 +67,8 @@ pub struct Admitted {
     pub id: SpiffeId,
     pub parents: Vec<SpiffeId>,
     pub version: u64,
+    /// What the request's answer waits for.
+    pub answer_after: crate::pipeline::AnswerGate,
 }
 
 /// The TCP peer of a request, attached by the listener.
@@ -214,6 +218,7 @@ impl Identifier {
             identity,
             authority: Authority::Grant(grant),
             source: None,
+            answer_after: crate::pipeline::AnswerGate::default(),
         })
     }
 }

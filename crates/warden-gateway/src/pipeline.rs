@@ -129,20 +129,54 @@ pub struct DecisionEvent {
     pub decide_micros: u64,
 }
 
-/// Whether a record is durable, once the recorder says so.
+/// A stage of keeping a record: resolves once it is reached, or with why it cannot be.
+pub type Keeping = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
+
+/// How far a record must be kept before an allowed call goes on, and before its answer does.
 pub enum Recorded {
-    /// Kept already (or kept where durability is not waited for).
+    /// Kept already (or kept where nothing is waited for).
     Kept,
-    /// Resolves when the record is durable, or with why it could not be.
-    Pending(std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>),
+    /// Wait for `before_forward` (the record is in the log file, or on disk in strict mode)
+    /// before forwarding; `before_answer` (on disk), if any, before the agent gets its answer.
+    Staged {
+        before_forward: Keeping,
+        before_answer: Option<Keeping>,
+    },
 }
 
 impl Recorded {
-    pub async fn durable(self) -> Result<(), String> {
-        match self {
-            Self::Kept => Ok(()),
-            Self::Pending(pending) => pending.await,
+    /// A record that could not be kept at all.
+    pub fn failed(why: String) -> Self {
+        Self::Staged {
+            before_forward: Box::pin(async move { Err(why) }),
+            before_answer: None,
         }
+    }
+}
+
+/// What an agent's answer waits for: the records of the calls it made to be on disk, so nothing
+/// an agent has seen can vanish in a power loss. Each request has one (in its `Caller`).
+#[derive(Clone, Default)]
+pub struct AnswerGate(Arc<std::sync::Mutex<Vec<Keeping>>>);
+
+impl std::fmt::Debug for AnswerGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AnswerGate")
+    }
+}
+
+impl AnswerGate {
+    fn hold(&self, until: Keeping) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(until);
+    }
+
+    /// Resolves once every record the answer waits for is on disk, or with why one is not.
+    pub async fn opened(&self) -> Result<(), String> {
+        let waiting = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
+        for keeping in waiting {
+            keeping.await?;
+        }
+        Ok(())
     }
 }
 
@@ -529,11 +563,23 @@ impl Pipeline {
             .clone_from(&verdict.approval_problems);
         let recorded = record_span.in_scope(|| self.recorder.record(&event));
         if decision.is_allowed()
-            && let Err(why) = recorded.durable().instrument(record_span).await
+            && let Recorded::Staged {
+                before_forward,
+                before_answer,
+            } = recorded
         {
-            tracing::error!("refusing {}: {why}", event.decision_id);
-            decision.outcome = Outcome::denied(DenyReason::AuditUnavailable);
-            decision.deciding.clear();
+            match before_forward.instrument(record_span).await {
+                Ok(()) => {
+                    if let Some(before_answer) = before_answer {
+                        caller.answer_after.hold(before_answer);
+                    }
+                }
+                Err(why) => {
+                    tracing::error!("refusing {}: {why}", event.decision_id);
+                    decision.outcome = Outcome::denied(DenyReason::AuditUnavailable);
+                    decision.deciding.clear();
+                }
+            }
         }
         // No subscriber is fine; a slow one misses events rather than slowing calls.
         let _ = self.events.send(event);

@@ -251,6 +251,21 @@ async fn handle(
     }
     .instrument(span.clone())
     .await;
+    // The answer waits for the records of what it answers to be on disk.
+    let response = match caller.0.get() {
+        Some(admitted) => match admitted.answer_after.opened().await {
+            Ok(()) => response,
+            Err(why) => {
+                tracing::error!("withholding an answer: its record is not on disk: {why}");
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit_unavailable",
+                    "the call was forwarded, but its record could not be made durable, so its answer is withheld",
+                )
+            }
+        },
+        None => response,
+    };
     span.record("warden.adapter", adapter);
     span.record("http.response.status_code", response.status().as_u16());
     state.metrics.leave();
@@ -496,6 +511,7 @@ pub(crate) fn identify(
             id: caller.identity.spiffe_id().clone(),
             parents: caller.identity.parents().to_vec(),
             version: state.pipeline.stops().version(),
+            answer_after: caller.answer_after.clone(),
         });
     }
     result

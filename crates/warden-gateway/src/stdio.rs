@@ -126,6 +126,7 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
         )?,
         authority: crate::identify::Authority::Grant(Arc::clone(&grant)),
         source: None,
+        answer_after: crate::pipeline::AnswerGate::default(),
     };
     let policy = crate::load_policies(&config.policies)?;
     let _watch = policy

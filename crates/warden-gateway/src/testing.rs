@@ -64,6 +64,7 @@ pub fn fixture() -> Fixture {
             of: "d".into(),
         },
         source: None,
+        answer_after: crate::pipeline::AnswerGate::default(),
     };
     Fixture {
         pipeline,

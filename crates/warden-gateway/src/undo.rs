@@ -308,6 +308,7 @@ pub async fn handle(state: &State, request: Request<Incoming>) -> Response<Body>
             of: decision.clone(),
         },
         source,
+        answer_after: crate::pipeline::AnswerGate::default(),
     };
     let action = Action::McpToolsCall {
         server: server_name,
@@ -331,7 +332,18 @@ pub async fn handle(state: &State, request: Request<Incoming>) -> Response<Body>
                 "decisionId": verdict.decision.id.as_str(), "outcome": verdict.decision.outcome.label()}),
         );
     }
-    match call_tool(state, upstream, &call).await {
+    let answered = call_tool(state, upstream, &call).await;
+    // The admin's answer waits for the compensating call's record to be on disk, as an agent's.
+    if let Err(why) = caller.answer_after.opened().await {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            &format!(
+                "the compensating call was forwarded, but its record could not be made durable: {why}"
+            ),
+        );
+    }
+    match answered {
         Ok(result) => json_response(
             StatusCode::OK,
             &json!({"decisionId": verdict.decision.id.as_str(), "undoOf": decision,

@@ -99,8 +99,9 @@ pub struct UpArgs {
     /// Demo MCP server address.
     #[arg(long, default_value = "127.0.0.1:8765")]
     demo_listen: SocketAddr,
-    /// The audit log: `sync` forwards an allowed call once its record is on disk, `async`
-    /// forwards at once, `off` keeps no log (decisions are still logged to stderr).
+    /// The audit log: `sync` forwards an allowed call once its record is in the log file and
+    /// answers once it is on disk, `strict` forwards only once it is on disk, `async` waits for
+    /// neither, `off` keeps no log (decisions are then logged to stderr).
     #[arg(long, env = "WARDEN_AUDIT", value_enum, default_value_t = AuditMode::Sync)]
     audit: AuditMode,
     /// Content inspection (injection, secrets, sensitive data) of requests and results.
@@ -117,6 +118,7 @@ pub enum Switch {
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AuditMode {
     Sync,
+    Strict,
     Async,
     Off,
 }
@@ -441,10 +443,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             audit: warden_gateway::AuditSettings {
                 enabled: args.audit != AuditMode::Off,
                 dir: Some(data_dir.join("audit")),
-                durability: if args.audit == AuditMode::Async {
-                    warden_gateway::Durability::Async
-                } else {
-                    warden_gateway::Durability::Sync
+                durability: match args.audit {
+                    AuditMode::Async => warden_gateway::Durability::Async,
+                    AuditMode::Strict => warden_gateway::Durability::Strict,
+                    AuditMode::Sync | AuditMode::Off => warden_gateway::Durability::Sync,
                 },
                 ..warden_gateway::AuditSettings::default()
             },

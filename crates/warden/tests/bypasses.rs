@@ -725,7 +725,10 @@ async fn refused_identifications_are_recorded_with_who_the_credential_named() {
         }
     };
     // No credential, a tampered grant, another agent's grant over this agent's certificate.
-    assert_eq!(post(None, site.agent.clone()).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        post(None, site.agent.clone()).await,
+        StatusCode::UNAUTHORIZED
+    );
     let mut tampered = read(&site.agent, "grant").into_bytes();
     let at = tampered.len() / 2;
     tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
@@ -751,16 +754,33 @@ async fn refused_identifications_are_recorded_with_who_the_credential_named() {
     };
     common::eventually("three refusals are recorded", || refusals().len() >= 3);
     let seen = refusals();
-    assert!(seen.iter().all(|r| r["outcome"] == "deny" && r["reason"] == "unidentified"));
-    assert!(seen.iter().all(|r| r["resource"] == "/mcp/tools"), "{seen:?}");
-    // Who the mTLS certificate named; and the swapped grant's own id, since its signature holds.
     assert!(
         seen.iter()
-            .all(|r| r["agent"].as_str().unwrap().contains("/tenant/demo/agent/probe/")),
+            .all(|r| r["outcome"] == "deny" && r["reason"] == "unidentified")
+    );
+    assert!(
+        seen.iter().all(|r| r["resource"] == "/mcp/tools"),
         "{seen:?}"
     );
-    assert!(seen[2]["grant"].as_str().is_some_and(|g| !g.is_empty()), "{seen:?}");
-    assert!(seen[2]["target"]["why"].as_str().unwrap().contains("bound to"), "{seen:?}");
+    // Who the mTLS certificate named; and the swapped grant's own id, since its signature holds.
+    assert!(
+        seen.iter().all(|r| r["agent"]
+            .as_str()
+            .unwrap()
+            .contains("/tenant/demo/agent/probe/")),
+        "{seen:?}"
+    );
+    assert!(
+        seen[2]["grant"].as_str().is_some_and(|g| !g.is_empty()),
+        "{seen:?}"
+    );
+    assert!(
+        seen[2]["target"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("bound to"),
+        "{seen:?}"
+    );
 
     // A quarantined agent's attempts are refused at identification, and say why.
     site.fabric
@@ -781,7 +801,9 @@ async fn refused_identifications_are_recorded_with_who_the_credential_named() {
     tokio::time::sleep(Duration::from_millis(1_100)).await;
     let _ = post(Some("Bearer forged".into()), site.agent.clone()).await;
     common::eventually("the flood's summary is recorded", || {
-        refusals().iter().any(|r| r["target"]["unrecordedBefore"].as_u64().is_some())
+        refusals()
+            .iter()
+            .any(|r| r["target"]["unrecordedBefore"].as_u64().is_some())
     });
     let flood = refusals().len() - before;
     assert!(flood <= 40, "{flood} records for 201 forged requests");
