@@ -420,6 +420,7 @@ impl Drop for Up {
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
     let up = Up::start(&dir.path().join("audited"), &[]);
+    let strict = Up::start(&dir.path().join("strict"), &["--audit", "strict"]);
     let unaudited = Up::start(&dir.path().join("unaudited"), &["--audit", "off"]);
     let uninspected = Up::start(
         &dir.path().join("uninspected"),
@@ -468,6 +469,7 @@ fn main() {
                     expect: b"hello",
                 },
                 through(&up, "warden", "/mcp/demo", true),
+                through(&strict, "warden, audit strict", "/mcp/demo", true),
                 through(&unaudited, "warden, audit off", "/mcp/demo", true),
                 through(
                     &uninspected,
@@ -489,6 +491,12 @@ fn main() {
                     expect: b"ok",
                 },
                 through(&up, "warden", "/http/demo-api/status", false),
+                through(
+                    &strict,
+                    "warden, audit strict",
+                    "/http/demo-api/status",
+                    false,
+                ),
                 through(
                     &unaudited,
                     "warden, audit off",
@@ -519,12 +527,12 @@ fn main() {
         println!("(nginx is not installed: `apt-get install nginx` adds its column)");
     }
     println!(
-        "{POLICIES} policies loaded; mTLS + grant through Warden (with its audit log durable before forwarding, and off); TLS through nginx; open loop at {RATE} req/s"
+        "{POLICIES} policies loaded; mTLS + grant through Warden (audit: written before forwarding and on disk before answering; strict: on disk before forwarding; off); TLS through nginx; open loop at {RATE} req/s"
     );
     for (suite, targets) in suites {
         println!("\n{suite}");
         println!(
-            "{:<18} {:>12} {:>12} {:>8} {:>14}",
+            "{:<34} {:>12} {:>12} {:>8} {:>14}",
             "target", "p50", "p99", "failed", "closed req/s"
         );
         let mut results = Vec::new();
@@ -539,13 +547,13 @@ fn main() {
                 true
             });
             if !answers {
-                println!("{:<18} does not answer; skipped", target.name);
+                println!("{:<34} does not answer; skipped", target.name);
                 continue;
             }
             let (p50, p99, failed) = runtime.block_on(open_loop(Arc::clone(&target)));
             let throughput = runtime.block_on(closed_loop(Arc::clone(&target)));
             println!(
-                "{:<18} {:>12.0?} {:>12.0?} {:>8} {:>14.0}",
+                "{:<34} {:>12.0?} {:>12.0?} {:>8} {:>14.0}",
                 target.name, p50, p99, failed, throughput
             );
             results.push((target.name, p50, p99, throughput));
