@@ -261,19 +261,7 @@ impl GrantVerifier {
     /// Verifies a grant: signatures, form, depth, expiry and revocation. Holder and rights are
     /// checked per request by [`GrantVerifier::authorize`].
     pub fn verify(&self, token: &str, now: i64) -> Result<Arc<VerifiedGrant>, GrantError> {
-        let cached = self
-            .cache
-            .read()
-            .ok()
-            .and_then(|cache| cache.get(token).cloned());
-        let grant = match cached {
-            Some(grant) => grant,
-            None => {
-                let grant = Arc::new(self.verify_cold(token)?);
-                self.remember(token, &grant);
-                grant
-            }
-        };
+        let grant = self.signed(token)?;
         grant.check_time(now)?;
         if let Some(reason) = grant.revoked_by(&self.revocations.load()) {
             return Err(GrantError::Revoked(reason));
@@ -285,16 +273,24 @@ impl GrantVerifier {
     /// have expired or been revoked): what a refused credential is recorded with. A token whose
     /// signatures fail names nobody; its claims are an attacker's to choose.
     pub fn claims(&self, token: &str) -> Option<(SpiffeId, String)> {
+        let grant = self.signed(token).ok()?;
+        Some((grant.agent().clone(), grant.id().to_owned()))
+    }
+
+    /// The grant a token is, with its signatures, form and depth checked: from the cache, or
+    /// verified now and cached.
+    fn signed(&self, token: &str) -> Result<Arc<VerifiedGrant>, GrantError> {
         let cached = self
             .cache
             .read()
             .ok()
             .and_then(|cache| cache.get(token).cloned());
-        let grant = match cached {
-            Some(grant) => grant,
-            None => Arc::new(self.verify_cold(token).ok()?),
-        };
-        Some((grant.agent().clone(), grant.id().to_owned()))
+        if let Some(grant) = cached {
+            return Ok(grant);
+        }
+        let grant = Arc::new(self.verify_cold(token)?);
+        self.remember(token, &grant);
+        Ok(grant)
     }
 
     /// Verifies a grant for one request: who presents it and what it is used for.

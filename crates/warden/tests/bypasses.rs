@@ -589,25 +589,15 @@ fn egress_sends_only_the_decided_host() {
     let agent = fabric
         .agent("demo/probe", "app=probe", &["egress.connect=*"], &["i-1"])
         .remove(0);
-    let out = std::process::Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
-        .arg("--proxy")
-        .arg(format!("https://127.0.0.1:{}", fabric.gateway_port))
-        .arg("--proxy-cacert")
-        .arg(agent.join("bundle.pem"))
-        .arg("--proxy-cert")
-        .arg(agent.join("svid.pem"))
-        .arg("--proxy-key")
-        .arg(agent.join("svid-key.pem"))
-        .arg("--proxy-header")
-        .arg(format!(
-            "Proxy-Authorization: Bearer {}",
-            read(&agent, "grant")
-        ))
-        .args(["-H", "Host: metadata.internal.example"])
-        .arg(format!("http://127.0.0.1:{port}/x"))
-        .output()
-        .unwrap();
+    let out = common::curl_through_proxy(
+        &format!("https://127.0.0.1:{}", fabric.gateway_port),
+        &agent,
+    )
+    .args(["-o", "/dev/null", "-w", "%{http_code}"])
+    .args(["-H", "Host: metadata.internal.example"])
+    .arg(format!("http://127.0.0.1:{port}/x"))
+    .output()
+    .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
     let received = hostile.wait_for(1);
     assert_eq!(

@@ -847,20 +847,8 @@ async fn smuggling_oversized_headers_and_slow_clients_are_cut_off_while_others_a
 
 /// curl through the gateway's forward proxy with the agent's SVID and grant.
 fn curl_via_proxy(up: &Up, creds: &Path, tunnel: bool, url: &str) -> (String, String) {
-    let mut command = Command::new("curl");
-    command
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "10"])
-        .args(["--proxy", &up.gateway])
-        .arg("--proxy-cacert")
-        .arg(creds.join("bundle.pem"))
-        .arg("--proxy-cert")
-        .arg(creds.join("svid.pem"))
-        .arg("--proxy-key")
-        .arg(creds.join("svid-key.pem"))
-        .args([
-            "--proxy-header",
-            &format!("Proxy-Authorization: Bearer {}", read(creds, "grant")),
-        ]);
+    let mut command = common::curl_through_proxy(&up.gateway, creds);
+    command.args(["-o", "-", "-w", "\n%{http_code}"]);
     if tunnel {
         command.arg("--proxytunnel");
     }

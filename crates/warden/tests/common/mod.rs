@@ -240,3 +240,23 @@ pub fn eventually(what: &str, mut done: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// curl through a gateway's forward proxy with an agent's SVID and grant (add the URL and any
+/// options).
+pub fn curl_through_proxy(gateway: &str, creds: &Path) -> Command {
+    let mut command = Command::new("curl");
+    command
+        .args(["-s", "--max-time", "10", "--proxy", gateway])
+        .arg("--proxy-cacert")
+        .arg(creds.join("bundle.pem"))
+        .arg("--proxy-cert")
+        .arg(creds.join("svid.pem"))
+        .arg("--proxy-key")
+        .arg(creds.join("svid-key.pem"))
+        .arg("--proxy-header")
+        .arg(format!(
+            "Proxy-Authorization: Bearer {}",
+            read(creds, "grant")
+        ));
+    command
+}
