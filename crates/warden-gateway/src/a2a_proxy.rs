@@ -17,11 +17,11 @@ use crate::a2a::{self, Call};
 use crate::identify::Caller;
 use crate::jsonrpc::{self, Invalid, Message};
 use crate::pipeline::Said;
-use crate::reviewed::{Asked, is_event_stream, read_whole, relay_reviewed, review_answer};
-use crate::server::{
+use crate::plumbing::{
     Body, State, Upstream, call_upstream, describe, full, identify_method, json_response, problem,
     read_request_body,
 };
+use crate::reviewed::{Asked, is_event_stream, read_whole, relay_reviewed, review_answer};
 
 /// Headers a client's request may carry to an A2A peer; its credentials stay at the gateway.
 const FORWARDED: [&str; 5] = [

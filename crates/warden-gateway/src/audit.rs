@@ -169,7 +169,7 @@ impl Recorder for AuditRecorder {
             Ok(Ok(_)) => written = ready(Ok(0)),
             Err(_) => {}
         }
-        let kept = |stage: warden_audit::Appended| -> crate::pipeline::Keeping {
+        let kept = |stage: warden_audit::Appended| -> crate::gate::Keeping {
             Box::pin(async move {
                 match stage.await {
                     Ok(Ok(_)) => Ok(()),

@@ -19,15 +19,10 @@ use warden_model::{Action, Host, Protocol, SpiffeId};
 
 use crate::identify::Caller;
 use crate::pipeline::Said;
-use crate::server::{Body, BoxError, State, describe, identify, json_response, problem};
+use crate::plumbing::{Body, BoxError, State, describe, identify, json_response, problem};
 
 /// How long name resolution and the connection to the destination may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Whether a request is for the forward proxy rather than a named upstream.
-pub fn is_proxy_request<B>(request: &Request<B>) -> bool {
-    request.method() == Method::CONNECT || request.uri().scheme().is_some()
-}
 
 /// Addresses nobody reaches by accident: refused unless a policy allows the address itself.
 pub fn is_special(ip: IpAddr) -> bool {
@@ -250,7 +245,7 @@ pub async fn handle(
                 Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
             }
         });
-        return Response::new(crate::server::full(Bytes::new()));
+        return Response::new(crate::plumbing::full(Bytes::new()));
     }
     absolute_form(state, &caller, request, said).await
 }

@@ -22,7 +22,7 @@ pub struct Caller {
     /// Where the call came from (the TCP peer), for the audit record; `None` over stdio.
     pub source: Option<std::net::SocketAddr>,
     /// What the answer to this request waits for (its records on disk).
-    pub answer_after: crate::pipeline::AnswerGate,
+    pub answer_after: crate::gate::AnswerGate,
 }
 
 /// What lets a caller act: the task grant it presented, or — for the compensating call of an
@@ -68,7 +68,7 @@ pub struct Admitted {
     pub parents: Vec<SpiffeId>,
     pub version: u64,
     /// What the request's answer waits for.
-    pub answer_after: crate::pipeline::AnswerGate,
+    pub answer_after: crate::gate::AnswerGate,
 }
 
 /// The TCP peer of a request, attached by the listener.
@@ -218,7 +218,7 @@ impl Identifier {
             identity,
             authority: Authority::Grant(grant),
             source: None,
-            answer_after: crate::pipeline::AnswerGate::default(),
+            answer_after: crate::gate::AnswerGate::default(),
         })
     }
 }

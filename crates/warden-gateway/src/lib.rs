@@ -9,20 +9,25 @@
 mod a2a;
 mod a2a_proxy;
 mod audit;
+mod body;
 mod config;
 mod credential;
 mod desk;
 mod egress;
+mod gate;
+mod http_proxy;
 mod identify;
 mod inspect;
 mod json;
 mod jsonrpc;
+mod legacy;
 mod mcp;
 mod mcp_proxy;
 mod metrics;
 mod owners;
 mod pins;
 mod pipeline;
+mod plumbing;
 mod reviewed;
 mod server;
 mod sse;
@@ -97,7 +102,7 @@ pub struct RunningGateway {
     pub address: SocketAddr,
     pub public_url: String,
     certificate: Arc<RotatingCertificate>,
-    state: Arc<server::State>,
+    state: Arc<plumbing::State>,
     audit: Option<Arc<audit::AuditRecorder>>,
     stop: Option<oneshot::Sender<()>>,
     served: tokio::task::JoinHandle<()>,
@@ -292,13 +297,13 @@ pub async fn start(
         ),
         None => None,
     };
-    let state = Arc::new(server::State {
+    let state = Arc::new(plumbing::State {
         metrics_token,
         identifier: Identifier::new(Arc::clone(&trust.grants), public_url.clone()),
         pipeline,
         upstreams,
         sessions: owners::Owners::new(config.limits.max_sessions),
-        legacy_sessions: mcp_proxy::LegacySessions::default(),
+        legacy_sessions: legacy::LegacySessions::default(),
         tasks: Arc::new(owners::Owners::new(config.limits.max_tasks)),
         public_url: public_url.clone(),
         client: client.clone(),
@@ -375,7 +380,7 @@ pub(crate) fn load_policies(dir: &std::path::Path) -> anyhow::Result<Arc<Engine>
         .map_err(|e| anyhow::anyhow!("the policy bundle {} does not load:\n{e}", dir.display()))
 }
 
-fn resolve_upstream(config: &UpstreamConfig) -> anyhow::Result<server::Upstream> {
+fn resolve_upstream(config: &UpstreamConfig) -> anyhow::Result<plumbing::Upstream> {
     let check = |field: &str, url: &str| -> anyhow::Result<()> {
         let uri: http::Uri = url
             .parse()
@@ -400,7 +405,7 @@ fn resolve_upstream(config: &UpstreamConfig) -> anyhow::Result<server::Upstream>
         .as_ref()
         .map(|c| credential::UpstreamCredential::from_config(c, config.name.as_str()))
         .transpose()?;
-    Ok(server::Upstream {
+    Ok(plumbing::Upstream {
         config: config.clone(),
         credential,
     })

@@ -6,7 +6,7 @@
 // The `Err` of the server helpers is the early response that ends the request.
 #![allow(clippy::result_large_err)]
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -23,15 +23,15 @@ use warden_model::{Action, DenyReason, Name, SpiffeId};
 
 use crate::identify::Caller;
 use crate::jsonrpc::{self, Message};
+use crate::legacy::LegacySession;
 use crate::mcp::{self, Awaited, Classified, Listing};
-use crate::pins::withhold_tools;
 use crate::pipeline::{Pipeline, Said};
-use crate::reviewed::{
-    Asked, is_event_stream, read_whole, relay_awaited, relay_reviewed, unreadable_answer,
-};
-use crate::server::{
+use crate::plumbing::{
     Body, BoxError, State, Upstream, call_upstream, describe, full, identify, identify_method,
     json_response, problem, read_request_body, relay,
+};
+use crate::reviewed::{
+    Asked, is_event_stream, read_whole, relay_awaited, relay_reviewed, unreadable_answer,
 };
 use crate::sse::SseRewriter;
 
@@ -320,7 +320,12 @@ async fn filtered(
         Err(refused) => return refused,
     };
     let hidden = match listing {
-        Listing::Tools => withhold_tools(&state.pipeline, server, &messages(&bytes, is_sse)).await,
+        Listing::Tools => {
+            state
+                .pipeline
+                .withhold_tools(server, &messages(&bytes, is_sse))
+                .await
+        }
         _ => HashSet::new(),
     };
     let may = |action: &Action| {
@@ -366,18 +371,6 @@ fn messages(bytes: &[u8], is_sse: bool) -> Vec<Value> {
     found
 }
 
-/// One client of the HTTP+SSE transport: its stream, and where its messages go upstream.
-pub struct LegacySession {
-    agent: SpiffeId,
-    caller: Caller,
-    /// Where the upstream said to post messages, once its `endpoint` event has arrived.
-    upstream_endpoint: Mutex<Option<String>>,
-    /// Events for the client's stream from the gateway itself (refusals).
-    inject: mpsc::Sender<Bytes>,
-    /// Requests in flight whose answers, arriving on the stream, are checked.
-    awaiting: Mutex<mcp::Awaiting>,
-}
-
 impl LegacySession {
     /// Notes that the answer to request `id` is to be checked when it arrives on the stream;
     /// the error to answer with when it cannot be (a reused id, too many in flight).
@@ -397,32 +390,6 @@ impl LegacySession {
         } else {
             unknown_session()
         }
-    }
-}
-
-/// Open HTTP+SSE sessions, by the id the gateway gave the client.
-#[derive(Default)]
-pub struct LegacySessions(Mutex<HashMap<String, Arc<LegacySession>>>);
-
-impl LegacySessions {
-    fn get(&self, id: &str) -> Option<Arc<LegacySession>> {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()
-    }
-    fn insert(&self, id: String, session: Arc<LegacySession>) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, session);
-    }
-    fn remove(&self, id: &str) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
-    }
-    fn len(&self) -> usize {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
@@ -580,7 +547,7 @@ pub async fn legacy_stream(
                 })
                 .collect();
             if !tool_listings.is_empty() {
-                let withheld = withhold_tools(&state.pipeline, &server, &tool_listings).await;
+                let withheld = state.pipeline.withhold_tools(&server, &tool_listings).await;
                 *hidden.lock().unwrap_or_else(|p| p.into_inner()) = withheld;
             }
             let out = events.feed(chunk);

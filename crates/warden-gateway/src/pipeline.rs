@@ -14,6 +14,7 @@ use warden_model::{
 use warden_policy::Engine;
 
 use crate::desk::Desk;
+use crate::gate::Keeping;
 use crate::identify::Caller;
 use crate::metrics::{Metrics, stage_span};
 use crate::stops::Stops;
@@ -129,9 +130,6 @@ pub struct DecisionEvent {
     pub decide_micros: u64,
 }
 
-/// A stage of keeping a record: resolves once it is reached, or with why it cannot be.
-pub type Keeping = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>;
-
 /// How far a record must be kept before an allowed call goes on, and before its answer does.
 pub enum Recorded {
     /// Kept already (or kept where nothing is waited for).
@@ -151,32 +149,6 @@ impl Recorded {
             before_forward: Box::pin(async move { Err(why) }),
             before_answer: None,
         }
-    }
-}
-
-/// What an agent's answer waits for: the records of the calls it made to be on disk, so nothing
-/// an agent has seen can vanish in a power loss. Each request has one (in its `Caller`).
-#[derive(Clone, Default)]
-pub struct AnswerGate(Arc<std::sync::Mutex<Vec<Keeping>>>);
-
-impl std::fmt::Debug for AnswerGate {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AnswerGate")
-    }
-}
-
-impl AnswerGate {
-    fn hold(&self, until: Keeping) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(until);
-    }
-
-    /// Resolves once every record the answer waits for is on disk, or with why one is not.
-    pub async fn opened(&self) -> Result<(), String> {
-        let waiting = std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()));
-        for keeping in waiting {
-            keeping.await?;
-        }
-        Ok(())
     }
 }
 
@@ -776,6 +748,65 @@ impl Pipeline {
             }
             Err(why) => verdict.approval_problems.push(why),
         }
+    }
+
+    /// Checks each listed tool against its pin (with the control plane, when the pipeline has a
+    /// desk) and for instructions in its definition; records which are withheld, and returns their
+    /// names, for the listing to hide.
+    pub async fn withhold_tools(
+        &self,
+        server: &warden_model::Name,
+        messages: &[serde_json::Value],
+    ) -> std::collections::HashSet<String> {
+        let mut hidden = std::collections::HashSet::new();
+        for tool in crate::pins::listed_tools(messages) {
+            let Some(name) = tool.get("name").and_then(serde_json::Value::as_str) else {
+                continue;
+            };
+            let Ok(tool_name) = warden_model::Name::new(name) else {
+                continue;
+            };
+            let definition = serde_json::json!({
+                "name": name,
+                "description": tool.get("description"),
+                "inputSchema": tool.get("inputSchema"),
+            });
+            let action = Action::McpToolsCall {
+                server: server.clone(),
+                tool: tool_name,
+                args: serde_json::Map::new(),
+            };
+            let poisoned = self
+                .inspect_content(&action, &definition)
+                .iter()
+                .any(|f| f.kind == warden_model::FindingKind::Injection && f.score >= 70);
+            let approved = match self.desk() {
+                Some(desk) => desk
+                    .tool_approved(server.as_str(), name, &definition)
+                    .await
+                    .unwrap_or_else(|e| {
+                        // Unknown is not approved: fail closed.
+                        tracing::warn!("cannot check tool {server}/{name}'s pin: {e}");
+                        false
+                    }),
+                None => true,
+            };
+            let key = format!("{server}/{name}");
+            let withheld = poisoned || !approved;
+            if withheld {
+                tracing::warn!(
+                    "withholding tool {key}: {}",
+                    if poisoned {
+                        "its description carries instructions"
+                    } else {
+                        "its definition changed since it was approved"
+                    }
+                );
+                hidden.insert(name.to_owned());
+            }
+            self.withheld.set(key, withheld);
+        }
+        hidden
     }
 
     /// Redacts from a request's content what is configured to be redacted; returns what was.

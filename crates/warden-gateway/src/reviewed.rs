@@ -19,7 +19,7 @@ use warden_model::Action;
 use crate::identify::Caller;
 use crate::jsonrpc::{self, Codes};
 use crate::pipeline::Pipeline;
-use crate::server::{Body, State, describe, full, problem, relay, relayed_head};
+use crate::plumbing::{Body, State, describe, full, problem, relay, relayed_head};
 use crate::sse::SseRewriter;
 
 /// Largest answer read whole to be reviewed.

@@ -22,7 +22,6 @@ use crate::jsonrpc;
 use crate::mcp::{self, Awaited, Awaiting};
 use crate::mcp_proxy::{Screened, screen};
 use crate::metrics::Metrics;
-use crate::pins::withhold_tools;
 use crate::pipeline::{LogRecorder, PassThrough, Pipeline, Said};
 use crate::reviewed::relay_awaited;
 
@@ -126,7 +125,7 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
         )?,
         authority: crate::identify::Authority::Grant(Arc::clone(&grant)),
         source: None,
-        answer_after: crate::pipeline::AnswerGate::default(),
+        answer_after: crate::gate::AnswerGate::default(),
     };
     let policy = crate::load_policies(&config.policies)?;
     let _watch = policy
@@ -207,7 +206,7 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
                     && let Some(id) = message.get("id")
                     && awaiting.lock().await.awaits_tool_listing(id)
                 {
-                    hidden = withhold_tools(&pipeline, &server, &[message]).await;
+                    hidden = pipeline.withhold_tools(&server, &[message]).await;
                 }
                 let forwarded = {
                     let mut awaiting = awaiting.lock().await;

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use warden_http::HttpClient;
 use warden_model::{DenyReason, Oversight, SpiffeId};
 
-use crate::server::{Body, BoxError};
+use crate::body::{Body, BoxError};
 
 /// How long one long poll waits at the control plane.
 const WATCH_SECONDS: u64 = 25;

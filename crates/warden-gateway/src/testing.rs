@@ -64,7 +64,7 @@ pub fn fixture() -> Fixture {
             of: "d".into(),
         },
         source: None,
-        answer_after: crate::pipeline::AnswerGate::default(),
+        answer_after: crate::gate::AnswerGate::default(),
     };
     Fixture {
         pipeline,

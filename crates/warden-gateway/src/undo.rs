@@ -16,7 +16,7 @@ use warden_policy::UndoArgument;
 use crate::config::UpstreamKind;
 use crate::identify::{Authority, Caller, ClientAddress};
 use crate::pipeline::Said;
-use crate::server::{
+use crate::plumbing::{
     Body, State, Upstream, call_upstream, json_response, problem, read_body, read_request_body,
 };
 use crate::sse::SseRewriter;
@@ -308,7 +308,7 @@ pub async fn handle(state: &State, request: Request<Incoming>) -> Response<Body>
             of: decision.clone(),
         },
         source,
-        answer_after: crate::pipeline::AnswerGate::default(),
+        answer_after: crate::gate::AnswerGate::default(),
     };
     let action = Action::McpToolsCall {
         server: server_name,
