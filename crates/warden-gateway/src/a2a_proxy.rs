@@ -8,18 +8,17 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use warden_model::{A2aMethod, Action, Host, Protocol, SpiffeId};
+use warden_model::{A2aMethod, Action, Host, Protocol};
 
 use crate::a2a::{self, Call};
 use crate::identify::Caller;
 use crate::jsonrpc::{self, Invalid, Message};
 use crate::pipeline::Said;
 use crate::plumbing::{
-    Body, State, Upstream, call_upstream, describe, full, identify_method, json_response, problem,
-    read_request_body,
+    AgentRequest, Body, State, Upstream, call_upstream, describe, full, json_response, problem,
 };
 use crate::reviewed::{Asked, is_event_stream, read_whole, relay_reviewed, review_answer};
 
@@ -38,28 +37,17 @@ const MAX_CARD_BYTES: usize = 1024 * 1024;
 /// The paths agent cards are published at (0.3 and later; 0.2).
 pub const CARD_PATHS: [&str; 2] = [".well-known/agent-card.json", ".well-known/agent.json"];
 
-pub async fn card(
-    state: &State,
-    peer: Option<&SpiffeId>,
-    upstream: &Upstream,
-    request: Request<Incoming>,
-) -> Response<Body> {
-    let caller = match identify_method(
-        state,
-        peer,
-        &request,
-        Method::GET,
-        "agent cards are read with GET",
-    ) {
-        Ok(caller) => caller,
-        Err(response) => return response,
-    };
+pub async fn card(state: &State, upstream: &Upstream, request: AgentRequest) -> Response<Body> {
+    if let Err(refused) = request.require(Method::GET, "agent cards are read with GET") {
+        return refused;
+    }
+    let AgentRequest { caller, head, .. } = request;
     let action = Action::A2a {
         peer: upstream.config.name.clone(),
         method: A2aMethod::AgentCard,
     };
     let what = describe(&action);
-    let said = Said::from_headers(request.headers());
+    let said = Said::from_headers(&head.headers);
     let verdict = state
         .pipeline
         .decide(&caller, action.clone(), &[], said)
@@ -76,7 +64,7 @@ pub async fn card(
         upstream,
         Method::GET,
         &upstream.config.card_url(),
-        request.headers(),
+        &head.headers,
         |name| name == "accept",
         Bytes::new(),
     )
@@ -111,28 +99,17 @@ fn rpc_url(state: &State, upstream: &Upstream) -> String {
     format!("{}/a2a/{}", state.public_url, upstream.config.name)
 }
 
-pub async fn rpc(
-    state: &Arc<State>,
-    peer: Option<&SpiffeId>,
-    upstream: &Upstream,
-    request: Request<Incoming>,
-) -> Response<Body> {
-    let caller = match identify_method(
-        state,
-        peer,
-        &request,
-        Method::POST,
-        "A2A's JSON-RPC binding uses POST",
-    ) {
-        Ok(caller) => caller,
-        Err(response) => return response,
-    };
-    let headers = request.headers().clone();
+pub async fn rpc(state: &Arc<State>, upstream: &Upstream, request: AgentRequest) -> Response<Body> {
+    if let Err(refused) = request.require(Method::POST, "A2A's JSON-RPC binding uses POST") {
+        return refused;
+    }
+    let AgentRequest {
+        caller,
+        head,
+        mut body,
+    } = request;
+    let headers = head.headers;
     let mut said = Said::from_headers(&headers);
-    let mut body = match read_request_body(state, request).await {
-        Ok(b) => b,
-        Err(response) => return response,
-    };
     let started = std::time::Instant::now();
     let parsed = crate::metrics::stage_span("classify").in_scope(|| jsonrpc::parse(&body));
     state.metrics.stage("classify", started.elapsed());

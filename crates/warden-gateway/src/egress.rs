@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use warden_model::{Action, Host, Protocol, SpiffeId};
+use warden_model::{Action, Host, Protocol};
 
 use crate::identify::Caller;
 use crate::pipeline::Said;
-use crate::plumbing::{Body, BoxError, State, describe, identify, json_response, problem};
+use crate::plumbing::{AgentRequest, Body, BoxError, State, describe, json_response, problem};
 
 /// How long name resolution and the connection to the destination may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -199,18 +198,11 @@ async fn dial(address: SocketAddr) -> Result<tokio::net::TcpStream, Response<Bod
     }
 }
 
-pub async fn handle(
-    state: &State,
-    peer: Option<&SpiffeId>,
-    request: Request<Incoming>,
-) -> Response<Body> {
-    let caller = match identify(state, peer, &request) {
-        Ok(caller) => caller,
-        Err(response) => return response,
-    };
-    let said = Said::from_headers(request.headers());
-    if request.method() == Method::CONNECT {
-        let Some(authority) = request.uri().authority().map(|a| a.as_str().to_owned()) else {
+pub async fn handle(state: &State, request: AgentRequest) -> Response<Body> {
+    let AgentRequest { caller, head, body } = request;
+    let said = Said::from_headers(&head.headers);
+    if head.method == Method::CONNECT {
+        let Some(authority) = head.uri.authority().map(|a| a.as_str().to_owned()) else {
             return problem(
                 StatusCode::BAD_REQUEST,
                 "bad_destination",
@@ -232,6 +224,8 @@ pub async fn handle(
             caller.identity.parents().to_vec(),
             stops.version(),
         );
+        // The connection's upgrade travels in the request's extensions.
+        let request = Request::from_parts(head, ());
         tokio::spawn(async move {
             match hyper::upgrade::on(request).await {
                 Ok(upgraded) => {
@@ -247,24 +241,25 @@ pub async fn handle(
         });
         return Response::new(crate::plumbing::full(Bytes::new()));
     }
-    absolute_form(state, &caller, request, said).await
+    absolute_form(state, &caller, head, body, said).await
 }
 
 /// A plain-HTTP request through the proxy (`GET http://host/path`).
 async fn absolute_form(
     state: &State,
     caller: &Caller,
-    request: Request<Incoming>,
+    parts: http::request::Parts,
+    body: Bytes,
     said: Said,
 ) -> Response<Body> {
-    if request.uri().scheme_str() != Some("http") {
+    if parts.uri.scheme_str() != Some("http") {
         return problem(
             StatusCode::BAD_REQUEST,
             "bad_destination",
             "only http:// is proxied in absolute form; use CONNECT (HTTPS_PROXY) for https",
         );
     }
-    let Some(authority) = request.uri().authority().map(|a| a.as_str().to_owned()) else {
+    let Some(authority) = parts.uri.authority().map(|a| a.as_str().to_owned()) else {
         return problem(
             StatusCode::BAD_REQUEST,
             "bad_destination",
@@ -274,19 +269,6 @@ async fn absolute_form(
     let address = match decide_destination(state, caller, &authority, 80, said).await {
         Ok(a) => a,
         Err(response) => return response,
-    };
-    let (parts, body) = request.into_parts();
-    let limit = state.config.limits.max_body_bytes;
-    let Ok(body) = Limited::new(body, limit)
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-    else {
-        return problem(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
-            "request body too large",
-        );
     };
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut outgoing = Request::builder().method(parts.method).uri(path);

@@ -8,36 +8,33 @@
 #![allow(clippy::result_large_err)]
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
-use warden_model::{Action, HttpMethod, HttpPath, SpiffeId};
+use warden_model::{Action, HttpMethod, HttpPath};
 
 use crate::identify::Caller;
 use crate::jsonrpc;
 use crate::mcp;
 
 use crate::plumbing::{
-    Body, BoxError, HOP_AND_CREDENTIALS, State, Upstream, call_upstream, describe, full, identify,
-    json_response, problem, read_request_body,
+    AgentRequest, Body, BoxError, HOP_AND_CREDENTIALS, State, Upstream, call_upstream, describe,
+    full, json_response, problem,
 };
 
 pub(crate) async fn http_request(
     state: &State,
-    peer: Option<&SpiffeId>,
     upstream: &Upstream,
     rest: &str,
-    request: Request<Incoming>,
+    request: AgentRequest,
 ) -> Response<Body> {
-    let caller = match identify(state, peer, &request) {
-        Ok(caller) => caller,
-        Err(response) => return response,
-    };
-    let action = match (
-        HttpMethod::new(request.method().as_str()),
-        HttpPath::new(rest),
-    ) {
+    let AgentRequest {
+        caller,
+        head,
+        mut body,
+    } = request;
+    let action = match (HttpMethod::new(head.method.as_str()), HttpPath::new(rest)) {
         (Ok(method), Ok(path)) => Action::Http {
             service: upstream.config.name.clone(),
             method,
@@ -47,18 +44,13 @@ pub(crate) async fn http_request(
             return problem(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
         }
     };
-    let query = request
-        .uri()
+    let query = head
+        .uri
         .query()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
-    let mut said = crate::pipeline::Said::from_headers(request.headers());
-    let method = request.method().clone();
-    let headers = request.headers().clone();
-    let mut body = match read_request_body(state, request).await {
-        Ok(b) => b,
-        Err(response) => return response,
-    };
+    let mut said = crate::pipeline::Said::from_headers(&head.headers);
+    let (method, headers) = (head.method, head.headers);
     if !body.is_empty()
         && is_json(&headers)
         && let Err(e) = crate::json::parse_strict(&body)

@@ -14,12 +14,12 @@ use std::time::Instant;
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use serde_json::Value;
 use tokio::sync::mpsc;
-use warden_model::{Action, DenyReason, Name, SpiffeId};
+use warden_model::{Action, DenyReason, Name};
 
 use crate::identify::Caller;
 use crate::jsonrpc::{self, Message};
@@ -27,8 +27,8 @@ use crate::legacy::LegacySession;
 use crate::mcp::{self, Awaited, Classified, Listing};
 use crate::pipeline::{Pipeline, Said};
 use crate::plumbing::{
-    Body, BoxError, State, Upstream, call_upstream, describe, full, identify, identify_method,
-    json_response, problem, read_request_body, relay,
+    AgentRequest, Body, BoxError, State, Upstream, call_upstream, describe, full, json_response,
+    problem, relay,
 };
 use crate::reviewed::{
     Asked, is_event_stream, read_whole, relay_awaited, relay_reviewed, unreadable_answer,
@@ -181,17 +181,17 @@ fn unknown_session() -> Response<Body> {
 /// Streamable HTTP: one endpoint, POST for messages, GET for the server's stream, DELETE to end.
 pub async fn streamable(
     state: &Arc<State>,
-    peer: Option<&SpiffeId>,
     upstream: &Upstream,
-    request: Request<Incoming>,
+    request: AgentRequest,
 ) -> Response<Body> {
-    let caller = match identify(state, peer, &request) {
-        Ok(caller) => caller,
-        Err(response) => return response,
-    };
+    let AgentRequest {
+        caller,
+        head,
+        mut body,
+    } = request;
     let agent = caller.identity.spiffe_id().clone();
-    let session = request
-        .headers()
+    let session = head
+        .headers
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
@@ -200,8 +200,7 @@ pub async fn streamable(
     {
         return unknown_session();
     }
-    let method = request.method().clone();
-    let headers = request.headers().clone();
+    let (method, headers) = (head.method, head.headers);
     let said = Said::from_headers(&headers);
     let keep = |name: &str| FORWARDED.contains(&name);
     match method {
@@ -233,10 +232,6 @@ pub async fn streamable(
             relay(response, &RESPONSE_HEADERS)
         }
         Method::POST => {
-            let mut body = match read_request_body(state, request).await {
-                Ok(b) => b,
-                Err(response) => return response,
-            };
             let server = &upstream.config.name;
             let (listing, inspect) =
                 match screen(&state.pipeline, &caller, server, &mut body, &said).await {
@@ -413,20 +408,16 @@ impl hyper::body::Body for ChannelBody {
 /// announces replaced by the gateway's own, and listing answers filtered.
 pub async fn legacy_stream(
     state: &Arc<State>,
-    peer: Option<&SpiffeId>,
     upstream: &Upstream,
-    request: Request<Incoming>,
+    request: AgentRequest,
 ) -> Response<Body> {
-    let caller = match identify_method(
-        state,
-        peer,
-        &request,
+    if let Err(refused) = request.require(
         Method::GET,
         "open the event stream with GET; post messages to the endpoint it announces",
     ) {
-        Ok(caller) => caller,
-        Err(response) => return response,
-    };
+        return refused;
+    }
+    let AgentRequest { caller, head, .. } = request;
     if state.legacy_sessions.len() >= state.config.limits.max_sessions {
         return problem(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -439,7 +430,7 @@ pub async fn legacy_stream(
         upstream,
         Method::GET,
         &upstream.config.url,
-        request.headers(),
+        &head.headers,
         |name| name == "accept" || name == "last-event-id",
         Bytes::new(),
     )
@@ -591,22 +582,19 @@ fn resolve(base: &str, endpoint: &str) -> Option<String> {
 /// upstream's endpoint; a refusal is answered on the client's stream, as the transport expects.
 pub async fn legacy_message(
     state: &State,
-    peer: Option<&SpiffeId>,
     upstream: &Upstream,
-    request: Request<Incoming>,
+    request: AgentRequest,
 ) -> Response<Body> {
-    let caller = match identify_method(
-        state,
-        peer,
-        &request,
-        Method::POST,
-        "post messages to this endpoint",
-    ) {
-        Ok(caller) => caller,
-        Err(response) => return response,
-    };
-    let session = request
-        .uri()
+    if let Err(refused) = request.require(Method::POST, "post messages to this endpoint") {
+        return refused;
+    }
+    let AgentRequest {
+        caller,
+        head,
+        mut body,
+    } = request;
+    let session = head
+        .uri
         .query()
         .into_iter()
         .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
@@ -627,12 +615,8 @@ pub async fn legacy_message(
             "the upstream has not announced its message endpoint yet; retry shortly",
         );
     };
-    let headers = request.headers().clone();
+    let headers = head.headers;
     let said = Said::from_headers(&headers);
-    let mut body = match read_request_body(state, request).await {
-        Ok(b) => b,
-        Err(response) => return response,
-    };
     let server = &upstream.config.name;
     let awaited = match screen(&state.pipeline, &caller, server, &mut body, &said).await {
         Screened::Refused {

@@ -220,24 +220,49 @@ pub(crate) fn identify(
         })
 }
 
-/// Identifies the caller of a request that must use `method`; `how` tells a caller that used
-/// another what to do.
-pub(crate) fn identify_method(
+/// A request as an adapter receives it: its caller identified, its body read — once, within the
+/// limits, uncompressed — before any adapter code runs.
+pub(crate) struct AgentRequest {
+    pub caller: Caller,
+    pub head: http::request::Parts,
+    pub body: Bytes,
+}
+
+impl AgentRequest {
+    /// Refuses a request made with another method than `method`, saying `how` to call.
+    pub fn require(&self, method: Method, how: &str) -> Result<(), Response<Body>> {
+        if self.head.method == method {
+            Ok(())
+        } else {
+            Err(problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                how,
+            ))
+        }
+    }
+}
+
+/// The stack's first stages for an agent's request: identify the caller (once), then read its
+/// body within the limits (once). A `CONNECT`'s body is the tunnel, so it is not read; what an
+/// egress request carries is not inspected, so it may come compressed.
+pub(crate) async fn admit(
     state: &State,
     peer: Option<&SpiffeId>,
-    request: &Request<Incoming>,
-    method: Method,
-    how: &str,
-) -> Result<Caller, Response<Body>> {
-    let caller = identify(state, peer, request)?;
-    if request.method() != method {
-        return Err(problem(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            how,
-        ));
-    }
-    Ok(caller)
+    request: Request<Incoming>,
+) -> Result<AgentRequest, Response<Body>> {
+    let caller = identify(state, peer, &request)?;
+    let proxied = is_proxy_request(&request);
+    let (head, body) = request.into_parts();
+    let body = if head.method == Method::CONNECT {
+        Bytes::new()
+    } else {
+        if !proxied {
+            identity_encoded(&head.headers)?;
+        }
+        read_body(state, body).await?
+    };
+    Ok(AgentRequest { caller, head, body })
 }
 
 /// Sends a request to the upstream with only the `keep` headers of the client's, plus the

@@ -22,7 +22,7 @@ use crate::config::UpstreamKind;
 use crate::identify::{CallerSlot, ClientAddress};
 use crate::metrics::Metrics;
 
-use crate::plumbing::{Body, State, full, json_response, problem};
+use crate::plumbing::{Body, State, Upstream, admit, full, json_response, problem};
 
 /// Serves until `shutdown` resolves, then stops accepting and drains in-flight requests (for up
 /// to `limits.drainSecs`).
@@ -153,7 +153,11 @@ async fn handle(
     );
     let (adapter, response) = async {
         if crate::plumbing::is_proxy_request(&request) {
-            ("egress", crate::egress::handle(state, peer, request).await)
+            let response = match admit(state, peer, request).await {
+                Ok(request) => crate::egress::handle(state, request).await,
+                Err(refused) => refused,
+            };
+            ("egress", response)
         } else {
             route(state, peer, &path, request).await
         }
@@ -190,80 +194,107 @@ async fn handle(
     }
 }
 
+/// Where a request for a named upstream goes: which adapter serves it.
+enum Route<'a> {
+    McpStreamable(&'a Upstream),
+    McpSseStream(&'a Upstream),
+    McpSseMessage(&'a Upstream),
+    A2aRpc(&'a Upstream),
+    A2aCard(&'a Upstream),
+    /// An HTTP API, and the path below the upstream's name.
+    Http(&'a Upstream, String),
+}
+
+impl Route<'_> {
+    fn adapter(&self) -> &'static str {
+        match self {
+            Self::McpStreamable(_) | Self::McpSseStream(_) | Self::McpSseMessage(_) => "mcp",
+            Self::A2aRpc(_) | Self::A2aCard(_) => "a2a",
+            Self::Http(..) => "http",
+        }
+    }
+}
+
+/// The route a path names, or the `404` that says which routes there are.
+fn resolve<'a>(state: &'a State, path: &str) -> Result<Route<'a>, (&'static str, Response<Body>)> {
+    let mut segments = path.trim_start_matches('/').splitn(3, '/');
+    let (kind, name, rest) = (segments.next(), segments.next(), segments.next());
+    let upstream = name.and_then(|n| state.upstreams.iter().find(|u| u.config.name.as_str() == n));
+    let not_found = |adapter, message| {
+        Err((
+            adapter,
+            problem(StatusCode::NOT_FOUND, "not_found", message),
+        ))
+    };
+    match (kind, upstream) {
+        (Some("mcp"), Some(u)) if u.config.kind == UpstreamKind::Mcp && rest.is_none() => {
+            Ok(Route::McpStreamable(u))
+        }
+        (Some("mcp"), Some(u)) if u.config.kind == UpstreamKind::McpSse => match rest {
+            Some("sse") => Ok(Route::McpSseStream(u)),
+            Some("messages") => Ok(Route::McpSseMessage(u)),
+            _ => not_found(
+                "mcp",
+                "this MCP server uses the HTTP+SSE transport: open /mcp/<server>/sse",
+            ),
+        },
+        (Some("a2a"), Some(u)) if u.config.kind == UpstreamKind::A2a => match rest {
+            None => Ok(Route::A2aRpc(u)),
+            Some(card) if crate::a2a_proxy::CARD_PATHS.contains(&card) => Ok(Route::A2aCard(u)),
+            Some(_) => not_found(
+                "a2a",
+                "A2A peers answer at /a2a/<peer> and /a2a/<peer>/.well-known/agent-card.json",
+            ),
+        },
+        (Some("http"), Some(u)) if u.config.kind == UpstreamKind::Http => {
+            Ok(Route::Http(u, format!("/{}", rest.unwrap_or_default())))
+        }
+        _ => not_found(
+            "none",
+            "no such route; use /mcp/<upstream>, /a2a/<upstream> or /http/<upstream>/<path>",
+        ),
+    }
+}
+
+/// The request path, top to bottom: the gateway's own endpoints; else the route, then the
+/// stack's first stages — identify (once), the bounded body (once) — then the adapter, which
+/// classifies, has the pipeline inspect, decide and record, forwards, and relays the answer.
 async fn route(
     state: &Arc<State>,
     peer: Option<&SpiffeId>,
     path: &str,
     request: Request<Incoming>,
 ) -> (&'static str, Response<Body>) {
-    if path == "/healthz" {
-        return (
-            "health",
-            json_response(StatusCode::OK, &json!({"status": "ok"})),
-        );
-    }
-    if path == "/actions/undo" {
-        return ("undo", crate::undo::handle(state, request).await);
-    }
-    if path == "/metrics" {
-        return ("metrics", metrics_for(state, request.headers()));
-    }
-    let mut segments = path.trim_start_matches('/').splitn(3, '/');
-    let (kind, name, rest) = (segments.next(), segments.next(), segments.next());
-    let upstream = name.and_then(|n| state.upstreams.iter().find(|u| u.config.name.as_str() == n));
-    match (kind, upstream) {
-        (Some("mcp"), Some(u)) if u.config.kind == UpstreamKind::Mcp && rest.is_none() => (
-            "mcp",
-            crate::mcp_proxy::streamable(state, peer, u, request).await,
-        ),
-        (Some("mcp"), Some(u)) if u.config.kind == UpstreamKind::McpSse => match rest {
-            Some("sse") => (
-                "mcp",
-                crate::mcp_proxy::legacy_stream(state, peer, u, request).await,
-            ),
-            Some("messages") => (
-                "mcp",
-                crate::mcp_proxy::legacy_message(state, peer, u, request).await,
-            ),
-            _ => (
-                "mcp",
-                problem(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "this MCP server uses the HTTP+SSE transport: open /mcp/<server>/sse",
-                ),
-            ),
-        },
-        (Some("a2a"), Some(u)) if u.config.kind == UpstreamKind::A2a => match rest {
-            None => ("a2a", crate::a2a_proxy::rpc(state, peer, u, request).await),
-            Some(card) if crate::a2a_proxy::CARD_PATHS.contains(&card) => {
-                ("a2a", crate::a2a_proxy::card(state, peer, u, request).await)
-            }
-            Some(_) => (
-                "a2a",
-                problem(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "A2A peers answer at /a2a/<peer> and /a2a/<peer>/.well-known/agent-card.json",
-                ),
-            ),
-        },
-        (Some("http"), Some(u)) if u.config.kind == UpstreamKind::Http => {
-            let rest = format!("/{}", rest.unwrap_or_default());
-            (
-                "http",
-                crate::http_proxy::http_request(state, peer, u, &rest, request).await,
-            )
+    match path {
+        "/healthz" => {
+            return (
+                "health",
+                json_response(StatusCode::OK, &json!({"status": "ok"})),
+            );
         }
-        _ => (
-            "none",
-            problem(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such route; use /mcp/<upstream>, /a2a/<upstream> or /http/<upstream>/<path>",
-            ),
-        ),
+        // An admin's request, not an agent's: it authenticates and reads its body itself.
+        "/actions/undo" => return ("undo", crate::undo::handle(state, request).await),
+        "/metrics" => return ("metrics", metrics_for(state, request.headers())),
+        _ => {}
     }
+    let route = match resolve(state, path) {
+        Ok(route) => route,
+        Err(not_found) => return not_found,
+    };
+    let adapter = route.adapter();
+    let request = match admit(state, peer, request).await {
+        Ok(request) => request,
+        Err(refused) => return (adapter, refused),
+    };
+    let response = match route {
+        Route::McpStreamable(u) => crate::mcp_proxy::streamable(state, u, request).await,
+        Route::McpSseStream(u) => crate::mcp_proxy::legacy_stream(state, u, request).await,
+        Route::McpSseMessage(u) => crate::mcp_proxy::legacy_message(state, u, request).await,
+        Route::A2aRpc(u) => crate::a2a_proxy::rpc(state, u, request).await,
+        Route::A2aCard(u) => crate::a2a_proxy::card(state, u, request).await,
+        Route::Http(u, rest) => crate::http_proxy::http_request(state, u, &rest, request).await,
+    };
+    (adapter, response)
 }
 
 /// `/metrics` on the agent listener: only with the metrics token.

@@ -822,3 +822,41 @@ async fn a_secret_the_scanner_found_never_reaches_the_record() {
         .collect::<String>();
     assert!(!everything.contains("AKIAQ3EG"), "{everything}");
 }
+
+/// The stack runs identify and the body limit before any adapter: an unidentified or oversized
+/// request never reaches adapter code (nor the upstream), whatever the route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_adapter_sees_a_request_before_identify_and_the_body_limit() {
+    let site = site("  limits: {maxBodyBytes: 1024}\n");
+    let big = vec![b'x'; 4096];
+    for path in ["/mcp/tools", "/http/api/items"] {
+        let anonymous = site
+            .agent_client()
+            .send(
+                Method::POST,
+                &site.url(path),
+                &[("content-type", "application/json")],
+                Some(big.clone()),
+                1 << 16,
+            )
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "{path}");
+        let oversized = site
+            .agent_client()
+            .send(
+                Method::POST,
+                &site.url(path),
+                &[
+                    ("content-type", "application/json"),
+                    ("authorization", site.grant.as_str()),
+                ],
+                Some(big.clone()),
+                1 << 16,
+            )
+            .await
+            .unwrap();
+        assert_eq!(oversized.status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
+    }
+    assert!(site.hostile.received().is_empty(), "{:?}", site.hostile.received());
+}
