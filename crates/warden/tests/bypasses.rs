@@ -858,5 +858,9 @@ async fn no_adapter_sees_a_request_before_identify_and_the_body_limit() {
             .unwrap();
         assert_eq!(oversized.status, StatusCode::PAYLOAD_TOO_LARGE, "{path}");
     }
-    assert!(site.hostile.received().is_empty(), "{:?}", site.hostile.received());
+    assert!(
+        site.hostile.received().is_empty(),
+        "{:?}",
+        site.hostile.received()
+    );
 }
