@@ -261,6 +261,11 @@ impl Api {
             "{}{path}",
             self.connection.control_url.trim_end_matches('/')
         );
+        // Admin tokens and grants go out, private keys come back: never over a path anyone
+        // between could read.
+        warden_http::secure_url(&url).map_err(|e| {
+            anyhow::anyhow!("refusing to talk to the control plane: WARDEN_CONTROL_URL {e}")
+        })?;
         let response = self
             .client
             .send(method, &url, headers, body, MAX_RESPONSE_BYTES)

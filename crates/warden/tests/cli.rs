@@ -350,3 +350,18 @@ fn a_closed_pipe_ends_a_command_quietly() {
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
     assert_eq!(out.status.code(), Some(0));
 }
+
+/// Admin tokens and grants never travel in the clear to another host: a plain-HTTP control URL
+/// that is not loopback is refused before anything is sent.
+#[test]
+fn the_cli_refuses_a_plain_http_control_plane_off_loopback() {
+    let out = warden()
+        .args(["agent", "list"])
+        .env("WARDEN_CONTROL_URL", "http://control.invalid:8181")
+        .env("WARDEN_TOKEN", "wdn_not_sent")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("must be https"), "{stderr}");
+}
