@@ -633,6 +633,15 @@ pub async fn legacy_message(
     {
         return session.answer(&refusal).await;
     }
+    // The answer will come on the client's stream, which no gate holds: on this transport the
+    // record is on disk before the message is forwarded at all.
+    if let Err(why) = caller.answer_after.opened().await {
+        return problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "audit_unavailable",
+            &format!("the call's record could not be made durable, so it was not forwarded: {why}"),
+        );
+    }
     match call_upstream(
         state,
         upstream,
