@@ -348,3 +348,39 @@ fn an_opened_log_refuses_to_continue_over_tampering() {
         .to_string();
     assert!(error.contains("warden audit verify"), "{error}");
 }
+
+/// A writer far behind refuses more rather than holding unbounded memory: records queued past
+/// 64 MiB are refused at once (and said so), and everything accepted is written in order.
+#[test]
+fn the_queue_is_bounded_by_bytes_and_says_when_it_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let (signer, _) = generate_private_key("warden.test/audit").unwrap();
+    let log = AuditLog::open(config(dir.path()), signer).unwrap();
+    // Made first, so the appends below arrive faster than any disk writes them.
+    let records: Vec<Vec<u8>> = (0..100)
+        .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(1_000_000)).into_bytes())
+        .collect();
+    let staged: Vec<_> = records.into_iter().map(|r| log.append_staged(r)).collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let answers: Vec<_> = runtime.block_on(async {
+        let mut answers = Vec::new();
+        for stage in staged {
+            answers.push(stage.durable.await.unwrap());
+        }
+        answers
+    });
+    let refused = answers
+        .iter()
+        .filter(|a| matches!(a, Err(warden_audit::AuditError::Behind(_))))
+        .count();
+    let kept = answers.iter().filter(|a| a.is_ok()).count();
+    assert!(refused > 0, "nothing refused: the queue is unbounded");
+    assert!(kept >= 60, "only {kept} of the first 64 MiB kept");
+    assert_eq!(kept + refused, 100);
+    assert_eq!(log.size(), kept as u64);
+    // The refusal says what to expect.
+    let behind = answers.iter().find_map(|a| a.as_ref().err()).unwrap();
+    assert!(behind.to_string().contains("behind"), "{behind}");
+}
