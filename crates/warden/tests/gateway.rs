@@ -271,8 +271,9 @@ fn an_idle_warden_up_stops_within_a_second_of_ctrl_c() {
     // Let the gateway's long polls to the control plane start.
     std::thread::sleep(Duration::from_millis(500));
     let interrupted = Instant::now();
-    let signalled = Command::new("kill")
-        .args(["-INT", &up.child.id().to_string()])
+    // The shell's own `kill`: no procps needed.
+    let signalled = Command::new("sh")
+        .args(["-c", &format!("kill -INT {}", up.child.id())])
         .status()
         .unwrap();
     assert!(signalled.success());
