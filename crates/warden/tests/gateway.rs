@@ -290,7 +290,8 @@ fn an_idle_warden_up_stops_within_a_second_of_ctrl_c() {
     }
     let took = interrupted.elapsed();
     eprintln!("warden up stopped {took:?} after SIGINT");
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // The goal is a second; the margin is for a loaded machine.
+    assert!(took < Duration::from_secs(3), "took {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
