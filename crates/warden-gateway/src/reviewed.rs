@@ -85,6 +85,10 @@ pub fn relay_awaited(
         tracing::warn!("MCP server {server} sent a message that does not parse; withheld");
         return unreadable_answer(&Value::Null).to_string();
     };
+    if ambiguous(&message) {
+        tracing::warn!("MCP server {server} sent a message both request and answer; withheld");
+        return unreadable_answer(&Value::Null).to_string();
+    }
     let is_answer = message.get("method").is_none()
         && (message.get("result").is_some() || message.get("error").is_some());
     if !is_answer {
@@ -137,6 +141,9 @@ fn review_text(
     let Ok(mut message) = crate::json::parse_strict(data.as_bytes()) else {
         return Some(unreadable_answer(id).to_string());
     };
+    if ambiguous(&message) {
+        return Some(unreadable_answer(id).to_string());
+    }
     let is_answer = message.get("method").is_none()
         && (message.get("result").is_some() || message.get("error").is_some());
     if is_answer {
@@ -198,6 +205,13 @@ fn review_server_message(
         }
         _ => review.redacted.then(|| message.to_string()),
     }
+}
+
+/// A message that is a request (a `method`) and an answer (a `result` or `error`) at once: a
+/// client could read it either way, and only one reading would be reviewed.
+fn ambiguous(message: &Value) -> bool {
+    message.get("method").is_some()
+        && (message.get("result").is_some() || message.get("error").is_some())
 }
 
 /// The MCP server an action is addressed to, if it is one.
@@ -362,6 +376,10 @@ mod tests {
         ] {
             assert_eq!(relay(&mut awaiting, unreadable)["error"]["code"], -32603);
         }
+        // A message that is request and answer at once is read neither way.
+        awaiting.expect(&json!(2), Awaited::Plain).unwrap();
+        let both = r#"{"jsonrpc":"2.0","id":2,"method":"ping","result":{"x":"y"}}"#;
+        assert_eq!(relay(&mut awaiting, both)["error"]["code"], -32603);
         // The server's own requests and notifications pass as they are…
         let ping = r#"{"jsonrpc":"2.0","id":"srv","method":"ping"}"#;
         assert_eq!(relay(&mut awaiting, ping)["method"], "ping");
