@@ -207,13 +207,18 @@ impl Cache {
     }
 
     fn retain(&mut self, mut keep: impl FnMut(&VerifiedGrant) -> bool) {
-        let grants = std::mem::take(&mut self.grants);
-        self.clear();
-        for (token, grant) in grants {
-            if keep(&grant) {
-                self.insert(token, grant);
+        let (per_root, token_bytes) = (&mut self.per_root, &mut self.token_bytes);
+        self.grants.retain(|token, grant| {
+            let kept = keep(grant);
+            if !kept {
+                *token_bytes -= token.len();
+                if let Some(n) = per_root.get_mut(grant.root()) {
+                    *n -= 1;
+                }
             }
-        }
+            kept
+        });
+        per_root.retain(|_, n| *n > 0);
     }
 
     fn insert(&mut self, token: Box<str>, grant: Arc<VerifiedGrant>) {

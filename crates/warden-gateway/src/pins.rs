@@ -15,10 +15,9 @@ pub struct Withheld(Mutex<HashSet<String>>);
 
 impl Withheld {
     pub fn contains(&self, server: &Name, tool: &Name) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(&format!("{server}/{tool}"))
+        let withheld = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Asked on every tool call: the common answer costs no allocation.
+        !withheld.is_empty() && withheld.contains(&format!("{server}/{tool}"))
     }
 
     pub(crate) fn set(&self, key: String, withheld: bool) {

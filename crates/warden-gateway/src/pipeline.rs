@@ -73,7 +73,7 @@ impl Review {
 }
 
 /// One decision as recorded and observed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DecisionEvent {
     pub time: i64,
@@ -622,31 +622,19 @@ impl Pipeline {
             decision_id: decision.id.to_string(),
             outcome: decision.outcome.label(),
             reason: Some(reason),
-            deciding: Vec::new(),
             bundle: decision.bundle.to_string(),
             agent: agent.map(ToString::to_string).unwrap_or_default(),
             tenant: agent
                 .and_then(|a| a.segments().nth(1).map(str::to_owned))
                 .unwrap_or_default(),
             source: source.map(|a| a.to_string()),
-            parents: Vec::new(),
-            task: None,
             grant: refused.grant.unwrap_or_default(),
             phase: Some("identify"),
-            undo_of: None,
-            undone_by: None,
             action: "identify".into(),
             resource: refused.path,
             target,
-            arguments: None,
-            intent: None,
-            findings: Vec::new(),
-            redacted: Vec::new(),
-            approvals: Vec::new(),
-            approval_requests: Vec::new(),
-            approval_problems: Vec::new(),
             gateway: self.gateway.clone(),
-            decide_micros: 0,
+            ..DecisionEvent::default()
         };
         let _ = self.recorder.record(&event);
         let _ = self.events.send(event);

@@ -112,10 +112,11 @@ pub fn is_proxy_request<B>(request: &Request<B>) -> bool {
 /// read it.
 pub(crate) async fn read_request_body(
     state: &State,
-    request: Request<Incoming>,
+    headers: &HeaderMap,
+    body: Incoming,
 ) -> Result<Bytes, Response<Body>> {
-    identity_encoded(request.headers())?;
-    read_body(state, request.into_body()).await
+    identity_encoded(headers)?;
+    read_body(state, body).await
 }
 
 fn identity_encoded(headers: &HeaderMap) -> Result<(), Response<Body>> {
@@ -256,11 +257,10 @@ pub(crate) async fn admit(
     let (head, body) = request.into_parts();
     let body = if head.method == Method::CONNECT {
         Bytes::new()
-    } else {
-        if !proxied {
-            identity_encoded(&head.headers)?;
-        }
+    } else if proxied {
         read_body(state, body).await?
+    } else {
+        read_request_body(state, &head.headers, body).await?
     };
     Ok(AgentRequest { caller, head, body })
 }

@@ -166,7 +166,8 @@ pub async fn handle(state: &State, request: Request<Incoming>) -> Response<Body>
         Ok(name) => name,
         Err(response) => return response,
     };
-    let body = match read_request_body(state, request).await {
+    let (head, body) = request.into_parts();
+    let body = match read_request_body(state, &head.headers, body).await {
         Ok(b) => b,
         Err(response) => return response,
     };
