@@ -8,6 +8,7 @@
 //! allowing a host name is not enough.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +19,8 @@ use warden_model::{Action, Host, Protocol};
 
 use crate::identify::Caller;
 use crate::pipeline::Said;
-use crate::plumbing::{AgentRequest, Body, BoxError, State, describe, json_response, problem};
+use crate::plumbing::{AgentRequest, Body, BoxError, State, describe, forbidden, problem};
+use crate::stack::{Adapter, Ask, Classification, Refusal, check};
 
 /// How long name resolution and the connection to the destination may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,40 +82,21 @@ fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
     None
 }
 
-fn refused(verdict: &crate::pipeline::Verdict, what: &str) -> Response<Body> {
-    let refusal =
-        crate::jsonrpc::refusal(&serde_json::Value::Null, verdict, what, crate::mcp::CODES);
-    json_response(
-        StatusCode::FORBIDDEN,
-        &serde_json::json!({"error": refusal["error"]}),
-    )
+/// The destination a request names, decided as a name before it is ever resolved.
+pub(crate) struct Destination {
+    host: Host,
+    port: u16,
+    said: Said,
 }
 
-/// Resolves, decides and returns the one address to connect to, or the refusal.
-async fn decide_destination(
+/// Resolves the destination once, decides the address it resolves to, and returns the one
+/// address to connect to, or the refusal.
+async fn resolve(
     state: &State,
     caller: &Caller,
-    authority: &str,
-    default_port: u16,
-    said: Said,
+    destination: Destination,
 ) -> Result<SocketAddr, Response<Body>> {
-    let bad = |why: &str| problem(StatusCode::BAD_REQUEST, "bad_destination", why);
-    let (host_text, port) = split_authority(authority, default_port)
-        .ok_or_else(|| bad("the destination must be host:port"))?;
-    let host = Host::new(&host_text).map_err(|e| bad(&e.to_string()))?;
-    // A grant that does not cover the destination is refused before any lookup, so it cannot be
-    // used to make the gateway resolve names (DNS exfiltration).
-    let named = Action::EgressConnect {
-        host: host.clone(),
-        port,
-        protocol: Protocol::Tcp,
-        ip: None,
-    };
-    if !caller.authority.permits(&named) {
-        let what = describe(&named);
-        let verdict = state.pipeline.decide(caller, named, &[], said).await;
-        return Err(refused(&verdict, &what));
-    }
+    let Destination { host, port, said } = destination;
     let addresses: Vec<IpAddr> = match &host {
         Host::Ip(ip) => vec![*ip],
         Host::Dns(_) => {
@@ -147,24 +130,17 @@ async fn decide_destination(
         protocol: Protocol::Tcp,
         ip: Some(ip),
     };
-    let action = connect(host.clone());
-    let what = describe(&action);
-    let verdict = state
-        .pipeline
-        .decide(caller, action, &[], said.clone())
-        .await;
-    if !verdict.allowed() {
-        return Err(refused(&verdict, &what));
-    }
+    let mut asks = vec![Ask::decide_alone(connect(host.clone()), said.clone())];
     if is_special(ip) && !matches!(host, Host::Ip(_)) {
         // The name is allowed, but it points somewhere special: the address needs its own rule.
         let action = connect(Host::Ip(ip));
         let what = format!("{} (which {host} resolves to)", describe(&action));
-        let verdict = state.pipeline.decide(caller, action, &[], said).await;
-        if !verdict.allowed() {
-            return Err(refused(&verdict, &what));
-        }
+        asks.push(Ask::decide_alone(action, said).described_as(what));
     }
+    // What only resolution reveals is decided the stack's way.
+    check(&state.pipeline, caller, &[], asks)
+        .await
+        .map_err(|refusal| forbidden(&refusal.verdict, &refusal.what, crate::mcp::CODES))?;
     // An address literal was decided as itself: only a `cidrs` rule allows it.
     Ok(SocketAddr::new(ip, port))
 }
@@ -198,78 +174,129 @@ async fn dial(address: SocketAddr) -> Result<tokio::net::TcpStream, Response<Bod
     }
 }
 
-pub async fn handle(state: &State, request: AgentRequest) -> Response<Body> {
-    let AgentRequest { caller, head, body } = request;
-    let said = Said::from_headers(&head.headers);
-    if head.method == Method::CONNECT {
-        let Some(authority) = head.uri.authority().map(|a| a.as_str().to_owned()) else {
-            return problem(
-                StatusCode::BAD_REQUEST,
-                "bad_destination",
-                "CONNECT needs host:port",
-            );
+/// The forward proxy: `CONNECT` tunnels and absolute-form `http://` requests.
+pub(crate) struct Egress;
+
+impl Adapter for Egress {
+    type Plan = Destination;
+
+    fn classify(
+        &self,
+        _state: &State,
+        request: &mut AgentRequest,
+    ) -> Result<Classification<Destination>, Response<Body>> {
+        let head = &request.head;
+        let bad = |why: &str| problem(StatusCode::BAD_REQUEST, "bad_destination", why);
+        let default_port = if head.method == Method::CONNECT {
+            443
+        } else if head.uri.scheme_str() == Some("http") {
+            80
+        } else {
+            return Err(bad(
+                "only http:// is proxied in absolute form; use CONNECT (HTTPS_PROXY) for https",
+            ));
         };
-        let address = match decide_destination(state, &caller, &authority, 443, said).await {
-            Ok(a) => a,
-            Err(response) => return response,
+        let Some(authority) = head.uri.authority() else {
+            return Err(bad(if head.method == Method::CONNECT {
+                "CONNECT needs host:port"
+            } else {
+                "no host in the URL"
+            }));
         };
-        let outbound = match dial(address).await {
-            Ok(s) => s,
-            Err(response) => return response,
+        let (host_text, port) = split_authority(authority.as_str(), default_port)
+            .ok_or_else(|| bad("the destination must be host:port"))?;
+        let host = Host::new(&host_text).map_err(|e| bad(&e.to_string()))?;
+        let said = Said::from_headers(&head.headers);
+        let named = Action::EgressConnect {
+            host: host.clone(),
+            port,
+            protocol: Protocol::Tcp,
+            ip: None,
         };
-        // The tunnel closes when the agent is quarantined or traffic frozen.
-        let stops = state.pipeline.stops();
-        let stopped = stops.until_stopped(
-            caller.identity.spiffe_id().clone(),
-            caller.identity.parents().to_vec(),
-            stops.version(),
-        );
-        // The connection's upgrade travels in the request's extensions.
-        let request = Request::from_parts(head, ());
-        tokio::spawn(async move {
-            match hyper::upgrade::on(request).await {
-                Ok(upgraded) => {
-                    let mut client = TokioIo::new(upgraded);
-                    let mut outbound = outbound;
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut outbound) => {}
-                        reason = stopped => tracing::info!("tunnel closed: {reason:?}"),
-                    }
-                }
-                Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
-            }
-        });
-        return Response::new(crate::plumbing::full(Bytes::new()));
+        // A grant that does not cover the destination is refused before any lookup, so it
+        // cannot be used to make the gateway resolve names (DNS exfiltration).
+        let asks = if request.caller.authority.permits(&named) {
+            Vec::new()
+        } else {
+            vec![Ask::decide_alone(named, said.clone())]
+        };
+        Ok(Classification {
+            asks,
+            plan: Destination { host, port, said },
+        })
     }
-    absolute_form(state, &caller, head, body, said).await
+
+    async fn refuse(&self, _: Destination, refusal: Refusal) -> Response<Body> {
+        forbidden(&refusal.verdict, &refusal.what, crate::mcp::CODES)
+    }
+
+    async fn forward(
+        &self,
+        state: &Arc<State>,
+        request: AgentRequest,
+        destination: Destination,
+    ) -> Response<Body> {
+        let AgentRequest { caller, head, body } = request;
+        let address = match resolve(state, &caller, destination).await {
+            Ok(address) => address,
+            Err(refused) => return refused,
+        };
+        if head.method == Method::CONNECT {
+            tunnel(state, &caller, head, address).await
+        } else {
+            absolute_form(state, head, body, address).await
+        }
+    }
 }
 
-/// A plain-HTTP request through the proxy (`GET http://host/path`).
-async fn absolute_form(
+/// `CONNECT`: the tunnel to the decided address, closed when the agent is held.
+async fn tunnel(
     state: &State,
     caller: &Caller,
-    parts: http::request::Parts,
-    body: Bytes,
-    said: Said,
+    head: http::request::Parts,
+    address: SocketAddr,
 ) -> Response<Body> {
-    if parts.uri.scheme_str() != Some("http") {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "bad_destination",
-            "only http:// is proxied in absolute form; use CONNECT (HTTPS_PROXY) for https",
-        );
-    }
-    let Some(authority) = parts.uri.authority().map(|a| a.as_str().to_owned()) else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "bad_destination",
-            "no host in the URL",
-        );
-    };
-    let address = match decide_destination(state, caller, &authority, 80, said).await {
-        Ok(a) => a,
+    let outbound = match dial(address).await {
+        Ok(s) => s,
         Err(response) => return response,
     };
+    // The tunnel closes when the agent is quarantined or traffic frozen.
+    let stops = state.pipeline.stops();
+    let stopped = stops.until_stopped(
+        caller.identity.spiffe_id().clone(),
+        caller.identity.parents().to_vec(),
+        stops.version(),
+    );
+    // The connection's upgrade travels in the request's extensions.
+    let request = Request::from_parts(head, ());
+    tokio::spawn(async move {
+        match hyper::upgrade::on(request).await {
+            Ok(upgraded) => {
+                let mut client = TokioIo::new(upgraded);
+                let mut outbound = outbound;
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut outbound) => {}
+                    reason = stopped => tracing::info!("tunnel closed: {reason:?}"),
+                }
+            }
+            Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
+        }
+    });
+    Response::new(crate::plumbing::full(Bytes::new()))
+}
+
+/// A plain-HTTP request through the proxy (`GET http://host/path`), to the decided address.
+async fn absolute_form(
+    state: &State,
+    parts: http::request::Parts,
+    body: Bytes,
+    address: SocketAddr,
+) -> Response<Body> {
+    let authority = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .unwrap_or_default();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut outgoing = Request::builder().method(parts.method).uri(path);
     for (name, value) in &parts.headers {

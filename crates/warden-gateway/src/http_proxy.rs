@@ -15,120 +15,157 @@ use serde_json::{Value, json};
 use warden_model::{Action, HttpMethod, HttpPath};
 
 use crate::identify::Caller;
-use crate::jsonrpc;
 use crate::mcp;
+
+use std::sync::Arc;
+
+use crate::stack::{Adapter, Ask, Classification, Refusal};
 
 use crate::plumbing::{
     AgentRequest, Body, BoxError, HOP_AND_CREDENTIALS, State, Upstream, call_upstream, describe,
-    full, json_response, problem,
+    forbidden, full, problem,
 };
 
-pub(crate) async fn http_request(
-    state: &State,
-    upstream: &Upstream,
-    rest: &str,
-    request: AgentRequest,
-) -> Response<Body> {
-    let AgentRequest {
-        caller,
-        head,
-        mut body,
-    } = request;
-    let action = match (HttpMethod::new(head.method.as_str()), HttpPath::new(rest)) {
-        (Ok(method), Ok(path)) => Action::Http {
+/// `/http/<service>/<path>`: the path below the service's name is `rest`.
+pub(crate) struct Http<'a> {
+    pub upstream: &'a Upstream,
+    pub rest: String,
+}
+
+pub(crate) struct HttpPlan {
+    /// The upstream URL, re-encoded from the decided path.
+    url: String,
+    /// The action, when the answer is reviewed (`inspectResponses`).
+    reviewed: Option<Action>,
+}
+
+impl Adapter for Http<'_> {
+    type Plan = HttpPlan;
+
+    fn classify(
+        &self,
+        state: &State,
+        request: &mut AgentRequest,
+    ) -> Result<Classification<HttpPlan>, Response<Body>> {
+        let upstream = self.upstream;
+        let (method, path) = match (
+            HttpMethod::new(request.head.method.as_str()),
+            HttpPath::new(&self.rest),
+        ) {
+            (Ok(method), Ok(path)) => (method, path),
+            (Err(e), _) | (_, Err(e)) => {
+                return Err(problem(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    &e.to_string(),
+                ));
+            }
+        };
+        let headers = &request.head.headers;
+        let query = request
+            .head
+            .uri
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
+        let body = &mut request.body;
+        if !body.is_empty()
+            && is_json(headers)
+            && let Err(e) = crate::json::parse_strict(body)
+        {
+            return Err(problem(
+                StatusCode::BAD_REQUEST,
+                "bad_json",
+                &format!(
+                    "the JSON body is refused ({e}): Warden forwards only JSON that it and the upstream read the same way"
+                ),
+            ));
+        }
+        let mut said = crate::pipeline::Said::from_headers(headers);
+        if state.pipeline.redacts_requests() && !body.is_empty() {
+            said.redacted = redact_body(&state.pipeline, headers, body);
+        }
+        let encoded = path.encoded();
+        let url = format!(
+            "{}{encoded}{query}",
+            upstream.config.url.trim_end_matches('/')
+        );
+        let action = Action::Http {
             service: upstream.config.name.clone(),
             method,
             path,
-        },
-        (Err(e), _) | (_, Err(e)) => {
-            return problem(StatusCode::BAD_REQUEST, "bad_request", &e.to_string());
-        }
-    };
-    let query = head
-        .uri
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    let mut said = crate::pipeline::Said::from_headers(&head.headers);
-    let (method, headers) = (head.method, head.headers);
-    if !body.is_empty()
-        && is_json(&headers)
-        && let Err(e) = crate::json::parse_strict(&body)
-    {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "bad_json",
-            &format!(
-                "the JSON body is refused ({e}): Warden forwards only JSON that it and the upstream read the same way"
-            ),
-        );
-    }
-    if state.pipeline.redacts_requests() && !body.is_empty() {
-        said.redacted = redact_body(&state.pipeline, &headers, &mut body);
-    }
-    let path = match &action {
-        Action::Http { path, .. } => path.encoded(),
-        _ => unreachable!("built above as Action::Http"),
-    };
-    let url = format!("{}{path}{query}", upstream.config.url.trim_end_matches('/'));
-    // What leaves besides the body: the URL (a query string carries data too) and the headers
-    // that are forwarded. Their findings are located at `/url` and `/headers/<name>`.
-    let forwarded: serde_json::Map<String, Value> = headers
-        .iter()
-        .filter(|(name, _)| forwards_header(name.as_str()))
-        .map(|(name, value)| {
-            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-            (name.as_str().to_owned(), Value::String(value))
+        };
+        // What leaves besides the body: the URL (a query string carries data too) and the
+        // headers that are forwarded. Their findings are located at `/url` and `/headers/<name>`.
+        let forwarded: serde_json::Map<String, Value> = headers
+            .iter()
+            .filter(|(name, _)| forwards_header(name.as_str()))
+            .map(|(name, value)| {
+                let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                (name.as_str().to_owned(), Value::String(value))
+            })
+            .collect();
+        said.findings.extend(state.pipeline.inspect_content(
+            &action,
+            &json!({"url": format!("{encoded}{query}"), "headers": forwarded}),
+        ));
+        // Kept for the review of the response, when it is inspected.
+        let reviewed = upstream.config.inspect_responses.then(|| action.clone());
+        Ok(Classification {
+            asks: vec![Ask::decide(action, said)],
+            plan: HttpPlan { url, reviewed },
         })
-        .collect();
-    said.findings.extend(state.pipeline.inspect_content(
-        &action,
-        &json!({"url": format!("{path}{query}"), "headers": forwarded}),
-    ));
-    let what = describe(&action);
-    // Kept for the review of the response, when it is inspected.
-    let reviewed = upstream.config.inspect_responses.then(|| action.clone());
-    let verdict = state.pipeline.decide(&caller, action, &body, said).await;
-    if !verdict.allowed() {
+    }
+
+    async fn refuse(&self, _: HttpPlan, refusal: Refusal) -> Response<Body> {
         // Denied and needs-approval are both 403; the body's `data.outcome` tells them apart and
         // carries what an approval request needs.
-        let refusal = jsonrpc::refusal(&Value::Null, &verdict, &what, mcp::CODES);
-        return json_response(StatusCode::FORBIDDEN, &json!({"error": refusal["error"]}));
+        forbidden(&refusal.verdict, &refusal.what, mcp::CODES)
     }
-    let inspect = reviewed.is_some();
-    let response = match call_upstream(
-        state,
-        upstream,
-        method,
-        &url,
-        &headers,
-        // An inspected response must come back readable: no compression asked for.
-        |name| forwards_header(name) && !(inspect && name == "accept-encoding"),
-        body,
-    )
-    .await
-    {
-        Ok(response) => response,
-        Err(response) => return response,
-    };
-    let (parts, body) = response.into_parts();
-    let mut head = Response::new(());
-    *head.status_mut() = parts.status;
-    for (name, value) in &parts.headers {
-        if !HOP_AND_CREDENTIALS.contains(&name.as_str()) && name != "set-cookie" {
-            head.headers_mut().append(name, value.clone());
+
+    async fn forward(
+        &self,
+        state: &Arc<State>,
+        request: AgentRequest,
+        plan: HttpPlan,
+    ) -> Response<Body> {
+        let AgentRequest { caller, head, body } = request;
+        let HttpPlan { url, reviewed } = plan;
+        let inspect = reviewed.is_some();
+        let response = match call_upstream(
+            state,
+            self.upstream,
+            head.method,
+            &url,
+            &head.headers,
+            // An inspected response must come back readable: no compression asked for.
+            |name| forwards_header(name) && !(inspect && name == "accept-encoding"),
+            body,
+        )
+        .await
+        {
+            Ok(response) => response,
+            Err(response) => return response,
+        };
+        let (parts, body) = response.into_parts();
+        let mut head = Response::new(());
+        *head.status_mut() = parts.status;
+        for (name, value) in &parts.headers {
+            if !HOP_AND_CREDENTIALS.contains(&name.as_str()) && name != "set-cookie" {
+                head.headers_mut().append(name, value.clone());
+            }
         }
-    }
-    let Some(reviewed) = reviewed else {
-        return head.map(|()| body.map_err(|e| Box::new(e) as BoxError).boxed());
-    };
-    match reviewed_http(state, &caller, &reviewed, &parts.headers, body).await {
-        Ok(bytes) => {
-            // Redaction may have changed the length; the body's own is sent.
-            head.headers_mut().remove(http::header::CONTENT_LENGTH);
-            head.map(|()| full(bytes))
+        let Some(reviewed) = reviewed else {
+            return head.map(|()| body.map_err(|e| Box::new(e) as BoxError).boxed());
+        };
+        match reviewed_http(state, &caller, &reviewed, &parts.headers, body).await {
+            Ok(bytes) => {
+                // Redaction may have changed the length; the body's own is sent.
+                head.headers_mut().remove(http::header::CONTENT_LENGTH);
+                head.map(|()| full(bytes))
+            }
+            Err(refusal) => refusal,
         }
-        Err(refusal) => refusal,
     }
 }
 
@@ -204,11 +241,7 @@ async fn reviewed_http(
     let review = state.pipeline.review(caller, action, &mut value);
     if let Some(verdict) = review.verdict.as_ref().filter(|_| review.refused()) {
         let what = format!("the response of {}", describe(action));
-        let refusal = jsonrpc::refusal(&Value::Null, verdict, &what, mcp::CODES);
-        return Err(json_response(
-            StatusCode::FORBIDDEN,
-            &json!({"error": refusal["error"]}),
-        ));
+        return Err(forbidden(verdict, &what, mcp::CODES));
     }
     Ok(if review.redacted {
         content_bytes(value, json)

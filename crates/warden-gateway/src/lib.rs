@@ -3,8 +3,9 @@
 //! inspects it, decides (policy AND grant), records the decision, forwards to the upstream with
 //! the upstream's own credential, and publishes the decision as an event.
 //!
-//! Protocol adapters (`mcp`, `a2a` with `a2a_proxy`, the HTTP adapter in `server`, `egress`)
-//! only classify and forward; the `pipeline` decides.
+//! Every agent request goes through one stack (`stack::serve`): identify, read the body, the
+//! protocol adapter (`mcp_proxy`, `a2a_proxy`, `http_proxy`, `egress`) classifies, the
+//! `pipeline` inspects, decides and records, the adapter forwards and relays the answer.
 
 mod a2a;
 mod a2a_proxy;
@@ -31,6 +32,7 @@ mod plumbing;
 mod reviewed;
 mod server;
 mod sse;
+mod stack;
 mod stdio;
 mod stops;
 mod sync;

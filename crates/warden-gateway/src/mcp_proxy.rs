@@ -27,13 +27,14 @@ use crate::legacy::LegacySession;
 use crate::mcp::{self, Awaited, Classified, Listing};
 use crate::pipeline::{Pipeline, Said};
 use crate::plumbing::{
-    AgentRequest, Body, BoxError, State, Upstream, call_upstream, describe, full, json_response,
+    AgentRequest, Body, BoxError, State, Upstream, call_upstream, forbidden, full, json_response,
     problem, relay,
 };
 use crate::reviewed::{
     Asked, is_event_stream, read_whole, relay_awaited, relay_reviewed, unreadable_answer,
 };
 use crate::sse::SseRewriter;
+use crate::stack::{Adapter, Ask, Classification, Refusal, check};
 
 /// Headers a client's request may carry to an MCP upstream; everything else (its credentials
 /// above all) stays at the gateway.
@@ -48,7 +49,7 @@ const RESPONSE_HEADERS: [&str; 3] = ["content-type", "mcp-session-id", "mcp-prot
 /// Requests of one HTTP+SSE session awaiting their checked answers on its stream.
 const MAX_PENDING: usize = 1024;
 
-/// What the pipeline made of one client message.
+/// What follows from one client message once its actions are allowed.
 pub(crate) enum Screened {
     /// Forward it; filter the answer if it is a listing (the listing, and the request's id).
     Forward(Option<(Listing, Value)>),
@@ -64,19 +65,121 @@ pub(crate) enum Screened {
     },
 }
 
-impl Screened {
-    fn refused(answer: Value, answers_request: bool) -> Self {
-        Self::Refused {
-            answer,
-            answers_request,
+/// One client message as read: its id, and what follows once its actions are allowed.
+pub(crate) struct Reading {
+    id: Option<Value>,
+    then: Then,
+}
+
+enum Then {
+    /// Forward it; a listing's answer is filtered.
+    Relay(Option<Listing>),
+    /// Forward it and inspect the result it returns.
+    Review(Action),
+    /// Refused as read: the JSON-RPC error that answers it.
+    Unreadable(Value),
+}
+
+impl Reading {
+    pub fn allowed(self) -> Screened {
+        match (self.then, self.id) {
+            (Then::Relay(Some(listing)), Some(id)) => Screened::Forward(Some((listing, id))),
+            (Then::Review(action), Some(id)) => Screened::Inspect(action, id),
+            (Then::Relay(_) | Then::Review(_), _) => Screened::Forward(None),
+            // Its ask is a refusal, so it is never allowed; should it be, it still goes nowhere.
+            (Then::Unreadable(answer), id) => Screened::Refused {
+                answer,
+                answers_request: id.is_some(),
+            },
         }
+    }
+
+    /// The JSON-RPC error that answers the message, and whether it answers a request.
+    pub fn refused(self, refusal: Refusal) -> (Value, bool) {
+        let answers_request = self.id.is_some();
+        let id = self.id.unwrap_or(Value::Null);
+        let answer = match self.then {
+            Then::Unreadable(answer) => answer,
+            _ => jsonrpc::refusal(&id, &refusal.verdict, &refusal.what, mcp::CODES),
+        };
+        (answer, answers_request)
     }
 }
 
-/// Classifies and decides one message from the client. Every message is screened: requests are
-/// decided (session plumbing only checked against quarantine and the kill switch), notifications
-/// forwarded only when MCP defines them for clients, answers to the server's own requests
-/// inspected and decided; everything else is refused and recorded.
+/// Reads one message from the client as what it asks for. Every message is screened: requests
+/// are decided (session plumbing only checked against quarantine and the kill switch),
+/// notifications forwarded only when MCP defines them for clients, answers to the server's own
+/// requests inspected and decided; everything else is refused and recorded.
+pub(crate) fn read_message(
+    pipeline: &Pipeline,
+    server: &Name,
+    body: &mut Bytes,
+    headers_said: &Said,
+) -> Classification<Reading> {
+    let (id, method, classified, said) = match jsonrpc::parse(body) {
+        Err(invalid) => (
+            None,
+            "invalid".to_owned(),
+            Classified::Refused(invalid),
+            None,
+        ),
+        Ok(Message::Notification { method, params }) => {
+            let classified = mcp::classify_notification(server, &method);
+            let said = headers_said.with_metadata(mcp::metadata(&params));
+            (None, method, classified, Some(said))
+        }
+        Ok(Message::Response) => (
+            None,
+            "response".to_owned(),
+            Classified::Action(mcp::client_message(server, "response")),
+            None,
+        ),
+        Ok(Message::Request {
+            id,
+            method,
+            mut params,
+        }) => {
+            let redacted = jsonrpc::redact_request(pipeline, &id, &method, &mut params, body);
+            let mut said = headers_said.with_metadata(mcp::metadata(&params));
+            said.redacted = redacted;
+            let classified = mcp::classify(server, &method, &params);
+            (Some(id), method, classified, Some(said))
+        }
+    };
+    let said = said.unwrap_or_else(|| headers_said.clone());
+    let (asks, then) = match classified {
+        Classified::Refused(invalid) => {
+            let answer = jsonrpc::error(id.as_ref().unwrap_or(&Value::Null), &invalid);
+            let ask = Ask::refuse(
+                mcp::client_message(server, &method),
+                DenyReason::NotForwarded,
+            );
+            (vec![ask], Then::Unreadable(answer))
+        }
+        Classified::Plumbing => (
+            vec![Ask::plumbing(mcp::client_message(server, &method))],
+            Then::Relay(None),
+        ),
+        Classified::Action(action) => {
+            let then = if mcp::returns_content(&action) {
+                Then::Review(action.clone())
+            } else {
+                Then::Relay(None)
+            };
+            (vec![Ask::decide(action, said)], then)
+        }
+        Classified::Listing(listing, action) => (
+            action.map(|a| Ask::decide(a, said)).into_iter().collect(),
+            Then::Relay(Some(listing)),
+        ),
+    };
+    Classification {
+        asks,
+        plan: Reading { id, then },
+    }
+}
+
+/// Reads and decides one client message where no HTTP stack runs (`warden mcp-stdio`).
 pub(crate) async fn screen(
     pipeline: &Pipeline,
     caller: &Caller,
@@ -85,75 +188,19 @@ pub(crate) async fn screen(
     headers_said: &Said,
 ) -> Screened {
     let started = Instant::now();
-    let (id, method, classified, said) =
-        crate::metrics::stage_span("classify").in_scope(|| match jsonrpc::parse(body) {
-            Err(invalid) => (
-                None,
-                "invalid".to_owned(),
-                Classified::Refused(invalid),
-                headers_said.clone(),
-            ),
-            Ok(Message::Notification { method, params }) => {
-                let classified = mcp::classify_notification(server, &method);
-                let said = headers_said.with_metadata(mcp::metadata(&params));
-                (None, method, classified, said)
-            }
-            Ok(Message::Response) => (
-                None,
-                "response".to_owned(),
-                Classified::Action(mcp::client_message(server, "response")),
-                headers_said.clone(),
-            ),
-            Ok(Message::Request {
-                id,
-                method,
-                mut params,
-            }) => {
-                let redacted = jsonrpc::redact_request(pipeline, &id, &method, &mut params, body);
-                let mut said = headers_said.with_metadata(mcp::metadata(&params));
-                said.redacted = redacted;
-                let classified = mcp::classify(server, &method, &params);
-                (Some(id), method, classified, said)
-            }
-        });
+    let read = crate::metrics::stage_span("classify")
+        .in_scope(|| read_message(pipeline, server, body, headers_said));
     pipeline.metrics().stage("classify", started.elapsed());
-    let answers_request = id.is_some();
-    let id_or_null = id.clone().unwrap_or(Value::Null);
-    let (action, listing) = match classified {
-        Classified::Refused(invalid) => {
-            pipeline.refuse(
-                caller,
-                mcp::client_message(server, &method),
-                DenyReason::NotForwarded,
-            );
-            return Screened::refused(jsonrpc::error(&id_or_null, &invalid), answers_request);
-        }
-        Classified::Plumbing => {
-            if let Some(reason) = pipeline.stopped(caller) {
-                let action = mcp::client_message(server, &method);
-                let what = describe(&action);
-                let verdict = pipeline.refuse(caller, action, reason);
-                let refusal = jsonrpc::refusal(&id_or_null, &verdict, &what, mcp::CODES);
-                return Screened::refused(refusal, answers_request);
+    match check(pipeline, caller, body, read.asks).await {
+        Ok(()) => read.plan.allowed(),
+        Err(refusal) => {
+            let (answer, answers_request) = read.plan.refused(refusal);
+            Screened::Refused {
+                answer,
+                answers_request,
             }
-            return Screened::Forward(None);
-        }
-        Classified::Action(action) => (Some(action), None),
-        Classified::Listing(listing, action) => (action, id.clone().map(|id| (listing, id))),
-    };
-    if let Some(action) = action {
-        let what = describe(&action);
-        let returns_content = mcp::returns_content(&action);
-        let verdict = pipeline.decide(caller, action.clone(), body, said).await;
-        if !verdict.allowed() {
-            let refusal = jsonrpc::refusal(&id_or_null, &verdict, &what, mcp::CODES);
-            return Screened::refused(refusal, answers_request);
-        }
-        if returns_content && let Some(id) = id {
-            return Screened::Inspect(action, id);
         }
     }
-    Screened::Forward(listing)
 }
 
 /// The HTTP answer to a refusal of what has no JSON-RPC answer of its own.
@@ -178,117 +225,161 @@ fn unknown_session() -> Response<Body> {
     )
 }
 
-/// Streamable HTTP: one endpoint, POST for messages, GET for the server's stream, DELETE to end.
-pub async fn streamable(
-    state: &Arc<State>,
-    upstream: &Upstream,
-    request: AgentRequest,
-) -> Response<Body> {
-    let AgentRequest {
-        caller,
-        head,
-        mut body,
-    } = request;
-    let agent = caller.identity.spiffe_id().clone();
-    let session = head
-        .headers
+/// The answer to a refused client message: on the request's own channel when it answers one.
+fn refused_message(reading: Reading, refusal: Refusal) -> Response<Body> {
+    match reading.refused(refusal) {
+        (answer, true) => json_response(StatusCode::OK, &answer),
+        (answer, false) => unanswered(&answer),
+    }
+}
+
+/// The session an MCP request names.
+fn session_of(head: &http::request::Parts) -> Option<String> {
+    head.headers
         .get("mcp-session-id")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if let Some(session) = &session
-        && !state.sessions.owned_by(session, &agent)
-    {
-        return unknown_session();
-    }
-    let (method, headers) = (head.method, head.headers);
-    let said = Said::from_headers(&headers);
-    let keep = |name: &str| FORWARDED.contains(&name);
-    match method {
-        Method::GET | Method::DELETE => {
-            let Some(session) = session else {
-                return problem(
-                    StatusCode::BAD_REQUEST,
-                    "no_session",
-                    "GET and DELETE need an Mcp-Session-Id",
-                );
-            };
-            let response = match call_upstream(
-                state,
-                upstream,
-                method.clone(),
-                &upstream.config.url,
-                &headers,
-                keep,
-                Bytes::new(),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(response) => return response,
-            };
-            if method == Method::DELETE && response.status().is_success() {
-                state.sessions.end(&session);
-            }
-            relay(response, &RESPONSE_HEADERS)
+        .map(str::to_owned)
+}
+
+/// Streamable HTTP: one endpoint, POST for messages, GET for the server's stream, DELETE to end.
+pub(crate) struct Streamable<'a>(pub &'a Upstream);
+
+pub(crate) struct StreamablePlan {
+    session: Option<String>,
+    /// What a POST's message was read as (GET and DELETE carry none).
+    message: Option<Reading>,
+}
+
+impl Adapter for Streamable<'_> {
+    type Plan = StreamablePlan;
+
+    fn classify(
+        &self,
+        state: &State,
+        request: &mut AgentRequest,
+    ) -> Result<Classification<StreamablePlan>, Response<Body>> {
+        let server = &self.0.config.name;
+        let session = session_of(&request.head);
+        if let Some(session) = &session
+            && !state
+                .sessions
+                .owned_by(session, request.caller.identity.spiffe_id())
+        {
+            return Err(unknown_session());
         }
-        Method::POST => {
-            let server = &upstream.config.name;
-            let (listing, inspect) =
-                match screen(&state.pipeline, &caller, server, &mut body, &said).await {
-                    Screened::Forward(listing) => (listing, None),
-                    Screened::Inspect(action, id) => (None, Some((action, id))),
-                    Screened::Refused {
-                        answer,
-                        answers_request: true,
-                    } => return json_response(StatusCode::OK, &answer),
-                    Screened::Refused { answer, .. } => return unanswered(&answer),
+        match request.head.method {
+            Method::GET | Method::DELETE => {
+                if session.is_none() {
+                    return Err(problem(
+                        StatusCode::BAD_REQUEST,
+                        "no_session",
+                        "GET and DELETE need an Mcp-Session-Id",
+                    ));
+                }
+                let what = if request.head.method == Method::GET {
+                    "stream"
+                } else {
+                    "session/end"
                 };
-            let response = match call_upstream(
-                state,
-                upstream,
-                Method::POST,
-                &upstream.config.url,
-                &headers,
-                keep,
-                body,
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(response) => return response,
-            };
-            if session.is_none()
-                && let Some(new) = response
-                    .headers()
-                    .get("mcp-session-id")
-                    .and_then(|v| v.to_str().ok())
-            {
-                state.sessions.bind(new, &agent);
+                Ok(Classification {
+                    asks: vec![Ask::plumbing(mcp::client_message(server, what))],
+                    plan: StreamablePlan {
+                        session,
+                        message: None,
+                    },
+                })
             }
-            match (listing, inspect) {
-                (Some((listing, id)), _) => {
-                    filtered(state, &caller, server, listing, &id, response).await
-                }
-                (None, Some((action, id))) => {
-                    relay_reviewed(
-                        state,
-                        &caller,
-                        Asked { action, id },
-                        response,
-                        &RESPONSE_HEADERS,
-                        mcp::CODES,
-                        |_| {},
-                    )
-                    .await
-                }
-                (None, None) => relay(response, &RESPONSE_HEADERS),
+            Method::POST => {
+                let said = Said::from_headers(&request.head.headers);
+                let read = read_message(&state.pipeline, server, &mut request.body, &said);
+                Ok(Classification {
+                    asks: read.asks,
+                    plan: StreamablePlan {
+                        session,
+                        message: Some(read.plan),
+                    },
+                })
             }
+            _ => Err(problem(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "MCP uses POST, GET and DELETE",
+            )),
         }
-        _ => problem(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "MCP uses POST, GET and DELETE",
-        ),
+    }
+
+    async fn refuse(&self, plan: StreamablePlan, refusal: Refusal) -> Response<Body> {
+        match plan.message {
+            Some(reading) => refused_message(reading, refusal),
+            None => forbidden(&refusal.verdict, &refusal.what, mcp::CODES),
+        }
+    }
+
+    async fn forward(
+        &self,
+        state: &Arc<State>,
+        request: AgentRequest,
+        plan: StreamablePlan,
+    ) -> Response<Body> {
+        let upstream = self.0;
+        let AgentRequest { caller, head, body } = request;
+        let keep = |name: &str| FORWARDED.contains(&name);
+        // Only a POST carries a message.
+        let body = if plan.message.is_some() {
+            body
+        } else {
+            Bytes::new()
+        };
+        let response = match call_upstream(
+            state,
+            upstream,
+            head.method.clone(),
+            &upstream.config.url,
+            &head.headers,
+            keep,
+            body,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(response) => return response,
+        };
+        let Some(reading) = plan.message else {
+            if head.method == Method::DELETE
+                && response.status().is_success()
+                && let Some(session) = &plan.session
+            {
+                state.sessions.end(session);
+            }
+            return relay(response, &RESPONSE_HEADERS);
+        };
+        if plan.session.is_none()
+            && let Some(new) = response
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+        {
+            state.sessions.bind(new, caller.identity.spiffe_id());
+        }
+        let server = &upstream.config.name;
+        match reading.allowed() {
+            Screened::Forward(Some((listing, id))) => {
+                filtered(state, &caller, server, listing, &id, response).await
+            }
+            Screened::Inspect(action, id) => {
+                relay_reviewed(
+                    state,
+                    &caller,
+                    Asked { action, id },
+                    response,
+                    &RESPONSE_HEADERS,
+                    mcp::CODES,
+                    |_| {},
+                )
+                .await
+            }
+            _ => relay(response, &RESPONSE_HEADERS),
+        }
     }
 }
 
@@ -406,25 +497,51 @@ impl hyper::body::Body for ChannelBody {
 
 /// `GET /mcp/<server>/sse`: opens the upstream's stream and relays it, with the `endpoint` it
 /// announces replaced by the gateway's own, and listing answers filtered.
-pub async fn legacy_stream(
+pub(crate) struct SseStream<'a>(pub &'a Upstream);
+
+impl Adapter for SseStream<'_> {
+    type Plan = ();
+
+    fn classify(
+        &self,
+        state: &State,
+        request: &mut AgentRequest,
+    ) -> Result<Classification<()>, Response<Body>> {
+        request.require(
+            Method::GET,
+            "open the event stream with GET; post messages to the endpoint it announces",
+        )?;
+        if state.legacy_sessions.len() >= state.config.limits.max_sessions {
+            return Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_sessions",
+                "too many open MCP streams; retry shortly",
+            ));
+        }
+        Ok(Classification {
+            asks: vec![Ask::plumbing(mcp::client_message(
+                &self.0.config.name,
+                "stream",
+            ))],
+            plan: (),
+        })
+    }
+
+    async fn refuse(&self, (): (), refusal: Refusal) -> Response<Body> {
+        forbidden(&refusal.verdict, &refusal.what, mcp::CODES)
+    }
+
+    async fn forward(&self, state: &Arc<State>, request: AgentRequest, (): ()) -> Response<Body> {
+        open_stream(state, self.0, request).await
+    }
+}
+
+async fn open_stream(
     state: &Arc<State>,
     upstream: &Upstream,
     request: AgentRequest,
 ) -> Response<Body> {
-    if let Err(refused) = request.require(
-        Method::GET,
-        "open the event stream with GET; post messages to the endpoint it announces",
-    ) {
-        return refused;
-    }
     let AgentRequest { caller, head, .. } = request;
-    if state.legacy_sessions.len() >= state.config.limits.max_sessions {
-        return problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_sessions",
-            "too many open MCP streams; retry shortly",
-        );
-    }
     let response = match call_upstream(
         state,
         upstream,
@@ -580,81 +697,124 @@ fn resolve(base: &str, endpoint: &str) -> Option<String> {
 
 /// `POST /mcp/<server>/messages?session_id=…`: one client message, screened, then posted to the
 /// upstream's endpoint; a refusal is answered on the client's stream, as the transport expects.
-pub async fn legacy_message(
-    state: &State,
-    upstream: &Upstream,
-    request: AgentRequest,
-) -> Response<Body> {
-    if let Err(refused) = request.require(Method::POST, "post messages to this endpoint") {
-        return refused;
-    }
-    let AgentRequest {
-        caller,
-        head,
-        mut body,
-    } = request;
-    let session = head
-        .uri
-        .query()
-        .into_iter()
-        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
-        .find(|(k, _)| k == "session_id")
-        .and_then(|(_, id)| state.legacy_sessions.get(&id));
-    let Some(session) = session.filter(|s| &s.agent == caller.identity.spiffe_id()) else {
-        return unknown_session();
-    };
-    let Some(endpoint) = session
-        .upstream_endpoint
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone()
-    else {
-        return problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "session_not_ready",
-            "the upstream has not announced its message endpoint yet; retry shortly",
+pub(crate) struct SseMessage<'a>(pub &'a Upstream);
+
+pub(crate) struct SseMessagePlan {
+    session: Arc<LegacySession>,
+    /// The upstream's endpoint for this session's messages.
+    endpoint: String,
+    reading: Reading,
+}
+
+impl Adapter for SseMessage<'_> {
+    type Plan = SseMessagePlan;
+
+    fn classify(
+        &self,
+        state: &State,
+        request: &mut AgentRequest,
+    ) -> Result<Classification<SseMessagePlan>, Response<Body>> {
+        request.require(Method::POST, "post messages to this endpoint")?;
+        let session = request
+            .head
+            .uri
+            .query()
+            .into_iter()
+            .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+            .find(|(k, _)| k == "session_id")
+            .and_then(|(_, id)| state.legacy_sessions.get(&id));
+        let Some(session) = session.filter(|s| &s.agent == request.caller.identity.spiffe_id())
+        else {
+            return Err(unknown_session());
+        };
+        let Some(endpoint) = session
+            .upstream_endpoint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return Err(problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session_not_ready",
+                "the upstream has not announced its message endpoint yet; retry shortly",
+            ));
+        };
+        let said = Said::from_headers(&request.head.headers);
+        let read = read_message(
+            &state.pipeline,
+            &self.0.config.name,
+            &mut request.body,
+            &said,
         );
-    };
-    let headers = head.headers;
-    let said = Said::from_headers(&headers);
-    let server = &upstream.config.name;
-    let awaited = match screen(&state.pipeline, &caller, server, &mut body, &said).await {
-        Screened::Refused {
-            answer,
-            answers_request: true,
-        } => return session.answer(&answer).await,
-        Screened::Refused { answer, .. } => return unanswered(&answer),
-        Screened::Forward(Some((listing, id))) => Some((id, Awaited::Listing(listing))),
-        Screened::Inspect(action, id) => Some((id, Awaited::Result(action))),
-        Screened::Forward(None) => jsonrpc::request_id(&body).map(|id| (id, Awaited::Plain)),
-    };
-    if let Some((id, awaited)) = awaited
-        && let Err(refusal) = session.expect(&id, awaited)
-    {
-        return session.answer(&refusal).await;
+        Ok(Classification {
+            asks: read.asks,
+            plan: SseMessagePlan {
+                session,
+                endpoint,
+                reading: read.plan,
+            },
+        })
     }
-    // The answer will come on the client's stream, which no gate holds: on this transport the
-    // record is on disk before the message is forwarded at all.
-    if let Err(why) = caller.answer_after.opened().await {
-        return problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "audit_unavailable",
-            &format!("the call's record could not be made durable, so it was not forwarded: {why}"),
-        );
+
+    async fn refuse(&self, plan: SseMessagePlan, refusal: Refusal) -> Response<Body> {
+        match plan.reading.refused(refusal) {
+            (answer, true) => plan.session.answer(&answer).await,
+            (answer, false) => unanswered(&answer),
+        }
     }
-    match call_upstream(
-        state,
-        upstream,
-        Method::POST,
-        &endpoint,
-        &headers,
-        |name| name == "content-type",
-        body,
-    )
-    .await
-    {
-        Ok(response) => relay(response, &["content-type"]),
-        Err(response) => response,
+
+    async fn forward(
+        &self,
+        state: &Arc<State>,
+        request: AgentRequest,
+        plan: SseMessagePlan,
+    ) -> Response<Body> {
+        let AgentRequest { caller, head, body } = request;
+        let SseMessagePlan {
+            session,
+            endpoint,
+            reading,
+        } = plan;
+        let awaited = match reading.allowed() {
+            Screened::Refused {
+                answer,
+                answers_request: true,
+            } => return session.answer(&answer).await,
+            Screened::Refused { answer, .. } => return unanswered(&answer),
+            Screened::Forward(Some((listing, id))) => Some((id, Awaited::Listing(listing))),
+            Screened::Inspect(action, id) => Some((id, Awaited::Result(action))),
+            Screened::Forward(None) => jsonrpc::request_id(&body).map(|id| (id, Awaited::Plain)),
+        };
+        if let Some((id, awaited)) = awaited
+            && let Err(refusal) = session.expect(&id, awaited)
+        {
+            return session.answer(&refusal).await;
+        }
+        // The answer will come on the client's stream, which no gate holds: on this transport
+        // the record is on disk before the message is forwarded at all.
+        if let Err(why) = caller.answer_after.opened().await {
+            return problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "audit_unavailable",
+                &format!(
+                    "the call's record could not be made durable, so it was not forwarded: {why}"
+                ),
+            );
+        }
+        match call_upstream(
+            state,
+            self.0,
+            Method::POST,
+            &endpoint,
+            &head.headers,
+            |name| name == "content-type",
+            body,
+        )
+        .await
+        {
+            Ok(response) => relay(response, &["content-type"]),
+            Err(response) => response,
+        }
     }
 }
 

@@ -102,18 +102,34 @@ pub(crate) fn problem(status: StatusCode, code: &str, message: &str) -> Response
     )
 }
 
+/// A refusal as a plain HTTP answer: `403`, with the JSON-RPC shaped error (`data.outcome` tells
+/// denied from needs-approval and carries what an approval request needs).
+pub(crate) fn forbidden(
+    verdict: &crate::pipeline::Verdict,
+    what: &str,
+    codes: crate::jsonrpc::Codes,
+) -> Response<Body> {
+    let refusal = crate::jsonrpc::refusal(&Value::Null, verdict, what, codes);
+    json_response(StatusCode::FORBIDDEN, &json!({"error": refusal["error"]}))
+}
+
 /// Whether a request is for the forward proxy rather than a named upstream.
 pub fn is_proxy_request<B>(request: &Request<B>) -> bool {
     request.method() == Method::CONNECT || request.uri().scheme().is_some()
 }
 
+/// A request body as the listener receives it (hyper's; any body in unit tests).
+pub(crate) trait AgentBody: hyper::body::Body<Error: Into<BoxError>> {}
+
+impl<B: hyper::body::Body<Error: Into<BoxError>>> AgentBody for B {}
+
 /// Reads an agent's request body within the size limit, refusing one in a content coding other
 /// than `identity`: what is compressed cannot be inspected or decided on as the upstream will
 /// read it.
-pub(crate) async fn read_request_body(
+pub(crate) async fn read_request_body<B: AgentBody>(
     state: &State,
     headers: &HeaderMap,
-    body: Incoming,
+    body: B,
 ) -> Result<Bytes, Response<Body>> {
     identity_encoded(headers)?;
     read_body(state, body).await
@@ -137,7 +153,10 @@ fn identity_encoded(headers: &HeaderMap) -> Result<(), Response<Body>> {
 }
 
 /// Reads the request body within the size limit.
-pub(crate) async fn read_body(state: &State, body: Incoming) -> Result<Bytes, Response<Body>> {
+pub(crate) async fn read_body<B: AgentBody>(
+    state: &State,
+    body: B,
+) -> Result<Bytes, Response<Body>> {
     let limit = state.config.limits.max_body_bytes;
     Limited::new(body, limit)
         .collect()
@@ -157,10 +176,10 @@ pub(crate) async fn read_body(state: &State, body: Incoming) -> Result<Bytes, Re
         })
 }
 
-pub(crate) fn identify(
+pub(crate) fn identify<B>(
     state: &State,
     peer: Option<&SpiffeId>,
-    request: &Request<Incoming>,
+    request: &Request<B>,
 ) -> Result<Caller, Response<Body>> {
     let proxied = is_proxy_request(request);
     let _span = stage_span("identify").entered();
@@ -247,10 +266,10 @@ impl AgentRequest {
 /// The stack's first stages for an agent's request: identify the caller (once), then read its
 /// body within the limits (once). A `CONNECT`'s body is the tunnel, so it is not read; what an
 /// egress request carries is not inspected, so it may come compressed.
-pub(crate) async fn admit(
+pub(crate) async fn admit<B: AgentBody>(
     state: &State,
     peer: Option<&SpiffeId>,
-    request: Request<Incoming>,
+    request: Request<B>,
 ) -> Result<AgentRequest, Response<Body>> {
     let caller = identify(state, peer, &request)?;
     let proxied = is_proxy_request(&request);

@@ -22,7 +22,11 @@ use crate::config::UpstreamKind;
 use crate::identify::{CallerSlot, ClientAddress};
 use crate::metrics::Metrics;
 
-use crate::plumbing::{Body, State, Upstream, admit, full, json_response, problem};
+use crate::a2a_proxy::{Card, Rpc};
+use crate::http_proxy::Http;
+use crate::mcp_proxy::{SseMessage, SseStream, Streamable};
+use crate::plumbing::{Body, State, Upstream, full, json_response, problem};
+use crate::stack;
 
 /// Serves until `shutdown` resolves, then stops accepting and drains in-flight requests (for up
 /// to `limits.drainSecs`).
@@ -153,10 +157,7 @@ async fn handle(
     );
     let (adapter, response) = async {
         if crate::plumbing::is_proxy_request(&request) {
-            let response = match admit(state, peer, request).await {
-                Ok(request) => crate::egress::handle(state, request).await,
-                Err(refused) => refused,
-            };
+            let response = stack::serve(state, peer, crate::egress::Egress, request).await;
             ("egress", response)
         } else {
             route(state, peer, &path, request).await
@@ -256,9 +257,8 @@ fn resolve<'a>(state: &'a State, path: &str) -> Result<Route<'a>, (&'static str,
     }
 }
 
-/// The request path, top to bottom: the gateway's own endpoints; else the route, then the
-/// stack's first stages — identify (once), the bounded body (once) — then the adapter, which
-/// classifies, has the pipeline inspect, decide and record, forwards, and relays the answer.
+/// Where a request goes: the gateway's own endpoints, else the stack with the adapter of the
+/// route its path names.
 async fn route(
     state: &Arc<State>,
     peer: Option<&SpiffeId>,
@@ -282,17 +282,15 @@ async fn route(
         Err(not_found) => return not_found,
     };
     let adapter = route.adapter();
-    let request = match admit(state, peer, request).await {
-        Ok(request) => request,
-        Err(refused) => return (adapter, refused),
-    };
     let response = match route {
-        Route::McpStreamable(u) => crate::mcp_proxy::streamable(state, u, request).await,
-        Route::McpSseStream(u) => crate::mcp_proxy::legacy_stream(state, u, request).await,
-        Route::McpSseMessage(u) => crate::mcp_proxy::legacy_message(state, u, request).await,
-        Route::A2aRpc(u) => crate::a2a_proxy::rpc(state, u, request).await,
-        Route::A2aCard(u) => crate::a2a_proxy::card(state, u, request).await,
-        Route::Http(u, rest) => crate::http_proxy::http_request(state, u, &rest, request).await,
+        Route::McpStreamable(u) => stack::serve(state, peer, Streamable(u), request).await,
+        Route::McpSseStream(u) => stack::serve(state, peer, SseStream(u), request).await,
+        Route::McpSseMessage(u) => stack::serve(state, peer, SseMessage(u), request).await,
+        Route::A2aRpc(u) => stack::serve(state, peer, Rpc(u), request).await,
+        Route::A2aCard(u) => stack::serve(state, peer, Card(u), request).await,
+        Route::Http(upstream, rest) => {
+            stack::serve(state, peer, Http { upstream, rest }, request).await
+        }
     };
     (adapter, response)
 }

@@ -72,3 +72,66 @@ pub fn fixture() -> Fixture {
         _policies: policies,
     }
 }
+
+/// A gateway's state over the fixture's pipeline (no upstreams, no control plane), trusting the
+/// grants `issuer` mints, and an agent to mint them for.
+pub struct Gateway {
+    pub state: Arc<crate::plumbing::State>,
+    pub issuer: warden_authority::GrantIssuer,
+    pub agent: SpiffeId,
+    _policies: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// A grant for `agent`, held by its SVID, to any MCP server.
+    pub fn grant(&self) -> String {
+        let request = warden_authority::GrantRequest {
+            agent: self.agent.clone(),
+            labels: Labels::new(),
+            task: warden_model::Name::new("task-1").expect("a task id"),
+            purpose: "unit".into(),
+            rights: vec![warden_authority::Right::new("mcp.*", "*").expect("a right")],
+            ttl: None,
+            holder: warden_authority::Holder::Spiffe(self.agent.clone()),
+        };
+        self.issuer
+            .mint(request, time::OffsetDateTime::now_utc())
+            .expect("a grant")
+            .token
+    }
+}
+
+pub fn gateway(max_body_bytes: usize) -> Gateway {
+    let Fixture {
+        pipeline,
+        _policies,
+        ..
+    } = fixture();
+    let issuer = warden_authority::GrantIssuer::new(warden_authority::GrantKey::generate(1), 3);
+    let roots = warden_authority::GrantRoots::new([(1, issuer.key().public())]);
+    let grants = Arc::new(warden_authority::GrantVerifier::new(roots, 3));
+    let mut config = crate::config::GatewayConfig::default();
+    config.limits.max_body_bytes = max_body_bytes;
+    let public_url = "https://gateway.test".to_owned();
+    let state = crate::plumbing::State {
+        metrics_token: None,
+        identifier: crate::identify::Identifier::new(grants, public_url.clone()),
+        pipeline,
+        upstreams: Vec::new(),
+        sessions: crate::owners::Owners::new(config.limits.max_sessions),
+        legacy_sessions: crate::legacy::LegacySessions::default(),
+        tasks: Arc::new(crate::owners::Owners::new(config.limits.max_tasks)),
+        public_url,
+        client: warden_http::HttpClient::new(std::time::Duration::from_secs(5))
+            .expect("an HTTP client"),
+        metrics: Arc::new(Metrics::default()),
+        permits: tokio::sync::Semaphore::new(config.limits.max_concurrent_requests),
+        config,
+    };
+    Gateway {
+        state: Arc::new(state),
+        issuer,
+        agent: SpiffeId::new("spiffe://td/tenant/t/agent/a/i-1").expect("a SPIFFE ID"),
+        _policies,
+    }
+}
