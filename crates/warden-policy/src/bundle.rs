@@ -245,14 +245,23 @@ impl Bundle {
             }
         };
 
-        let full_texts: Vec<(usize, &str)> = compiled
+        // Cedar parses and type-checks only what it evaluates: raw Cedar, and the residual of a
+        // generated policy (the author's condition, in the policy's scope). A generated policy
+        // its matcher decides alone is never given to Cedar (sliced), so a Cedar object for each
+        // would only cost time and memory at every start; the unsliced reference parses the
+        // full texts when first asked (`SlicedSet::all`), and the property tests type-check
+        // every full text to keep the compiler honest.
+        let cedar_texts: Vec<(usize, &str)> = compiled
             .policies
             .iter()
-            .map(|p| p.text.as_str())
             .enumerate()
+            .filter_map(|(n, p)| match (&p.matcher, &p.residual) {
+                (None, _) => Some((n, p.text.as_str())),
+                (Some(_), residual) => Some((n, residual.as_deref()?)),
+            })
             .collect();
-        let cedar_policies = match parse_numbered(&full_texts) {
-            Ok(parsed) => parsed.into_iter().map(|(_, p)| p).collect::<Vec<_>>(),
+        let cedar_policies = match parse_numbered(&cedar_texts) {
+            Ok(parsed) => parsed,
             Err(failures) => {
                 for (n, e) in failures {
                     diagnostics.push(origin_error(
@@ -263,71 +272,46 @@ impl Bundle {
                 return Err(LoadError { diagnostics });
             }
         };
-
-        let validation_set = match PolicySet::from_policies(cedar_policies.iter().cloned()) {
-            Ok(set) => set,
+        let type_errors = match type_errors(&schema, &cedar_policies) {
+            Ok(errors) => errors,
             Err(e) => {
-                diagnostics.push(Diagnostic::error("<bundle>", one_line(&e.to_string())));
+                diagnostics.push(Diagnostic::error("<bundle>", e));
                 return Err(LoadError { diagnostics });
             }
         };
-        let result =
-            Validator::new(schema.clone()).validate(&validation_set, ValidationMode::Strict);
-        for error in result.validation_errors() {
-            let n = policy_number(error.policy_id().as_ref()).unwrap_or(0);
-            let origin = &compiled.policies[n].origin;
-            let help = miette::Diagnostic::help(error).map(|h| h.to_string());
+        for (n, message, help) in type_errors {
             let mut d = origin_error(
-                origin,
-                format!(
-                    "the condition does not type-check: {}",
-                    without_policy_id(&one_line(&error.to_string()))
-                ),
+                &compiled.policies[n].origin,
+                format!("the condition does not type-check: {message}"),
             );
             d.help = Some(help.unwrap_or_else(|| {
                 "conditions see `principal`, `resource` and `context` as described in docs/policy.md; tool arguments must be declared in a ToolCatalog".into()
             }));
             diagnostics.push(d);
         }
+        // Per policy: the raw policy, or the residual.
+        let mut cedar_policies: HashMap<usize, Policy> = cedar_policies.into_iter().collect();
         if diagnostics.iter().any(Diagnostic::is_error) {
             return Err(LoadError { diagnostics });
         }
 
-        let mut grant_policies = Vec::new();
+        let mut grant_policies = Vec::with_capacity(compiled.policies.len());
         let mut approval_policies = Vec::new();
         let mut grant_ids = Vec::new();
         let mut approval_ids = Vec::new();
         let mut infos = Vec::with_capacity(compiled.policies.len());
-        let residual_texts: Vec<(usize, &str)> = compiled
-            .policies
-            .iter()
-            .enumerate()
-            .filter_map(|(n, p)| Some((n, p.residual.as_deref()?)))
-            .collect();
-        let mut residuals: HashMap<usize, Policy> = match parse_numbered(&residual_texts) {
-            Ok(parsed) => parsed.into_iter().collect(),
-            Err(failures) => {
-                return Err(LoadError {
-                    diagnostics: failures
-                        .into_iter()
-                        .map(|(n, e)| {
-                            origin_error(
-                                &compiled.policies[n].origin,
-                                format!("internal error compiling the condition: {e}"),
-                            )
-                        })
-                        .collect(),
-                });
-            }
-        };
-        for (n, (policy, cedar)) in compiled.policies.iter().zip(cedar_policies).enumerate() {
+        for (n, policy) in compiled.policies.iter().enumerate() {
             let id = u32::try_from(n).unwrap_or(u32::MAX);
-            let residual = residuals.remove(&n);
+            let (cedar, residual) = match &policy.matcher {
+                None => (cedar_policies.remove(&n), None),
+                Some(_) => (None, cedar_policies.remove(&n)),
+            };
             let text: Arc<str> = Arc::from(policy.text.as_str());
             let entry = Indexed {
                 number: n,
                 text: Arc::clone(&text),
                 policy: cedar,
+                forbid: policy.forbid,
                 principals: policy.principals.clone(),
                 kinds: policy.kinds.clone(),
                 resources: policy.resources.clone(),
@@ -473,13 +457,22 @@ pub(crate) type Failures = Vec<(usize, String)>;
 /// One parser run per policy: parsing them all as one text was measured slower and, since Cedar
 /// keeps source spans per policy, took twice the memory.
 pub(crate) fn parse_numbered(texts: &[(usize, &str)]) -> Result<Numbered, Failures> {
+    let results = in_shares(texts, |texts| {
+        let mut parsed = Vec::with_capacity(texts.len());
+        let mut failures = Vec::new();
+        for (n, text) in texts {
+            match Policy::parse(Some(PolicyId::new(format!("p{n}"))), text) {
+                Ok(p) => parsed.push((*n, p)),
+                Err(e) => failures.push((*n, one_line(&e.to_string()))),
+            }
+        }
+        (parsed, failures)
+    });
     let mut parsed = Vec::with_capacity(texts.len());
     let mut failures = Vec::new();
-    for (n, text) in texts {
-        match Policy::parse(Some(PolicyId::new(format!("p{n}"))), text) {
-            Ok(p) => parsed.push((*n, p)),
-            Err(e) => failures.push((*n, one_line(&e.to_string()))),
-        }
+    for (mut p, mut f) in results {
+        parsed.append(&mut p);
+        failures.append(&mut f);
     }
     if failures.is_empty() {
         Ok(parsed)
@@ -487,6 +480,63 @@ pub(crate) fn parse_numbered(texts: &[(usize, &str)]) -> Result<Numbered, Failur
         Err(failures)
     }
 }
+
+/// `work` over `items` in one share per core, the results in order. Parsing and type-checking
+/// are most of a big bundle's load, and each policy is parsed and checked alone.
+fn in_shares<T: Sync, R: Send>(items: &[T], work: impl Fn(&[T]) -> R + Sync) -> Vec<R> {
+    let shares = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(items.len().div_ceil(MIN_PARSE_SHARE))
+        .max(1);
+    if shares == 1 {
+        return vec![work(items)];
+    }
+    let work = &work;
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(items.len().div_ceil(shares))
+            .map(|share| scope.spawn(move || work(share)))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
+/// What strict validation finds wrong with `policies`: per policy number, the message and help.
+fn type_errors(
+    schema: &Schema,
+    policies: &[(usize, Policy)],
+) -> Result<Vec<(usize, String, Option<String>)>, String> {
+    let validator = Validator::new(schema.clone());
+    let shares: Vec<Result<Vec<_>, String>> = in_shares(policies, |share| {
+        let set = PolicySet::from_policies(share.iter().map(|(_, p)| p.clone()))
+            .map_err(|e| one_line(&e.to_string()))?;
+        let result = validator.validate(&set, ValidationMode::Strict);
+        Ok(result
+            .validation_errors()
+            .map(|error| {
+                (
+                    policy_number(error.policy_id().as_ref()).unwrap_or(0),
+                    without_policy_id(&one_line(&error.to_string())).to_owned(),
+                    miette::Diagnostic::help(error).map(|h| h.to_string()),
+                )
+            })
+            .collect::<Vec<_>>())
+    });
+    let mut errors = Vec::new();
+    for share in shares {
+        errors.extend(share?);
+    }
+    Ok(errors)
+}
+
+/// Fewest policies worth a thread of their own.
+const MIN_PARSE_SHARE: usize = 256;
 
 /// The global number of a policy named `p<number>`.
 pub(crate) fn policy_number(id: &str) -> Option<usize> {
@@ -744,6 +794,7 @@ fn compile_raw_cedar(
         };
         compiled.policies.push(CompiledPolicy {
             text: policy.to_string(),
+            forbid: policy.effect() == cedar_policy::Effect::Forbid,
             role: PolicyRole::Grant,
             origin: Origin {
                 file: file.path.clone(),

@@ -80,6 +80,8 @@ pub struct Origin {
 #[derive(Debug, Clone)]
 pub struct CompiledPolicy {
     pub text: String,
+    /// A `forbid` (else a `permit`).
+    pub forbid: bool,
     pub role: PolicyRole,
     pub origin: Origin,
     /// Empty means every kind.
@@ -1282,10 +1284,13 @@ pub fn compile_policy(
         }
         text.push(';');
         // Cedar evaluates the author's `when` before the clause after it, so when there is a
-        // `when` both stay in Cedar and errors surface exactly as in the full policy.
+        // `when` both stay in Cedar and errors surface exactly as in the full policy. The
+        // residual keeps the scope (which the matcher has already checked, so it costs one
+        // comparison) so that it type-checks as the full policy does: it is what the bundle
+        // validates.
         let residual = user.map(|user| {
             format!(
-                "{effect} (principal, action, resource)\nwhen {{ {user} }}{};",
+                "{effect} ({principal_scope}, {actions}, {resource_scope})\nwhen {{ {user} }}{};",
                 extra_cedar.map(|e| format!("\n{e}")).unwrap_or_default()
             )
         });
@@ -1305,6 +1310,7 @@ pub fn compile_policy(
             .extend(clause.examples.iter().cloned());
         compiled.policies.push(CompiledPolicy {
             text,
+            forbid: effect == "forbid",
             role,
             origin: origin(rule, blame),
             kinds: clause.kinds.clone(),

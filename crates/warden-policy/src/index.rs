@@ -156,7 +156,10 @@ pub struct Indexed {
     /// The policy's global number (its Cedar id is `p<number>`) and its text.
     pub number: usize,
     pub text: Arc<str>,
-    pub policy: Policy,
+    /// The parsed policy, where Cedar evaluates it (raw Cedar); `None` when the matcher decides
+    /// alone or only the residual is evaluated.
+    pub policy: Option<Policy>,
+    pub forbid: bool,
     pub principals: Vec<PrincipalKey>,
     pub kinds: Vec<ActionKind>,
     pub resources: Vec<ResourceKey>,
@@ -207,7 +210,7 @@ impl SlicedSet {
         let mut arena: Vec<Key> = Vec::new();
         let mut gates = Vec::with_capacity(policies.len());
         let mut entries = Vec::with_capacity(policies.len());
-        let mut cedar = Vec::with_capacity(policies.len());
+        let mut forbids = Vec::with_capacity(policies.len());
         let mut singles = Vec::with_capacity(policies.len());
         let mut matchers = Vec::with_capacity(policies.len());
         let mut texts = Vec::with_capacity(policies.len());
@@ -217,6 +220,7 @@ impl SlicedSet {
                 number,
                 text,
                 policy,
+                forbid,
                 principals,
                 kinds,
                 resources,
@@ -229,7 +233,9 @@ impl SlicedSet {
             gates.push(gate);
             texts.push((number, text));
             let sliced = match (&matcher, residual) {
-                (None, _) => Some(policy.clone()),
+                (None, _) => Some(policy.ok_or_else(|| {
+                    format!("p{number}: neither a matcher nor a Cedar policy decides it")
+                })?),
                 (Some(_), residual) => residual,
             };
             singles.push(
@@ -268,12 +274,8 @@ impl SlicedSet {
                 principals: (start, middle),
                 resources: (middle, arena_len(&arena)),
             });
-            cedar.push(policy);
+            forbids.push(forbid);
         }
-        let forbids = cedar
-            .iter()
-            .map(|p| p.effect() == cedar_policy::Effect::Forbid)
-            .collect();
         let principal_variants = by_principal.keys().fold(0, |bits, k| bits | k.variant);
         let resource_variants = by_resource.keys().fold(0, |bits, k| bits | k.variant);
         Ok(Self {

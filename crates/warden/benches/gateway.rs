@@ -1,8 +1,11 @@
 //! Side by side in one run, for MCP `tools/call` and for a plain HTTP GET: straight to the demo
-//! upstream, through Warden's gateway (mTLS, grant, full pipeline, a 10,000-policy bundle,
-//! decisions logged), and through nginx as a plain TLS reverse proxy (when nginx is installed).
-//! Open loop at a fixed rate for latency, closed loop for throughput; then exec-to-ready and idle
-//! RSS of a gateway-only process. Run: `cargo bench -p warden --bench gateway`.
+//! upstream; through nginx as a TLS reverse proxy that verifies the same client certificate (the
+//! "same TLS work, no security" baseline, when nginx is installed); and through Warden's gateway
+//! (`serve --role gateway`: mTLS SVID + grant, a 10,000-policy bundle) with the full pipeline
+//! (default durable audit, inspection on), with the audit strict, with the audit off, with
+//! inspection off, and with both off (the core). Open loop at a fixed rate for latency, closed
+//! loop for throughput and the proxy's CPU per request; then exec-to-ready and idle RSS of a
+//! gateway with 1 and with 10,000 policies. Run: `cargo bench -p warden --bench gateway`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use warden_control::HttpClient;
 
-const RATE: u64 = 1_000;
+const RATE: u64 = 2_000;
 const OPEN_LOOP: Duration = Duration::from_secs(5);
 const CLOSED_LOOP: Duration = Duration::from_secs(5);
 const WORKERS: usize = 16;
@@ -29,6 +32,8 @@ fn free_port() -> u16 {
 
 struct Target {
     name: &'static str,
+    /// The proxy's process, whose CPU time (with its children's) is charged to its requests.
+    proxy: Option<u32>,
     client: HttpClient,
     url: String,
     headers: Vec<(&'static str, String)>,
@@ -93,7 +98,8 @@ async fn open_loop(target: Arc<Target>) -> (Duration, Duration, usize) {
     (percentile(&times, 0.5), percentile(&times, 0.99), failed)
 }
 
-async fn closed_loop(target: Arc<Target>) -> f64 {
+/// Closed loop: throughput, and the requests answered.
+async fn closed_loop(target: Arc<Target>) -> (f64, u64) {
     let started = Instant::now();
     let workers: Vec<_> = (0..WORKERS)
         .map(|_| {
@@ -113,7 +119,42 @@ async fn closed_loop(target: Arc<Target>) -> f64 {
     for w in workers {
         total += w.await.expect("worker");
     }
-    total as f64 / started.elapsed().as_secs_f64()
+    (total as f64 / started.elapsed().as_secs_f64(), total)
+}
+
+/// CPU time a process and its children (nginx's workers) have used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let ticks = |pid: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                // Fields after the command name (which may hold spaces): utime is the 12th, stime
+                // the 13th of them.
+                let rest = stat.rsplit_once(')')?.1;
+                let fields: Vec<&str> = rest.split_whitespace().collect();
+                Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+            })
+            .unwrap_or(0)
+    };
+    let parent = pid.to_string();
+    let children: u64 = std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|name| {
+            std::fs::read_to_string(format!("/proc/{name}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    Some(stat.rsplit_once(')')?.1.split_whitespace().nth(1)? == parent)
+                })
+                .unwrap_or(false)
+        })
+        .map(|name| ticks(&name))
+        .sum();
+    // USER_HZ is 100 on Linux.
+    Duration::from_millis((ticks(&parent) + children) * 10)
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -138,7 +179,7 @@ fn write_policies(dir: &Path) {
 
 /// A server certificate for 127.0.0.1 issued by a throwaway CA, made with openssl: the CA
 /// (PEM), the certificate chain (PEM) and its key (PEM) as file paths.
-fn server_certificate(dir: &Path) -> (String, String, String) {
+fn server_certificate(dir: &Path) -> Certs {
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
     let openssl = |args: &[&str]| {
         let ok = Command::new("openssl")
@@ -210,16 +251,18 @@ fn server_certificate(dir: &Path) -> (String, String, String) {
         "-out",
         &cert,
     ]);
-    (ca, cert, key)
+    Certs { ca, cert, key }
 }
 
-/// nginx as a plain TLS reverse proxy to the demo upstream (keep-alive both ways, no logging),
-/// or `None` when nginx is not installed.
+/// nginx as a TLS reverse proxy to the demo upstream that verifies the client's certificate
+/// against `client_roots` (keep-alive both ways, no logging), or `None` when nginx is not
+/// installed.
 fn nginx(
     dir: &Path,
     upstream_port: u16,
     cert: &str,
     key: &str,
+    client_roots: &Path,
 ) -> Option<(std::process::Child, u16)> {
     let port = free_port();
     let conf = dir.join("nginx.conf");
@@ -230,9 +273,10 @@ fn nginx(
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n\
                upstream demo {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}\n\
-               server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n\
+               server {{\n    listen 127.0.0.1:{port} ssl;\n    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    ssl_client_certificate {roots};\n    ssl_verify_client on;\n\
                  location / {{ proxy_pass http://demo; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host 127.0.0.1:{upstream_port}; }}\n  }}\n}}\n",
-            dir = dir.display()
+            dir = dir.display(),
+            roots = client_roots.display(),
         ),
     )
     .expect("nginx.conf");
@@ -258,63 +302,90 @@ fn wait_for_port(port: u16) {
     }
 }
 
-/// Starts `warden serve --role gateway` against the running control plane with `policies`, and
-/// returns its time from exec to accepting connections and its RSS once idle.
-fn gateway_only(
-    dir: &Path,
-    control: u16,
-    policies: &Path,
-    (ca, cert, key): (&str, &str, &str),
-) -> (Duration, u64) {
-    let port = free_port();
-    let config = dir.join(format!("gateway-{port}.yaml"));
-    std::fs::write(
-        &config,
-        format!(
-            "gateway:\n  listen: 127.0.0.1:{port}\n  policies: {}\n  controlUrl: http://127.0.0.1:{control}\n  tlsCertFile: {cert}\n  tlsKeyFile: {key}\n  audit:\n    dir: {}\n",
-            policies.display(),
-            dir.join(format!("audit-{port}")).display()
-        ),
-    )
-    .expect("gateway config");
-    let client = HttpClient::with_tls(
-        Duration::from_secs(1),
-        &std::fs::read_to_string(ca).expect("the bench CA"),
-        None,
-    )
-    .expect("client");
-    let health = format!("https://127.0.0.1:{port}/healthz");
-    let probe = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let exec = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
-        .args(["serve", "--role", "gateway", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("warden serve --role gateway");
-    // Ready means answering over TLS (the port is bound before the policies load).
-    while !probe.block_on(async {
-        client
-            .send(http::Method::GET, &health, &[], None, 1024)
-            .await
-            .is_ok_and(|r| r.status.is_success())
-    }) {
-        assert!(
-            exec.elapsed() < Duration::from_secs(60),
-            "the gateway never became ready"
-        );
-        std::thread::sleep(Duration::from_micros(500));
+/// A running `warden serve --role gateway` following `up`'s control plane, its upstreams the
+/// demo's, its server certificate the bench CA's.
+struct Gateway {
+    child: std::process::Child,
+    port: u16,
+    /// Exec to answering over TLS.
+    ready: Duration,
+    idle_rss: u64,
+}
+
+impl Gateway {
+    /// `settings` is YAML added to the gateway's (audit and inspection switches).
+    fn start(dir: &Path, up: &Up, policies: &Path, certs: &Certs, settings: &str) -> Self {
+        let port = free_port();
+        let config = dir.join(format!("gateway-{port}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "gateway:\n  listen: 127.0.0.1:{port}\n  policies: {policies}\n  controlUrl: http://127.0.0.1:{control}\n  tlsCertFile: {cert}\n  tlsKeyFile: {key}\n  upstreams:\n    - {{name: demo, kind: mcp, url: 'http://127.0.0.1:{demo}/mcp'}}\n    - {{name: demo-api, kind: http, url: 'http://127.0.0.1:{demo}/api', inspectResponses: true}}\n{settings}",
+                policies = policies.display(),
+                control = up.control,
+                demo = up.demo,
+                cert = certs.cert,
+                key = certs.key,
+                settings = settings.replace("{audit}", &dir.join(format!("audit-{port}")).display().to_string()),
+            ),
+        )
+        .expect("gateway config");
+        let client = HttpClient::with_tls(
+            Duration::from_secs(1),
+            &std::fs::read_to_string(&certs.ca).expect("the bench CA"),
+            None,
+        )
+        .expect("client");
+        let health = format!("https://127.0.0.1:{port}/healthz");
+        let probe = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let exec = Instant::now();
+        let child = Command::new(env!("CARGO_BIN_EXE_warden"))
+            .args(["serve", "--role", "gateway", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("warden serve --role gateway");
+        // Ready means answering over TLS (the port is bound before the policies load).
+        while !probe.block_on(async {
+            client
+                .send(http::Method::GET, &health, &[], None, 1024)
+                .await
+                .is_ok_and(|r| r.status.is_success())
+        }) {
+            assert!(
+                exec.elapsed() < Duration::from_secs(60),
+                "the gateway never became ready"
+            );
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        let ready = exec.elapsed();
+        std::thread::sleep(Duration::from_secs(1));
+        let idle_rss = rss_kib(child.id());
+        Self {
+            child,
+            port,
+            ready,
+            idle_rss,
+        }
     }
-    let ready = exec.elapsed();
-    std::thread::sleep(Duration::from_secs(1));
-    let rss = rss_kib(child.id());
-    let _ = child.kill();
-    let _ = child.wait();
-    (ready, rss)
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The bench's own CA and the server certificate it signed (for nginx and the gateways).
+struct Certs {
+    ca: String,
+    cert: String,
+    key: String,
 }
 
 /// A running `warden up` in `dir` with the 10,000-policy bundle, and the demo agent's
@@ -322,7 +393,6 @@ fn gateway_only(
 struct Up {
     child: std::process::Child,
     control: u16,
-    gateway: u16,
     demo: u16,
     creds: std::path::PathBuf,
     ready: Duration,
@@ -380,7 +450,6 @@ impl Up {
         Self {
             child,
             control,
-            gateway,
             demo,
             creds,
             ready,
@@ -392,11 +461,11 @@ impl Up {
         std::fs::read_to_string(self.creds.join(file)).expect("credential file")
     }
 
-    /// An mTLS client with the agent's SVID, and the grant header.
-    fn agent(&self) -> (HttpClient, (&'static str, String)) {
+    /// An mTLS client with the agent's SVID trusting `roots` (PEM), and the grant header.
+    fn agent(&self, roots: &str) -> (HttpClient, (&'static str, String)) {
         let client = HttpClient::with_tls(
             Duration::from_secs(10),
-            &self.read("bundle.pem"),
+            roots,
             Some((&self.read("svid.pem"), &self.read("svid-key.pem"))),
         )
         .expect("mTLS client");
@@ -419,121 +488,102 @@ impl Drop for Up {
 
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let up = Up::start(&dir.path().join("audited"), &[]);
-    let strict = Up::start(&dir.path().join("strict"), &["--audit", "strict"]);
-    let unaudited = Up::start(&dir.path().join("unaudited"), &["--audit", "off"]);
-    let uninspected = Up::start(
-        &dir.path().join("uninspected"),
-        &["--audit", "off", "--inspect", "off"],
+    let up = Up::start(&dir.path().join("up"), &[]);
+    let certs = server_certificate(dir.path());
+    let bench_ca = std::fs::read_to_string(&certs.ca).expect("the bench CA");
+    let policies = dir.path().join("up/warden-data/policies");
+    let gateway = |settings: &str| Gateway::start(dir.path(), &up, &policies, &certs, settings);
+    let audit = "  audit: {dir: '{audit}'}\n";
+    let variants = [
+        ("warden", gateway(audit)),
+        (
+            "warden, audit strict",
+            gateway("  audit: {dir: '{audit}', durability: strict}\n"),
+        ),
+        ("warden, audit off", gateway("  audit: {enabled: false}\n")),
+        (
+            "warden, inspection off",
+            gateway(&format!("{audit}  inspect: {{enabled: false}}\n")),
+        ),
+        (
+            "warden core (audit, inspection off)",
+            gateway("  audit: {enabled: false}\n  inspect: {enabled: false}\n"),
+        ),
+    ];
+    let nginx = nginx(
+        dir.path(),
+        up.demo,
+        &certs.cert,
+        &certs.key,
+        &up.creds.join("bundle.pem"),
     );
-    let (d, c) = (up.demo, up.control);
-    let (server_ca, server_cert, server_key) = server_certificate(dir.path());
-    let nginx = nginx(dir.path(), d, &server_cert, &server_key);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
     let plain = || HttpClient::new(Duration::from_secs(10)).expect("client");
-    let tls_to_nginx = || {
-        let root = std::fs::read_to_string(&server_ca).expect("the bench CA");
-        HttpClient::with_tls(Duration::from_secs(10), &root, None).expect("TLS client")
-    };
     let mcp_headers = vec![
         ("content-type", "application/json".to_owned()),
         ("accept", "application/json, text/event-stream".to_owned()),
     ];
-    let through = |up: &Up, name: &'static str, path: &str, mcp: bool| {
-        let (client, grant) = up.agent();
-        let mut headers = if mcp { mcp_headers.clone() } else { vec![] };
-        headers.push(grant);
-        Target {
-            name,
-            client,
-            url: format!("https://127.0.0.1:{}{path}", up.gateway),
-            headers,
-            body: mcp.then_some(MCP_CALL),
-            expect: if mcp { b"hello" } else { b"ok" },
-        }
-    };
-    let mut suites = vec![
-        (
-            "MCP tools/call (echo)",
-            vec![
-                Target {
-                    name: "direct",
-                    client: plain(),
-                    url: format!("http://127.0.0.1:{d}/mcp"),
-                    headers: mcp_headers.clone(),
-                    body: Some(MCP_CALL),
-                    expect: b"hello",
-                },
-                through(&up, "warden", "/mcp/demo", true),
-                through(&strict, "warden, audit strict", "/mcp/demo", true),
-                through(&unaudited, "warden, audit off", "/mcp/demo", true),
-                through(
-                    &uninspected,
-                    "warden, audit and inspection off",
-                    "/mcp/demo",
-                    true,
-                ),
-            ],
-        ),
+    let suites = [
+        ("MCP tools/call (echo)", "/mcp", "/mcp/demo", true),
         (
             "HTTP GET /status",
-            vec![
-                Target {
-                    name: "direct",
-                    client: plain(),
-                    url: format!("http://127.0.0.1:{d}/api/status"),
-                    headers: vec![],
-                    body: None,
-                    expect: b"ok",
-                },
-                through(&up, "warden", "/http/demo-api/status", false),
-                through(
-                    &strict,
-                    "warden, audit strict",
-                    "/http/demo-api/status",
-                    false,
-                ),
-                through(
-                    &unaudited,
-                    "warden, audit off",
-                    "/http/demo-api/status",
-                    false,
-                ),
-            ],
+            "/api/status",
+            "/http/demo-api/status",
+            false,
         ),
     ];
-    if let Some((_, port)) = &nginx {
-        suites[0].1.push(Target {
-            name: "nginx",
-            client: tls_to_nginx(),
-            url: format!("https://127.0.0.1:{port}/mcp"),
-            headers: mcp_headers.clone(),
-            body: Some(MCP_CALL),
-            expect: b"hello",
-        });
-        suites[1].1.push(Target {
-            name: "nginx",
-            client: tls_to_nginx(),
-            url: format!("https://127.0.0.1:{port}/api/status"),
-            headers: vec![],
-            body: None,
-            expect: b"ok",
-        });
-    } else {
-        println!("(nginx is not installed: `apt-get install nginx` adds its column)");
-    }
     println!(
-        "{POLICIES} policies loaded; mTLS + grant through Warden (audit: written before forwarding and on disk before answering; strict: on disk before forwarding; off); TLS through nginx; open loop at {RATE} req/s"
+        "{POLICIES} policies loaded; mTLS SVID + grant through Warden (`serve --role gateway`; audit: written before forwarding and on disk before answering; strict: on disk before forwarding); mTLS through nginx; open loop at {RATE} req/s, closed loop with {WORKERS} clients"
     );
-    for (suite, targets) in suites {
+    for (suite, direct_path, warden_path, mcp) in suites {
+        let headers = if mcp { mcp_headers.clone() } else { vec![] };
+        let (body, expect): (Option<&'static [u8]>, &'static [u8]) = if mcp {
+            (Some(MCP_CALL), b"hello")
+        } else {
+            (None, b"ok")
+        };
+        let mut targets = vec![Target {
+            name: "direct",
+            proxy: None,
+            client: plain(),
+            url: format!("http://127.0.0.1:{}{direct_path}", up.demo),
+            headers: headers.clone(),
+            body,
+            expect,
+        }];
+        if let Some((nginx, port)) = &nginx {
+            targets.push(Target {
+                name: "nginx (TLS, verifies the client certificate)",
+                proxy: Some(nginx.id()),
+                client: up.agent(&bench_ca).0,
+                url: format!("https://127.0.0.1:{port}{direct_path}"),
+                headers: headers.clone(),
+                body,
+                expect,
+            });
+        }
+        for (name, gateway) in &variants {
+            let (client, grant) = up.agent(&bench_ca);
+            let mut headers = headers.clone();
+            headers.push(grant);
+            targets.push(Target {
+                name,
+                proxy: Some(gateway.child.id()),
+                client,
+                url: format!("https://127.0.0.1:{}{warden_path}", gateway.port),
+                headers,
+                body,
+                expect,
+            });
+        }
         println!("\n{suite}");
         println!(
-            "{:<34} {:>12} {:>12} {:>8} {:>14}",
-            "target", "p50", "p99", "failed", "closed req/s"
+            "{:<44} {:>9} {:>9} {:>7} {:>13} {:>12}",
+            "target", "p50", "p99", "failed", "closed req/s", "CPU/request"
         );
         let mut results = Vec::new();
         for target in targets {
@@ -547,24 +597,46 @@ fn main() {
                 true
             });
             if !answers {
-                println!("{:<34} does not answer; skipped", target.name);
+                println!("{:<44} does not answer; skipped", target.name);
                 continue;
             }
             let (p50, p99, failed) = runtime.block_on(open_loop(Arc::clone(&target)));
-            let throughput = runtime.block_on(closed_loop(Arc::clone(&target)));
+            let cpu_before = target.proxy.map(cpu_time);
+            let (throughput, answered) = runtime.block_on(closed_loop(Arc::clone(&target)));
+            let cpu = cpu_before
+                .zip(target.proxy.map(cpu_time))
+                .map(|(before, after)| {
+                    (after.saturating_sub(before)).as_secs_f64() * 1e6 / answered.max(1) as f64
+                });
             println!(
-                "{:<34} {:>12.0?} {:>12.0?} {:>8} {:>14.0}",
-                target.name, p50, p99, failed, throughput
+                "{:<44} {:>9.0?} {:>9.0?} {:>7} {:>13.0} {:>12}",
+                target.name,
+                p50,
+                p99,
+                failed,
+                throughput,
+                cpu.map_or("".to_owned(), |us| format!("{us:.0} µs"))
             );
-            results.push((target.name, p50, p99, throughput));
+            results.push((target.name, p50, p99, throughput, cpu));
         }
-        let direct = results[0];
-        for (name, p50, p99, throughput) in &results[1..] {
+        // Ratios against nginx where it ran, else against the upstream alone.
+        let baseline = results
+            .iter()
+            .find(|r| r.0.starts_with("nginx"))
+            .unwrap_or(&results[0]);
+        let (base, base_p50, base_p99, base_throughput, base_cpu) = *baseline;
+        println!("against {base}:");
+        for (name, p50, p99, throughput, cpu) in &results {
+            if !name.starts_with("warden") {
+                continue;
+            }
             println!(
-                "added by {name}: p50 {:.0?}, p99 {:.0?}; throughput {:.0}% of direct",
-                p50.saturating_sub(direct.1),
-                p99.saturating_sub(direct.2),
-                100.0 * throughput / direct.3
+                "  {name}: throughput {:.2}×, added p50 {:+.0} µs, p99 {:+.0} µs{}",
+                throughput / base_throughput,
+                p50.as_secs_f64() * 1e6 - base_p50.as_secs_f64() * 1e6,
+                p99.as_secs_f64() * 1e6 - base_p99.as_secs_f64() * 1e6,
+                cpu.zip(base_cpu)
+                    .map_or(String::new(), |(c, b)| format!(", CPU {:.2}×", c / b))
             );
         }
     }
@@ -574,22 +646,24 @@ fn main() {
         up.idle_rss / 1024,
         rss_kib(up.child.id()) / 1024
     );
-    let demo_policies = dir.path().join("demo-policies");
-    let policies = dir.path().join("audited/warden-data/policies");
-    std::fs::create_dir_all(&demo_policies).expect("policy dir");
-    std::fs::write(demo_policies.join("bench.yaml"), DEMO_POLICY).expect("write");
-    for (label, policies) in [("1 policy", demo_policies), ("10,000 policies", policies)] {
-        let (ready, rss) = gateway_only(
-            dir.path(),
-            c,
-            &policies,
-            (&server_ca, &server_cert, &server_key),
-        );
-        println!(
-            "gateway only (serve --role gateway, {label}): exec to ready {ready:.1?}, idle RSS {:.1} MiB",
-            rss as f64 / 1024.0
-        );
-    }
+    let (_, full) = &variants[0];
+    println!(
+        "gateway only ({POLICIES} policies): exec to ready {:.1?}, idle RSS {:.1} MiB, after load {:.1} MiB",
+        full.ready,
+        full.idle_rss as f64 / 1024.0,
+        rss_kib(full.child.id()) as f64 / 1024.0
+    );
+    drop(variants);
+    let one_policy = dir.path().join("one-policy");
+    std::fs::create_dir_all(&one_policy).expect("policy dir");
+    std::fs::write(one_policy.join("bench.yaml"), DEMO_POLICY).expect("write");
+    let lone = Gateway::start(dir.path(), &up, &one_policy, &certs, audit);
+    println!(
+        "gateway only (1 policy): exec to ready {:.1?}, idle RSS {:.1} MiB",
+        lone.ready,
+        lone.idle_rss as f64 / 1024.0
+    );
+    drop(lone);
     if let Some((mut nginx, _)) = nginx {
         let _ = nginx.kill();
         let _ = nginx.wait();
