@@ -32,6 +32,9 @@ pub fn events(record: &Value, provenance: &Provenance<'_>) -> Vec<Value> {
         .unwrap_or_default()
         * 1000;
     let target = record.get("target").cloned().unwrap_or(Value::Null);
+    if action == "detect" {
+        return vec![detection(record, provenance, &target, time_ms)];
+    }
     let (class_uid, category_uid, class_name, activity_id, activity_name) = match action {
         "http" => {
             let (id, name) = http_activity(target.get("method").and_then(Value::as_str));
@@ -133,6 +136,43 @@ pub fn events(record: &Value, provenance: &Provenance<'_>) -> Vec<Value> {
     out
 }
 
+/// A detector's finding (a scan, a deny storm) as a Detection Finding, its evidence the decisions
+/// that make it.
+fn detection(record: &Value, provenance: &Provenance<'_>, target: &Value, time_ms: i64) -> Value {
+    let detector = target
+        .get("detector")
+        .and_then(Value::as_str)
+        .unwrap_or("detection");
+    let response = str_field(record, "outcome");
+    json!({
+        "class_uid": 2004,
+        "class_name": "Detection Finding",
+        "category_uid": 2,
+        "activity_id": 1,
+        "activity_name": "Create",
+        "type_uid": 200401,
+        "time": time_ms,
+        "severity_id": if response == "quarantine" { 4 } else { 3 },
+        "status_id": 1,
+        "message": format!("{detector} by {}: {}", str_field(record, "agent"),
+                           target.get("summary").and_then(Value::as_str).unwrap_or_default()),
+        "finding_info": {
+            "uid": str_field(record, "decisionId"),
+            "title": detector,
+            "desc": target.get("summary").cloned().unwrap_or(Value::Null),
+            "related_events_uids": target.get("evidence").cloned().unwrap_or(Value::Null),
+        },
+        "actor": {"user": {"uid": str_field(record, "agent"), "type": "Service",
+                            "org": {"uid": str_field(record, "tenant")}},
+                  "app_name": str_field(record, "gateway")},
+        "remediation": {"desc": response},
+        "metadata": metadata(record, provenance),
+        "unmapped": {"warden": {"leaf_index": provenance.index, "leaf_hash": provenance.leaf_hash,
+                                "checkpoint": provenance.checkpoint, "path": provenance.path,
+                                "record": provenance.record}},
+    })
+}
+
 /// OCSF's HTTP Activity ids are the request methods.
 fn http_activity(method: Option<&str>) -> (u32, &'static str) {
     match method.map(str::to_ascii_uppercase).as_deref() {
@@ -195,5 +235,29 @@ mod tests {
             assert_eq!(events[0]["unmapped"]["warden"]["leaf_index"], 7);
             assert_eq!(events[1]["class_uid"], 2004);
         }
+    }
+
+    #[test]
+    fn a_detection_is_one_detection_finding_naming_its_evidence() {
+        let provenance = Provenance {
+            record: "{}",
+            index: 3,
+            leaf_hash: "cd",
+            checkpoint: "c",
+            path: &[],
+        };
+        let record = json!({"action": "detect", "outcome": "quarantine", "time": 2,
+                            "decisionId": "det_1", "agent": "spiffe://td/tenant/t/agent/a/i-1",
+                            "target": {"detector": "scan.ports", "summary": "15 distinct ports",
+                                       "evidence": ["d1", "d2"]}});
+        let events = events(&record, &provenance);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0]["class_uid"], 2004);
+        assert_eq!(events[0]["finding_info"]["title"], "scan.ports");
+        assert_eq!(
+            events[0]["finding_info"]["related_events_uids"],
+            json!(["d1", "d2"])
+        );
+        assert_eq!(events[0]["remediation"]["desc"], "quarantine");
     }
 }

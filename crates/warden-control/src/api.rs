@@ -131,6 +131,7 @@ pub fn router(control: Arc<Control>) -> Router {
         .route("/v1/oversight", get(oversight))
         .route("/v1/quarantine", post(quarantine))
         .route("/v1/quarantine/release", post(release))
+        .route("/v1/detections", post(report_detection))
         .route("/v1/freeze", post(freeze))
         .route("/v1/approvals", get(list_approvals).post(request_approval))
         .route("/v1/approvals/{id}", get(show_approval))
@@ -477,6 +478,49 @@ async fn quarantine(
     })
     .await?;
     Ok((StatusCode::CREATED, state))
+}
+
+/// What a gateway's detectors found.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct DetectionReport {
+    /// The agent's SPIFFE ID.
+    agent: String,
+    detector: String,
+    summary: String,
+    /// The decisions that make it.
+    evidence: Vec<String>,
+    /// Quarantine the agent.
+    quarantine: bool,
+}
+
+/// A gateway reports a detection: it is recorded in the control trail and, when asked, the
+/// agent quarantined as `warden quarantine` would (an agent already held stays held).
+async fn report_detection(
+    State(control): State<Arc<Control>>,
+    headers: HeaderMap,
+    payload: Result<Json<DetectionReport>, JsonRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let outcome = acting(
+        &control,
+        &headers,
+        Role::Gateway,
+        payload,
+        |c, gateway, r| {
+            c.detected(
+                &crate::oversight::Detected {
+                    agent: &r.agent,
+                    detector: &r.detector,
+                    summary: &r.summary,
+                    evidence: &r.evidence,
+                    quarantine: r.quarantine,
+                },
+                &gateway.name,
+            )
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, outcome))
 }
 
 async fn release(

@@ -15,6 +15,15 @@ const OVERSIGHT: &str = "oversight";
 /// Longest reason accepted.
 const MAX_REASON_BYTES: usize = 1024;
 
+/// A detection a gateway reports.
+pub struct Detected<'a> {
+    pub agent: &'a str,
+    pub detector: &'a str,
+    pub summary: &'a str,
+    pub evidence: &'a [String],
+    pub quarantine: bool,
+}
+
 fn reason(text: &str) -> Result<String, ControlError> {
     let text = text.trim();
     if text.is_empty() {
@@ -112,6 +121,49 @@ impl Control {
             });
             Ok(())
         })
+    }
+
+    /// Records a gateway's detection in the control trail and, when it asks, quarantines the
+    /// agent, the reason naming the detection. What the quarantine did comes back.
+    pub fn detected(
+        &self,
+        detection: &Detected<'_>,
+        by: &str,
+    ) -> Result<serde_json::Value, ControlError> {
+        let short = |text: &str, what: &str, most: usize| {
+            if text.is_empty() || text.len() > most {
+                Err(bad(format!(
+                    "a detection's {what} must be 1 to {most} bytes"
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        short(detection.detector, "detector", 64)?;
+        short(detection.summary, "summary", 512)?;
+        if detection.evidence.len() > 1024 || detection.evidence.iter().any(|id| id.len() > 128) {
+            return Err(bad(
+                "a detection's evidence is at most 1,024 decision ids of 128 bytes",
+            ));
+        }
+        let scope = self.agent_scope(detection.agent)?;
+        self.trail().record(json!({
+            "action": "detection", "agent": scope.as_str(), "detector": detection.detector,
+            "summary": detection.summary, "evidence": detection.evidence, "by": by,
+            "quarantine": detection.quarantine,
+        }))?;
+        if !detection.quarantine {
+            return Ok(json!({"quarantined": false}));
+        }
+        let why = format!(
+            "detected by {by}: {} ({})",
+            detection.summary, detection.detector
+        );
+        match self.quarantine(scope.as_str(), &why, &format!("detector on {by}")) {
+            Ok(_) => Ok(json!({"quarantined": true})),
+            Err(ControlError::Conflict(held)) => Ok(json!({"quarantined": true, "already": held})),
+            Err(e) => Err(e),
+        }
     }
 
     /// Lifts a hold. The agent needs new credentials to act again.

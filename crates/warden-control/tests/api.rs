@@ -1034,3 +1034,95 @@ async fn a_new_approval_request_is_posted_to_the_webhook_and_survives_a_restart(
     );
     reopened.close();
 }
+
+/// Gateways report detections; nobody below them may, and a report is bounded and checked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detections_are_reported_by_gateways_only_and_quarantine_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let plane = start(dir.path(), vec![]).await;
+    let admin = plane.admin().unwrap().to_owned();
+    let (status, _) = plane
+        .call(
+            Method::POST,
+            "/v1/agents",
+            Some(&admin),
+            Some(register_body()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let mut tokens = Vec::new();
+    for (name, role) in [("dash", "viewer"), ("gw", "gateway")] {
+        let (status, created) = plane
+            .call(
+                Method::POST,
+                "/v1/admins",
+                Some(&admin),
+                Some(json!({"name": name, "role": role})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        tokens.push(created["token"].as_str().unwrap().to_owned());
+    }
+    let (viewer, gateway) = (tokens[0].clone(), tokens[1].clone());
+    let agent = "spiffe://acme.test/tenant/shop/agent/planner/i-1";
+    let report = |summary: &str, quarantine: bool| {
+        json!({"agent": agent, "detector": "scan.ports", "summary": summary,
+               "evidence": ["d1", "d2"], "quarantine": quarantine})
+    };
+    let (status, _) = plane
+        .call(
+            Method::POST,
+            "/v1/detections",
+            Some(&viewer),
+            Some(report("x", true)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = plane
+        .call(
+            Method::POST,
+            "/v1/detections",
+            Some(&gateway),
+            Some(report(&"x".repeat(600), true)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = plane
+        .call(
+            Method::POST,
+            "/v1/detections",
+            Some(&gateway),
+            Some(report("alert only", false)),
+        )
+        .await;
+    assert_eq!(
+        (status, body["quarantined"].clone()),
+        (StatusCode::CREATED, json!(false))
+    );
+    assert!(plane.control.oversight().unwrap().quarantined.is_empty());
+    let (status, body) = plane
+        .call(
+            Method::POST,
+            "/v1/detections",
+            Some(&gateway),
+            Some(report("15 ports", true)),
+        )
+        .await;
+    assert_eq!(
+        (status, body["quarantined"].clone()),
+        (StatusCode::CREATED, json!(true))
+    );
+    let held = plane.control.oversight().unwrap().quarantined;
+    assert_eq!(held.len(), 1);
+    assert!(held[0].reason.contains("15 ports"), "{}", held[0].reason);
+    // Reported again while held: still held, not an error.
+    let (status, body) = plane
+        .call(
+            Method::POST,
+            "/v1/detections",
+            Some(&gateway),
+            Some(report("again", true)),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+}

@@ -40,6 +40,55 @@ pub struct GatewayConfig {
     pub inspect: InspectSettings,
     /// Who may read `/metrics`.
     pub metrics: MetricsSettings,
+    /// Detectors over this gateway's decisions (docs/detection.md).
+    pub detect: DetectSettings,
+}
+
+/// Scans and deny storms, detected from the decisions (refused ones too). A detection is recorded
+/// in the audit log with its evidence; on a scan, with `quarantine` (and a control token), the
+/// agent is quarantined through the control plane at once. Deny storms are recorded only.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct DetectSettings {
+    pub enabled: bool,
+    /// Distinct hosts on one port within `windowSecs` that make a host scan.
+    pub scan_hosts: usize,
+    /// Distinct ports on one host within `windowSecs` that make a port scan.
+    pub scan_ports: usize,
+    pub window_secs: i64,
+    /// Refused calls within `denyWindowSecs` that make a deny storm (0: off).
+    pub deny_storm: usize,
+    pub deny_window_secs: i64,
+    /// Quarantine the agent on a scan (else only record it).
+    pub quarantine: bool,
+}
+
+impl Default for DetectSettings {
+    fn default() -> Self {
+        let defaults = warden_detect::Settings::default();
+        Self {
+            enabled: true,
+            scan_hosts: defaults.scan_hosts,
+            scan_ports: defaults.scan_ports,
+            window_secs: defaults.window_secs,
+            deny_storm: defaults.deny_storm,
+            deny_window_secs: defaults.deny_window_secs,
+            quarantine: true,
+        }
+    }
+}
+
+impl DetectSettings {
+    pub fn detectors(&self) -> warden_detect::Settings {
+        warden_detect::Settings {
+            window_secs: self.window_secs.max(1),
+            scan_hosts: self.scan_hosts.max(2),
+            scan_ports: self.scan_ports.max(2),
+            deny_storm: self.deny_storm,
+            deny_window_secs: self.deny_window_secs.max(1),
+            ..warden_detect::Settings::default()
+        }
+    }
 }
 
 /// Metrics say which agents and upstreams are busy: they are not for anyone who can reach the
@@ -273,6 +322,7 @@ impl Default for GatewayConfig {
             audit: AuditSettings::default(),
             inspect: InspectSettings::default(),
             metrics: MetricsSettings::default(),
+            detect: DetectSettings::default(),
         }
     }
 }

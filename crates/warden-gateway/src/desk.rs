@@ -151,6 +151,13 @@ impl Desk {
             .ok_or_else(|| "the control plane's answer names no requirement".into())
     }
 
+    /// Reports a detection to the control plane, which records it and — when `quarantine` is
+    /// asked — quarantines the agent.
+    pub async fn report_detection(&self, report: &Value) -> Result<Value, String> {
+        self.call(Method::POST, "/v1/detections", Some(report))
+            .await
+    }
+
     /// Files an approval request; its id.
     pub async fn file(&self, request: &Value) -> Result<String, String> {
         let answer = self

@@ -14,6 +14,7 @@ mod body;
 mod config;
 mod credential;
 mod desk;
+mod detect;
 mod egress;
 mod gate;
 mod http_proxy;
@@ -112,6 +113,8 @@ pub struct RunningGateway {
     /// Following quarantines and events; they hold the state, so they stop with the gateway.
     follow_stops: tokio::task::JoinHandle<()>,
     follow_events: Option<tokio::task::JoinHandle<()>>,
+    /// The detectors, reading the decision stream.
+    detectors: Option<tokio::task::JoinHandle<()>>,
     metrics_served: Option<tokio::task::JoinHandle<()>>,
     _watch: Option<warden_policy::WatchGuard>,
 }
@@ -141,8 +144,8 @@ impl RunningGateway {
         }
         let _ = (&mut self.served).await;
         self.follow_stops.abort();
-        if let Some(events) = &self.follow_events {
-            events.abort();
+        for task in [&self.follow_events, &self.detectors].into_iter().flatten() {
+            task.abort();
         }
         if let Some(metrics) = &self.metrics_served {
             metrics.abort();
@@ -349,6 +352,18 @@ pub async fn start(
             },
         ))
     };
+    let detectors = state.config.detect.enabled.then(|| {
+        if state.config.detect.quarantine && desk.is_none() {
+            tracing::warn!(
+                "no gateway.controlTokenFile: detections are recorded but cannot quarantine"
+            );
+        }
+        tokio::spawn(detect::watch(
+            Arc::clone(&state),
+            state.config.detect.clone(),
+            desk.clone(),
+        ))
+    });
     let follow_events = desk.map(|desk| tokio::spawn(desk.follow_events()));
     let (stop, stopped) = oneshot::channel::<()>();
     let served = tokio::spawn(server::serve(
@@ -370,6 +385,7 @@ pub async fn start(
         _sync: sync,
         follow_stops,
         follow_events,
+        detectors,
         metrics_served,
         _watch: watch,
     })

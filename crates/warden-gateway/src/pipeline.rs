@@ -640,6 +640,41 @@ impl Pipeline {
         let _ = self.events.send(event);
     }
 
+    /// Records a detection (`response`: what is done about it) in the audit log and on the
+    /// decision stream, as a record of its own with the decisions that make it as evidence.
+    pub fn record_detection(&self, detection: &warden_detect::Detection, response: &'static str) {
+        let agent = warden_model::SpiffeId::new(&detection.agent).ok();
+        let mut target = serde_json::Map::new();
+        target.insert("detector".into(), detection.detector.as_str().into());
+        target.insert("summary".into(), detection.summary.clone().into());
+        target.insert("evidence".into(), detection.evidence.clone().into());
+        target.insert("response".into(), response.into());
+        let mut id = [0u8; 12];
+        let _ = aws_lc_rs::rand::fill(&mut id);
+        let event = DecisionEvent {
+            time: detection.time,
+            decision_id: format!(
+                "det_{}",
+                id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ),
+            outcome: response,
+            bundle: self.policy.current().hash().to_string(),
+            agent: detection.agent.clone(),
+            tenant: agent
+                .as_ref()
+                .and_then(|a| a.segments().nth(1).map(str::to_owned))
+                .unwrap_or_default(),
+            phase: Some("detect"),
+            action: "detect".into(),
+            resource: detection.agent.clone(),
+            target,
+            gateway: self.gateway.clone(),
+            ..DecisionEvent::default()
+        };
+        let _ = self.recorder.record(&event);
+        let _ = self.events.send(event);
+    }
+
     /// Why the caller may not be served at all now (quarantine, the kill switch), if so.
     pub fn stopped(&self, caller: &Caller) -> Option<DenyReason> {
         self.stops

@@ -860,6 +860,60 @@ fn curl_via_proxy(up: &Up, creds: &Path, tunnel: bool, url: &str) -> (String, St
     (code.to_owned(), body.to_owned())
 }
 
+/// An agent sweeping ports through the forward proxy is quarantined with no person involved,
+/// and the detection is in the audit log with the refused attempts as its evidence.
+#[test]
+fn an_agent_that_port_scans_through_the_gateway_is_quarantined_automatically() {
+    let up = up();
+    let registered = up.warden(&[
+        "agent",
+        "register",
+        "demo/scanner",
+        "--label",
+        "app=assistant",
+        "--right",
+        "egress.connect=*",
+    ]);
+    assert!(registered.status.success());
+    let creds = up.dir.path().join("scanner");
+    let issued = up.warden(&[
+        "agent",
+        "credential",
+        "demo/scanner",
+        "--task",
+        "sweep",
+        "--out",
+        creds.to_str().unwrap(),
+    ]);
+    assert!(issued.status.success());
+    // Fifteen ports of one host no policy allows: each refused, together a scan.
+    for port in 1..=15 {
+        let (code, body) = curl_via_proxy(&up, &creds, false, &format!("http://10.0.0.7:{port}/"));
+        assert_eq!(code, "403", "port {port}: {body}");
+    }
+    common::eventually("the scanner is quarantined", || {
+        let held = up.warden(&["quarantine"]);
+        String::from_utf8_lossy(&held.stdout).contains("agent/scanner")
+    });
+    // Its credentials are revoked with the hold: the next attempt is not even identified.
+    common::eventually("the scanner's credentials are refused", || {
+        curl_via_proxy(&up, &creds, false, "http://10.0.0.7:16/").0 == "407"
+    });
+    let found = up.warden(&["audit", "search", "--agent", "agent/scanner", "-o", "json"]);
+    let text = String::from_utf8_lossy(&found.stdout);
+    let detection = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|record| record["action"] == "detect")
+        .unwrap_or_else(|| panic!("no detection in the audit log:\n{text}"));
+    assert_eq!(detection["target"]["detector"], "scan.ports", "{detection}");
+    assert_eq!(detection["outcome"], "quarantine");
+    assert_eq!(
+        detection["target"]["evidence"].as_array().unwrap().len(),
+        15
+    );
+}
+
 #[test]
 fn egress_through_the_forward_proxy_is_decided_on_host_port_and_address() {
     let up = up();

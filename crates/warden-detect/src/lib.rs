@@ -1,0 +1,388 @@
+//! Detectors over the stream of decisions, off the request path: an agent sweeping many hosts on
+//! one port (a host scan) or many ports on one host (a port scan) in a sliding window — Zeek's
+//! defaults, 25 hosts or 15 ports in 5 minutes, refused attempts counted too — and a storm of
+//! refusals (probing). Each detection names its evidence: the decisions that made it.
+//!
+//! Memory is bounded whatever the stream holds: at most `max_entries` remembered attempts in all
+//! (an attempt is a destination and the decision id; ~100 bytes each), the least recently seen
+//! agent forgotten first when an attacker's flood of distinct hosts would grow it past that.
+
+use std::collections::{HashMap, VecDeque};
+
+/// Thresholds and bounds.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The sliding window scans are counted in, in seconds.
+    pub window_secs: i64,
+    /// Distinct hosts on one port that make a host scan.
+    pub scan_hosts: usize,
+    /// Distinct ports on one host that make a port scan.
+    pub scan_ports: usize,
+    /// Refusals within `deny_window_secs` that make a deny storm; 0 turns it off.
+    pub deny_storm: usize,
+    pub deny_window_secs: i64,
+    /// Most attempts remembered in all.
+    pub max_entries: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            window_secs: 300,
+            scan_hosts: 25,
+            scan_ports: 15,
+            deny_storm: 50,
+            deny_window_secs: 60,
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+/// One decision, as the detectors read it.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
+    /// Seconds since the epoch.
+    pub time: i64,
+    pub agent: &'a str,
+    pub decision_id: &'a str,
+    pub allowed: bool,
+    /// Where a connection was to go (egress), if it was one.
+    pub destination: Option<(&'a str, u16)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Detector {
+    HostScan,
+    PortScan,
+    DenyStorm,
+}
+
+impl Detector {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::HostScan => "scan.hosts",
+            Self::PortScan => "scan.ports",
+            Self::DenyStorm => "deny-storm",
+        }
+    }
+}
+
+/// What a detector saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Detection {
+    pub detector: Detector,
+    pub agent: String,
+    pub time: i64,
+    pub summary: String,
+    /// The decisions that make it, oldest first.
+    pub evidence: Vec<String>,
+}
+
+/// Attempts at distinct values of one thing (hosts on a port, ports on a host) in the window:
+/// each value with the last time it was tried and that attempt's decision.
+struct Distinct<T> {
+    seen: Vec<(T, i64, String)>,
+}
+
+impl<T: PartialEq> Distinct<T> {
+    /// Notes an attempt; the number of entries added (0 or 1) and removed.
+    fn note(&mut self, value: T, time: i64, decision: &str, window: i64) -> (usize, usize) {
+        let before = self.seen.len();
+        self.seen.retain(|(_, at, _)| time - at < window);
+        let removed = before - self.seen.len();
+        if let Some(entry) = self.seen.iter_mut().find(|(v, _, _)| *v == value) {
+            entry.1 = time;
+            entry.2 = decision.to_owned();
+            return (0, removed);
+        }
+        self.seen.push((value, time, decision.to_owned()));
+        (1, removed)
+    }
+}
+
+#[derive(Default)]
+struct AgentState {
+    last_seen: i64,
+    hosts_on_port: HashMap<u16, Distinct<String>>,
+    ports_on_host: HashMap<String, Distinct<u16>>,
+    denials: VecDeque<(i64, String)>,
+    entries: usize,
+}
+
+/// Every detector's state, for all agents.
+pub struct Detectors {
+    settings: Settings,
+    agents: HashMap<String, AgentState>,
+    entries: usize,
+}
+
+impl Detectors {
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            agents: HashMap::new(),
+            entries: 0,
+        }
+    }
+
+    /// Attempts remembered now (never above `max_entries`).
+    pub fn entries(&self) -> usize {
+        self.entries
+    }
+
+    /// Reads one decision; what it completes.
+    pub fn observe(&mut self, observation: &Observation<'_>) -> Vec<Detection> {
+        let settings = self.settings.clone();
+        let mut found = Vec::new();
+        let time = observation.time;
+        if !self.agents.contains_key(observation.agent) {
+            self.agents
+                .insert(observation.agent.to_owned(), AgentState::default());
+        }
+        let Some(state) = self.agents.get_mut(observation.agent) else {
+            return found;
+        };
+        state.last_seen = time;
+        let mut added = 0usize;
+        let mut removed = 0usize;
+        if let Some((host, port)) = observation.destination {
+            let hosts = state
+                .hosts_on_port
+                .entry(port)
+                .or_insert_with(|| Distinct { seen: Vec::new() });
+            let (a, r) = hosts.note(
+                host.to_owned(),
+                time,
+                observation.decision_id,
+                settings.window_secs,
+            );
+            (added, removed) = (added + a, removed + r);
+            if hosts.seen.len() >= settings.scan_hosts {
+                removed += hosts.seen.len();
+                let evidence = std::mem::take(&mut hosts.seen);
+                found.push(Detection {
+                    detector: Detector::HostScan,
+                    agent: observation.agent.to_owned(),
+                    time,
+                    summary: format!(
+                        "{} distinct hosts on port {port} within {} s",
+                        evidence.len(),
+                        settings.window_secs
+                    ),
+                    evidence: oldest_first(evidence),
+                });
+            }
+            let ports = state
+                .ports_on_host
+                .entry(host.to_owned())
+                .or_insert_with(|| Distinct { seen: Vec::new() });
+            let (a, r) = ports.note(port, time, observation.decision_id, settings.window_secs);
+            (added, removed) = (added + a, removed + r);
+            if ports.seen.len() >= settings.scan_ports {
+                removed += ports.seen.len();
+                let evidence = std::mem::take(&mut ports.seen);
+                found.push(Detection {
+                    detector: Detector::PortScan,
+                    agent: observation.agent.to_owned(),
+                    time,
+                    summary: format!(
+                        "{} distinct ports on {host} within {} s",
+                        evidence.len(),
+                        settings.window_secs
+                    ),
+                    evidence: oldest_first(evidence),
+                });
+            }
+            state.hosts_on_port.retain(|_, d| !d.seen.is_empty());
+            state.ports_on_host.retain(|_, d| !d.seen.is_empty());
+        }
+        if !observation.allowed && settings.deny_storm > 0 {
+            while state
+                .denials
+                .front()
+                .is_some_and(|(at, _)| time - at >= settings.deny_window_secs)
+            {
+                state.denials.pop_front();
+                removed += 1;
+            }
+            state
+                .denials
+                .push_back((time, observation.decision_id.to_owned()));
+            added += 1;
+            if state.denials.len() >= settings.deny_storm {
+                removed += state.denials.len();
+                let evidence: Vec<String> = state.denials.drain(..).map(|(_, id)| id).collect();
+                found.push(Detection {
+                    detector: Detector::DenyStorm,
+                    agent: observation.agent.to_owned(),
+                    time,
+                    summary: format!(
+                        "{} refused calls within {} s",
+                        evidence.len(),
+                        settings.deny_window_secs
+                    ),
+                    evidence,
+                });
+            }
+        }
+        state.entries = (state.entries + added).saturating_sub(removed);
+        self.entries = (self.entries + added).saturating_sub(removed);
+        let emptied = state.entries == 0;
+        if emptied {
+            self.agents.remove(observation.agent);
+        }
+        self.keep_within_bounds(observation.agent);
+        found
+    }
+
+    /// Forgets the least recently seen agents (never `current`) until the bound holds.
+    fn keep_within_bounds(&mut self, current: &str) {
+        while self.entries > self.settings.max_entries {
+            let oldest = self
+                .agents
+                .iter()
+                .filter(|(agent, _)| agent.as_str() != current)
+                .min_by_key(|(_, state)| state.last_seen)
+                .map(|(agent, _)| agent.clone());
+            let Some(oldest) = oldest else {
+                // Only the current agent is left: it alone outgrew the bound.
+                if let Some(state) = self.agents.remove(current) {
+                    self.entries = self.entries.saturating_sub(state.entries);
+                }
+                return;
+            };
+            if let Some(state) = self.agents.remove(&oldest) {
+                self.entries = self.entries.saturating_sub(state.entries);
+            }
+        }
+    }
+}
+
+fn oldest_first<T>(mut seen: Vec<(T, i64, String)>) -> Vec<String> {
+    seen.sort_by_key(|(_, at, _)| *at);
+    seen.into_iter().map(|(_, _, id)| id).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect<'a>(
+        agent: &'a str,
+        id: &'a str,
+        time: i64,
+        host: &'a str,
+        port: u16,
+    ) -> Observation<'a> {
+        Observation {
+            time,
+            agent,
+            decision_id: id,
+            allowed: false,
+            destination: Some((host, port)),
+        }
+    }
+
+    fn quiet() -> Settings {
+        Settings {
+            deny_storm: 0,
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn fifteen_ports_on_one_host_are_a_port_scan_with_their_decisions_as_evidence() {
+        let mut detectors = Detectors::new(quiet());
+        let ids: Vec<String> = (0..15).map(|i| format!("d{i}")).collect();
+        for (i, id) in ids.iter().enumerate().take(14) {
+            let port = 8000 + u16::try_from(i).unwrap();
+            assert!(
+                detectors
+                    .observe(&connect("a", id, 100, "10.0.0.5", port))
+                    .is_empty()
+            );
+        }
+        // The same port again is no new port.
+        assert!(
+            detectors
+                .observe(&connect("a", "again", 101, "10.0.0.5", 8000))
+                .is_empty()
+        );
+        let found = detectors.observe(&connect("a", &ids[14], 102, "10.0.0.5", 9000));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].detector, Detector::PortScan);
+        assert_eq!(found[0].evidence.len(), 15);
+        assert!(found[0].evidence.contains(&"again".to_owned()));
+        assert!(found[0].summary.contains("10.0.0.5"));
+    }
+
+    #[test]
+    fn twenty_five_hosts_on_one_port_are_a_host_scan_but_not_when_spread_over_time() {
+        let mut detectors = Detectors::new(quiet());
+        let hosts: Vec<String> = (0..25).map(|i| format!("10.0.1.{i}")).collect();
+        // One every 20 s: at most 15 fall in any 5-minute window.
+        for (i, host) in hosts.iter().enumerate() {
+            let t = 20 * i64::try_from(i).unwrap();
+            assert!(
+                detectors
+                    .observe(&connect("slow", "d", t, host, 22))
+                    .is_empty()
+            );
+        }
+        let mut found = Vec::new();
+        for host in &hosts {
+            found.extend(detectors.observe(&connect("fast", "d", 1_000, host, 22)));
+        }
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].detector, Detector::HostScan);
+        assert_eq!(found[0].agent, "fast");
+    }
+
+    #[test]
+    fn a_storm_of_refusals_is_detected_and_allowed_calls_are_not_counted() {
+        let mut detectors = Detectors::new(Settings {
+            deny_storm: 5,
+            ..Settings::default()
+        });
+        let call = |allowed, time| Observation {
+            time,
+            agent: "p",
+            decision_id: "d",
+            allowed,
+            destination: None,
+        };
+        for t in 0..10 {
+            assert!(detectors.observe(&call(true, t)).is_empty());
+        }
+        for t in 0..4 {
+            assert!(
+                detectors.observe(&call(false, t * 100)).is_empty(),
+                "spread out"
+            );
+        }
+        let found: Vec<_> = (0..5)
+            .flat_map(|_| detectors.observe(&call(false, 1_000)))
+            .collect();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].detector, Detector::DenyStorm);
+    }
+
+    /// A flood of distinct hosts from many agents never holds more than the bound.
+    #[test]
+    fn memory_stays_within_the_bound_under_a_flood() {
+        let mut detectors = Detectors::new(Settings {
+            max_entries: 1_000,
+            scan_hosts: 1_000_000,
+            scan_ports: 1_000_000,
+            ..Settings::default()
+        });
+        for i in 0..50_000u32 {
+            let agent = format!("agent-{}", i % 97);
+            let host = format!("h{i}.example");
+            let port = u16::try_from(i % 60_000).unwrap();
+            detectors.observe(&connect(&agent, "d", i64::from(i / 100), &host, port));
+            assert!(detectors.entries() <= 1_000);
+        }
+        assert!(detectors.entries() > 0);
+    }
+}
