@@ -113,16 +113,7 @@ pub fn events(record: &Value, provenance: &Provenance<'_>) -> Vec<Value> {
         .into_iter()
         .flatten()
     {
-        out.push(json!({
-            "class_uid": 2004,
-            "class_name": "Detection Finding",
-            "category_uid": 2,
-            "activity_id": 1,
-            "activity_name": "Create",
-            "type_uid": 200401,
-            "time": time_ms,
-            "severity_id": 3,
-            "status_id": 1,
+        out.push(finding_of(time_ms, 3, json!({
             "message": format!("inspection finding in {action} on {}", str_field(record, "resource")),
             "finding_info": {
                 "uid": format!("{}:{}", str_field(record, "decisionId"), out.len()),
@@ -131,7 +122,7 @@ pub fn events(record: &Value, provenance: &Provenance<'_>) -> Vec<Value> {
             },
             "metadata": metadata(record, provenance),
             "unmapped": {"warden": {"leaf_index": provenance.index, "leaf_hash": provenance.leaf_hash, "checkpoint": provenance.checkpoint}},
-        }));
+        })));
     }
     out
 }
@@ -144,7 +135,34 @@ fn detection(record: &Value, provenance: &Provenance<'_>, target: &Value, time_m
         .and_then(Value::as_str)
         .unwrap_or("detection");
     let response = str_field(record, "outcome");
-    json!({
+    let severity = if response == "quarantine" { 4 } else { 3 };
+    finding_of(
+        time_ms,
+        severity,
+        json!({
+            "message": format!("{detector} by {}: {}", str_field(record, "agent"),
+                               target.get("summary").and_then(Value::as_str).unwrap_or_default()),
+            "finding_info": {
+                "uid": str_field(record, "decisionId"),
+                "title": detector,
+                "desc": target.get("summary").cloned().unwrap_or(Value::Null),
+                "related_events_uids": target.get("evidence").cloned().unwrap_or(Value::Null),
+            },
+            "actor": {"user": {"uid": str_field(record, "agent"), "type": "Service",
+                                "org": {"uid": str_field(record, "tenant")}},
+                      "app_name": str_field(record, "gateway")},
+            "remediation": {"desc": response},
+            "metadata": metadata(record, provenance),
+            "unmapped": {"warden": {"leaf_index": provenance.index, "leaf_hash": provenance.leaf_hash,
+                                    "checkpoint": provenance.checkpoint, "path": provenance.path,
+                                    "record": provenance.record}},
+        }),
+    )
+}
+
+/// A Detection Finding (2004) of `severity`: `fields` with the class's own.
+fn finding_of(time_ms: i64, severity: u8, mut fields: Value) -> Value {
+    let class = json!({
         "class_uid": 2004,
         "class_name": "Detection Finding",
         "category_uid": 2,
@@ -152,25 +170,13 @@ fn detection(record: &Value, provenance: &Provenance<'_>, target: &Value, time_m
         "activity_name": "Create",
         "type_uid": 200401,
         "time": time_ms,
-        "severity_id": if response == "quarantine" { 4 } else { 3 },
+        "severity_id": severity,
         "status_id": 1,
-        "message": format!("{detector} by {}: {}", str_field(record, "agent"),
-                           target.get("summary").and_then(Value::as_str).unwrap_or_default()),
-        "finding_info": {
-            "uid": str_field(record, "decisionId"),
-            "title": detector,
-            "desc": target.get("summary").cloned().unwrap_or(Value::Null),
-            "related_events_uids": target.get("evidence").cloned().unwrap_or(Value::Null),
-        },
-        "actor": {"user": {"uid": str_field(record, "agent"), "type": "Service",
-                            "org": {"uid": str_field(record, "tenant")}},
-                  "app_name": str_field(record, "gateway")},
-        "remediation": {"desc": response},
-        "metadata": metadata(record, provenance),
-        "unmapped": {"warden": {"leaf_index": provenance.index, "leaf_hash": provenance.leaf_hash,
-                                "checkpoint": provenance.checkpoint, "path": provenance.path,
-                                "record": provenance.record}},
-    })
+    });
+    if let (Value::Object(fields), Value::Object(class)) = (&mut fields, class) {
+        fields.extend(class);
+    }
+    fields
 }
 
 /// OCSF's HTTP Activity ids are the request methods.

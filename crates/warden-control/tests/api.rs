@@ -916,7 +916,7 @@ async fn every_documented_operation_is_served() {
             operations += 1;
         }
     }
-    assert_eq!(operations, 32);
+    assert_eq!(operations, 33);
     plane.stop().await;
 }
 
