@@ -1,7 +1,10 @@
 //! Detectors over the stream of decisions, off the request path: an agent sweeping many hosts on
 //! one port (a host scan) or many ports on one host (a port scan) in a sliding window — Zeek's
-//! defaults, 25 hosts or 15 ports in 5 minutes, refused attempts counted too — and a storm of
-//! refusals (probing). Each detection names its evidence: the decisions that made it.
+//! defaults, 25 hosts or 15 ports in 5 minutes, refused attempts counted too — a storm of
+//! refusals (probing), and a toxic flow: content carrying an injection reaches the agent and,
+//! within a few calls, the agent attempts something sensitive (egress, a send- or delete-class
+//! tool, a write to an API) — the indirect-injection kill chain. Each detection names its
+//! evidence: the decisions that made it.
 //!
 //! Memory is bounded whatever the stream holds: at most `max_entries` remembered attempts in all
 //! (an attempt is a destination and the decision id; ~100 bytes each), the least recently seen
@@ -21,6 +24,9 @@ pub struct Settings {
     /// Refusals within `deny_window_secs` that make a deny storm; 0 turns it off.
     pub deny_storm: usize,
     pub deny_window_secs: i64,
+    /// Calls after injected content within which a sensitive attempt is a toxic flow; 0: off.
+    pub toxic_calls: u32,
+    pub toxic_window_secs: i64,
     /// Most attempts remembered in all.
     pub max_entries: usize,
 }
@@ -33,6 +39,8 @@ impl Default for Settings {
             scan_ports: 15,
             deny_storm: 50,
             deny_window_secs: 60,
+            toxic_calls: 5,
+            toxic_window_secs: 300,
             max_entries: 1_000_000,
         }
     }
@@ -48,6 +56,12 @@ pub struct Observation<'a> {
     pub allowed: bool,
     /// Where a connection was to go (egress), if it was one.
     pub destination: Option<(&'a str, u16)>,
+    /// A review of what came back (a result, a peer's answer), not a call.
+    pub review: bool,
+    /// Content carrying an injection reached the agent (a review that let it through).
+    pub tainted: bool,
+    /// A sensitive call: egress, a send-, delete- or execute-class tool, a write to an API.
+    pub sensitive: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -55,6 +69,7 @@ pub enum Detector {
     HostScan,
     PortScan,
     DenyStorm,
+    ToxicFlow,
 }
 
 impl Detector {
@@ -63,6 +78,7 @@ impl Detector {
             Self::HostScan => "scan.hosts",
             Self::PortScan => "scan.ports",
             Self::DenyStorm => "deny-storm",
+            Self::ToxicFlow => "toxic-flow",
         }
     }
 }
@@ -106,6 +122,8 @@ struct AgentState {
     hosts_on_port: HashMap<u16, Distinct<String>>,
     ports_on_host: HashMap<String, Distinct<u16>>,
     denials: VecDeque<(i64, String)>,
+    /// The last injected content the agent received: when, which review, and calls since.
+    taint: Option<(i64, String, u32)>,
     entries: usize,
 }
 
@@ -196,7 +214,36 @@ impl Detectors {
             state.hosts_on_port.retain(|_, d| !d.seen.is_empty());
             state.ports_on_host.retain(|_, d| !d.seen.is_empty());
         }
-        if !observation.allowed && settings.deny_storm > 0 {
+        if settings.toxic_calls > 0 {
+            if observation.tainted {
+                if state.taint.is_none() {
+                    added += 1;
+                }
+                state.taint = Some((time, observation.decision_id.to_owned(), 0));
+            } else if !observation.review
+                && let Some((at, review, calls)) = state.taint.take()
+            {
+                let calls = calls + 1;
+                let fresh = time - at < settings.toxic_window_secs;
+                if fresh && observation.sensitive {
+                    removed += 1;
+                    found.push(Detection {
+                        detector: Detector::ToxicFlow,
+                        agent: observation.agent.to_owned(),
+                        time,
+                        summary: format!(
+                            "a sensitive call {calls} call(s) after content carrying an injection"
+                        ),
+                        evidence: vec![review, observation.decision_id.to_owned()],
+                    });
+                } else if fresh && calls < settings.toxic_calls {
+                    state.taint = Some((at, review, calls));
+                } else {
+                    removed += 1;
+                }
+            }
+        }
+        if !observation.allowed && !observation.review && settings.deny_storm > 0 {
             while state
                 .denials
                 .front()
@@ -280,12 +327,16 @@ mod tests {
             decision_id: id,
             allowed: false,
             destination: Some((host, port)),
+            review: false,
+            tainted: false,
+            sensitive: true,
         }
     }
 
     fn quiet() -> Settings {
         Settings {
             deny_storm: 0,
+            toxic_calls: 0,
             ..Settings::default()
         }
     }
@@ -350,6 +401,9 @@ mod tests {
             decision_id: "d",
             allowed,
             destination: None,
+            review: false,
+            tainted: false,
+            sensitive: false,
         };
         for t in 0..10 {
             assert!(detectors.observe(&call(true, t)).is_empty());
@@ -384,5 +438,71 @@ mod tests {
             assert!(detectors.entries() <= 1_000);
         }
         assert!(detectors.entries() > 0);
+    }
+
+    #[test]
+    fn a_sensitive_call_soon_after_injected_content_is_a_toxic_flow() {
+        let mut detectors = Detectors::new(Settings::default());
+        let event = |id: &'static str, time: i64, review: bool, tainted: bool, sensitive: bool| {
+            Observation {
+                time,
+                agent: "a",
+                decision_id: id,
+                allowed: true,
+                destination: None,
+                review,
+                tainted,
+                sensitive,
+            }
+        };
+        // Sensitive calls with nothing injected before them are work.
+        assert!(
+            detectors
+                .observe(&event("s0", 0, false, false, true))
+                .is_empty()
+        );
+        assert!(
+            detectors
+                .observe(&event("r1", 10, true, true, false))
+                .is_empty()
+        );
+        assert!(
+            detectors
+                .observe(&event("c1", 11, false, false, false))
+                .is_empty()
+        );
+        let found = detectors.observe(&event("s1", 12, false, false, true));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].detector, Detector::ToxicFlow);
+        assert_eq!(found[0].evidence, vec!["r1".to_owned(), "s1".to_owned()]);
+        // Five ordinary calls later the taint has worn off.
+        assert!(
+            detectors
+                .observe(&event("r2", 20, true, true, false))
+                .is_empty()
+        );
+        for i in 0..5 {
+            assert!(
+                detectors
+                    .observe(&event("c", 21 + i, false, false, false))
+                    .is_empty()
+            );
+        }
+        assert!(
+            detectors
+                .observe(&event("s2", 30, false, false, true))
+                .is_empty()
+        );
+        // And so it does after the window.
+        assert!(
+            detectors
+                .observe(&event("r3", 100, true, true, false))
+                .is_empty()
+        );
+        assert!(
+            detectors
+                .observe(&event("s3", 500, false, false, true))
+                .is_empty()
+        );
     }
 }

@@ -45,8 +45,9 @@ pub struct GatewayConfig {
 }
 
 /// Scans and deny storms, detected from the decisions (refused ones too). A detection is recorded
-/// in the audit log with its evidence; on a scan, with `quarantine` (and a control token), the
-/// agent is quarantined through the control plane at once. Deny storms are recorded only.
+/// in the audit log with its evidence; on a scan or a toxic flow, with `quarantine` (and a control
+/// token), the agent is quarantined through the control plane at once. Deny storms are recorded
+/// only.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct DetectSettings {
@@ -59,7 +60,11 @@ pub struct DetectSettings {
     /// Refused calls within `denyWindowSecs` that make a deny storm (0: off).
     pub deny_storm: usize,
     pub deny_window_secs: i64,
-    /// Quarantine the agent on a scan (else only record it).
+    /// Calls after content carrying an injection within which a sensitive call (egress, a send-,
+    /// delete- or execute-class tool, an API write, delegation) is a toxic flow (0: off).
+    pub toxic_calls: u32,
+    pub toxic_window_secs: i64,
+    /// Quarantine the agent on a scan or a toxic flow (else only record it).
     pub quarantine: bool,
 }
 
@@ -73,6 +78,8 @@ impl Default for DetectSettings {
             window_secs: defaults.window_secs,
             deny_storm: defaults.deny_storm,
             deny_window_secs: defaults.deny_window_secs,
+            toxic_calls: defaults.toxic_calls,
+            toxic_window_secs: defaults.toxic_window_secs,
             quarantine: true,
         }
     }
@@ -86,6 +93,8 @@ impl DetectSettings {
             scan_ports: self.scan_ports.max(2),
             deny_storm: self.deny_storm,
             deny_window_secs: self.deny_window_secs.max(1),
+            toxic_calls: self.toxic_calls,
+            toxic_window_secs: self.toxic_window_secs.max(1),
             ..warden_detect::Settings::default()
         }
     }

@@ -61,11 +61,18 @@ pub(crate) async fn watch(state: Arc<State>, settings: DetectSettings, desk: Opt
     }
 }
 
-/// A decision as the detectors read it; `None` for what is not an identified agent's call.
+/// A decision as the detectors read it; `None` for what is not an identified agent's call or
+/// the review of its result.
 fn observation(event: &DecisionEvent) -> Option<Observation<'_>> {
-    if event.agent.is_empty() || event.phase.is_some() {
+    let review = match event.phase {
+        None => false,
+        Some("result") => true,
+        Some(_) => return None,
+    };
+    if event.agent.is_empty() {
         return None;
     }
+    let allowed = event.outcome == "allow";
     let destination = (event.action == "egress.connect")
         .then(|| {
             let host = event.target.get("host")?.as_str()?;
@@ -77,7 +84,98 @@ fn observation(event: &DecisionEvent) -> Option<Observation<'_>> {
         time: event.time,
         agent: &event.agent,
         decision_id: &event.decision_id,
-        allowed: event.outcome == "allow",
+        allowed,
         destination,
+        review,
+        // What a review let through reached the agent's model.
+        tainted: review
+            && allowed
+            && event
+                .findings
+                .iter()
+                .any(|f| f.kind == warden_model::FindingKind::Injection),
+        sensitive: !review && sensitive(event),
     })
+}
+
+/// Words in a tool's name that mark it as acting on the world rather than reading it.
+const SENSITIVE_TOOL_WORDS: [&str; 16] = [
+    "send", "delete", "remove", "drop", "transfer", "write", "exec", "run", "post", "upload",
+    "email", "mail", "pay", "destroy", "shell", "publish",
+];
+
+/// Whether a call acts outward: egress, delegating to another agent, a write to an HTTP API, or
+/// a tool whose name says it sends, deletes or executes.
+fn sensitive(event: &DecisionEvent) -> bool {
+    let field = |name: &str| event.target.get(name).and_then(serde_json::Value::as_str);
+    match event.action.as_str() {
+        "egress.connect" | "a2a.message/send" | "a2a.message/stream" => true,
+        "http" => !matches!(field("method"), Some("GET" | "HEAD" | "OPTIONS")),
+        "mcp.tools/call" => field("tool").is_some_and(|tool| {
+            let tool = tool.to_ascii_lowercase();
+            SENSITIVE_TOOL_WORDS.iter().any(|word| tool.contains(word))
+        }),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use warden_model::{Finding, FindingKind};
+
+    use super::*;
+
+    fn event(
+        action: &str,
+        target: serde_json::Value,
+        phase: Option<&'static str>,
+    ) -> DecisionEvent {
+        DecisionEvent {
+            agent: "spiffe://td/tenant/t/agent/a/i-1".into(),
+            decision_id: "d".into(),
+            outcome: "allow",
+            action: action.into(),
+            target: target.as_object().cloned().unwrap_or_default(),
+            phase,
+            ..DecisionEvent::default()
+        }
+    }
+
+    #[test]
+    fn calls_are_read_as_sensitive_by_what_they_do_and_reviews_as_taint() {
+        let tool = |name: &str| event("mcp.tools/call", json!({"server": "s", "tool": name}), None);
+        let read = |e: &DecisionEvent| observation(e).map(|o| (o.sensitive, o.tainted, o.review));
+        assert_eq!(read(&tool("send_email")), Some((true, false, false)));
+        assert_eq!(read(&tool("DeleteRecords")), Some((true, false, false)));
+        assert_eq!(read(&tool("get_issue")), Some((false, false, false)));
+        let http = |method: &str| event("http", json!({"service": "api", "method": method}), None);
+        assert_eq!(read(&http("GET")), Some((false, false, false)));
+        assert_eq!(read(&http("POST")), Some((true, false, false)));
+        let egress = event(
+            "egress.connect",
+            json!({"host": "x.example", "port": 443}),
+            None,
+        );
+        assert_eq!(
+            observation(&egress).unwrap().destination,
+            Some(("x.example", 443))
+        );
+        assert!(observation(&egress).unwrap().sensitive);
+        // A result that let an injection through taints; one that was refused does not.
+        let mut result = tool("get_issue");
+        result.phase = Some("result");
+        result.findings = vec![Finding {
+            kind: FindingKind::Injection,
+            rule: "injection.override".into(),
+            location: "/result".into(),
+            score: 60,
+        }];
+        assert_eq!(read(&result), Some((false, true, true)));
+        result.outcome = "deny";
+        assert_eq!(read(&result), Some((false, false, true)));
+        // Refused identifications and detections themselves are not read.
+        assert!(observation(&event("identify", json!({}), Some("identify"))).is_none());
+        assert!(observation(&event("detect", json!({}), Some("detect"))).is_none());
+    }
 }
