@@ -45,9 +45,9 @@ pub struct GatewayConfig {
 }
 
 /// Scans and deny storms, detected from the decisions (refused ones too). A detection is recorded
-/// in the audit log with its evidence; on a scan or a toxic flow, with `quarantine` (and a control
-/// token), the agent is quarantined through the control plane at once. Deny storms are recorded
-/// only.
+/// in the audit log with its evidence; on a scan, with `quarantine` (and a control token), the
+/// agent is quarantined through the control plane at once, and on a toxic flow too with
+/// `quarantineToxicFlows`. Deny storms are recorded only.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct DetectSettings {
@@ -64,8 +64,11 @@ pub struct DetectSettings {
     /// delete- or execute-class tool, an API write, delegation) is a toxic flow (0: off).
     pub toxic_calls: u32,
     pub toxic_window_secs: i64,
-    /// Quarantine the agent on a scan or a toxic flow (else only record it).
+    /// Quarantine the agent on a scan (else only record it).
     pub quarantine: bool,
+    /// Quarantine on a toxic flow too. Off by default: a toxic flow rests on an injection
+    /// finding, and those can be wrong (docs/inspection.md gives the rates).
+    pub quarantine_toxic_flows: bool,
 }
 
 impl Default for DetectSettings {
@@ -81,6 +84,7 @@ impl Default for DetectSettings {
             toxic_calls: defaults.toxic_calls,
             toxic_window_secs: defaults.toxic_window_secs,
             quarantine: true,
+            quarantine_toxic_flows: false,
         }
     }
 }

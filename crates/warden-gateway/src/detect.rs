@@ -33,9 +33,15 @@ pub(crate) async fn watch(state: Arc<State>, settings: DetectSettings, desk: Opt
             continue;
         };
         for detection in detectors.observe(&observation) {
-            // A scan is an agent doing what no task needs; a storm of refusals may be a confused
-            // agent as well as a probing one, so it is reported, not acted on.
-            let quarantines = quarantine && detection.detector != Detector::DenyStorm;
+            // A scan is an agent doing what no task needs. A storm of refusals may be a confused
+            // agent as well as a probing one, and a toxic flow rests on an injection finding,
+            // which can be wrong: both are reported, and a toxic flow quarantines only when asked.
+            let quarantines = quarantine
+                && match detection.detector {
+                    Detector::HostScan | Detector::PortScan => true,
+                    Detector::ToxicFlow => settings.quarantine_toxic_flows,
+                    Detector::DenyStorm => false,
+                };
             let response = if quarantines { "quarantine" } else { "alert" };
             tracing::warn!(
                 agent = %detection.agent,
@@ -87,13 +93,16 @@ fn observation(event: &DecisionEvent) -> Option<Observation<'_>> {
         allowed,
         destination,
         review,
-        // What a review let through reached the agent's model.
+        // What a review let through, and did not redact, reached the agent's model.
         tainted: review
             && allowed
-            && event
-                .findings
-                .iter()
-                .any(|f| f.kind == warden_model::FindingKind::Injection),
+            && event.findings.iter().any(|f| {
+                f.kind == warden_model::FindingKind::Injection
+                    && !event
+                        .redacted
+                        .iter()
+                        .any(|r| r.rule == f.rule && r.location == f.location)
+            }),
         sensitive: !review && sensitive(event),
     })
 }
@@ -172,6 +181,14 @@ mod tests {
             score: 60,
         }];
         assert_eq!(read(&result), Some((false, true, true)));
+        let redacted = result.findings.clone();
+        result.redacted = redacted;
+        assert_eq!(
+            read(&result),
+            Some((false, false, true)),
+            "redacted, never read"
+        );
+        result.redacted.clear();
         result.outcome = "deny";
         assert_eq!(read(&result), Some((false, false, true)));
         // Refused identifications and detections themselves are not read.
