@@ -145,6 +145,9 @@ pub struct Filter {
     /// MCP tool name.
     #[arg(long)]
     tool: Option<String>,
+    /// The record's action: `mcp.tools/call`, `http`, `egress.connect`, `detect` (detections)…
+    #[arg(long)]
+    action: Option<String>,
 }
 
 impl Filter {
@@ -154,6 +157,7 @@ impl Filter {
             .as_ref()
             .is_none_or(|a| field("agent").contains(a.as_str()))
             && self.outcome.as_ref().is_none_or(|o| field("outcome") == o)
+            && self.action.as_ref().is_none_or(|a| field("action") == a)
             && self.tool.as_ref().is_none_or(|tool| {
                 field("resource")
                     .strip_prefix("tool ")
@@ -484,8 +488,13 @@ fn print_record(record: &[u8], output: Output) {
             let target = |name: &str| value["target"].get(name).and_then(Value::as_str);
             let when = rfc3339(value.get("time"));
             // What was asked: an HTTP call by method and path, the rest by resource.
-            let what = match (target("method"), target("path")) {
-                (Some(method), Some(path)) => format!("{} {method} {path}", field("resource")),
+            let what = match (target("method"), target("path"), target("detector")) {
+                (Some(method), Some(path), _) => format!("{} {method} {path}", field("resource")),
+                (_, _, Some(detector)) => format!(
+                    "{} {detector}: {}",
+                    field("resource"),
+                    target("summary").unwrap_or_default()
+                ),
                 _ => field("resource").to_owned(),
             };
             let outcome = match value.get("reason").and_then(Value::as_str) {

@@ -899,6 +899,12 @@ fn an_agent_that_port_scans_through_the_gateway_is_quarantined_automatically() {
     common::eventually("the scanner's credentials are refused", || {
         curl_via_proxy(&up, &creds, false, "http://10.0.0.7:16/").0 == "407"
     });
+    let listed = up.warden(&["audit", "search", "--action", "detect"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("scan.ports: 15 distinct ports on 10.0.0.7"),
+        "{listed}"
+    );
     let found = up.warden(&["audit", "search", "--agent", "agent/scanner", "-o", "json"]);
     let text = String::from_utf8_lossy(&found.stdout);
     let detection = text
