@@ -42,6 +42,8 @@ fn observation(event: &Event, time: i64) -> Observation<'_> {
         review: false,
         tainted: false,
         sensitive: event.egress,
+        grant: &event.agent,
+        source: Some("10.0.0.1"),
     }
 }
 

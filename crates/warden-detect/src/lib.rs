@@ -3,8 +3,9 @@
 //! defaults, 25 hosts or 15 ports in 5 minutes, refused attempts counted too — a storm of
 //! refusals (probing), and a toxic flow: content carrying an injection reaches the agent and,
 //! within a few calls, the agent attempts something sensitive (egress, a send- or delete-class
-//! tool, a write to an API) — the indirect-injection kill chain. Each detection names its
-//! evidence: the decisions that made it.
+//! tool, a write to an API) — the indirect-injection kill chain; and one grant presented from two
+//! addresses within the window (a stolen credential in use). Each detection names its evidence:
+//! the decisions that made it.
 //!
 //! Memory is bounded whatever the stream holds: at most `max_entries` remembered attempts in all
 //! (an attempt is a destination and the decision id; ~100 bytes each), the least recently seen
@@ -62,6 +63,9 @@ pub struct Observation<'a> {
     pub tainted: bool,
     /// A sensitive call: egress, a send-, delete- or execute-class tool, a write to an API.
     pub sensitive: bool,
+    /// The grant presented, and the address it came from (when over the network).
+    pub grant: &'a str,
+    pub source: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -70,6 +74,7 @@ pub enum Detector {
     PortScan,
     DenyStorm,
     ToxicFlow,
+    SharedGrant,
 }
 
 impl Detector {
@@ -79,6 +84,7 @@ impl Detector {
             Self::PortScan => "scan.ports",
             Self::DenyStorm => "deny-storm",
             Self::ToxicFlow => "toxic-flow",
+            Self::SharedGrant => "grant.two-addresses",
         }
     }
 }
@@ -124,8 +130,13 @@ struct AgentState {
     denials: VecDeque<(i64, String)>,
     /// The last injected content the agent received: when, which review, and calls since.
     taint: Option<(i64, String, u32)>,
+    /// Per grant, the address it was last presented from: when, and in which decision.
+    grant_sources: HashMap<String, (String, i64, String)>,
     entries: usize,
 }
+
+/// Grants remembered per agent (its live tasks); the oldest is forgotten past this.
+const GRANTS_PER_AGENT: usize = 64;
 
 /// Every detector's state, for all agents.
 pub struct Detectors {
@@ -243,6 +254,46 @@ impl Detectors {
                 }
             }
         }
+        if let (false, Some(source)) = (observation.grant.is_empty(), observation.source) {
+            let window = settings.window_secs;
+            match state.grant_sources.get_mut(observation.grant) {
+                Some((seen, at, decision)) if seen != source && time - *at < window => {
+                    found.push(Detection {
+                        detector: Detector::SharedGrant,
+                        agent: observation.agent.to_owned(),
+                        time,
+                        summary: format!(
+                            "grant {} presented from {seen} and from {source} within {window} s",
+                            observation.grant
+                        ),
+                        evidence: vec![decision.clone(), observation.decision_id.to_owned()],
+                    });
+                    (*seen, *at, *decision) =
+                        (source.to_owned(), time, observation.decision_id.to_owned());
+                }
+                Some(entry) => {
+                    *entry = (source.to_owned(), time, observation.decision_id.to_owned());
+                }
+                None => {
+                    if state.grant_sources.len() >= GRANTS_PER_AGENT {
+                        let oldest = state
+                            .grant_sources
+                            .iter()
+                            .min_by_key(|(_, (_, at, _))| *at)
+                            .map(|(grant, _)| grant.clone());
+                        if let Some(oldest) = oldest {
+                            state.grant_sources.remove(&oldest);
+                            removed += 1;
+                        }
+                    }
+                    state.grant_sources.insert(
+                        observation.grant.to_owned(),
+                        (source.to_owned(), time, observation.decision_id.to_owned()),
+                    );
+                    added += 1;
+                }
+            }
+        }
         if !observation.allowed && !observation.review && settings.deny_storm > 0 {
             while state
                 .denials
@@ -330,6 +381,8 @@ mod tests {
             review: false,
             tainted: false,
             sensitive: true,
+            grant: "",
+            source: None,
         }
     }
 
@@ -404,6 +457,8 @@ mod tests {
             review: false,
             tainted: false,
             sensitive: false,
+            grant: "",
+            source: None,
         };
         for t in 0..10 {
             assert!(detectors.observe(&call(true, t)).is_empty());
@@ -453,6 +508,8 @@ mod tests {
                 review,
                 tainted,
                 sensitive,
+                grant: "",
+                source: None,
             }
         };
         // Sensitive calls with nothing injected before them are work.
@@ -502,6 +559,47 @@ mod tests {
         assert!(
             detectors
                 .observe(&event("s3", 500, false, false, true))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn one_grant_from_two_addresses_at_once_is_detected_and_one_address_is_not() {
+        let mut detectors = Detectors::new(Settings::default());
+        let call =
+            |id: &'static str, time: i64, grant: &'static str, source: &'static str| Observation {
+                time,
+                agent: "a",
+                decision_id: id,
+                allowed: true,
+                destination: None,
+                review: false,
+                tainted: false,
+                sensitive: false,
+                grant,
+                source: Some(source),
+            };
+        for t in 0..10 {
+            assert!(
+                detectors
+                    .observe(&call("d", t, "g1", "10.0.0.1"))
+                    .is_empty()
+            );
+        }
+        // Another grant from another address is another task.
+        assert!(
+            detectors
+                .observe(&call("d", 11, "g2", "10.0.0.2"))
+                .is_empty()
+        );
+        let found = detectors.observe(&call("stolen", 12, "g1", "203.0.113.9"));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].detector, Detector::SharedGrant);
+        assert_eq!(found[0].evidence, vec!["d".to_owned(), "stolen".to_owned()]);
+        // Moving after the window is not sharing.
+        assert!(
+            detectors
+                .observe(&call("d", 1_000, "g1", "10.0.0.3"))
                 .is_empty()
         );
     }

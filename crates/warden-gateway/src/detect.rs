@@ -34,13 +34,14 @@ pub(crate) async fn watch(state: Arc<State>, settings: DetectSettings, desk: Opt
         };
         for detection in detectors.observe(&observation) {
             // A scan is an agent doing what no task needs. A storm of refusals may be a confused
-            // agent as well as a probing one, and a toxic flow rests on an injection finding,
-            // which can be wrong: both are reported, and a toxic flow quarantines only when asked.
+            // agent as well as a probing one, a grant from two addresses a client behind a
+            // changing NAT, and a toxic flow rests on an injection finding, which can be wrong:
+            // these are reported, and a toxic flow quarantines only when asked.
             let quarantines = quarantine
                 && match detection.detector {
                     Detector::HostScan | Detector::PortScan => true,
                     Detector::ToxicFlow => settings.quarantine_toxic_flows,
-                    Detector::DenyStorm => false,
+                    Detector::DenyStorm | Detector::SharedGrant => false,
                 };
             let response = if quarantines { "quarantine" } else { "alert" };
             tracing::warn!(
@@ -104,6 +105,12 @@ fn observation(event: &DecisionEvent) -> Option<Observation<'_>> {
                         .any(|r| r.rule == f.rule && r.location == f.location)
             }),
         sensitive: !review && sensitive(event),
+        grant: &event.grant,
+        // The address without the port: a client reconnecting is the same client.
+        source: event
+            .source
+            .as_deref()
+            .map(|s| s.rsplit_once(':').map_or(s, |(ip, _)| ip)),
     })
 }
 
