@@ -22,6 +22,7 @@ pub(crate) async fn watch(state: Arc<State>, settings: DetectSettings, desk: Opt
         let event = match events.recv().await {
             Ok(event) => event,
             Err(RecvError::Lagged(missed)) => {
+                pipeline.metrics().detector_missed(missed);
                 tracing::warn!(
                     "detectors fell behind the decision stream: {missed} decisions not seen"
                 );
@@ -51,6 +52,9 @@ pub(crate) async fn watch(state: Arc<State>, settings: DetectSettings, desk: Opt
                 detection.summary
             );
             pipeline.record_detection(&detection, response);
+            pipeline
+                .metrics()
+                .detection(detection.detector.as_str(), response);
             let Some(desk) = desk.as_ref().filter(|_| quarantines) else {
                 continue;
             };

@@ -55,6 +55,14 @@ pub struct Metrics {
     in_flight: Gauge<i64, AtomicI64>,
     policy_watched: Gauge<i64, AtomicI64>,
     policy_reloads: Family<ReloadLabels, Counter>,
+    detections: Family<DetectionLabels, Counter>,
+    detector_missed: Counter,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DetectionLabels {
+    detector: &'static str,
+    response: &'static str,
 }
 
 fn stage_histogram() -> Histogram {
@@ -104,8 +112,22 @@ impl Default for Metrics {
             "Policy bundle reloads, by result (a failed one keeps the last good bundle)",
             policy_reloads.clone(),
         );
+        let detections = Family::<DetectionLabels, Counter>::default();
+        registry.register(
+            "warden_detections",
+            "Detections, by detector and response",
+            detections.clone(),
+        );
+        let detector_missed = Counter::default();
+        registry.register(
+            "warden_detector_missed_decisions",
+            "Decisions the detectors did not see because they fell behind the stream",
+            detector_missed.clone(),
+        );
         Self {
             registry,
+            detections,
+            detector_missed,
             requests,
             decisions,
             stages,
@@ -122,6 +144,16 @@ impl Metrics {
         self.requests
             .get_or_create(&RequestLabels { adapter, status })
             .inc();
+    }
+
+    pub fn detection(&self, detector: &'static str, response: &'static str) {
+        self.detections
+            .get_or_create(&DetectionLabels { detector, response })
+            .inc();
+    }
+
+    pub fn detector_missed(&self, decisions: u64) {
+        self.detector_missed.inc_by(decisions);
     }
 
     pub fn decision(&self, outcome: &'static str) {

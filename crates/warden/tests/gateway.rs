@@ -79,6 +79,11 @@ impl Up {
 
     /// How many times the gateway has loaded an edited policy bundle (from its metrics).
     fn reloads(&self) -> u64 {
+        self.counter("warden_policy_reloads_total{result=\"loaded\"}")
+    }
+
+    /// A counter from the gateway's metrics (0 when absent).
+    fn counter(&self, series: &str) -> u64 {
         let token =
             std::fs::read_to_string(self.dir.path().join("warden-data/metrics-token")).unwrap();
         let out = Command::new("curl")
@@ -89,7 +94,7 @@ impl Up {
             .unwrap();
         String::from_utf8_lossy(&out.stdout)
             .lines()
-            .find_map(|l| l.strip_prefix("warden_policy_reloads_total{result=\"loaded\"} "))
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0)
     }
