@@ -1125,4 +1125,5 @@ async fn detections_are_reported_by_gateways_only_and_quarantine_when_asked() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    plane.stop().await;
 }
