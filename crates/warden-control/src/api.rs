@@ -153,9 +153,26 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(control))
+    let expiry = tokio::spawn(release_expired_holds(Arc::clone(&control)));
+    let served = axum::serve(listener, router(control))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    expiry.abort();
+    served
+}
+
+/// Lifts time-limited quarantines as they run out (checked every second).
+async fn release_expired_holds(control: Arc<Control>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        match blocking(&control, move |c| c.release_expired(now)).await {
+            Ok(0) => {}
+            Ok(released) => tracing::info!("{released} time-limited quarantine(s) lifted"),
+            Err(e) => tracing::error!("cannot lift expired quarantines: {e}"),
+        }
+    }
 }
 
 async fn bundle(State(control): State<Arc<Control>>) -> ApiResult<impl IntoResponse> {
@@ -492,6 +509,9 @@ struct DetectionReport {
     evidence: Vec<String>,
     /// Quarantine the agent.
     quarantine: bool,
+    /// For this long; absent: until a person releases it.
+    #[serde(default)]
+    for_secs: Option<u64>,
 }
 
 /// A gateway reports a detection: it is recorded in the control trail and, when asked, the
@@ -514,6 +534,7 @@ async fn report_detection(
                     summary: &r.summary,
                     evidence: &r.evidence,
                     quarantine: r.quarantine,
+                    for_secs: r.for_secs,
                 },
                 &gateway.name,
             )

@@ -22,7 +22,12 @@ pub struct Detected<'a> {
     pub summary: &'a str,
     pub evidence: &'a [String],
     pub quarantine: bool,
+    /// How long the quarantine lasts; `None`: until a person releases it.
+    pub for_secs: Option<u64>,
 }
+
+/// The longest quarantine a detection may set with a time limit (30 days).
+const MAX_TIMED_HOLD_SECS: u64 = 30 * 86_400;
 
 fn reason(text: &str) -> Result<String, ControlError> {
     let text = text.trim();
@@ -89,6 +94,17 @@ impl Control {
     /// Holds an agent: its traffic is denied and its open streams cut on every gateway, and the
     /// credentials issued under it are revoked.
     pub fn quarantine(&self, agent: &str, why: &str, by: &str) -> Result<Oversight, ControlError> {
+        self.quarantine_until(agent, why, by, None)
+    }
+
+    /// A quarantine that lifts by itself at `until` (Unix seconds) when given.
+    pub fn quarantine_until(
+        &self,
+        agent: &str,
+        why: &str,
+        by: &str,
+        until: Option<i64>,
+    ) -> Result<Oversight, ControlError> {
         let scope = self.agent_scope(agent)?;
         let why = reason(why)?;
         if let Some(hold) = self
@@ -105,7 +121,7 @@ impl Control {
         let since = now().unix_timestamp();
         let revoked = self.revoke_instances_within(&scope)?;
         let record = json!({"action": "quarantine", "agent": scope.as_str(), "reason": why,
-                            "by": by, "revokedInstances": revoked});
+                            "by": by, "revokedInstances": revoked, "until": until});
         self.change_oversight(record, |state| {
             if let Some(hold) = state.quarantined.iter().find(|h| h.scope == scope) {
                 return Err(ControlError::Conflict(format!(
@@ -118,6 +134,7 @@ impl Control {
                 reason: why.clone(),
                 by: by.to_owned(),
                 since,
+                until,
             });
             Ok(())
         })
@@ -159,11 +176,38 @@ impl Control {
             "detected by {by}: {} ({})",
             detection.summary, detection.detector
         );
-        match self.quarantine(scope.as_str(), &why, &format!("detector on {by}")) {
+        let until = match detection.for_secs {
+            Some(secs) if secs > MAX_TIMED_HOLD_SECS => {
+                return Err(bad(format!(
+                    "a detection's quarantine lasts at most {MAX_TIMED_HOLD_SECS} s (or until released: leave forSecs out)"
+                )));
+            }
+            Some(secs) => Some(now().unix_timestamp() + i64::try_from(secs).unwrap_or(0)),
+            None => None,
+        };
+        match self.quarantine_until(scope.as_str(), &why, &format!("detector on {by}"), until) {
             Ok(_) => Ok(json!({"quarantined": true})),
             Err(ControlError::Conflict(held)) => Ok(json!({"quarantined": true, "already": held})),
             Err(e) => Err(e),
         }
+    }
+
+    /// Lifts the holds whose time limit has passed (recorded as released by `expiry`); how many.
+    pub fn release_expired(&self, now: i64) -> Result<usize, ControlError> {
+        let expired: Vec<SpiffeId> = self
+            .oversight()?
+            .quarantined
+            .iter()
+            .filter(|h| h.until.is_some_and(|until| until <= now))
+            .map(|h| h.scope.clone())
+            .collect();
+        for scope in &expired {
+            match self.release(scope.as_str(), "its time limit passed", "expiry") {
+                Ok(_) | Err(ControlError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(expired.len())
     }
 
     /// Lifts a hold. The agent needs new credentials to act again.

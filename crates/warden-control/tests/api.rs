@@ -1125,5 +1125,41 @@ async fn detections_are_reported_by_gateways_only_and_quarantine_when_asked() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    // A time-limited hold lifts by itself, recorded as released by `expiry`.
+    let (status, _) = plane
+        .call(
+            Method::POST,
+            "/v1/quarantine/release",
+            Some(&admin),
+            Some(json!({"agent": agent, "reason": "next case"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut timed = report("scan", true);
+    timed["forSecs"] = json!(1);
+    let (status, body) = plane
+        .call(Method::POST, "/v1/detections", Some(&gateway), Some(timed))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(plane.control.oversight().unwrap().quarantined.len(), 1);
+    let started = std::time::Instant::now();
+    while !plane.control.oversight().unwrap().quarantined.is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the hold never lifted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut too_long = report("scan", true);
+    too_long["forSecs"] = json!(100 * 86_400);
+    let (status, _) = plane
+        .call(
+            Method::POST,
+            "/v1/detections",
+            Some(&gateway),
+            Some(too_long),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     plane.stop().await;
 }

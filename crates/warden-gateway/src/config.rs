@@ -66,6 +66,8 @@ pub struct DetectSettings {
     pub toxic_window_secs: i64,
     /// Quarantine the agent on a scan (else only record it).
     pub quarantine: bool,
+    /// How long a detection's quarantine lasts, in seconds (0: until a person releases it).
+    pub quarantine_secs: u64,
     /// Quarantine on a toxic flow too. Off by default: a toxic flow rests on an injection
     /// finding, and those can be wrong (docs/inspection.md gives the rates).
     pub quarantine_toxic_flows: bool,
@@ -84,6 +86,7 @@ impl Default for DetectSettings {
             toxic_calls: defaults.toxic_calls,
             toxic_window_secs: defaults.toxic_window_secs,
             quarantine: true,
+            quarantine_secs: 600,
             quarantine_toxic_flows: false,
         }
     }

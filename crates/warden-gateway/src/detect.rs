@@ -58,13 +58,16 @@ pub(crate) async fn watch(state: Arc<State>, settings: DetectSettings, desk: Opt
             let Some(desk) = desk.as_ref().filter(|_| quarantines) else {
                 continue;
             };
-            let report = json!({
+            let mut report = json!({
                 "agent": detection.agent,
                 "detector": detection.detector.as_str(),
                 "summary": detection.summary,
                 "evidence": detection.evidence,
                 "quarantine": true,
             });
+            if settings.quarantine_secs > 0 {
+                report["forSecs"] = json!(settings.quarantine_secs);
+            }
             if let Err(e) = desk.report_detection(&report).await {
                 tracing::error!(agent = %detection.agent, "the detection's quarantine failed: {e}");
             }

@@ -17,6 +17,9 @@ pub struct Hold {
     pub by: String,
     /// Unix seconds.
     pub since: i64,
+    /// When the hold lifts by itself (Unix seconds); `None`: when a person releases it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
 }
 
 /// The kill switch, when thrown.
@@ -78,6 +81,7 @@ mod tests {
                 reason: "r".into(),
                 by: "b".into(),
                 since: 0,
+                until: None,
             }],
         }
     }

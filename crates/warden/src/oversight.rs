@@ -129,8 +129,12 @@ fn describe_oversight(state: &Value) -> String {
         lines.push("quarantined: none".into());
     }
     for hold in held {
+        let until = match hold.get("until").filter(|u| !u.is_null()) {
+            Some(until) => format!(" until {}", rfc3339(Some(until))),
+            None => String::new(),
+        };
         lines.push(format!(
-            "quarantined: {} by {} since {}: {}",
+            "quarantined: {} by {} since {}{until}: {}",
             hold["scope"].as_str().unwrap_or_default(),
             hold["by"].as_str().unwrap_or_default(),
             rfc3339(hold.get("since")),
