@@ -30,7 +30,18 @@ impl Drop for Up {
     }
 }
 
+/// `warden up` on free ports; tried again on fresh ones if another test took a port between
+/// picking and binding it.
 fn up() -> Up {
+    for _ in 0..3 {
+        if let Some(up) = try_up() {
+            return up;
+        }
+    }
+    panic!("warden up did not start on three sets of free ports");
+}
+
+fn try_up() -> Option<Up> {
     let dir = tempfile::tempdir().unwrap();
     let (c, g, d) = (free_port(), free_port(), free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_warden"))
@@ -53,15 +64,20 @@ fn up() -> Up {
             break;
         }
     }
-    assert!(banner.contains("Warden is up"), "{banner}");
+    if !banner.contains("Warden is up") {
+        let _ = child.kill();
+        let _ = child.wait();
+        eprintln!("warden up did not start (a port taken?); retrying:\n{banner}");
+        return None;
+    }
     std::thread::spawn(move || lines.for_each(drop));
-    Up {
+    Some(Up {
         child,
         dir,
         control: format!("http://127.0.0.1:{c}"),
         gateway: format!("https://127.0.0.1:{g}"),
         demo_port: d,
-    }
+    })
 }
 
 impl Up {
