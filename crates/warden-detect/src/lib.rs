@@ -106,19 +106,51 @@ struct Distinct<T> {
     seen: Vec<(T, i64, String)>,
 }
 
+impl<T> Default for Distinct<T> {
+    fn default() -> Self {
+        Self { seen: Vec::new() }
+    }
+}
+
+/// What noting an attempt changed: entries added and removed, and the evidence (oldest first)
+/// when it completed a scan, whose entries are then cleared.
+struct Noted {
+    added: usize,
+    removed: usize,
+    scan: Option<Vec<String>>,
+}
+
 impl<T: PartialEq> Distinct<T> {
-    /// Notes an attempt; the number of entries added (0 or 1) and removed.
-    fn note(&mut self, value: T, time: i64, decision: &str, window: i64) -> (usize, usize) {
+    fn note(
+        &mut self,
+        value: T,
+        time: i64,
+        decision: &str,
+        window: i64,
+        threshold: usize,
+    ) -> Noted {
         let before = self.seen.len();
         self.seen.retain(|(_, at, _)| time - at < window);
-        let removed = before - self.seen.len();
+        let mut removed = before - self.seen.len();
+        let mut added = 0;
         if let Some(entry) = self.seen.iter_mut().find(|(v, _, _)| *v == value) {
             entry.1 = time;
             entry.2 = decision.to_owned();
-            return (0, removed);
+        } else {
+            self.seen.push((value, time, decision.to_owned()));
+            added = 1;
         }
-        self.seen.push((value, time, decision.to_owned()));
-        (1, removed)
+        let scan = (self.seen.len() >= threshold).then(|| {
+            removed += self.seen.len();
+            let mut seen = std::mem::take(&mut self.seen);
+            seen.sort_by_key(|(_, at, _)| *at);
+            seen.into_iter().map(|(_, _, id)| id).collect()
+        });
+        Noted {
+            added,
+            removed,
+            scan,
+        }
     }
 }
 
@@ -175,55 +207,55 @@ impl Detectors {
         let mut added = 0usize;
         let mut removed = 0usize;
         if let Some((host, port)) = observation.destination {
-            let hosts = state
-                .hosts_on_port
-                .entry(port)
-                .or_insert_with(|| Distinct { seen: Vec::new() });
-            let (a, r) = hosts.note(
+            let window = settings.window_secs;
+            let hosts = state.hosts_on_port.entry(port).or_default();
+            let noted = hosts.note(
                 host.to_owned(),
                 time,
                 observation.decision_id,
-                settings.window_secs,
+                window,
+                settings.scan_hosts,
             );
-            (added, removed) = (added + a, removed + r);
-            if hosts.seen.len() >= settings.scan_hosts {
-                removed += hosts.seen.len();
-                let evidence = std::mem::take(&mut hosts.seen);
-                found.push(Detection {
-                    detector: Detector::HostScan,
-                    agent: observation.agent.to_owned(),
-                    time,
-                    summary: format!(
-                        "{} distinct hosts on port {port} within {} s",
-                        evidence.len(),
-                        settings.window_secs
-                    ),
-                    evidence: oldest_first(evidence),
-                });
+            if hosts.seen.is_empty() {
+                state.hosts_on_port.remove(&port);
             }
-            let ports = state
-                .ports_on_host
-                .entry(host.to_owned())
-                .or_insert_with(|| Distinct { seen: Vec::new() });
-            let (a, r) = ports.note(port, time, observation.decision_id, settings.window_secs);
-            (added, removed) = (added + a, removed + r);
-            if ports.seen.len() >= settings.scan_ports {
-                removed += ports.seen.len();
-                let evidence = std::mem::take(&mut ports.seen);
-                found.push(Detection {
-                    detector: Detector::PortScan,
-                    agent: observation.agent.to_owned(),
-                    time,
-                    summary: format!(
-                        "{} distinct ports on {host} within {} s",
-                        evidence.len(),
-                        settings.window_secs
-                    ),
-                    evidence: oldest_first(evidence),
-                });
+            (added, removed) = (added + noted.added, removed + noted.removed);
+            if let Some(evidence) = noted.scan {
+                let summary = format!(
+                    "{} distinct hosts on port {port} within {window} s",
+                    evidence.len()
+                );
+                found.push(detection(
+                    Detector::HostScan,
+                    observation,
+                    summary,
+                    evidence,
+                ));
             }
-            state.hosts_on_port.retain(|_, d| !d.seen.is_empty());
-            state.ports_on_host.retain(|_, d| !d.seen.is_empty());
+            let ports = state.ports_on_host.entry(host.to_owned()).or_default();
+            let noted = ports.note(
+                port,
+                time,
+                observation.decision_id,
+                window,
+                settings.scan_ports,
+            );
+            if ports.seen.is_empty() {
+                state.ports_on_host.remove(host);
+            }
+            (added, removed) = (added + noted.added, removed + noted.removed);
+            if let Some(evidence) = noted.scan {
+                let summary = format!(
+                    "{} distinct ports on {host} within {window} s",
+                    evidence.len()
+                );
+                found.push(detection(
+                    Detector::PortScan,
+                    observation,
+                    summary,
+                    evidence,
+                ));
+            }
         }
         if settings.toxic_calls > 0 {
             if observation.tainted {
@@ -238,15 +270,16 @@ impl Detectors {
                 let fresh = time - at < settings.toxic_window_secs;
                 if fresh && observation.sensitive {
                     removed += 1;
-                    found.push(Detection {
-                        detector: Detector::ToxicFlow,
-                        agent: observation.agent.to_owned(),
-                        time,
-                        summary: format!(
-                            "a sensitive call {calls} call(s) after content carrying an injection"
-                        ),
-                        evidence: vec![review, observation.decision_id.to_owned()],
-                    });
+                    let summary = format!(
+                        "a sensitive call {calls} call(s) after content carrying an injection"
+                    );
+                    let evidence = vec![review, observation.decision_id.to_owned()];
+                    found.push(detection(
+                        Detector::ToxicFlow,
+                        observation,
+                        summary,
+                        evidence,
+                    ));
                 } else if fresh && calls < settings.toxic_calls {
                     state.taint = Some((at, review, calls));
                 } else {
@@ -258,16 +291,17 @@ impl Detectors {
             let window = settings.window_secs;
             match state.grant_sources.get_mut(observation.grant) {
                 Some((seen, at, decision)) if seen != source && time - *at < window => {
-                    found.push(Detection {
-                        detector: Detector::SharedGrant,
-                        agent: observation.agent.to_owned(),
-                        time,
-                        summary: format!(
-                            "grant {} presented from {seen} and from {source} within {window} s",
-                            observation.grant
-                        ),
-                        evidence: vec![decision.clone(), observation.decision_id.to_owned()],
-                    });
+                    let summary = format!(
+                        "grant {} presented from {seen} and from {source} within {window} s",
+                        observation.grant
+                    );
+                    let evidence = vec![decision.clone(), observation.decision_id.to_owned()];
+                    found.push(detection(
+                        Detector::SharedGrant,
+                        observation,
+                        summary,
+                        evidence,
+                    ));
                     (*seen, *at, *decision) =
                         (source.to_owned(), time, observation.decision_id.to_owned());
                 }
@@ -310,17 +344,17 @@ impl Detectors {
             if state.denials.len() >= settings.deny_storm {
                 removed += state.denials.len();
                 let evidence: Vec<String> = state.denials.drain(..).map(|(_, id)| id).collect();
-                found.push(Detection {
-                    detector: Detector::DenyStorm,
-                    agent: observation.agent.to_owned(),
-                    time,
-                    summary: format!(
-                        "{} refused calls within {} s",
-                        evidence.len(),
-                        settings.deny_window_secs
-                    ),
+                let summary = format!(
+                    "{} refused calls within {} s",
+                    evidence.len(),
+                    settings.deny_window_secs
+                );
+                found.push(detection(
+                    Detector::DenyStorm,
+                    observation,
+                    summary,
                     evidence,
-                });
+                ));
             }
         }
         state.entries = (state.entries + added).saturating_sub(removed);
@@ -356,9 +390,19 @@ impl Detectors {
     }
 }
 
-fn oldest_first<T>(mut seen: Vec<(T, i64, String)>) -> Vec<String> {
-    seen.sort_by_key(|(_, at, _)| *at);
-    seen.into_iter().map(|(_, _, id)| id).collect()
+fn detection(
+    detector: Detector,
+    observation: &Observation<'_>,
+    summary: String,
+    evidence: Vec<String>,
+) -> Detection {
+    Detection {
+        detector,
+        agent: observation.agent.to_owned(),
+        time: observation.time,
+        summary,
+        evidence,
+    }
 }
 
 #[cfg(test)]
