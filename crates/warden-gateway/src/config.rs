@@ -42,6 +42,33 @@ pub struct GatewayConfig {
     pub metrics: MetricsSettings,
     /// Detectors over this gateway's decisions (docs/detection.md).
     pub detect: DetectSettings,
+    /// Confinement for agents started with `warden run` (docs/enforcement.md); off unless set.
+    /// Needs Linux with cgroup v2 and BPF, and root.
+    pub sandbox: Option<SandboxSettings>,
+}
+
+/// Where `warden run` asks this gateway to confine an agent, and where confined agents'
+/// connections arrive.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct SandboxSettings {
+    /// The local socket `warden run` connects to (only root or the gateway's user may).
+    pub socket: PathBuf,
+    /// The transparent listener's port on 127.0.0.1 and ::1 (0: any free port).
+    pub port: u16,
+    /// How long to wait for a connection's first bytes (a TLS ClientHello, an HTTP request)
+    /// before deciding it on its address alone, in milliseconds.
+    pub first_bytes_millis: u64,
+}
+
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from(warden_sandbox::session::DEFAULT_SOCKET),
+            port: 0,
+            first_bytes_millis: 1000,
+        }
+    }
 }
 
 /// Scans and deny storms, detected from the decisions (refused ones too). A detection is recorded
@@ -339,6 +366,7 @@ impl Default for GatewayConfig {
             inspect: InspectSettings::default(),
             metrics: MetricsSettings::default(),
             detect: DetectSettings::default(),
+            sandbox: None,
         }
     }
 }

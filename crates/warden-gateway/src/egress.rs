@@ -89,15 +89,9 @@ pub(crate) struct Destination {
     said: Said,
 }
 
-/// Resolves the destination once, decides the address it resolves to, and returns the one
-/// address to connect to, or the refusal.
-async fn resolve(
-    state: &State,
-    caller: &Caller,
-    destination: Destination,
-) -> Result<SocketAddr, Response<Body>> {
-    let Destination { host, port, said } = destination;
-    let addresses: Vec<IpAddr> = match &host {
+/// The addresses a destination's host resolves to, resolved by the gateway (once).
+pub(crate) async fn addresses(host: &Host, port: u16) -> Result<Vec<IpAddr>, Response<Body>> {
+    let addresses: Vec<IpAddr> = match host {
         Host::Ip(ip) => vec![*ip],
         Host::Dns(_) => {
             let lookup = tokio::time::timeout(
@@ -117,13 +111,43 @@ async fn resolve(
             }
         }
     };
-    let ip = *addresses.first().ok_or_else(|| {
-        problem(
+    if addresses.is_empty() {
+        return Err(problem(
             StatusCode::BAD_GATEWAY,
             "unresolvable",
             &format!("{host} has no address"),
-        )
-    })?;
+        ));
+    }
+    Ok(addresses)
+}
+
+/// Resolves the destination once, decides the address it resolves to, and returns the one
+/// address to connect to, or the refusal.
+async fn resolve(
+    state: &State,
+    caller: &Caller,
+    destination: Destination,
+) -> Result<SocketAddr, Response<Body>> {
+    let Destination { host, port, said } = destination;
+    let ip = addresses(&host, port).await?[0];
+    decide_address(state, caller, host, port, ip, said)
+        .await
+        .map_err(|refusal| forbidden(&refusal.verdict, &refusal.what, crate::mcp::CODES))?;
+    // An address literal was decided as itself: only a `cidrs` rule allows it.
+    Ok(SocketAddr::new(ip, port))
+}
+
+/// Decides a connection to `host` at `ip` (what it resolved to): the host, and — when the
+/// address is special (private, loopback, metadata…) — the address itself too, which only a
+/// `cidrs` rule allows.
+pub(crate) async fn decide_address(
+    state: &State,
+    caller: &Caller,
+    host: Host,
+    port: u16,
+    ip: IpAddr,
+    said: Said,
+) -> Result<(), Refusal> {
     let connect = |host: Host| Action::EgressConnect {
         host,
         port,
@@ -138,11 +162,7 @@ async fn resolve(
         asks.push(Ask::decide_alone(action, said).described_as(what));
     }
     // What only resolution reveals is decided the stack's way.
-    check(&state.pipeline, caller, &[], asks)
-        .await
-        .map_err(|refusal| forbidden(&refusal.verdict, &refusal.what, crate::mcp::CODES))?;
-    // An address literal was decided as itself: only a `cidrs` rule allows it.
-    Ok(SocketAddr::new(ip, port))
+    check(&state.pipeline, caller, &[], asks).await
 }
 
 fn split_authority(authority: &str, default_port: u16) -> Option<(String, u16)> {
@@ -160,7 +180,7 @@ fn split_authority(authority: &str, default_port: u16) -> Option<(String, u16)> 
     ))
 }
 
-async fn dial(address: SocketAddr) -> Result<tokio::net::TcpStream, Response<Body>> {
+pub(crate) async fn dial(address: SocketAddr) -> Result<tokio::net::TcpStream, Response<Body>> {
     match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(address)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
@@ -260,29 +280,40 @@ async fn tunnel(
         Ok(s) => s,
         Err(response) => return response,
     };
-    // The tunnel closes when the agent is quarantined or traffic frozen.
-    let stops = state.pipeline.stops();
-    let stopped = stops.until_stopped(
-        caller.identity.spiffe_id().clone(),
-        caller.identity.parents().to_vec(),
-        stops.version(),
-    );
+    let stopped = until_stopped(state, caller);
     // The connection's upgrade travels in the request's extensions.
     let request = Request::from_parts(head, ());
     tokio::spawn(async move {
         match hyper::upgrade::on(request).await {
-            Ok(upgraded) => {
-                let mut client = TokioIo::new(upgraded);
-                let mut outbound = outbound;
-                tokio::select! {
-                    _ = tokio::io::copy_bidirectional(&mut client, &mut outbound) => {}
-                    reason = stopped => tracing::info!("tunnel closed: {reason:?}"),
-                }
-            }
+            Ok(upgraded) => splice(TokioIo::new(upgraded), outbound, stopped).await,
             Err(e) => tracing::debug!("CONNECT upgrade failed: {e}"),
         }
     });
     Response::new(crate::plumbing::full(Bytes::new()))
+}
+
+/// What ends an agent's connection: its quarantine, or the kill switch.
+pub(crate) type Stopped = std::pin::Pin<Box<dyn Future<Output = warden_model::DenyReason> + Send>>;
+
+pub(crate) fn until_stopped(state: &State, caller: &Caller) -> Stopped {
+    let stops = state.pipeline.stops();
+    Box::pin(stops.until_stopped(
+        caller.identity.spiffe_id().clone(),
+        caller.identity.parents().to_vec(),
+        stops.version(),
+    ))
+}
+
+/// Joins an agent's connection to the destination's, both ways, until either ends or the
+/// agent is stopped, which closes both.
+pub(crate) async fn splice<A>(mut agent: A, mut outbound: tokio::net::TcpStream, stopped: Stopped)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut agent, &mut outbound) => {}
+        reason = stopped => tracing::info!("connection closed: {reason:?}"),
+    }
 }
 
 /// A plain-HTTP request through the proxy (`GET http://host/path`), to the decided address.

@@ -21,6 +21,8 @@ pub struct Caller {
     pub authority: Authority,
     /// Where the call came from (the TCP peer), for the audit record; `None` over stdio.
     pub source: Option<std::net::SocketAddr>,
+    /// The process that made the call, as the kernel reports it (agents under `warden run`).
+    pub process: Option<Arc<Process>>,
     /// What the answer to this request waits for (its records on disk).
     pub answer_after: crate::gate::AnswerGate,
 }
@@ -54,6 +56,25 @@ impl Authority {
         }
     }
 }
+
+/// A process of a confined agent, as recorded: what the kernel says opened the connection.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Process {
+    pub pid: u32,
+    /// What `/proc/<pid>/exe` pointed at when the connection arrived (empty if it had exited).
+    pub executable: String,
+    /// SHA-256 of the command line (its arguments may hold secrets, so they are not recorded).
+    pub command_sha256: String,
+    /// The agent instance's cgroup (v2) id.
+    pub cgroup: u64,
+}
+
+/// A caller the gateway identified without a credential on the request: an agent confined by
+/// `warden run`, known by the cgroup its connection came from. Only the gateway's transparent
+/// listener attaches it to a request; nothing from the network can.
+#[derive(Debug, Clone)]
+pub struct KernelCaller(pub Caller);
 
 /// Who a request turned out to be from (the agent and those above it), filled in when it is
 /// identified, so its response can be cut off if the agent is held.
@@ -218,6 +239,34 @@ impl Identifier {
             identity,
             authority: Authority::Grant(grant),
             source: None,
+            process: None,
+            answer_after: crate::gate::AnswerGate::default(),
+        })
+    }
+
+    /// The caller for a confined agent's connection: the grant the gateway holds for its
+    /// instance, which must be bound to the instance's own SVID (the kernel vouches for who is
+    /// calling, as a verified client certificate would).
+    pub fn kernel(
+        &self,
+        grant: &str,
+        process: Process,
+        now: i64,
+    ) -> Result<Caller, Unidentified> {
+        let grant = self.grants.verify(grant, now)?;
+        let id = grant.agent().clone();
+        if self.grants.revocations().agent_revoked(id.as_str()).is_some() {
+            return Err(Unidentified::Revoked);
+        }
+        grant.check_presenter(Presenter::Svid(&id))?;
+        let header = grant.header();
+        let identity = AgentIdentity::new(id, header.labels.clone(), Some(header.task.clone()))
+            .map_err(|e| Unidentified::NotAnAgent(e.to_string()))?;
+        Ok(Caller {
+            identity,
+            authority: Authority::Grant(grant),
+            source: None,
+            process: Some(Arc::new(process)),
             answer_after: crate::gate::AnswerGate::default(),
         })
     }

@@ -31,12 +31,14 @@ mod pins;
 mod pipeline;
 mod plumbing;
 mod reviewed;
+mod sandbox;
 mod server;
 mod sse;
 mod stack;
 mod stdio;
 mod stops;
 mod sync;
+mod transparent;
 #[cfg(test)]
 mod testing;
 mod undo;
@@ -58,7 +60,7 @@ pub use a2a::{
 pub use config::{
     AuditSettings, Durability, ExportSink, FileExport, GatewayConfig, HttpExport,
     InjectedCredential, InspectSettings, Limits, MetricsSettings, NatsExport, OAuthClient,
-    SyslogExport, UpstreamConfig, UpstreamKind,
+    SandboxSettings, SyslogExport, UpstreamConfig, UpstreamKind,
 };
 pub use identify::{Caller, Identifier, Unidentified};
 pub use mcp::{DENIED, NEEDS_APPROVAL};
@@ -116,6 +118,8 @@ pub struct RunningGateway {
     /// The detectors, reading the decision stream.
     detectors: Option<tokio::task::JoinHandle<()>>,
     metrics_served: Option<tokio::task::JoinHandle<()>>,
+    /// `warden run`'s socket and the transparent listener, when confinement is on.
+    sandbox: Option<sandbox::Running>,
     _watch: Option<warden_policy::WatchGuard>,
 }
 
@@ -150,6 +154,7 @@ impl RunningGateway {
         if let Some(metrics) = &self.metrics_served {
             metrics.abort();
         }
+        drop(self.sandbox.take());
         if let Some(audit) = &self.audit {
             let log = audit.log().clone();
             let _ = tokio::task::spawn_blocking(move || log.close()).await;
@@ -365,6 +370,10 @@ pub async fn start(
         ))
     });
     let follow_events = desk.map(|desk| tokio::spawn(desk.follow_events()));
+    let sandbox = match &state.config.sandbox {
+        Some(settings) => Some(sandbox::start(&state, settings).await?),
+        None => None,
+    };
     let (stop, stopped) = oneshot::channel::<()>();
     let served = tokio::spawn(server::serve(
         Arc::clone(&state),
@@ -387,6 +396,7 @@ pub async fn start(
         follow_events,
         detectors,
         metrics_served,
+        sandbox,
         _watch: watch,
     })
 }

@@ -128,6 +128,26 @@ pub struct DecisionEvent {
     /// The gateway that decided.
     pub gateway: String,
     pub decide_micros: u64,
+    /// The process that made the call, for agents confined by `warden run`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Arc<crate::identify::Process>>,
+}
+
+/// A fresh id for a record that is not a policy decision (`det_…`, `sock_…`).
+fn record_id(prefix: &str) -> String {
+    let mut id = [0u8; 12];
+    // Without randomness the id is still unique enough within the log: the time and a counter.
+    if aws_lc_rs::rand::fill(&mut id).is_err() {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let count = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64;
+        id[..8].copy_from_slice(&nanos.to_be_bytes());
+        id[8..].copy_from_slice(&(count as u32).to_be_bytes());
+    }
+    format!(
+        "{prefix}_{}",
+        id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
 }
 
 /// How far a record must be kept before an allowed call goes on, and before its answer does.
@@ -649,14 +669,9 @@ impl Pipeline {
         target.insert("summary".into(), detection.summary.clone().into());
         target.insert("evidence".into(), detection.evidence.clone().into());
         target.insert("response".into(), response.into());
-        let mut id = [0u8; 12];
-        let _ = aws_lc_rs::rand::fill(&mut id);
         let event = DecisionEvent {
             time: detection.time,
-            decision_id: format!(
-                "det_{}",
-                id.iter().map(|b| format!("{b:02x}")).collect::<String>()
-            ),
+            decision_id: record_id("det"),
             outcome: response,
             bundle: self.policy.current().hash().to_string(),
             agent: detection.agent.clone(),
@@ -667,6 +682,35 @@ impl Pipeline {
             phase: Some("detect"),
             action: "detect".into(),
             resource: detection.agent.clone(),
+            target,
+            gateway: self.gateway.clone(),
+            ..DecisionEvent::default()
+        };
+        let _ = self.recorder.record(&event);
+        let _ = self.events.send(event);
+    }
+
+    /// Records a socket the kernel refused a confined agent (raw, ICMP, SCTP…: not TCP or UDP),
+    /// with the process that asked for it. No policy allows one, so nothing was decided.
+    pub fn record_refused_socket(&self, caller: &Caller, family: u32, kind: u32, protocol: u32) {
+        let mut target = serde_json::Map::new();
+        target.insert("family".into(), family.into());
+        target.insert("type".into(), kind.into());
+        target.insert("protocol".into(), protocol.into());
+        self.metrics.decision("deny");
+        let event = DecisionEvent {
+            time: time::OffsetDateTime::now_utc().unix_timestamp(),
+            decision_id: record_id("sock"),
+            outcome: "deny",
+            reason: Some(DenyReason::NotForwarded),
+            bundle: self.policy.current().hash().to_string(),
+            agent: caller.identity.spiffe_id().to_string(),
+            tenant: caller.identity.tenant().to_string(),
+            process: caller.process.clone(),
+            task: caller.identity.task().map(ToString::to_string),
+            grant: caller.authority.grant_id().to_owned(),
+            action: "socket".into(),
+            resource: format!("socket/{family}/{kind}/{protocol}"),
             target,
             gateway: self.gateway.clone(),
             ..DecisionEvent::default()
@@ -937,6 +981,7 @@ impl Pipeline {
             agent: caller.identity.spiffe_id().to_string(),
             tenant: caller.identity.tenant().to_string(),
             source: caller.source.map(|a| a.to_string()),
+            process: caller.process.clone(),
             parents: caller
                 .identity
                 .parents()

@@ -22,7 +22,7 @@ use warden_http::HttpClient;
 use warden_model::{Action, SpiffeId};
 
 use crate::config::{GatewayConfig, UpstreamConfig};
-use crate::identify::{Caller, CallerSlot, ClientAddress, Identifier};
+use crate::identify::{Caller, CallerSlot, ClientAddress, Identifier, KernelCaller};
 use crate::metrics::{Metrics, stage_span};
 use crate::owners::Owners;
 use crate::pipeline::Pipeline;
@@ -190,14 +190,17 @@ pub(crate) fn identify<B>(
     } else {
         http::header::AUTHORIZATION
     };
-    let result = state.identifier.identify(
-        peer,
-        request.method().as_str(),
-        path_and_query,
-        request.headers(),
-        &credential,
-        time::OffsetDateTime::now_utc().unix_timestamp(),
-    );
+    let result = match request.extensions().get::<KernelCaller>() {
+        Some(KernelCaller(caller)) => Ok(caller.clone()),
+        None => state.identifier.identify(
+            peer,
+            request.method().as_str(),
+            path_and_query,
+            request.headers(),
+            &credential,
+            time::OffsetDateTime::now_utc().unix_timestamp(),
+        ),
+    };
     state.metrics.stage("identify", started.elapsed());
     let source = request.extensions().get::<ClientAddress>().map(|a| a.0);
     if let (Ok(caller), Some(slot)) = (&result, request.extensions().get::<CallerSlot>()) {

@@ -131,7 +131,7 @@ fn spiffe_id_of(der: &[u8]) -> Option<SpiffeId> {
     SpiffeId::new(uri).ok()
 }
 
-async fn handle(
+pub(crate) async fn handle(
     state: &Arc<State>,
     peer: Option<&SpiffeId>,
     mut request: Request<Incoming>,

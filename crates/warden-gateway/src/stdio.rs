@@ -125,6 +125,7 @@ pub async fn run(config: StdioConfig) -> anyhow::Result<i32> {
         )?,
         authority: crate::identify::Authority::Grant(Arc::clone(&grant)),
         source: None,
+        process: None,
         answer_after: crate::gate::AnswerGate::default(),
     };
     let policy = crate::load_policies(&config.policies)?;

@@ -64,6 +64,7 @@ pub fn fixture() -> Fixture {
             of: "d".into(),
         },
         source: None,
+        process: None,
         answer_after: crate::gate::AnswerGate::default(),
     };
     Fixture {

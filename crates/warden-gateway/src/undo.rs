@@ -309,6 +309,7 @@ pub async fn handle(state: &State, request: Request<Incoming>) -> Response<Body>
             of: decision.clone(),
         },
         source,
+        process: None,
         answer_after: crate::gate::AnswerGate::default(),
     };
     let action = Action::McpToolsCall {

@@ -98,8 +98,12 @@ impl Cgroup {
         Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
     }
 
-    /// Kills every process in the cgroup, including any started since.
+    /// Kills every process in the cgroup, including any started since. A cgroup already gone
+    /// has none.
     pub fn kill(&self) -> Result<(), SandboxError> {
+        if !self.path.exists() {
+            return Ok(());
+        }
         // `cgroup.kill` (Linux 5.14) kills atomically, racing no fork.
         if std::fs::write(self.path.join("cgroup.kill"), "1").is_ok() {
             return Ok(());

@@ -246,15 +246,25 @@ impl Confinement {
     }
 }
 
-/// Refused attempts as the kernel reports them. Poll [`Refusals::fd`] for readability, then
-/// drain with [`Refusals::next`].
+/// Refused attempts as the kernel reports them: [`Refusals::wait`] for some, then drain them
+/// with [`Refusals::next`].
 pub struct Refusals {
     ring: RingBuf<MapData>,
 }
 
 impl Refusals {
-    pub fn fd(&self) -> std::os::fd::RawFd {
-        self.ring.as_raw_fd()
+    /// Blocks until the kernel has reported something or `timeout` passes; says which.
+    pub fn wait(&self, timeout: std::time::Duration) -> bool {
+        let mut poll = libc::pollfd {
+            fd: self.ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one live `pollfd` for a descriptor this struct owns, with its count.
+        #[allow(unsafe_code)]
+        let ready = unsafe { libc::poll(&mut poll, 1, millis) };
+        ready > 0
     }
 
     #[allow(clippy::should_implement_trait)] // it borrows the ring, so it is not an Iterator
@@ -265,12 +275,6 @@ impl Refusals {
                 return Some(refusal);
             }
         }
-    }
-}
-
-impl std::os::fd::AsRawFd for Refusals {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.fd()
     }
 }
 

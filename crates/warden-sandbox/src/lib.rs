@@ -16,7 +16,7 @@ pub mod session;
 mod spawn;
 
 pub use cgroup::Cgroup;
-pub use kernel::{Confinement, Origin, Redirect, Refusal, Refused};
+pub use kernel::{Confinement, Origin, Redirect, Refusal, Refusals, Refused};
 pub use spawn::{User, spawn};
 
 /// Why confinement cannot be set up. Each says what is missing and what to do.

@@ -30,9 +30,7 @@ pub enum Reply {
         agent: String,
         listener: String,
     },
-    Renewed {
-        expires: i64,
-    },
+    Renewed,
     Refused {
         error: String,
     },

@@ -301,7 +301,7 @@ impl Api {
     }
 }
 
-fn split_agent(agent: &str) -> anyhow::Result<(&str, &str)> {
+pub(crate) fn split_agent(agent: &str) -> anyhow::Result<(&str, &str)> {
     agent
         .split_once('/')
         .filter(|(t, n)| !t.is_empty() && !n.is_empty() && !n.contains('/'))

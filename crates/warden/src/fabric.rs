@@ -107,6 +107,29 @@ pub struct UpArgs {
     /// Content inspection (injection, secrets, sensitive data) of requests and results.
     #[arg(long, env = "WARDEN_INSPECT", value_enum, default_value_t = Switch::On)]
     inspect: Switch,
+    /// Where `warden run` asks the gateway to confine agents (when started as root).
+    #[arg(long, env = "WARDEN_SANDBOX_SOCKET", default_value = warden_sandbox::session::DEFAULT_SOCKET)]
+    sandbox_socket: PathBuf,
+}
+
+/// `warden run` confinement for `warden up`: on when it can be (root, cgroup v2, the socket
+/// free), else why not.
+fn up_sandbox(socket: &Path) -> Result<warden_gateway::SandboxSettings, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).ok() != Some(0) {
+        return Err("start `warden up` as root to confine agents with `warden run`".into());
+    }
+    warden_sandbox::Cgroup::hierarchy().map_err(|e| e.to_string())?;
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        return Err(format!(
+            "another gateway already serves `warden run` at {} (--sandbox-socket)",
+            socket.display()
+        ));
+    }
+    Ok(warden_gateway::SandboxSettings {
+        socket: socket.to_owned(),
+        ..warden_gateway::SandboxSettings::default()
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -395,6 +418,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         )
         .await?;
         register_demo_agent(&control.control)?;
+        let sandbox = up_sandbox(&args.sandbox_socket);
         let (demo_stop, demo_stopped) = tokio::sync::oneshot::channel::<()>();
         let demo_listener = tokio::net::TcpListener::bind(args.demo_listen)
             .await
@@ -440,6 +464,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
                 token_file: Some(metrics_token_file(&data_dir)?),
                 listen: None,
             },
+            sandbox: sandbox.clone().ok(),
             audit: warden_gateway::AuditSettings {
                 enabled: args.audit != AuditMode::Off,
                 dir: Some(data_dir.join("audit")),
@@ -460,6 +485,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             args.gateway_listen,
         );
         print_welcome(&control.url, &gateway.public_url, &data_dir, &policies);
+        print_confinement(&sandbox, &data_dir, &demo_address);
         std::io::stdout().flush()?;
         shutdown_signal().await;
         println!("stopping: draining in-flight requests");
@@ -536,6 +562,28 @@ Stop with Ctrl-C."#,
         agent = demo::AGENT,
         policies = policies.display(),
     );
+}
+
+fn print_confinement(
+    sandbox: &Result<warden_gateway::SandboxSettings, String>,
+    data_dir: &Path,
+    demo: &SocketAddr,
+) {
+    match sandbox {
+        Ok(settings) => println!(
+            r#"
+Confine an agent so it cannot go around Warden (as root, from this directory):
+
+  # the demo API reached by its own address is still decided as the demo API: allowed
+  warden run -- curl -s http://{demo}/api/status
+  # anywhere else policy does not allow: refused, and recorded with the process
+  warden run -- curl -s http://203.0.113.7/
+  (`warden run` finds the gateway at {socket} and the admin token in {data}/admin-token.)"#,
+            socket = settings.socket.display(),
+            data = data_dir.display(),
+        ),
+        Err(why) => println!("\n`warden run` is off: {why}."),
+    }
 }
 
 #[derive(Args)]

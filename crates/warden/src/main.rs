@@ -7,6 +7,7 @@ mod fabric;
 mod inspect;
 mod oversight;
 mod policy;
+mod run;
 mod telemetry;
 
 /// Policy evaluation allocates many small, short-lived objects; with a large bundle resident,
@@ -44,6 +45,11 @@ enum Command {
     Up(fabric::UpArgs),
     /// Run a part of the fabric: the control plane, the gateway, or both.
     Serve(fabric::ServeArgs),
+    /// Run an agent confined by the kernel: every connection it makes goes to the local gateway
+    /// and is decided as this agent instance's; nothing else gets out (raw sockets, other UDP),
+    /// and the agent holds no credential. Needs root. `warden run --agent TENANT/NAME -- <command>
+    /// [args…]`
+    Run(run::RunArgs),
     /// Run a local stdio MCP server behind Warden's pipeline: calls are decided, listings
     /// filtered, decisions recorded. `warden mcp-stdio --credential DIR --server NAME
     /// --policies DIR -- <command> [args…]`
@@ -195,6 +201,7 @@ fn main() -> ExitCode {
         Command::Up(args) => fabric::up(args),
         Command::Serve(args) => fabric::serve(args),
         Command::McpStdio(args) => fabric::mcp_stdio(args),
+        Command::Run(args) => run::run(args),
         Command::Audit(command) => audit::run(command),
         Command::Inspect(args) => inspect::run(args),
         Command::Agent {

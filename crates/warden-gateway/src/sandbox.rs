@@ -1,0 +1,462 @@
+//! The gateway's side of `warden run`: the local socket it is asked on, the confinement programs
+//! it attaches to each agent's cgroup, and the agent instances it holds grants for. A confined
+//! agent holds no credential: the gateway knows it by the cgroup its connections come from and
+//! acts with the grant `warden run` gave the gateway, never the agent.
+
+use std::collections::HashMap;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::{Context as _, bail};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use warden_model::{Action, DenyReason, Host, Protocol};
+use warden_sandbox::session::{MAX_LINE, Reply, Request};
+use warden_sandbox::{Cgroup, Confinement, Origin, Redirect, Refused};
+
+use crate::config::SandboxSettings;
+use crate::identify::{Caller, Process};
+use crate::plumbing::State;
+
+/// One confined agent instance: the grant the gateway acts with for it.
+struct Instance {
+    grant: String,
+    agent: String,
+}
+
+pub(crate) struct Sandbox {
+    confinement: Mutex<Confinement>,
+    instances: RwLock<HashMap<u64, Instance>>,
+    /// The configured upstreams by the addresses they are reached at, so a confined agent
+    /// dialling one directly is served as that upstream.
+    upstreams: Vec<(Vec<SocketAddr>, usize)>,
+    first_bytes_millis: u64,
+    listener: SocketAddr,
+}
+
+/// The sandbox's tasks and socket, ended with the gateway.
+pub(crate) struct Running {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    socket: PathBuf,
+    /// Tells the thread recording the kernel's refusals to stop.
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for task in &self.tasks {
+            task.abort();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Loads the programs, opens the transparent listener and the local socket, and serves them.
+pub(crate) async fn start(state: &Arc<State>, settings: &SandboxSettings) -> anyhow::Result<Running> {
+    let (listener4, listener6) = transparent_listeners(settings.port).await?;
+    let address = listener4.local_addr()?;
+    let SocketAddr::V4(address4) = address else {
+        bail!("the transparent listener is not on IPv4 loopback");
+    };
+    let redirect = Redirect {
+        listener4: SocketAddrV4::new(*address4.ip(), address4.port()),
+        listener6: listener6.as_ref().map(|_| Ipv6Addr::LOCALHOST),
+        dns_port: None,
+    };
+    let mut confinement = Confinement::load(&redirect).context("gateway.sandbox")?;
+    let refusals = confinement.take_refusals();
+    let socket = bind_socket(&settings.socket)?;
+    let sandbox = Arc::new(Sandbox {
+        confinement: Mutex::new(confinement),
+        instances: RwLock::default(),
+        upstreams: upstream_addresses(state).await,
+        first_bytes_millis: settings.first_bytes_millis,
+        listener: address,
+    });
+    let mut tasks = vec![
+        tokio::spawn(crate::transparent::serve(
+            Arc::clone(state),
+            Arc::clone(&sandbox),
+            listener4,
+        )),
+        tokio::spawn(serve_socket(Arc::clone(state), Arc::clone(&sandbox), socket)),
+    ];
+    if let Some(listener6) = listener6 {
+        tasks.push(tokio::spawn(crate::transparent::serve(
+            Arc::clone(state),
+            Arc::clone(&sandbox),
+            listener6,
+        )));
+    }
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let Some(refusals) = refusals {
+        let (state, sandbox, stop) = (Arc::clone(state), Arc::clone(&sandbox), Arc::clone(&stop));
+        std::thread::Builder::new()
+            .name("warden-refusals".into())
+            .spawn(move || watch_refusals(&state, &sandbox, refusals, &stop))
+            .context("cannot start the thread that records the kernel's refusals")?;
+    }
+    tracing::info!(
+        "warden run: confined agents' connections come to {address}; asked on {}",
+        settings.socket.display()
+    );
+    Ok(Running {
+        tasks,
+        socket: settings.socket.clone(),
+        stop,
+    })
+}
+
+/// The listener on 127.0.0.1 and, on the same port, ::1 (when the host has IPv6 loopback).
+async fn transparent_listeners(port: u16) -> anyhow::Result<(TcpListener, Option<TcpListener>)> {
+    // A free port on IPv4 may be taken on IPv6; try a few.
+    for _ in 0..16 {
+        let listener4 = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .with_context(|| format!("gateway.sandbox.port {port}: cannot listen on 127.0.0.1"))?;
+        let chosen = listener4.local_addr()?.port();
+        match TcpListener::bind((Ipv6Addr::LOCALHOST, chosen)).await {
+            Ok(listener6) => return Ok((listener4, Some(listener6))),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && port == 0 => continue,
+            // No IPv6 loopback: IPv6 connects of confined agents fail, as nothing listens.
+            Err(_) => return Ok((listener4, None)),
+        }
+    }
+    bail!("cannot find a port free on both 127.0.0.1 and ::1 for the transparent listener")
+}
+
+fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("gateway.sandbox.socket: cannot create {}", parent.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!(
+                "another gateway serves `warden run` at {}; stop it or set gateway.sandbox.socket elsewhere",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("gateway.sandbox.socket: cannot listen on {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn upstream_addresses(state: &State) -> Vec<(Vec<SocketAddr>, usize)> {
+    let mut found = Vec::new();
+    for (index, upstream) in state.upstreams.iter().enumerate() {
+        let Ok(uri) = upstream.config.url.parse::<http::Uri>() else {
+            continue;
+        };
+        // Only plain HTTP can be read on the way; an https upstream dialled directly is
+        // decided as egress on its SNI.
+        if uri.scheme_str() != Some("http") {
+            continue;
+        }
+        let Some(host) = uri.host() else { continue };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(80);
+        match tokio::net::lookup_host((host, port)).await {
+            Ok(addresses) => found.push((
+                addresses
+                    .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+                    .collect(),
+                index,
+            )),
+            Err(e) => tracing::warn!(
+                upstream = %upstream.config.name,
+                "cannot resolve the upstream for confined agents that dial it directly: {e}"
+            ),
+        }
+    }
+    found
+}
+
+impl Sandbox {
+    /// Where a redirected connection was going, by its agent end.
+    pub(crate) fn origin(&self, peer: SocketAddr) -> Option<Origin> {
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        self.confinement
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .origin(peer)
+    }
+
+    /// The caller a confined process is, with its instance's grant (verified now: an expired or
+    /// revoked grant lets nothing through).
+    pub(crate) fn caller(&self, state: &State, cgroup: u64, pid: u32) -> Option<Caller> {
+        let instances = self
+            .instances
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(instance) = instances.get(&cgroup) else {
+            tracing::warn!(cgroup, pid, "a connection from a cgroup no agent instance holds: closed");
+            return None;
+        };
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        match state.identifier.kernel(&instance.grant, process(pid, cgroup), now) {
+            Ok(caller) => Some(caller),
+            Err(e) => {
+                tracing::warn!(agent = %instance.agent, "a confined agent's grant is refused ({e}): its connection is closed");
+                None
+            }
+        }
+    }
+
+    pub(crate) fn first_bytes_millis(&self) -> u64 {
+        self.first_bytes_millis
+    }
+
+    /// The configured upstreams reached at `destination` (several may share a server).
+    pub(crate) fn upstreams_at(&self, destination: SocketAddr) -> Vec<usize> {
+        self.upstreams
+            .iter()
+            .filter(|(addresses, _)| addresses.contains(&destination))
+            .map(|(_, index)| *index)
+            .collect()
+    }
+}
+
+/// What the kernel says about a process: its executable and a hash of its command line.
+fn process(pid: u32, cgroup: u64) -> Process {
+    let executable = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &command);
+    Process {
+        pid,
+        executable,
+        command_sha256: digest.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+        cgroup,
+    }
+}
+
+/// Serves `warden run`: only root or the gateway's own user may ask.
+async fn serve_socket(state: Arc<State>, sandbox: Arc<Sandbox>, listener: UnixListener) {
+    let own_uid = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let allowed = stream
+            .peer_cred()
+            .is_ok_and(|cred| cred.uid() == 0 || Some(cred.uid()) == own_uid);
+        if !allowed {
+            tracing::warn!("refused a `warden run` connection from a user who is neither root nor the gateway's");
+            continue;
+        }
+        let (state, sandbox) = (Arc::clone(&state), Arc::clone(&sandbox));
+        tokio::spawn(async move { session(&state, &sandbox, stream).await });
+    }
+}
+
+/// One `warden run`: confine, renew, and — when it goes — forget the instance and kill what is
+/// left in its cgroup (a confined agent without its supervisor is not left running).
+async fn session(state: &State, sandbox: &Sandbox, stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    let mut confined: Option<(Cgroup, String)> = None;
+    loop {
+        let line = match read_line(&mut lines).await {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(why) => {
+                let _ = send(&mut write, &Reply::Refused { error: why }).await;
+                break;
+            }
+        };
+        let reply = match serde_json::from_str::<Request>(&line) {
+            Err(e) => Reply::Refused {
+                error: format!("not a request this gateway knows: {e}"),
+            },
+            Ok(Request::Confine { cgroup, grant }) => match &confined {
+                Some(_) => Reply::Refused {
+                    error: "this session already confines an instance".into(),
+                },
+                None => match confine(state, sandbox, &cgroup, grant) {
+                    Ok((reply, cgroup, agent)) => {
+                        confined = Some((cgroup, agent));
+                        reply
+                    }
+                    Err(error) => Reply::Refused { error },
+                },
+            },
+            Ok(Request::Renew { grant }) => match &confined {
+                None => Reply::Refused {
+                    error: "nothing is confined in this session yet".into(),
+                },
+                Some((cgroup, agent)) => renew(state, sandbox, cgroup.id(), agent, grant),
+            },
+        };
+        if send(&mut write, &reply).await.is_err() {
+            break;
+        }
+    }
+    if let Some((cgroup, agent)) = confined {
+        sandbox
+            .instances
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&cgroup.id());
+        sandbox
+            .confinement
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .forget(cgroup.id());
+        if cgroup.path().exists() {
+            tracing::warn!(%agent, "`warden run` went away: stopping what it left in {}", cgroup.path().display());
+            let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
+        }
+    }
+}
+
+fn confine(
+    state: &State,
+    sandbox: &Sandbox,
+    cgroup: &Path,
+    grant: String,
+) -> Result<(Reply, Cgroup, String), String> {
+    let cgroup = Cgroup::open(cgroup).map_err(|e| e.to_string())?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let caller = state
+        .identifier
+        .kernel(&grant, process(0, cgroup.id()), now)
+        .map_err(|e| format!("the instance's grant is refused: {e}"))?;
+    let agent = caller.identity.spiffe_id().to_string();
+    sandbox
+        .confinement
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .attach(&cgroup)
+        .map_err(|e| e.to_string())?;
+    sandbox
+        .instances
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(
+            cgroup.id(),
+            Instance {
+                grant,
+                agent: agent.clone(),
+            },
+        );
+    tracing::info!(%agent, cgroup = %cgroup.path().display(), "confined");
+    Ok((
+        Reply::Confined {
+            agent: agent.clone(),
+            listener: sandbox.listener.to_string(),
+        },
+        cgroup,
+        agent,
+    ))
+}
+
+fn renew(state: &State, sandbox: &Sandbox, cgroup: u64, agent: &str, grant: String) -> Reply {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    match state.identifier.kernel(&grant, process(0, cgroup), now) {
+        Ok(caller) if caller.identity.spiffe_id().as_str() == agent => {
+            if let Some(instance) = sandbox
+                .instances
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_mut(&cgroup)
+            {
+                instance.grant = grant;
+            }
+            Reply::Renewed
+        }
+        Ok(caller) => Reply::Refused {
+            error: format!(
+                "the new grant is for {}, not {agent}",
+                caller.identity.spiffe_id()
+            ),
+        },
+        Err(e) => Reply::Refused {
+            error: format!("the new grant is refused: {e}"),
+        },
+    }
+}
+
+async fn read_line(
+    lines: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+) -> Result<Option<String>, String> {
+    let mut line = Vec::new();
+    loop {
+        let available = lines.fill_buf().await.map_err(|e| e.to_string())?;
+        if available.is_empty() {
+            return Ok(None);
+        }
+        let (taken, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(end) => (end + 1, true),
+            None => (available.len(), false),
+        };
+        line.extend_from_slice(&available[..taken]);
+        lines.consume(taken);
+        if line.len() > MAX_LINE {
+            return Err(format!("requests are limited to {MAX_LINE} bytes"));
+        }
+        if done {
+            return String::from_utf8(line)
+                .map(Some)
+                .map_err(|_| "a request that is not UTF-8".into());
+        }
+    }
+}
+
+async fn send(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    reply: &Reply,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await
+}
+
+/// Records what the kernel refused confined agents, with the process that tried.
+fn watch_refusals(
+    state: &State,
+    sandbox: &Sandbox,
+    mut refusals: warden_sandbox::Refusals,
+    stop: &std::sync::atomic::AtomicBool,
+) {
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if !refusals.wait(std::time::Duration::from_millis(500)) {
+            continue;
+        }
+        while let Some(refusal) = refusals.next() {
+            let Some(caller) = sandbox.caller(state, refusal.cgroup, refusal.pid) else {
+                continue;
+            };
+            match refusal.refused {
+                Refused::Udp { destination } => {
+                    let ip = destination.ip();
+                    let action = Action::EgressConnect {
+                        host: Host::Ip(ip),
+                        port: destination.port(),
+                        protocol: Protocol::Udp,
+                        ip: Some(ip),
+                    };
+                    state
+                        .pipeline
+                        .refuse(&caller, action, DenyReason::NotForwarded);
+                }
+                Refused::Socket {
+                    family,
+                    kind,
+                    protocol,
+                } => state
+                    .pipeline
+                    .record_refused_socket(&caller, family, kind, protocol),
+            }
+        }
+    }
+}
