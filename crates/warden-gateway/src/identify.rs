@@ -247,15 +247,15 @@ impl Identifier {
     /// The caller for a confined agent's connection: the grant the gateway holds for its
     /// instance, which must be bound to the instance's own SVID (the kernel vouches for who is
     /// calling, as a verified client certificate would).
-    pub fn kernel(
-        &self,
-        grant: &str,
-        process: Process,
-        now: i64,
-    ) -> Result<Caller, Unidentified> {
+    pub fn kernel(&self, grant: &str, process: Process, now: i64) -> Result<Caller, Unidentified> {
         let grant = self.grants.verify(grant, now)?;
         let id = grant.agent().clone();
-        if self.grants.revocations().agent_revoked(id.as_str()).is_some() {
+        if self
+            .grants
+            .revocations()
+            .agent_revoked(id.as_str())
+            .is_some()
+        {
             return Err(Unidentified::Revoked);
         }
         grant.check_presenter(Presenter::Svid(&id))?;

@@ -38,9 +38,9 @@ mod stack;
 mod stdio;
 mod stops;
 mod sync;
-mod transparent;
 #[cfg(test)]
 mod testing;
+mod transparent;
 mod undo;
 mod usage;
 

@@ -55,7 +55,10 @@ impl Drop for Running {
 }
 
 /// Loads the programs, opens the transparent listener and the local socket, and serves them.
-pub(crate) async fn start(state: &Arc<State>, settings: &SandboxSettings) -> anyhow::Result<Running> {
+pub(crate) async fn start(
+    state: &Arc<State>,
+    settings: &SandboxSettings,
+) -> anyhow::Result<Running> {
     let (listener4, listener6) = transparent_listeners(settings.port).await?;
     let address = listener4.local_addr()?;
     let SocketAddr::V4(address4) = address else {
@@ -82,7 +85,11 @@ pub(crate) async fn start(state: &Arc<State>, settings: &SandboxSettings) -> any
             Arc::clone(&sandbox),
             listener4,
         )),
-        tokio::spawn(serve_socket(Arc::clone(state), Arc::clone(&sandbox), socket)),
+        tokio::spawn(serve_socket(
+            Arc::clone(state),
+            Arc::clone(&sandbox),
+            socket,
+        )),
     ];
     if let Some(listener6) = listener6 {
         tasks.push(tokio::spawn(crate::transparent::serve(
@@ -130,8 +137,9 @@ async fn transparent_listeners(port: u16) -> anyhow::Result<(TcpListener, Option
 
 fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("gateway.sandbox.socket: cannot create {}", parent.display()))?;
+        std::fs::create_dir_all(parent).with_context(|| {
+            format!("gateway.sandbox.socket: cannot create {}", parent.display())
+        })?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -143,8 +151,12 @@ fn bind_socket(path: &Path) -> anyhow::Result<UnixListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path)
-        .with_context(|| format!("gateway.sandbox.socket: cannot listen on {}", path.display()))?;
+    let listener = UnixListener::bind(path).with_context(|| {
+        format!(
+            "gateway.sandbox.socket: cannot listen on {}",
+            path.display()
+        )
+    })?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot restrict {}", path.display()))?;
     Ok(listener)
@@ -198,11 +210,18 @@ impl Sandbox {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let Some(instance) = instances.get(&cgroup) else {
-            tracing::warn!(cgroup, pid, "a connection from a cgroup no agent instance holds: closed");
+            tracing::warn!(
+                cgroup,
+                pid,
+                "a connection from a cgroup no agent instance holds: closed"
+            );
             return None;
         };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        match state.identifier.kernel(&instance.grant, process(pid, cgroup), now) {
+        match state
+            .identifier
+            .kernel(&instance.grant, process(pid, cgroup), now)
+        {
             Ok(caller) => Some(caller),
             Err(e) => {
                 tracing::warn!(agent = %instance.agent, "a confined agent's grant is refused ({e}): its connection is closed");
@@ -251,7 +270,9 @@ async fn serve_socket(state: Arc<State>, sandbox: Arc<Sandbox>, listener: UnixLi
             .peer_cred()
             .is_ok_and(|cred| cred.uid() == 0 || Some(cred.uid()) == own_uid);
         if !allowed {
-            tracing::warn!("refused a `warden run` connection from a user who is neither root nor the gateway's");
+            tracing::warn!(
+                "refused a `warden run` connection from a user who is neither root nor the gateway's"
+            );
             continue;
         }
         let (state, sandbox) = (Arc::clone(&state), Arc::clone(&sandbox));
@@ -412,10 +433,7 @@ async fn read_line(
     }
 }
 
-async fn send(
-    write: &mut tokio::net::unix::OwnedWriteHalf,
-    reply: &Reply,
-) -> std::io::Result<()> {
+async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
     line.push(b'\n');
     write.write_all(&line).await

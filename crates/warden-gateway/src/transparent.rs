@@ -28,7 +28,7 @@ use warden_model::{Action, DenyReason, Host, Protocol};
 
 use crate::config::UpstreamKind;
 use crate::egress::{addresses, decide_address, dial, splice, until_stopped};
-use crate::identify::{Caller, ClientAddress, KernelCaller};
+use crate::identify::{Caller, KernelCaller};
 use crate::pipeline::Said;
 use crate::plumbing::{Body, State, problem};
 use crate::sandbox::Sandbox;
@@ -55,10 +55,11 @@ async fn connection(state: Arc<State>, sandbox: Arc<Sandbox>, stream: TcpStream,
         tracing::warn!(%peer, "a connection to the transparent listener that no confined agent made: closed");
         return;
     };
-    let Some(mut caller) = sandbox.caller(&state, origin.cgroup, origin.pid) else {
+    // The peer is a loopback address of the agent's own making; the kernel's account of the
+    // process is what the record carries instead.
+    let Some(caller) = sandbox.caller(&state, origin.cgroup, origin.pid) else {
         return;
     };
-    caller.source = Some(peer);
     let destination = origin.destination;
     let mut stream = stream;
     let wait = Duration::from_millis(sandbox.first_bytes_millis());
@@ -66,7 +67,14 @@ async fn connection(state: Arc<State>, sandbox: Arc<Sandbox>, stream: TcpStream,
     match opening {
         Opening::Http => {
             let upstreams = sandbox.upstreams_at(destination);
-            http(state, caller, Prefixed::new(first, stream), destination, upstreams).await
+            http(
+                state,
+                caller,
+                Prefixed::new(first, stream),
+                destination,
+                upstreams,
+            )
+            .await
         }
         Opening::Tls(name) => {
             let name = match name {
@@ -179,12 +187,14 @@ async fn http(
         let upstreams = Arc::clone(&upstreams);
         async move {
             let mut request = request;
-            let peer = caller.source;
             request.extensions_mut().insert(KernelCaller(caller));
-            if let Some(peer) = peer {
-                request.extensions_mut().insert(ClientAddress(peer));
-            }
-            let response = match addressed(&state, request.uri(), request.headers(), destination, &upstreams) {
+            let response = match addressed(
+                &state,
+                request.uri(),
+                request.headers(),
+                destination,
+                &upstreams,
+            ) {
                 Ok(uri) => {
                     *request.uri_mut() = uri;
                     crate::server::handle(&state, None, request).await
@@ -222,10 +232,12 @@ fn addressed(
 ) -> Result<Uri, http::Response<Body>> {
     let path_and_query = uri.path_and_query().map_or("/", |p| p.as_str());
     if !upstreams.is_empty() {
-        let configs = upstreams.iter().map(|index| &state.upstreams[*index].config);
+        let configs = upstreams
+            .iter()
+            .map(|index| &state.upstreams[*index].config);
         for config in configs.clone() {
-            if let Some(route) = upstream_route(config, uri.path(), uri.query())
-                .and_then(|route| route.parse().ok())
+            if let Some(route) =
+                upstream_route(config, uri.path(), uri.query()).and_then(|route| route.parse().ok())
             {
                 return Ok(route);
             }
@@ -248,15 +260,30 @@ fn addressed(
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.parse::<http::uri::Authority>().ok())
-        .map(|a| a.host().trim_start_matches('[').trim_end_matches(']').to_owned());
+        .map(|a| {
+            a.host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned()
+        });
     let host = match named {
         Some(host) => host,
         None => destination.ip().to_string(),
     };
-    let host = if host.contains(':') { format!("[{host}]") } else { host };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host
+    };
     format!("http://{host}:{}{path_and_query}", destination.port())
         .parse()
-        .map_err(|_| problem(StatusCode::BAD_REQUEST, "bad_request", "the request's Host and path do not make a URL"))
+        .map_err(|_| {
+            problem(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "the request's Host and path do not make a URL",
+            )
+        })
 }
 
 /// The gateway's route for a request to an upstream's own URL, if the path is one it serves.
@@ -275,7 +302,9 @@ fn upstream_route(
     let route = match upstream.kind {
         UpstreamKind::Mcp if rest.is_empty() || rest == "/" => format!("/mcp/{name}"),
         UpstreamKind::A2a if rest.is_empty() || rest == "/" => format!("/a2a/{name}"),
-        UpstreamKind::A2a if crate::a2a_proxy::CARD_PATHS.contains(&rest.trim_start_matches('/')) => {
+        UpstreamKind::A2a
+            if crate::a2a_proxy::CARD_PATHS.contains(&rest.trim_start_matches('/')) =>
+        {
             format!("/a2a/{name}{rest}")
         }
         UpstreamKind::Http => format!("/http/{name}{rest}"),
@@ -330,7 +359,11 @@ fn classify(bytes: &[u8]) -> Option<Opening> {
             Hello::Name(name) => Some(Opening::Tls(name)),
         };
     }
-    let token: Vec<u8> = bytes.iter().take_while(|b| b.is_ascii_uppercase()).copied().collect();
+    let token: Vec<u8> = bytes
+        .iter()
+        .take_while(|b| b.is_ascii_uppercase())
+        .copied()
+        .collect();
     match bytes.get(token.len()) {
         Some(b' ') if !token.is_empty() => Some(if is_method(&token) {
             Opening::Http
@@ -355,7 +388,15 @@ fn classify_final(bytes: &[u8]) -> Option<Opening> {
 fn is_method(token: &[u8]) -> bool {
     matches!(
         token,
-        b"GET" | b"HEAD" | b"POST" | b"PUT" | b"DELETE" | b"OPTIONS" | b"PATCH" | b"CONNECT" | b"TRACE"
+        b"GET"
+            | b"HEAD"
+            | b"POST"
+            | b"PUT"
+            | b"DELETE"
+            | b"OPTIONS"
+            | b"PATCH"
+            | b"CONNECT"
+            | b"TRACE"
     )
 }
 
@@ -389,9 +430,10 @@ fn client_hello_name(bytes: &[u8]) -> Hello {
         handshake.extend_from_slice(fragment);
         at += 5 + length;
         if handshake.len() >= 4 {
-            let needed = 4 + (usize::from(handshake[1]) << 16
-                | usize::from(handshake[2]) << 8
-                | usize::from(handshake[3]));
+            let needed = 4
+                + (usize::from(handshake[1]) << 16
+                    | usize::from(handshake[2]) << 8
+                    | usize::from(handshake[3]));
             if handshake[0] != 0x01 {
                 return malformed("the first handshake message is not a ClientHello");
             }
@@ -559,7 +601,10 @@ mod tests {
 
     #[test]
     fn the_sni_of_a_client_hello_is_read() {
-        assert_eq!(classify(&hello(&["api.github.com"])), Some(named("api.github.com")));
+        assert_eq!(
+            classify(&hello(&["api.github.com"])),
+            Some(named("api.github.com"))
+        );
         assert_eq!(classify(&hello(&[])), Some(Opening::Tls(Ok(None))));
     }
 
@@ -599,7 +644,10 @@ mod tests {
         let n = truncated.len();
         truncated[n - 12] = 0xff;
         assert!(refused(&truncated) || classify(&truncated).is_none());
-        assert!(matches!(classify_final(&hello(&["x.example"])[..30]), Some(Opening::Tls(Err(_)))));
+        assert!(matches!(
+            classify_final(&hello(&["x.example"])[..30]),
+            Some(Opening::Tls(Err(_)))
+        ));
     }
 
     #[test]
@@ -624,7 +672,10 @@ mod tests {
             inspect_responses: false,
         };
         let mcp = upstream(UpstreamKind::Mcp, "http://127.0.0.1:9000/mcp");
-        assert_eq!(upstream_route(&mcp, "/mcp", None).as_deref(), Some("/mcp/demo"));
+        assert_eq!(
+            upstream_route(&mcp, "/mcp", None).as_deref(),
+            Some("/mcp/demo")
+        );
         assert_eq!(upstream_route(&mcp, "/mcpx", None), None);
         assert_eq!(upstream_route(&mcp, "/other", None), None);
         let api = upstream(UpstreamKind::Http, "http://127.0.0.1:9000/api");

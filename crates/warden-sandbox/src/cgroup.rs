@@ -117,8 +117,8 @@ impl Cgroup {
     }
 
     /// Kills what is left, waits for the cgroup to empty and removes it; the programs attached
-    /// to it go with it.
-    pub fn remove(self) -> Result<(), SandboxError> {
+    /// to it go with it. Removing it again does nothing.
+    pub fn remove(&self) -> Result<(), SandboxError> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             self.kill()?;

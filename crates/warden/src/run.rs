@@ -131,7 +131,9 @@ where
     send(&mut write, &confine).await?;
     match next_reply(&mut replies).await? {
         Reply::Confined { agent, listener } => {
-            eprintln!("warden run: {agent} confined; its connections go to the gateway at {listener}");
+            eprintln!(
+                "warden run: {agent} confined; its connections go to the gateway at {listener}"
+            );
         }
         Reply::Refused { error } => bail!("the gateway refused to confine the agent: {error}"),
         Reply::Renewed => bail!("the gateway answered out of turn"),
@@ -149,11 +151,14 @@ where
     let waited = tokio::task::spawn_blocking(move || child.wait());
     tokio::pin!(waited);
     let renew_every = Duration::from_secs((args.grant_ttl / 2).max(1));
-    let mut renewal = tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+    let mut renewal =
+        tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
     loop {
         tokio::select! {
             status = &mut waited => {
                 let status = status??;
+                // Gone before the gateway hears the session end, so it finds nothing left to stop.
+                tokio::task::block_in_place(|| cgroup.remove())?;
                 return Ok(exit_code(status));
             }
             _ = renewal.tick() => {
@@ -179,7 +184,10 @@ where
     }
 }
 
-async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, request: &Request) -> anyhow::Result<()> {
+async fn send(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    request: &Request,
+) -> anyhow::Result<()> {
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     write

@@ -1,6 +1,7 @@
 """Tool calls through Warden's gateway with the official MCP Python SDK client, one session.
 
 Usage: mcp_calls.py URL CREDENTIALS_DIR CALLS_JSON [sse]
+CREDENTIALS_DIR `-`: send no credential (an agent confined by `warden run`).
 With `sse`, the older HTTP+SSE transport (URL is the event stream).
 CALLS_JSON is a list of {"tool", "args", "meta"?}, or {"list": true} for the tools offered. Prints `{"progress": n}` lines as a call reports
 progress (so a test can act mid-call), then one JSON list with each call's outcome:
@@ -19,16 +20,18 @@ from mcp.client.streamable_http import streamable_http_client
 
 
 async def main(url: str, creds: str, calls: list, transport: str) -> None:
-    tls = ssl.create_default_context(cafile=f"{creds}/bundle.pem")
-    tls.load_cert_chain(f"{creds}/svid.pem", f"{creds}/svid-key.pem")
-    with open(f"{creds}/grant") as f:
-        grant = f.read().strip()
+    if creds == "-":
+        # No credential at all: an agent under `warden run`, known to the gateway by its cgroup.
+        tls, credential = True, {}
+    else:
+        tls = ssl.create_default_context(cafile=f"{creds}/bundle.pem")
+        tls.load_cert_chain(f"{creds}/svid.pem", f"{creds}/svid-key.pem")
+        with open(f"{creds}/grant") as f:
+            credential = {"Authorization": f"Bearer {f.read().strip()}"}
     outcomes = []
 
     async def progress(done, total, message):
         print(json.dumps({"progress": done}), flush=True)
-
-    credential = {"Authorization": f"Bearer {grant}"}
 
     def http_client(headers=None, timeout=None, auth=None):
         return httpx2.AsyncClient(
