@@ -247,7 +247,12 @@ impl Identifier {
     /// The caller for a confined agent's connection: the grant the gateway holds for its
     /// instance, which must be bound to the instance's own SVID (the kernel vouches for who is
     /// calling, as a verified client certificate would).
-    pub fn kernel(&self, grant: &str, process: Process, now: i64) -> Result<Caller, Unidentified> {
+    pub fn kernel(
+        &self,
+        grant: &str,
+        process: Option<Process>,
+        now: i64,
+    ) -> Result<Caller, Unidentified> {
         let grant = self.grants.verify(grant, now)?;
         let id = grant.agent().clone();
         if self
@@ -266,7 +271,7 @@ impl Identifier {
             identity,
             authority: Authority::Grant(grant),
             source: None,
-            process: Some(Arc::new(process)),
+            process: process.map(Arc::new),
             answer_after: crate::gate::AnswerGate::default(),
         })
     }

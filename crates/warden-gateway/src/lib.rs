@@ -15,6 +15,7 @@ mod config;
 mod credential;
 mod desk;
 mod detect;
+mod dns;
 mod egress;
 mod gate;
 mod http_proxy;

@@ -697,10 +697,36 @@ impl Pipeline {
         target.insert("family".into(), family.into());
         target.insert("type".into(), kind.into());
         target.insert("protocol".into(), protocol.into());
+        let resource = format!("socket/{family}/{kind}/{protocol}");
+        self.record_refused("socket", caller, "socket", resource, target);
+    }
+
+    /// Records a name a confined agent looked up that no egress rule of its names (so it was
+    /// not resolved).
+    pub fn record_refused_lookup(&self, caller: &Caller, name: &str) {
+        let mut target = serde_json::Map::new();
+        target.insert("name".into(), name.into());
+        self.record_refused("dns", caller, "dns.lookup", name.to_owned(), target);
+    }
+
+    /// Whether some egress rule for the caller names `host` (see `Bundle::could_reach`).
+    pub fn could_reach(&self, caller: &Caller, host: &warden_model::Host) -> bool {
+        self.policy.could_reach(&caller.identity, host)
+    }
+
+    /// A refusal Warden makes without consulting policy, recorded as its own kind of record.
+    fn record_refused(
+        &self,
+        prefix: &str,
+        caller: &Caller,
+        action: &str,
+        resource: String,
+        target: serde_json::Map<String, serde_json::Value>,
+    ) {
         self.metrics.decision("deny");
         let event = DecisionEvent {
             time: time::OffsetDateTime::now_utc().unix_timestamp(),
-            decision_id: record_id("sock"),
+            decision_id: record_id(prefix),
             outcome: "deny",
             reason: Some(DenyReason::NotForwarded),
             bundle: self.policy.current().hash().to_string(),
@@ -709,8 +735,8 @@ impl Pipeline {
             process: caller.process.clone(),
             task: caller.identity.task().map(ToString::to_string),
             grant: caller.authority.grant_id().to_owned(),
-            action: "socket".into(),
-            resource: format!("socket/{family}/{kind}/{protocol}"),
+            action: action.into(),
+            resource,
             target,
             gateway: self.gateway.clone(),
             ..DecisionEvent::default()

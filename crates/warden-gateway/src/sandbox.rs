@@ -20,10 +20,20 @@ use crate::config::SandboxSettings;
 use crate::identify::{Caller, Process};
 use crate::plumbing::State;
 
-/// One confined agent instance: the grant the gateway acts with for it.
+/// One confined agent instance: the grant the gateway acts with for it, and its DNS.
 struct Instance {
     grant: String,
     agent: String,
+    answered: Arc<crate::dns::Answered>,
+    responders: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        for responder in &self.responders {
+            responder.abort();
+        }
+    }
 }
 
 pub(crate) struct Sandbox {
@@ -34,6 +44,8 @@ pub(crate) struct Sandbox {
     upstreams: Vec<(Vec<SocketAddr>, usize)>,
     first_bytes_millis: u64,
     listener: SocketAddr,
+    /// Whether the transparent listener is on ::1 too (then so is each DNS responder).
+    ipv6: bool,
 }
 
 /// The sandbox's tasks and socket, ended with the gateway.
@@ -67,7 +79,6 @@ pub(crate) async fn start(
     let redirect = Redirect {
         listener4: SocketAddrV4::new(*address4.ip(), address4.port()),
         listener6: listener6.as_ref().map(|_| Ipv6Addr::LOCALHOST),
-        dns_port: None,
     };
     let mut confinement = Confinement::load(&redirect).context("gateway.sandbox")?;
     let refusals = confinement.take_refusals();
@@ -78,6 +89,7 @@ pub(crate) async fn start(
         upstreams: upstream_addresses(state).await,
         first_bytes_millis: settings.first_bytes_millis,
         listener: address,
+        ipv6: listener6.is_some(),
     });
     let mut tasks = vec![
         tokio::spawn(crate::transparent::serve(
@@ -202,9 +214,9 @@ impl Sandbox {
             .origin(peer)
     }
 
-    /// The caller a confined process is, with its instance's grant (verified now: an expired or
-    /// revoked grant lets nothing through).
-    pub(crate) fn caller(&self, state: &State, cgroup: u64, pid: u32) -> Option<Caller> {
+    /// The caller a confined process is (`pid`, when the kernel said which), with its
+    /// instance's grant (verified now: an expired or revoked grant lets nothing through).
+    pub(crate) fn caller(&self, state: &State, cgroup: u64, pid: Option<u32>) -> Option<Caller> {
         let instances = self
             .instances
             .read()
@@ -218,16 +230,23 @@ impl Sandbox {
             return None;
         };
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        match state
-            .identifier
-            .kernel(&instance.grant, process(pid, cgroup), now)
-        {
+        let process = pid.map(|pid| process(pid, cgroup));
+        match state.identifier.kernel(&instance.grant, process, now) {
             Ok(caller) => Some(caller),
             Err(e) => {
                 tracing::warn!(agent = %instance.agent, "a confined agent's grant is refused ({e}): its connection is closed");
                 None
             }
         }
+    }
+
+    /// Whether the instance in `cgroup` was told (by its DNS responder) that `name` is at `ip`.
+    pub(crate) fn resolved(&self, cgroup: u64, name: &str, ip: std::net::IpAddr) -> bool {
+        self.instances
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&cgroup)
+            .is_some_and(|instance| instance.answered.resolved(name, ip))
     }
 
     pub(crate) fn first_bytes_millis(&self) -> u64 {
@@ -282,7 +301,7 @@ async fn serve_socket(state: Arc<State>, sandbox: Arc<Sandbox>, listener: UnixLi
 
 /// One `warden run`: confine, renew, and — when it goes — forget the instance and kill what is
 /// left in its cgroup (a confined agent without its supervisor is not left running).
-async fn session(state: &State, sandbox: &Sandbox, stream: UnixStream) {
+async fn session(state: &Arc<State>, sandbox: &Arc<Sandbox>, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read);
     let mut confined: Option<(Cgroup, String)> = None;
@@ -303,7 +322,7 @@ async fn session(state: &State, sandbox: &Sandbox, stream: UnixStream) {
                 Some(_) => Reply::Refused {
                     error: "this session already confines an instance".into(),
                 },
-                None => match confine(state, sandbox, &cgroup, grant) {
+                None => match confine(state, sandbox, &cgroup, grant).await {
                     Ok((reply, cgroup, agent)) => {
                         confined = Some((cgroup, agent));
                         reply
@@ -340,9 +359,9 @@ async fn session(state: &State, sandbox: &Sandbox, stream: UnixStream) {
     }
 }
 
-fn confine(
-    state: &State,
-    sandbox: &Sandbox,
+async fn confine(
+    state: &Arc<State>,
+    sandbox: &Arc<Sandbox>,
     cgroup: &Path,
     grant: String,
 ) -> Result<(Reply, Cgroup, String), String> {
@@ -350,15 +369,26 @@ fn confine(
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let caller = state
         .identifier
-        .kernel(&grant, process(0, cgroup.id()), now)
+        .kernel(&grant, None, now)
         .map_err(|e| format!("the instance's grant is refused: {e}"))?;
     let agent = caller.identity.spiffe_id().to_string();
-    sandbox
-        .confinement
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .attach(&cgroup)
-        .map_err(|e| e.to_string())?;
+    let (sockets, dns_port) = dns_sockets(sandbox.ipv6)
+        .await
+        .map_err(|e| format!("cannot open the instance's DNS responder: {e}"))?;
+    let answered = Arc::new(crate::dns::Answered::default());
+    let responders = sockets
+        .into_iter()
+        .map(|socket| {
+            tokio::spawn(crate::dns::serve(
+                Arc::clone(state),
+                Arc::clone(sandbox),
+                cgroup.id(),
+                socket,
+                Arc::clone(&answered),
+            ))
+        })
+        .collect();
+    // The instance is known before its first connection can arrive.
     sandbox
         .instances
         .write()
@@ -368,8 +398,23 @@ fn confine(
             Instance {
                 grant,
                 agent: agent.clone(),
+                answered,
+                responders,
             },
         );
+    let attached = sandbox
+        .confinement
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .attach(&cgroup, Some(dns_port));
+    if let Err(e) = attached {
+        sandbox
+            .instances
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&cgroup.id());
+        return Err(e.to_string());
+    }
     tracing::info!(%agent, cgroup = %cgroup.path().display(), "confined");
     Ok((
         Reply::Confined {
@@ -383,7 +428,7 @@ fn confine(
 
 fn renew(state: &State, sandbox: &Sandbox, cgroup: u64, agent: &str, grant: String) -> Reply {
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    match state.identifier.kernel(&grant, process(0, cgroup), now) {
+    match state.identifier.kernel(&grant, None, now) {
         Ok(caller) if caller.identity.spiffe_id().as_str() == agent => {
             if let Some(instance) = sandbox
                 .instances
@@ -405,6 +450,27 @@ fn renew(state: &State, sandbox: &Sandbox, cgroup: u64, agent: &str, grant: Stri
             error: format!("the new grant is refused: {e}"),
         },
     }
+}
+
+/// The UDP sockets of an instance's DNS responder: on 127.0.0.1 and, with `ipv6`, on ::1 at the
+/// same port (the programs send both families' lookups to one port).
+async fn dns_sockets(ipv6: bool) -> std::io::Result<(Vec<tokio::net::UdpSocket>, u16)> {
+    for _ in 0..16 {
+        let v4 = tokio::net::UdpSocket::bind(("127.0.0.1", 0)).await?;
+        let port = v4.local_addr()?.port();
+        if !ipv6 {
+            return Ok((vec![v4], port));
+        }
+        match tokio::net::UdpSocket::bind((Ipv6Addr::LOCALHOST, port)).await {
+            Ok(v6) => return Ok((vec![v4, v6], port)),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AddrInUse,
+        "no UDP port free on both 127.0.0.1 and ::1",
+    ))
 }
 
 async fn read_line(
@@ -451,7 +517,7 @@ fn watch_refusals(
             continue;
         }
         while let Some(refusal) = refusals.next() {
-            let Some(caller) = sandbox.caller(state, refusal.cgroup, refusal.pid) else {
+            let Some(caller) = sandbox.caller(state, refusal.cgroup, Some(refusal.pid)) else {
                 continue;
             };
             match refusal.refused {

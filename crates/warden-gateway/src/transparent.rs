@@ -57,7 +57,7 @@ async fn connection(state: Arc<State>, sandbox: Arc<Sandbox>, stream: TcpStream,
     };
     // The peer is a loopback address of the agent's own making; the kernel's account of the
     // process is what the record carries instead.
-    let Some(caller) = sandbox.caller(&state, origin.cgroup, origin.pid) else {
+    let Some(caller) = sandbox.caller(&state, origin.cgroup, Some(origin.pid)) else {
         return;
     };
     let destination = origin.destination;
@@ -84,7 +84,8 @@ async fn connection(state: Arc<State>, sandbox: Arc<Sandbox>, stream: TcpStream,
                     return;
                 }
             };
-            if tls_allowed(&state, &caller, destination, name).await {
+            let told = |name: &str, ip| sandbox.resolved(origin.cgroup, name, ip);
+            if tls_allowed(&state, &caller, destination, name, told).await {
                 relay(&state, &caller, stream, first, destination).await;
             }
         }
@@ -124,12 +125,14 @@ fn connect(host: Host, port: u16, ip: IpAddr) -> Action {
 }
 
 /// A TLS connection to `destination` naming `name`: allowed when policy allows the name at that
-/// address and the name resolves there.
+/// address and the name is at that address — as the agent's DNS responder told it (`told`), or
+/// as the gateway resolves it now.
 async fn tls_allowed(
     state: &State,
     caller: &Caller,
     destination: SocketAddr,
     name: Option<Host>,
+    told: impl Fn(&str, IpAddr) -> bool,
 ) -> bool {
     let (ip, port) = (destination.ip(), destination.port());
     let Some(host) = name else {
@@ -138,9 +141,10 @@ async fn tls_allowed(
             .await
             .is_ok();
     };
-    let resolves_there = addresses(&host, port)
-        .await
-        .is_ok_and(|found| found.iter().any(|a| a.to_canonical() == ip));
+    let resolves_there = told(&host.to_string(), ip)
+        || addresses(&host, port)
+            .await
+            .is_ok_and(|found| found.iter().any(|a| a.to_canonical() == ip));
     if !resolves_there {
         let why = format!(
             "a TLS connection to {ip} naming {host}, which does not resolve to {ip} (an allowed name may not front for another address)"

@@ -557,6 +557,28 @@ impl Bundle {
         }
     }
 
+    /// Whether some permitting egress rule for `agent` names `host`, on any port or protocol
+    /// and whatever its conditions: what a confined agent's DNS responder answers. A name no
+    /// rule names is not resolved, so lookups cannot carry data out; every connection to what
+    /// it resolves to is still decided in full.
+    pub fn could_reach(&self, agent: &AgentIdentity, host: &Host) -> bool {
+        let probe = Action::EgressConnect {
+            host: host.clone(),
+            port: 0,
+            protocol: warden_model::Protocol::Tcp,
+            ip: None,
+        };
+        let keys = RequestKeys::new(agent, &probe);
+        self.grants.candidates(&keys).into_iter().any(|c| {
+            !self.grants.is_forbid(c)
+                && self.grants.matcher(c).is_some_and(|m| {
+                    (m.kinds.is_empty() || m.kinds.contains(&ActionKind::EgressConnect))
+                        && m.selector.matches(agent)
+                        && m.target.names_host(host)
+                })
+        })
+    }
+
     /// A denial Warden makes before policy is consulted (a message it does not forward): a
     /// decision of this bundle, with its own id, that no policy decided.
     pub fn refusal(&self, reason: DenyReason) -> Decision {

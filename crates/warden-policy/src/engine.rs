@@ -66,6 +66,15 @@ impl Engine {
         self.current.load().could_allow(request)
     }
 
+    /// See [`Bundle::could_reach`].
+    pub fn could_reach(
+        &self,
+        agent: &warden_model::AgentIdentity,
+        host: &warden_model::Host,
+    ) -> bool {
+        self.current.load().could_reach(agent, host)
+    }
+
     /// Loads the directory again. On success the new bundle replaces the old one in a single
     /// atomic step; on failure the old one keeps serving and the errors are returned.
     pub fn reload(&self) -> Result<ReloadOutcome, LoadError> {

@@ -125,6 +125,16 @@ fn any_name(patterns: &[NamePattern], name: &str) -> bool {
 }
 
 impl TargetMatcher {
+    /// Whether this is an egress rule with a host pattern `host` matches.
+    pub fn names_host(&self, host: &Host) -> bool {
+        match self {
+            Self::Egress { destinations, .. } => destinations
+                .iter()
+                .any(|d| matches!(d, Destination::Host(pattern) if pattern.matches(host))),
+            _ => false,
+        }
+    }
+
     pub fn matches(&self, action: &Action) -> bool {
         match (self, action) {
             (Self::Any, _) => true,

@@ -172,3 +172,33 @@ fn a_tool_allowed_only_for_some_arguments_could_still_be_allowed() {
     assert!(!bundle.could_allow(&request("delete_repo", bot)));
     assert!(!bundle.could_allow(&request("create_comment", r#"{"app": "other"}"#)));
 }
+
+#[test]
+fn names_an_agent_could_reach_are_those_a_permitting_egress_rule_names() {
+    let policy = "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: out, namespace: t}\nspec:\n  selector: {matchLabels: {app: a}}\n  egress:\n    - {hosts: [api.example.com, '*.cdn.example.net'], ports: [8443]}\n    - {cidrs: ['10.0.0.0/8']}\n  deny:\n    - egress: {hosts: [blocked.cdn.example.net]}\n";
+    let bundle = Bundle::from_sources(
+        vec![SourceFile {
+            path: "out.yaml".into(),
+            text: policy.into(),
+        }],
+        LoadLimits::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let agent = |labels: &str| -> warden_model::AgentIdentity {
+        serde_json::from_str(&format!(
+            r#"{{"spiffeId": "spiffe://td/tenant/t/agent/a/i-1", "labels": {labels}}}"#
+        ))
+        .unwrap()
+    };
+    let host = |name: &str| warden_model::Host::new(name).unwrap();
+    let a = agent(r#"{"app": "a"}"#);
+    // Named on some port: answered, though no decision here says which port.
+    assert!(bundle.could_reach(&a, &host("api.example.com")));
+    assert!(bundle.could_reach(&a, &host("img.cdn.example.net")));
+    // Not named, only reachable by address, or named by a deny rule alone: not answered.
+    assert!(!bundle.could_reach(&a, &host("exfil.attacker.example")));
+    assert!(!bundle.could_reach(&a, &host("cdn.example.net")));
+    assert!(!bundle.could_reach(&a, &host("10.1.2.3")));
+    // Another agent: nothing.
+    assert!(!bundle.could_reach(&agent(r#"{"app": "b"}"#), &host("api.example.com")));
+}

@@ -2,8 +2,8 @@
 //
 // Confinement for `warden run`, attached to the agent's cgroup (v2). Every TCP connect goes to
 // the gateway's transparent listener, which reads the original destination back from `peers`;
-// UDP goes out only to port 53, and then to the gateway's DNS responder; sockets other than TCP
-// and UDP are refused. Refusals are reported on `refusals` so the gateway can record them with
+// UDP goes out only to port 53, and then to the gateway's DNS responder for that agent instance;
+// sockets other than TCP and UDP are refused. Refusals are reported on `refusals` so the gateway can record them with
 // the process that tried.
 //
 // Rebuild with ./build.sh (CI rebuilds and compares with the committed object).
@@ -23,7 +23,7 @@ struct settings {
 	__u32 listener4;
 	__u32 listener6[4];
 	__u16 listener_port;
-	__u16 dns_port; // 0: no DNS responder, all UDP refused
+	__u16 pad;
 };
 
 // Where a socket asked to go, and who asked.
@@ -83,12 +83,13 @@ struct {
 	__type(value, struct origin);
 } peers SEC(".maps");
 
-// The agent cgroups, for the one program that is not attached to a cgroup (`socket_attempts`).
+// The agent cgroups, each with its instance's DNS responder port (network order; 0: none, all UDP
+// refused). Also what the one program not attached to a cgroup (`socket_attempts`) filters by.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
-	__type(value, __u8);
+	__type(value, __u32);
 } confined SEC(".maps");
 
 struct {
@@ -141,9 +142,14 @@ static __always_inline void remember(struct bpf_sock_addr *ctx, __u16 family, co
 	bpf_map_update_elem(&origins, &cookie, &o, BPF_ANY);
 }
 
-static __always_inline int is_dns(struct settings *s, struct bpf_sock_addr *ctx)
+// The DNS responder port of the calling process's instance, for a datagram to port 53; else 0.
+static __always_inline __u16 dns_port(struct bpf_sock_addr *ctx)
 {
-	return s->dns_port && ctx->user_port == bpf_htons(53);
+	if (ctx->user_port != bpf_htons(53))
+		return 0;
+	__u64 cgroup = bpf_get_current_cgroup_id();
+	__u32 *port = bpf_map_lookup_elem(&confined, &cgroup);
+	return port ? (__u16)*port : 0;
 }
 
 SEC("cgroup/connect4")
@@ -159,10 +165,11 @@ int warden_connect4(struct bpf_sock_addr *ctx)
 		ctx->user_port = s->listener_port;
 		return 1;
 	}
-	if (ctx->type == SOCK_DGRAM && is_dns(s, ctx)) {
+	__u16 dns = ctx->type == SOCK_DGRAM ? dns_port(ctx) : 0;
+	if (dns) {
 		remember(ctx, AF_INET, addr);
 		ctx->user_ip4 = s->listener4;
-		ctx->user_port = s->dns_port;
+		ctx->user_port = dns;
 		return 1;
 	}
 	refuse(REFUSED_UDP, AF_INET, ctx->type, ctx->protocol, (__u16)ctx->user_port, addr);
@@ -176,13 +183,14 @@ int warden_connect6(struct bpf_sock_addr *ctx)
 	if (!s)
 		return 0;
 	__u32 addr[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
-	if (ctx->type == SOCK_STREAM || (ctx->type == SOCK_DGRAM && is_dns(s, ctx))) {
+	__u16 dns = ctx->type == SOCK_DGRAM ? dns_port(ctx) : 0;
+	if (ctx->type == SOCK_STREAM || dns) {
 		remember(ctx, AF_INET6, addr);
 		ctx->user_ip6[0] = s->listener6[0];
 		ctx->user_ip6[1] = s->listener6[1];
 		ctx->user_ip6[2] = s->listener6[2];
 		ctx->user_ip6[3] = s->listener6[3];
-		ctx->user_port = ctx->type == SOCK_STREAM ? s->listener_port : s->dns_port;
+		ctx->user_port = ctx->type == SOCK_STREAM ? s->listener_port : dns;
 		return 1;
 	}
 	refuse(REFUSED_UDP, AF_INET6, ctx->type, ctx->protocol, (__u16)ctx->user_port, addr);
@@ -197,10 +205,11 @@ int warden_sendmsg4(struct bpf_sock_addr *ctx)
 	if (!s)
 		return 0;
 	__u32 addr[4] = {ctx->user_ip4, 0, 0, 0};
-	if (is_dns(s, ctx)) {
+	__u16 dns = dns_port(ctx);
+	if (dns) {
 		remember(ctx, AF_INET, addr);
 		ctx->user_ip4 = s->listener4;
-		ctx->user_port = s->dns_port;
+		ctx->user_port = dns;
 		return 1;
 	}
 	refuse(REFUSED_UDP, AF_INET, ctx->type, ctx->protocol, (__u16)ctx->user_port, addr);
@@ -214,23 +223,27 @@ int warden_sendmsg6(struct bpf_sock_addr *ctx)
 	if (!s)
 		return 0;
 	__u32 addr[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
-	if (is_dns(s, ctx)) {
+	__u16 dns = dns_port(ctx);
+	if (dns) {
 		remember(ctx, AF_INET6, addr);
 		ctx->user_ip6[0] = s->listener6[0];
 		ctx->user_ip6[1] = s->listener6[1];
 		ctx->user_ip6[2] = s->listener6[2];
 		ctx->user_ip6[3] = s->listener6[3];
-		ctx->user_port = s->dns_port;
+		ctx->user_port = dns;
 		return 1;
 	}
 	refuse(REFUSED_UDP, AF_INET6, ctx->type, ctx->protocol, (__u16)ctx->user_port, addr);
 	return 0;
 }
 
-// What the agent reads back (recvfrom, getpeername) names the address it asked for, not the
-// gateway's.
+// What the agent reads back from the gateway (recvfrom, getpeername) names the address it asked
+// for, not the gateway's.
 static __always_inline void restore4(struct bpf_sock_addr *ctx)
 {
+	struct settings *s = configured();
+	if (!s || ctx->user_ip4 != s->listener4)
+		return;
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct origin *o = bpf_map_lookup_elem(&origins, &cookie);
 	if (o && o->family == AF_INET) {
@@ -241,6 +254,10 @@ static __always_inline void restore4(struct bpf_sock_addr *ctx)
 
 static __always_inline void restore6(struct bpf_sock_addr *ctx)
 {
+	struct settings *s = configured();
+	if (!s || ctx->user_ip6[0] != s->listener6[0] || ctx->user_ip6[1] != s->listener6[1] ||
+	    ctx->user_ip6[2] != s->listener6[2] || ctx->user_ip6[3] != s->listener6[3])
+		return;
 	__u64 cookie = bpf_get_socket_cookie(ctx);
 	struct origin *o = bpf_map_lookup_elem(&origins, &cookie);
 	if (o && o->family == AF_INET6) {

