@@ -834,7 +834,7 @@ fn content_hash<'a>(files: impl Iterator<Item = &'a SourceFile>) -> BundleHash {
     BundleHash::from_sha256(out)
 }
 
-fn read_dir(root: &Path, limits: LoadLimits) -> Result<Vec<SourceFile>, LoadError> {
+pub(crate) fn read_dir(root: &Path, limits: LoadLimits) -> Result<Vec<SourceFile>, LoadError> {
     let fail = |path: &Path, message: String| LoadError {
         diagnostics: vec![Diagnostic::error(path.display().to_string(), message)],
     };

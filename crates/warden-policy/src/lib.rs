@@ -15,6 +15,7 @@ mod decide;
 mod diagnostic;
 mod document;
 mod engine;
+mod export;
 mod index;
 mod locate;
 mod matcher;
@@ -29,6 +30,7 @@ pub use decide::{Explanation, PolicySource, Slicing};
 pub use diagnostic::{Diagnostic, LoadError, Severity};
 pub use document::{ExpectedOutcome, TestCaseSpec, UndoArgument, UndoSpec};
 pub use engine::{Engine, ReloadOutcome, WatchGuard};
+pub use export::{ExportOptions, Exported, NetworkFormat, network_policies};
 
 /// Parses one YAML (or JSON) document from outside, refusing pathological nesting first: the YAML
 /// deserializer takes time quadratic in nesting depth, the pre-check stops at its limit at once.

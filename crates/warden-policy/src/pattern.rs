@@ -294,6 +294,41 @@ impl SegmentPattern {
         })
     }
 
+    /// The same set of paths as an anchored regular expression (POSIX extended syntax, as
+    /// Cilium's HTTP rules take it).
+    pub fn to_regex(&self) -> String {
+        let escape = |text: &str| {
+            text.chars()
+                .map(|c| {
+                    if "\\.+?()[]{}|^$*".contains(c) {
+                        format!("\\{c}")
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect::<String>()
+        };
+        let mut regex = String::from("^");
+        for segment in &self.segments {
+            regex.push('/');
+            match segment {
+                Segment::Literal(text) => regex.push_str(&escape(text)),
+                Segment::Any => regex.push_str("[^/]+"),
+                Segment::Glob(glob) => {
+                    let parts: Vec<String> = glob.split('*').map(escape).collect();
+                    regex.push_str(&parts.join("[^/]*"));
+                }
+            }
+        }
+        if self.open_ended {
+            regex.push_str("(/.*)?");
+        } else if self.segments.is_empty() {
+            regex.push('/');
+        }
+        regex.push('$');
+        regex
+    }
+
     /// Cedar condition given the depth attribute and the segments record.
     pub fn condition(&self, depth_attr: &str, segments_attr: &str) -> String {
         let n = self.segments.len();
@@ -519,7 +554,13 @@ mod tests {
             "d >= 3 && s has s0 && s.s0 == \"repos\" && s has s2 && s.s2 == \"issues\""
         );
         assert_eq!(p.example(), ["repos", "x", "issues"]);
+        assert_eq!(p.to_regex(), "^/repos/[^/]+/issues(/.*)?$");
         let q = SegmentPattern::parse("files/*.pdf", path_char).unwrap();
+        assert_eq!(q.to_regex(), "^/files/[^/]*\\.pdf$");
+        assert_eq!(
+            SegmentPattern::parse("", path_char).unwrap().to_regex(),
+            "^/$"
+        );
         assert_eq!(
             q.condition("d", "s"),
             "d == 2 && s has s0 && s.s0 == \"files\" && s has s1 && s.s1 like \"*.pdf\""

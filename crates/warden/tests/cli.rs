@@ -365,3 +365,147 @@ fn the_cli_refuses_a_plain_http_control_plane_off_loopback() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("must be https"), "{stderr}");
 }
+
+/// Installs (once) the validators of the published Kubernetes and Cilium schemas.
+fn schema_validator() -> PathBuf {
+    static READY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    READY
+        .get_or_init(|| {
+            let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers/k8s");
+            if !dir.join("node_modules/@kubernetes-models/cilium").is_dir() {
+                let installed = Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund", "--quiet"])
+                    .current_dir(&dir)
+                    .status()
+                    .expect("npm runs (apt-get install -y npm)");
+                assert!(installed.success(), "npm ci in {} failed", dir.display());
+            }
+            dir.join("validate.mjs")
+        })
+        .clone()
+}
+
+/// Resources checked against their published schemas; what the validator said.
+fn validate(resources: &str) -> (bool, String) {
+    let mut child = Command::new("node")
+        .arg(schema_validator())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(resources.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), text(&out.stdout))
+}
+
+const EXPORTED: &str = "apiVersion: warden.dev/v1alpha1
+kind: AgentPolicy
+metadata: {name: crawler, namespace: research}
+spec:
+  selector:
+    matchLabels: {app: crawler}
+    matchExpressions: [{key: tier, operator: In, values: [batch, web]}]
+  egress:
+    - {hosts: [api.github.com, '*.slack.com', '**.example.org'], ports: [443]}
+    - {cidrs: ['10.20.0.0/16'], ports: ['8000-8100'], protocol: tcp}
+    - {cidrs: ['192.0.2.10/32'], ports: [53], protocol: udp}
+    - {cidrs: ['203.0.113.0/24'], when: 'context.port == 22'}
+  http:
+    - {service: catalog, methods: [GET], paths: ['/items/*', '/search/**']}
+    - {service: unknown-api, methods: [POST], paths: ['/**']}
+  deny:
+    - egress: {hosts: [evil.example.org]}
+---
+apiVersion: warden.dev/v1alpha1
+kind: AgentPolicy
+metadata: {name: by-id, namespace: research}
+spec:
+  selector: {spiffeIds: ['spiffe://td/tenant/research/agent/x/*']}
+  egress: [{hosts: [a.example.com], ports: [443]}]
+";
+
+#[test]
+fn exported_network_policies_are_valid_resources_and_say_what_they_leave_out() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy.yaml"), EXPORTED).unwrap();
+    let bundle = dir.path().to_str().unwrap();
+    for format in ["networkpolicy", "cilium"] {
+        let out = run(&[
+            "policy",
+            "export",
+            bundle,
+            "--format",
+            format,
+            "-o",
+            "json",
+            "--service",
+            "catalog=http://10.9.0.7:8080/v1",
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let (valid, said) = validate(&text(&out.stdout));
+        assert!(valid, "{format}: {said}\n{}", text(&out.stdout));
+        let resources: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // The policy that selects by SPIFFE ID only has no pods to select.
+        assert_eq!(resources.as_array().unwrap().len(), 1, "{resources}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("research/by-id: selects agents by SPIFFE ID only"),
+            "{stderr}"
+        );
+        assert!(stderr.contains("unknown-api"), "{stderr}");
+        assert!(stderr.contains("deny rule"), "{stderr}");
+        assert!(stderr.contains("without its `when` condition"), "{stderr}");
+        let resource = &resources[0];
+        assert_eq!(resource["metadata"]["namespace"], "research");
+        let rules = resource["spec"]["egress"].to_string();
+        assert!(
+            rules.contains("10.20.0.0/16") && rules.contains("8100"),
+            "{rules}"
+        );
+        assert!(rules.contains("192.0.2.10/32"), "{rules}");
+        assert!(rules.contains("10.9.0.7/32"), "{rules}");
+        match format {
+            "cilium" => {
+                assert!(
+                    rules.contains(r#"{"matchName":"api.github.com"}"#),
+                    "{rules}"
+                );
+                assert!(
+                    rules.contains(r#"{"matchPattern":"*.slack.com"}"#),
+                    "{rules}"
+                );
+                assert!(rules.contains(r#""path":"^/items/[^/]+$""#), "{rules}");
+                assert!(rules.contains(r#""method":"GET""#), "{rules}");
+                assert_eq!(
+                    resource["spec"]["endpointSelector"]["matchLabels"]["app"],
+                    "crawler"
+                );
+            }
+            _ => {
+                // Names become any public address on their ports, never a private one.
+                assert!(stderr.contains("names hosts (api.github.com"), "{stderr}");
+                assert!(rules.contains("169.254.0.0/16"), "{rules}");
+                assert_eq!(
+                    resource["spec"]["podSelector"]["matchLabels"]["app"],
+                    "crawler"
+                );
+                assert_eq!(resource["spec"]["policyTypes"][0], "Egress");
+            }
+        }
+    }
+    // The validator itself refuses a malformed resource (so the checks above can fail).
+    let (valid, said) = validate(
+        r#"[{"apiVersion":"networking.k8s.io/v1","kind":"NetworkPolicy","metadata":{"name":"x"},"spec":{"podSelector":{},"egress":[{"to":[{"ipBlock":{}}]}]}}]"#,
+    );
+    assert!(!valid, "{said}");
+    // A bundle that does not load exports nothing.
+    std::fs::write(dir.path().join("broken.yaml"), "kind: AgentPolicy\n").unwrap();
+    let out = run(&["policy", "export", bundle, "--format", "cilium"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty());
+}
