@@ -106,6 +106,13 @@ static __always_inline struct settings *configured(void)
 	return s;
 }
 
+// Whether the gateway listens on IPv6 loopback; if not, IPv6 is refused rather than sent to
+// the unspecified address (which would reach whatever listens on this host's wildcard).
+static __always_inline int has_listener6(struct settings *s)
+{
+	return s->listener6[0] | s->listener6[1] | s->listener6[2] | s->listener6[3];
+}
+
 static __always_inline void refuse(__u32 kind, __u32 family, __u32 type, __u32 protocol,
 				   __u16 port, const __u32 *addr)
 {
@@ -183,6 +190,8 @@ int warden_connect6(struct bpf_sock_addr *ctx)
 	if (!s)
 		return 0;
 	__u32 addr[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+	if (!has_listener6(s))
+		return 0;
 	__u16 dns = ctx->type == SOCK_DGRAM ? dns_port(ctx) : 0;
 	if (ctx->type == SOCK_STREAM || dns) {
 		remember(ctx, AF_INET6, addr);
@@ -223,7 +232,7 @@ int warden_sendmsg6(struct bpf_sock_addr *ctx)
 	if (!s)
 		return 0;
 	__u32 addr[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
-	__u16 dns = dns_port(ctx);
+	__u16 dns = has_listener6(s) ? dns_port(ctx) : 0;
 	if (dns) {
 		remember(ctx, AF_INET6, addr);
 		ctx->user_ip6[0] = s->listener6[0];

@@ -102,6 +102,17 @@ fn tcp_connects_by_address_reach_the_gateway_with_their_origin() {
     assert_eq!(origin.pid, child.id());
     // The agent sees the address it asked for.
     assert!(output(child).contains("203.0.113.9"));
+    // TCP Fast Open's sendto(MSG_FASTOPEN) connects too, through the same hook.
+    let child = python(
+        &sandbox,
+        "import socket\ns=socket.socket()\ns.sendto(b'hello', socket.MSG_FASTOPEN, ('192.0.2.77', 8080))\ns.recv(1)",
+    );
+    let origin = accept(&mut sandbox, false);
+    assert_eq!(
+        origin.destination,
+        "192.0.2.77:8080".parse::<SocketAddr>().expect("address")
+    );
+    let _ = output(child);
     // A forked child is confined the same.
     let child = python(
         &sandbox,
@@ -193,6 +204,33 @@ fn udp_and_raw_sockets_are_refused_and_reported() {
         )),
         "{seen:?}"
     );
+}
+
+#[test]
+fn without_an_ipv6_listener_ipv6_is_refused_not_sent_to_the_wildcard() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let port = listener.local_addr().expect("address").port();
+    // Something of this host's listening on the IPv6 wildcard at the same port.
+    let wildcard = TcpListener::bind((Ipv6Addr::UNSPECIFIED, port)).ok();
+    let mut confinement = Confinement::load(&Redirect {
+        listener4: SocketAddrV4::new([127, 0, 0, 1].into(), port),
+        listener6: None,
+    })
+    .unwrap_or_else(|e| panic!("these tests need root and a kernel with cgroup v2 BPF: {e}"));
+    let cgroup = Cgroup::create(&format!("test-nov6-{}", std::process::id())).expect("cgroup");
+    confinement.attach(&cgroup, None).expect("attach");
+    let sandbox = Sandbox {
+        confinement,
+        listener,
+        listener6: None,
+        cgroup: Some(cgroup),
+    };
+    let said = output(python(
+        &sandbox,
+        "import socket\ntry:\n  socket.create_connection(('2001:db8::1', 443), timeout=3); print('connected')\nexcept OSError as e: print('refused', e.errno)",
+    ));
+    assert!(said.contains("refused 1"), "{said}");
+    drop(wildcard);
 }
 
 #[test]
