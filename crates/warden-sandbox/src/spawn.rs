@@ -50,41 +50,38 @@ impl User {
 
 fn passwd_by_name(name: &str) -> Option<User> {
     let name = CString::new(name).ok()?;
-    // SAFETY: getpwnam_r writes only into `entry` and `buffer`, both live and sized as passed;
-    // the strings it points `entry` at live in `buffer`, read before it goes.
+    // SAFETY: getpwnam_r writes only into the entry and buffer `passwd` passes, sized as passed.
     #[allow(unsafe_code)]
-    unsafe {
-        let mut entry: libc::passwd = std::mem::zeroed();
-        let mut buffer = vec![0 as libc::c_char; 16 * 1024];
-        let mut result = std::ptr::null_mut();
-        let status = libc::getpwnam_r(
-            name.as_ptr(),
-            &mut entry,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut result,
-        );
-        if status != 0 || result.is_null() {
-            return None;
-        }
-        Some(user_of(&entry))
-    }
+    passwd(|entry, buffer, length, result| unsafe {
+        libc::getpwnam_r(name.as_ptr(), entry, buffer, length, result)
+    })
 }
 
 fn passwd_by_uid(uid: u32) -> Option<User> {
     // SAFETY: as in `passwd_by_name`.
     #[allow(unsafe_code)]
+    passwd(|entry, buffer, length, result| unsafe {
+        libc::getpwuid_r(uid, entry, buffer, length, result)
+    })
+}
+
+/// Runs a getpw*_r lookup with an entry and a buffer of its own, and reads the user it found.
+fn passwd(
+    mut lookup: impl FnMut(
+        *mut libc::passwd,
+        *mut libc::c_char,
+        usize,
+        *mut *mut libc::passwd,
+    ) -> libc::c_int,
+) -> Option<User> {
+    // SAFETY: the entry is plain data a zeroed value is valid for; the lookup fills it and points
+    // its strings into `buffer`, which outlives the read in `user_of`.
+    #[allow(unsafe_code)]
     unsafe {
         let mut entry: libc::passwd = std::mem::zeroed();
         let mut buffer = vec![0 as libc::c_char; 16 * 1024];
         let mut result = std::ptr::null_mut();
-        let status = libc::getpwuid_r(
-            uid,
-            &mut entry,
-            buffer.as_mut_ptr(),
-            buffer.len(),
-            &mut result,
-        );
+        let status = lookup(&mut entry, buffer.as_mut_ptr(), buffer.len(), &mut result);
         if status != 0 || result.is_null() {
             return None;
         }
