@@ -39,13 +39,25 @@ const MAX_OPENING: usize = 16 * 1024;
 
 /// Serves the transparent listener(s) until the task is aborted.
 pub(crate) async fn serve(state: Arc<State>, sandbox: Arc<Sandbox>, listener: TcpListener) {
+    // Relayed connections hold no request permit, so they are bounded here: a confined agent
+    // opening connections without end cannot exhaust the gateway.
+    let open = Arc::new(tokio::sync::Semaphore::new(
+        state.config.limits.max_concurrent_requests,
+    ));
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        let Ok(held) = Arc::clone(&open).try_acquire_owned() else {
+            tracing::warn!(%peer, "too many confined connections open: closed");
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let (state, sandbox) = (Arc::clone(&state), Arc::clone(&sandbox));
-        tokio::spawn(async move { connection(state, sandbox, stream, peer).await });
+        tokio::spawn(async move {
+            let _held = held;
+            connection(state, sandbox, stream, peer).await;
+        });
     }
 }
 
