@@ -299,18 +299,25 @@ async fn serve_socket(state: Arc<State>, sandbox: Arc<Sandbox>, listener: UnixLi
     }
 }
 
-/// One `warden run`: confine, renew, and — when it goes — forget the instance and kill what is
-/// left in its cgroup (a confined agent without its supervisor is not left running).
+/// One `warden run`: confine, renew, tell it what its agent was refused, and — when it goes —
+/// forget the instance and kill what is left in its cgroup (a confined agent without its
+/// supervisor is not left running).
 async fn session(state: &Arc<State>, sandbox: &Arc<Sandbox>, stream: UnixStream) {
-    let (read, mut write) = stream.into_split();
+    let (read, write) = stream.into_split();
     let mut lines = BufReader::new(read);
+    // Answers and refusal notices share the socket; one writer keeps their lines whole.
+    let (replies, queued) = tokio::sync::mpsc::channel::<Reply>(64);
+    let writer = tokio::spawn(write_replies(write, queued));
     let mut confined: Option<(Cgroup, String)> = None;
+    let mut notices: Option<tokio::task::JoinHandle<()>> = None;
+    let (finish, finishing) = tokio::sync::mpsc::channel::<()>(1);
+    let mut finishing = Some(finishing);
     loop {
         let line = match read_line(&mut lines).await {
             Ok(Some(line)) => line,
             Ok(None) => break,
             Err(why) => {
-                let _ = send(&mut write, &Reply::Refused { error: why }).await;
+                let _ = replies.send(Reply::Refused { error: why }).await;
                 break;
             }
         };
@@ -324,8 +331,20 @@ async fn session(state: &Arc<State>, sandbox: &Arc<Sandbox>, stream: UnixStream)
                 },
                 None => match confine(state, sandbox, &cgroup, grant).await {
                     Ok((reply, cgroup, agent)) => {
+                        // Subscribed before the agent starts (after this reply), so nothing it
+                        // is refused goes unsaid.
+                        let decisions = state.pipeline.subscribe();
+                        let _ = replies.send(reply).await;
+                        notices = finishing.take().map(|finishing| {
+                            tokio::spawn(tell_refusals(
+                                decisions,
+                                agent.clone(),
+                                replies.clone(),
+                                finishing,
+                            ))
+                        });
                         confined = Some((cgroup, agent));
-                        reply
+                        continue;
                     }
                     Err(error) => Reply::Refused { error },
                 },
@@ -336,11 +355,22 @@ async fn session(state: &Arc<State>, sandbox: &Arc<Sandbox>, stream: UnixStream)
                 },
                 Some((cgroup, agent)) => renew(state, sandbox, cgroup.id(), agent, grant),
             },
+            // The notice task answers, once it has sent what came before.
+            Ok(Request::Finish) if notices.is_some() => {
+                let _ = finish.try_send(());
+                continue;
+            }
+            Ok(Request::Finish) => Reply::Finished,
         };
-        if send(&mut write, &reply).await.is_err() {
+        if replies.send(reply).await.is_err() {
             break;
         }
     }
+    if let Some(notices) = notices {
+        notices.abort();
+    }
+    drop(replies);
+    let _ = writer.await;
     if let Some((cgroup, agent)) = confined {
         sandbox
             .instances
@@ -357,6 +387,77 @@ async fn session(state: &Arc<State>, sandbox: &Arc<Sandbox>, stream: UnixStream)
             let _ = tokio::task::spawn_blocking(move || cgroup.remove()).await;
         }
     }
+}
+
+async fn write_replies(
+    mut write: tokio::net::unix::OwnedWriteHalf,
+    mut queued: tokio::sync::mpsc::Receiver<Reply>,
+) {
+    while let Some(reply) = queued.recv().await {
+        let Ok(mut line) = serde_json::to_vec(&reply) else {
+            continue;
+        };
+        line.push(b'\n');
+        if write.write_all(&line).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends `warden run` each refusal of its instance, as recorded (without the arguments when
+/// they would not fit a line); on `finishing`, what is already published, then
+/// [`Reply::Finished`].
+async fn tell_refusals(
+    mut decisions: tokio::sync::broadcast::Receiver<crate::DecisionEvent>,
+    agent: String,
+    replies: tokio::sync::mpsc::Sender<Reply>,
+    mut finishing: tokio::sync::mpsc::Receiver<()>,
+) {
+    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+    loop {
+        let event = tokio::select! {
+            event = decisions.recv() => match event {
+                Ok(event) => event,
+                Err(RecvError::Lagged(_)) => continue,
+                Err(RecvError::Closed) => return,
+            },
+            Some(()) = finishing.recv() => {
+                loop {
+                    match decisions.try_recv() {
+                        Ok(event) => {
+                            if let Some(notice) = refusal_notice(&event, &agent) {
+                                let _ = replies.send(notice).await;
+                            }
+                        }
+                        Err(TryRecvError::Lagged(_)) => {}
+                        Err(_) => break,
+                    }
+                }
+                let _ = replies.send(Reply::Finished).await;
+                continue;
+            }
+        };
+        if let Some(notice) = refusal_notice(&event, &agent)
+            && replies.send(notice).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn refusal_notice(event: &crate::DecisionEvent, agent: &str) -> Option<Reply> {
+    if event.agent != agent || event.outcome != "deny" {
+        return None;
+    }
+    let mut decision = serde_json::to_value(event).ok()?;
+    if serde_json::to_vec(&decision).map_or(true, |line| line.len() >= MAX_LINE)
+        && let Some(fields) = decision.as_object_mut()
+    {
+        fields.remove("arguments");
+        fields.remove("findings");
+        fields.remove("redacted");
+    }
+    Some(Reply::Denied { decision })
 }
 
 async fn confine(
@@ -497,12 +598,6 @@ async fn read_line(
                 .map_err(|_| "a request that is not UTF-8".into());
         }
     }
-}
-
-async fn send(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    write.write_all(&line).await
 }
 
 /// Records what the kernel refused confined agents, with the process that tried.

@@ -20,6 +20,9 @@ pub enum Request {
     Confine { cgroup: PathBuf, grant: String },
     /// A fresh grant for the same instance, before the old one expires.
     Renew { grant: String },
+    /// The agent has exited: the gateway answers [`Reply::Finished`] once it has sent every
+    /// refusal decided before it heard this.
+    Finish,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -34,4 +37,11 @@ pub enum Reply {
     Refused {
         error: String,
     },
+    /// Something the agent tried was refused: the decision as the audit log records it. Sent
+    /// whenever it happens, so `warden run` can say why a connection failed.
+    Denied {
+        decision: serde_json::Value,
+    },
+    /// Every refusal before [`Request::Finish`] has been sent.
+    Finished,
 }

@@ -479,45 +479,66 @@ fn parse_time(text: &str) -> anyhow::Result<i64> {
 fn print_record(record: &[u8], output: Output) {
     match output {
         Output::Json => println!("{}", String::from_utf8_lossy(record)),
-        Output::Text => {
-            let Ok(value) = serde_json::from_slice::<Value>(record) else {
-                println!("{}", String::from_utf8_lossy(record));
-                return;
-            };
-            let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or("-");
-            let target = |name: &str| value["target"].get(name).and_then(Value::as_str);
-            let when = rfc3339(value.get("time"));
-            // What was asked: an HTTP call by method and path, the rest by resource.
-            let what = match (target("method"), target("path"), target("detector")) {
-                (Some(method), Some(path), _) => format!("{} {method} {path}", field("resource")),
-                (_, _, Some(detector)) => format!(
-                    "{} {detector}: {}",
-                    field("resource"),
-                    target("summary").unwrap_or_default()
-                ),
-                _ => field("resource").to_owned(),
-            };
-            let outcome = match value.get("reason").and_then(Value::as_str) {
-                Some(reason) => format!("{} ({reason})", field("outcome")),
-                None => field("outcome").to_owned(),
-            };
-            let phase = value
-                .get("phase")
-                .and_then(Value::as_str)
-                .map(|p| format!("[{p}] "))
-                .unwrap_or_default();
-            println!(
-                "{when} {outcome:<28} {:<22} {phase}{what} {}  {}",
-                field("action"),
-                value
-                    .get("intent")
-                    .and_then(Value::as_str)
-                    .map(|i| format!("(intent: {i})"))
-                    .unwrap_or_default(),
-                field("agent"),
-            );
-        }
+        Output::Text => match serde_json::from_slice::<Value>(record) {
+            Ok(value) => println!("{}", describe(&value)),
+            Err(_) => println!("{}", String::from_utf8_lossy(record)),
+        },
     }
+}
+
+/// One record on one line, for people: when, the outcome (with its reason), the action, what
+/// was asked, the agent, and the process the kernel said asked it.
+pub(crate) fn describe(value: &Value) -> String {
+    let field = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or("-");
+    let when = rfc3339(value.get("time"));
+    let outcome = match value.get("reason").and_then(Value::as_str) {
+        Some(reason) => format!("{} ({reason})", field("outcome")),
+        None => field("outcome").to_owned(),
+    };
+    let phase = value
+        .get("phase")
+        .and_then(Value::as_str)
+        .map(|p| format!("[{p}] "))
+        .unwrap_or_default();
+    let intent = value
+        .get("intent")
+        .and_then(Value::as_str)
+        .map(|i| format!("(intent: {i})"))
+        .unwrap_or_default();
+    let process = asker(value)
+        .map(|process| format!("  by {process}"))
+        .unwrap_or_default();
+    format!(
+        "{when} {outcome:<28} {:<22} {phase}{} {intent}  {}{process}",
+        field("action"),
+        asked(value),
+        field("agent"),
+    )
+}
+
+/// What a record's call asked for: an HTTP call by method and path, a detection by its
+/// detector, the rest by resource.
+pub(crate) fn asked(value: &Value) -> String {
+    let resource = value.get("resource").and_then(Value::as_str).unwrap_or("-");
+    let target = |name: &str| value["target"].get(name).and_then(Value::as_str);
+    match (target("method"), target("path"), target("detector")) {
+        (Some(method), Some(path), _) => format!("{resource} {method} {path}"),
+        (_, _, Some(detector)) => format!(
+            "{resource} {detector}: {}",
+            target("summary").unwrap_or_default()
+        ),
+        _ => resource.to_owned(),
+    }
+}
+
+/// The process the kernel said made a record's call (agents under `warden run`).
+pub(crate) fn asker(value: &Value) -> Option<String> {
+    let process = value.get("process")?;
+    let pid = process.get("pid").and_then(Value::as_u64)?;
+    Some(match process.get("executable").and_then(Value::as_str) {
+        Some(executable) if !executable.is_empty() => format!("{executable} (pid {pid})"),
+        _ => format!("pid {pid}"),
+    })
 }
 
 fn tail(

@@ -508,6 +508,9 @@ fn register_demo_agent(control: &Control) -> anyhow::Result<()> {
         "rights": [
             {"action": "mcp.*", "target": format!("{}/*", demo::SERVER)},
             {"action": "http", "target": format!("{}/*", demo::API)},
+            // A ceiling, not a permission: the demo policy allows no egress until a user adds
+            // an `egress` rule (docs/enforcement.md's walk-through does).
+            {"action": "egress.connect", "target": "*"},
         ],
     }))?;
     match control.register_agent(request, "warden up") {
@@ -576,8 +579,8 @@ Confine an agent so it cannot go around Warden (as root, from this directory):
 
   # the demo API reached by its own address is still decided as the demo API: allowed
   warden run -- curl -s http://{demo}/api/status
-  # anywhere else policy does not allow: refused, and recorded with the process
-  warden run -- curl -s http://203.0.113.7/
+  # anywhere else policy does not allow: refused, recorded with the process, and said
+  warden run -- curl -sS https://example.com/
   (`warden run` finds the gateway at {socket} and the admin token in {data}/admin-token.)"#,
             socket = settings.socket.display(),
             data = data_dir.display(),

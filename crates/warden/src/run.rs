@@ -136,8 +136,34 @@ where
             );
         }
         Reply::Refused { error } => bail!("the gateway refused to confine the agent: {error}"),
-        Reply::Renewed => bail!("the gateway answered out of turn"),
+        Reply::Renewed | Reply::Denied { .. } | Reply::Finished => {
+            bail!("the gateway answered out of turn")
+        }
     }
+    // From here the gateway also says, as it happens, what the agent was refused: those
+    // notices are printed, the answers to renewals come back here, and the end of the socket
+    // is the end of the gateway.
+    let (answers_tx, mut answers) = tokio::sync::mpsc::channel::<Reply>(4);
+    let reader = tokio::spawn(async move {
+        // A resolver asks twice (A, AAAA) and retries: each refusal is said once.
+        let mut said = std::collections::HashSet::new();
+        while let Ok(reply) = next_reply(&mut replies).await {
+            match reply {
+                Reply::Denied { decision } => {
+                    if let Some((what, decision)) = refusal(&decision)
+                        && said.insert(what.clone())
+                    {
+                        eprintln!("{what}; decision {decision}");
+                    }
+                }
+                answer => {
+                    if answers_tx.send(answer).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    });
     let mut command = std::process::Command::new(&args.command[0]);
     command.args(&args.command[1..]);
     // The agent's environment carries no Warden credential or setting.
@@ -153,13 +179,24 @@ where
     let renew_every = Duration::from_secs((args.grant_ttl / 2).max(1));
     let mut renewal =
         tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
-    loop {
+    let outcome = loop {
         tokio::select! {
             status = &mut waited => {
                 let status = status??;
                 // Gone before the gateway hears the session end, so it finds nothing left to stop.
                 tokio::task::block_in_place(|| cgroup.remove())?;
-                return Ok(exit_code(status));
+                // What the agent was refused in its last moments is said before warden run ends.
+                if send(&mut write, &Request::Finish).await.is_ok() {
+                    let finished = async {
+                        while let Some(answer) = answers.recv().await {
+                            if matches!(answer, Reply::Finished) {
+                                break;
+                            }
+                        }
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(2), finished).await;
+                }
+                break Ok(exit_code(status));
             }
             _ = renewal.tick() => {
                 let grant = match issue().await {
@@ -170,18 +207,22 @@ where
                     }
                 };
                 send(&mut write, &Request::Renew { grant }).await?;
-                if let Reply::Refused { error } = next_reply(&mut replies).await? {
+            }
+            answer = answers.recv() => match answer {
+                Some(Reply::Refused { error }) => {
                     eprintln!("warden run: the gateway refused the renewed grant: {error}");
                 }
-            }
-            // Without its gateway the agent can reach nothing; it is stopped rather than left.
-            gone = replies.next_line() => {
-                let _ = gone;
-                cgroup.kill()?;
-                bail!("the gateway went away; the agent (pid {pid}) was stopped");
+                Some(_) => {}
+                // Without its gateway the agent can reach nothing; it is stopped rather than left.
+                None => {
+                    cgroup.kill()?;
+                    break Err(anyhow::anyhow!("the gateway went away; the agent (pid {pid}) was stopped"));
+                }
             }
         }
-    }
+    };
+    reader.abort();
+    outcome
 }
 
 async fn send(
@@ -204,6 +245,22 @@ async fn next_reply(
         .await?
         .context("the gateway closed the `warden run` socket")?;
     serde_json::from_str(&line).context("the gateway's answer is not one warden run knows")
+}
+
+/// What the agent was refused, for one line: the action, what it asked for, why, and which of
+/// its processes asked; beside it the decision id, to find the record.
+fn refusal(decision: &serde_json::Value) -> Option<(String, String)> {
+    let field = |name: &str| decision.get(name).and_then(serde_json::Value::as_str);
+    let by = crate::audit::asker(decision)
+        .map(|process| format!(" by {process}"))
+        .unwrap_or_default();
+    let what = format!(
+        "warden run: refused {} {} ({}){by}",
+        field("action")?,
+        crate::audit::asked(decision),
+        field("reason").unwrap_or("denied"),
+    );
+    Some((what, field("decisionId").unwrap_or("-").to_owned()))
 }
 
 /// The agent's exit status as `warden run`'s: its code, or 128 + the signal that ended it.

@@ -325,6 +325,43 @@ os.wait()"
 }
 
 #[test]
+fn warden_run_says_what_its_agent_was_refused_and_by_which_process() {
+    let site = site();
+    // A TLS connection the gateway closes without a word, and a lookup it refuses: the agent
+    // sees only a failure; warden run says what was refused, why, and who tried.
+    let out = site.run(&[
+        "python3",
+        "-c",
+        "import socket\ntry:\n  socket.create_connection(('192.0.2.77', 443), timeout=10).recv(1)\nexcept OSError: pass\ntry:\n  socket.getaddrinfo('not-allowed.example', 443)\nexcept OSError: pass",
+    ]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    let line = |needle: &str| {
+        said.lines()
+            .find(|l| l.starts_with("warden run: refused ") && l.contains(needle))
+            .unwrap_or_else(|| panic!("no refusal of {needle} said: {said}"))
+            .to_owned()
+    };
+    let connect = line("192.0.2.77");
+    assert!(
+        connect.starts_with("warden run: refused egress.connect 192.0.2.77:443 ("),
+        "{connect}"
+    );
+    assert!(connect.contains("python3"), "{connect}");
+    assert!(connect.contains("; decision "), "{connect}");
+    assert!(
+        line("not-allowed.example").starts_with("warden run: refused dns.lookup"),
+        "{said}"
+    );
+    // Said once, however often the resolver asked.
+    assert_eq!(
+        said.matches("refused dns.lookup not-allowed.example")
+            .count(),
+        1,
+        "{said}"
+    );
+}
+
+#[test]
 fn raw_sockets_and_udp_are_refused_and_recorded() {
     let site = site();
     let said = site.python(
