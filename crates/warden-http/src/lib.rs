@@ -89,30 +89,7 @@ impl HttpClient {
         roots_pem: &str,
         client_identity: Option<(&str, &str)>,
     ) -> Result<Self, ClientError> {
-        use rustls_pki_types::pem::PemObject as _;
-        use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-        let tls = |e: &dyn std::fmt::Display| ClientError::Tls(e.to_string());
-        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
-            roots.add(cert.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
-        }
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| tls(&e))?
-            .with_root_certificates(roots);
-        let config = match client_identity {
-            None => builder.with_no_client_auth(),
-            Some((cert_pem, key_pem)) => {
-                let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| tls(&e))?;
-                let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls(&e))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| tls(&e))?
-            }
-        };
+        let config = client_tls(roots_pem, client_identity)?;
         Ok(Self::from_connector(
             hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config),
             timeout,
@@ -239,6 +216,38 @@ mod tests {
             "nonsense",
         ] {
             assert!(secure_url(bad).is_err(), "{bad}");
+        }
+    }
+}
+
+/// A TLS client configuration (aws-lc-rs) trusting only `roots_pem`, optionally presenting
+/// `client_identity` (certificate chain and key, PEM) for mTLS.
+pub fn client_tls(
+    roots_pem: &str,
+    client_identity: Option<(&str, &str)>,
+) -> Result<rustls::ClientConfig, ClientError> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let tls = |e: &dyn std::fmt::Display| ClientError::Tls(e.to_string());
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(roots_pem.as_bytes()) {
+        roots.add(cert.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls(&e))?
+        .with_root_certificates(roots);
+    match client_identity {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert_pem, key_pem)) => {
+            let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| tls(&e))?;
+            let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| tls(&e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| tls(&e))
         }
     }
 }

@@ -7,16 +7,19 @@
 //! - [`Cgroup`]: create, enter, kill and remove an agent's cgroup; [`spawn`] starts the agent
 //!   in it as an unprivileged user who cannot leave it.
 //! - [`Confinement`]: the programs, loaded once per gateway and attached to each agent's cgroup.
+//! - [`Metering`]: what the programs cost per run, as the kernel counts it.
 //! - [`session`]: what `warden run` and the gateway say to each other over the gateway's local
 //!   socket.
 
 mod cgroup;
 mod kernel;
+mod metering;
 pub mod session;
 mod spawn;
 
 pub use cgroup::Cgroup;
 pub use kernel::{Confinement, Origin, Redirect, Refusal, Refusals, Refused};
+pub use metering::{Metering, ProgramCost};
 pub use spawn::{User, spawn};
 
 /// Why confinement cannot be set up. Each says what is missing and what to do.

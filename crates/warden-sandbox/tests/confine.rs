@@ -6,7 +6,7 @@ use std::net::{Ipv6Addr, SocketAddr, SocketAddrV4, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use warden_sandbox::{Cgroup, Confinement, Redirect, Refused, User, spawn};
+use warden_sandbox::{Cgroup, Confinement, Metering, Redirect, Refused, User, spawn};
 
 struct Sandbox {
     confinement: Confinement,
@@ -89,6 +89,16 @@ fn accept(sandbox: &mut Sandbox, listener6: bool) -> warden_sandbox::Origin {
 fn tcp_connects_by_address_reach_the_gateway_with_their_origin() {
     let mut sandbox = sandbox("tcp");
     let cgroup = sandbox.cgroup.as_ref().expect("cgroup").id();
+    let metering = Metering::start().expect("BPF run statistics");
+    let connects = |metering: &Metering| {
+        metering
+            .read()
+            .expect("the programs' statistics")
+            .into_iter()
+            .find(|cost| cost.name == "warden_connect4")
+            .expect("warden_connect4 is loaded")
+    };
+    let before = connects(&metering);
     let child = python(
         &sandbox,
         "import socket\ns=socket.create_connection(('203.0.113.9', 8443), timeout=5)\ns.sendall(b'hello')\nprint(s.getpeername())",
@@ -125,6 +135,10 @@ fn tcp_connects_by_address_reach_the_gateway_with_their_origin() {
     );
     assert_ne!(origin.pid, child.id());
     let _ = output(child);
+    // The kernel timed each of those connects' program (other tests' connects may add more).
+    let after = connects(&metering);
+    assert!(after.runs >= before.runs + 3, "{before:?} {after:?}");
+    assert!(after.time > before.time, "{before:?} {after:?}");
 }
 
 #[test]
