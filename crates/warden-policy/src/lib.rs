@@ -20,6 +20,7 @@ mod index;
 mod locate;
 mod matcher;
 mod pattern;
+mod recommend;
 mod schema;
 pub mod synth;
 pub mod testing;
@@ -31,6 +32,7 @@ pub use diagnostic::{Diagnostic, LoadError, Severity};
 pub use document::{ExpectedOutcome, TestCaseSpec, UndoArgument, UndoSpec};
 pub use engine::{Engine, ReloadOutcome, WatchGuard};
 pub use export::{ExportOptions, Exported, NetworkFormat, network_policies};
+pub use recommend::{AgentSummary, Observed, Recommendation, Recommender};
 
 /// Parses one YAML (or JSON) document from outside, refusing pathological nesting first: the YAML
 /// deserializer takes time quadratic in nesting depth, the pre-check stops at its limit at once.

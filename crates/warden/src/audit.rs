@@ -75,10 +75,10 @@ pub enum AuditCommand {
         log: LogArgs,
         #[command(flatten)]
         filter: Filter,
-        /// Records written at or after this time (RFC 3339, or Unix seconds).
+        /// Records written at or after this time (RFC 3339, Unix seconds, or ago: 24h, 30m, 7d).
         #[arg(long)]
         since: Option<String>,
-        /// Records written before this time (RFC 3339, or Unix seconds).
+        /// Records written before this time (RFC 3339, Unix seconds, or ago: 24h, 30m, 7d).
         #[arg(long)]
         until: Option<String>,
         /// Deciding policy (a substring of its `file:line name rule` reference).
@@ -467,13 +467,29 @@ fn check_proof(proof: &Value, verifier: &NoteVerifier) -> anyhow::Result<String>
     }
 }
 
-fn parse_time(text: &str) -> anyhow::Result<i64> {
+/// A moment as Unix seconds: RFC 3339, Unix seconds, or a time ago (`90s`, `30m`, `24h`, `7d`).
+pub(crate) fn parse_time(text: &str) -> anyhow::Result<i64> {
     if let Ok(seconds) = text.parse::<i64>() {
         return Ok(seconds);
     }
+    let ago = text.char_indices().last().and_then(|(at, unit)| {
+        let scale = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return None,
+        };
+        text[..at].parse::<i64>().ok()?.checked_mul(scale)
+    });
+    if let Some(ago) = ago {
+        return Ok(time::OffsetDateTime::now_utc().unix_timestamp() - ago);
+    }
     time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .map(|t| t.unix_timestamp())
-        .with_context(|| format!("`{text}` is neither RFC 3339 nor Unix seconds"))
+        .with_context(|| {
+            format!("`{text}` is neither RFC 3339, Unix seconds, nor a time ago like 24h")
+        })
 }
 
 fn print_record(record: &[u8], output: Output) {

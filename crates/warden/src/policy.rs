@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde_json::{Value, json};
 use warden_model::{DecisionRequest, Outcome};
 use warden_policy::testing::{self, TestResult};
 use warden_policy::{
@@ -38,6 +38,30 @@ pub enum PolicyCommand {
     /// under Warden, never narrower than what Warden allows. What the format cannot express is
     /// listed on stderr (and in the output's header).
     Export(ExportArgs),
+    /// Write least-privilege policies from traffic: for each agent in the audit log, an
+    /// AgentPolicy allowing what it was allowed to do and nothing more (tools with their
+    /// arguments narrowed to the values, prefixes and ranges seen; routes, hosts, peers), a
+    /// ToolCatalog for the conditions, and a PolicyTest suite of the same calls — replayed
+    /// against the result before it is reported.
+    Recommend(RecommendArgs),
+}
+
+#[derive(Args)]
+pub struct RecommendArgs {
+    /// The audit log directory (`warden-data/audit` under `warden up`).
+    #[arg(long, env = "WARDEN_AUDIT_LOG", default_value = "warden-data/audit")]
+    audit: PathBuf,
+    /// Only calls since: a time ago (`24h`, `30m`, `7d`), RFC 3339, or Unix seconds.
+    #[arg(long)]
+    since: Option<String>,
+    /// Only this agent: `tenant/name`, or part of its SPIFFE ID; repeat for more.
+    #[arg(long)]
+    agent: Vec<String>,
+    /// The directory to write the recommended bundle to (new, or empty).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, short, value_enum, default_value_t)]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -127,7 +151,172 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Diff(a) => diff(&a),
         PolicyCommand::Decide(a) => decide(&a),
         PolicyCommand::Export(a) => export(&a),
+        PolicyCommand::Recommend(a) => recommend(&a),
     }
+}
+
+fn recommend(args: &RecommendArgs) -> anyhow::Result<ExitCode> {
+    let since = args
+        .since
+        .as_deref()
+        .map(crate::audit::parse_time)
+        .transpose()?;
+    if args.out.exists()
+        && std::fs::read_dir(&args.out)
+            .with_context(|| format!("cannot read {}", args.out.display()))?
+            .next()
+            .is_some()
+    {
+        bail!(
+            "{} already holds files; give --out a new or empty directory (nothing is overwritten)",
+            args.out.display()
+        );
+    }
+    let agents: Vec<String> = args
+        .agent
+        .iter()
+        .map(|a| match a.split_once('/') {
+            Some((tenant, name)) if !a.contains(':') => format!("/tenant/{tenant}/agent/{name}/"),
+            _ => a.clone(),
+        })
+        .collect();
+    let reader = warden_audit::LogReader::open(&args.audit).with_context(|| {
+        format!(
+            "cannot open the audit log {} (--audit, WARDEN_AUDIT_LOG)",
+            args.audit.display()
+        )
+    })?;
+    let total = reader.size()?;
+    let progress = std::io::IsTerminal::is_terminal(&io::stderr());
+    let mut recommender = warden_policy::Recommender::new();
+    let (mut read, mut used, mut over_bound) = (0u64, 0u64, 0u64);
+    for record in reader.records(0)? {
+        let (_, record) = record?;
+        read += 1;
+        if progress && read % 250_000 == 0 {
+            eprint!("\rread {read} of {total} records");
+        }
+        let Ok(value) = serde_json::from_slice::<Value>(&record) else {
+            continue;
+        };
+        let recent = since.is_none_or(|since| {
+            value
+                .get("time")
+                .and_then(Value::as_i64)
+                .is_some_and(|t| t >= since)
+        });
+        let chosen = agents.is_empty()
+            || value
+                .get("agent")
+                .and_then(Value::as_str)
+                .is_some_and(|id| agents.iter().any(|a| id.contains(a.as_str())));
+        if !(recent && chosen) {
+            continue;
+        }
+        match recommender.observe(&value) {
+            warden_policy::Observed::Used => used += 1,
+            warden_policy::Observed::OverBound => over_bound += 1,
+            warden_policy::Observed::Ignored => {}
+        }
+    }
+    if progress && read >= 250_000 {
+        eprintln!();
+    }
+    if used == 0 {
+        bail!(
+            "no allowed calls in {} ({read} records{}); nothing to recommend",
+            args.audit.display(),
+            if agents.is_empty() && since.is_none() {
+                ""
+            } else {
+                " read, none matching --agent/--since"
+            }
+        );
+    }
+    let recommendation = recommender.finish();
+    for (name, text) in &recommendation.files {
+        let path = args.out.join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    // What was written must load and allow every call it was made from.
+    let bundle = Bundle::load_dir(&args.out, LoadLimits::default()).map_err(|e| {
+        print_diagnostics(&e.diagnostics);
+        anyhow::anyhow!(
+            "the recommended bundle in {} does not load (a bug in recommend; please report it)",
+            args.out.display()
+        )
+    })?;
+    let results: Vec<TestResult> = bundle
+        .tests()
+        .iter()
+        .map(|c| testing::run_case(&bundle, c))
+        .collect();
+    let failed: Vec<&TestResult> = results.iter().filter(|r| !r.passed).collect();
+    match args.output {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "out": args.out,
+                "records": read,
+                "calls": used,
+                "overBound": over_bound,
+                "files": recommendation.files.iter().map(|(name, _)| name).collect::<Vec<_>>(),
+                "agents": recommendation.agents,
+                "replayed": results.len(),
+                "replayFailures": failed.len(),
+            })
+        ),
+        Output::Text => {
+            println!(
+                "{used} allowed calls of {} agent(s), from {read} records, written to {}:",
+                recommendation.agents.len(),
+                args.out.display()
+            );
+            for agent in &recommendation.agents {
+                println!(
+                    "  {}  {} calls: {} tools, {} routes, {} destinations, {} peers",
+                    agent.selects,
+                    agent.calls,
+                    agent.tools,
+                    agent.routes,
+                    agent.destinations,
+                    agent.peers
+                );
+            }
+            for (name, _) in &recommendation.files {
+                println!("  {name}");
+            }
+            println!(
+                "replayed {} distinct calls against it: {} allowed",
+                results.len(),
+                results.len() - failed.len()
+            );
+            if over_bound > 0 {
+                println!(
+                    "{over_bound} calls were past what one agent's recommendation remembers and are not covered"
+                );
+            }
+            println!(
+                "review it, then `warden policy diff YOUR_BUNDLE {}` to see what it would change",
+                args.out.display()
+            );
+        }
+    }
+    for failure in &failed {
+        eprintln!(
+            "not allowed by the recommendation: {} {:?}",
+            failure.name, failure.failures
+        );
+    }
+    Ok(if failed.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn export(args: &ExportArgs) -> anyhow::Result<ExitCode> {

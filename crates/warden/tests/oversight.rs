@@ -759,3 +759,134 @@ fn undo_runs_the_compensating_call_through_the_pipeline_once_and_records_it() {
         String::from_utf8_lossy(&denied.stderr)
     );
 }
+
+const LEARNER_POLICY: &str = r#"apiVersion: warden.dev/v1alpha1
+kind: AgentPolicy
+metadata: {name: learner, namespace: demo}
+spec:
+  selector: {matchLabels: {app: learner}}
+  mcp:
+    - {server: demo, tools: [echo, add, delete_records]}
+"#;
+
+#[test]
+fn recommended_policies_allow_what_the_agent_did_and_nothing_more() {
+    let (_server, fabric) = site(LEARNER_POLICY, "");
+    let [agent] = <[PathBuf; 1]>::try_from(fabric.agent(
+        "demo/learner",
+        "app=learner",
+        &["mcp.*=demo/*"],
+        &["i-1"],
+    ))
+    .unwrap();
+    let outcomes = calls(
+        &fabric,
+        &agent,
+        json!([
+            call("echo", json!({"text": "hello"})),
+            call("add", json!({"a": 1, "b": 2})),
+            call("add", json!({"a": 3, "b": 40})),
+            call("delete_records", json!({"table": "scratch"})),
+            call("delete_records", json!({"table": "tmp"})),
+            // Refused by the policy in force: never learned.
+            call("read_secrets", json!({})),
+        ]),
+    );
+    for outcome in &outcomes[..5] {
+        ok(outcome);
+    }
+    refused(&outcomes[5]);
+    let audit = fabric.dir.path().join("data/audit");
+    recorded(&audit, |r| {
+        r["outcome"] == "deny" && r["resource"] == "tool demo/read_secrets"
+    });
+    let out_dir = fabric.dir.path().join("recommended");
+    let out = fabric.cli(
+        &fabric.token,
+        &[
+            "policy",
+            "recommend",
+            "--audit",
+            audit.to_str().unwrap(),
+            "--agent",
+            "demo/learner",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["replayFailures"], 0, "{report}");
+    assert!(report["replayed"].as_u64().unwrap() >= 5, "{report}");
+    let policy = std::fs::read_to_string(out_dir.join("demo-learner.yaml")).unwrap();
+    assert!(
+        policy.contains("spiffe://warden.local/tenant/demo/agent/learner/*"),
+        "{policy}"
+    );
+    assert!(
+        policy.contains(r#"["scratch", "tmp"].contains(context.args.table)"#),
+        "{policy}"
+    );
+    assert!(
+        policy.contains("context.args.a >= 1 && context.args.a <= 3"),
+        "{policy}"
+    );
+    assert!(!policy.contains("read_secrets"), "{policy}");
+    // Beyond what was seen, the recommendation denies: another table, a larger number, a tool
+    // the agent never called.
+    let agent_id = "spiffe://warden.local/tenant/demo/agent/learner/i-9";
+    let deny = |name: &str, tool: &str, args: Value| {
+        json!({"name": name, "request": {"agent": {"spiffeId": agent_id},
+            "action": {"kind": "mcp.tools/call", "server": "demo", "tool": tool, "args": args}},
+            "expect": "deny"})
+    };
+    let cases = json!({
+        "apiVersion": "warden.dev/v1alpha1", "kind": "PolicyTest",
+        "metadata": {"name": "beyond"},
+        "spec": {"cases": [
+            deny("another table", "delete_records", json!({"table": "customers"})),
+            deny("a larger number", "add", json!({"a": 99, "b": 2})),
+            deny("a tool never called", "read_secrets", json!({})),
+        ]},
+    });
+    std::fs::write(
+        out_dir.join("tests/beyond.test.yaml"),
+        serde_yaml::to_string(&cases).unwrap(),
+    )
+    .unwrap();
+    let out = fabric.cli(
+        &fabric.token,
+        &["policy", "test", out_dir.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A second run does not overwrite what a person may have edited.
+    let again = fabric.cli(
+        &fabric.token,
+        &[
+            "policy",
+            "recommend",
+            "--audit",
+            audit.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+    );
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds files"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
