@@ -118,6 +118,8 @@ pub struct RunningGateway {
     follow_events: Option<tokio::task::JoinHandle<()>>,
     /// The detectors, reading the decision stream.
     detectors: Option<tokio::task::JoinHandle<()>>,
+    /// Records policies whose mode a reload changed.
+    record_modes: tokio::task::JoinHandle<()>,
     metrics_served: Option<tokio::task::JoinHandle<()>>,
     /// `warden run`'s socket and the transparent listener, when confinement is on.
     sandbox: Option<sandbox::Running>,
@@ -149,6 +151,7 @@ impl RunningGateway {
         }
         let _ = (&mut self.served).await;
         self.follow_stops.abort();
+        self.record_modes.abort();
         for task in [&self.follow_events, &self.detectors].into_iter().flatten() {
             task.abort();
         }
@@ -225,10 +228,25 @@ pub async fn start(
     let policy = load_policies(&config.policies)?;
     let metrics = Arc::new(Metrics::default());
     let reloads = Arc::clone(&metrics);
+    // A policy flipped between enforced and staged is recorded: nobody turns enforcement off
+    // silently. The reload happens off the pipeline, so the changes queue for it.
+    let (mode_changes, mut changed_modes) = tokio::sync::mpsc::unbounded_channel();
+    let known_modes = std::sync::Mutex::new(policy.current().modes().clone());
+    let engine = Arc::clone(&policy);
     let watch = match policy.watch(move |outcome| {
         reloads.policy_reload(outcome.is_ok());
         match outcome {
-            Ok(outcome) => tracing::info!("policy bundle reload: {outcome:?}"),
+            Ok(outcome) => {
+                tracing::info!("policy bundle reload: {outcome:?}");
+                let bundle = engine.current();
+                let mut known = known_modes
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for change in pipeline::mode_changes(&known, bundle.modes(), bundle.hash()) {
+                    let _ = mode_changes.send(change);
+                }
+                known.clone_from(bundle.modes());
+            }
             Err(e) => {
                 tracing::error!("policy bundle reload failed; keeping the last good one:\n{e}")
             }
@@ -371,6 +389,14 @@ pub async fn start(
         ))
     });
     let follow_events = desk.map(|desk| tokio::spawn(desk.follow_events()));
+    let record_modes = {
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            while let Some(change) = changed_modes.recv().await {
+                state.pipeline.record_mode_change(&change);
+            }
+        })
+    };
     let sandbox = match &state.config.sandbox {
         Some(settings) => Some(sandbox::start(&state, settings).await?),
         None => None,
@@ -396,6 +422,7 @@ pub async fn start(
         follow_stops,
         follow_events,
         detectors,
+        record_modes,
         metrics_served,
         sandbox,
         _watch: watch,

@@ -131,6 +131,72 @@ pub struct DecisionEvent {
     /// The process that made the call, for agents confined by `warden run`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub process: Option<Arc<crate::identify::Process>>,
+    /// What staged policies (`spec.mode: staged`) selecting this agent would have decided: not
+    /// enforced, recorded to learn from before they are promoted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub staged: Option<StagedOutcome>,
+}
+
+/// A policy whose mode a reload changed: `enforce`, `staged`, or `absent` (added or removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModeChange {
+    pub policy: String,
+    pub from: &'static str,
+    pub to: &'static str,
+    pub bundle: String,
+}
+
+/// What changed between two bundles' policy modes.
+pub fn mode_changes(
+    before: &std::collections::BTreeMap<String, warden_policy::PolicyMode>,
+    after: &std::collections::BTreeMap<String, warden_policy::PolicyMode>,
+    bundle: &warden_model::BundleHash,
+) -> Vec<ModeChange> {
+    let label = |mode: Option<&warden_policy::PolicyMode>| match mode {
+        Some(warden_policy::PolicyMode::Enforce) => "enforce",
+        Some(warden_policy::PolicyMode::Staged) => "staged",
+        None => "absent",
+    };
+    before
+        .keys()
+        .chain(after.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .filter_map(|policy| {
+            let (from, to) = (label(before.get(policy)), label(after.get(policy)));
+            (from != to).then(|| ModeChange {
+                policy: policy.clone(),
+                from,
+                to,
+                bundle: bundle.to_string(),
+            })
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StagedOutcome {
+    /// The staged policies would have refused this call.
+    pub would_deny: bool,
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<DenyReason>,
+    pub deciding: Vec<String>,
+}
+
+impl StagedOutcome {
+    fn of(decision: &Decision) -> Self {
+        Self {
+            would_deny: matches!(decision.outcome, Outcome::Deny { .. }),
+            outcome: decision.outcome.label(),
+            reason: match &decision.outcome {
+                Outcome::Deny { reason, .. } => Some(reason.clone()),
+                _ => None,
+            },
+            deciding: decision.deciding.iter().map(ToString::to_string).collect(),
+        }
+    }
 }
 
 /// A fresh id for a record that is not a policy decision (`det_…`, `sock_…`).
@@ -506,6 +572,7 @@ impl Pipeline {
             approval_problems: Vec::new(),
             spent: Vec::new(),
         };
+        let staged = span.in_scope(|| self.policy.decide_staged(&request));
         if let Some(reason) = self.stops.stopped(agent, caller.identity.parents()) {
             verdict.decision.outcome = Outcome::denied(reason);
             verdict.decision.deciding.clear();
@@ -548,6 +615,7 @@ impl Pipeline {
             decide_time,
         );
         event.redacted = said.redacted;
+        event.staged = staged.as_ref().map(StagedOutcome::of);
         event.approvals.clone_from(&verdict.spent);
         event.approval_requests.clone_from(&verdict.filed);
         event
@@ -682,6 +750,33 @@ impl Pipeline {
             phase: Some("detect"),
             action: "detect".into(),
             resource: detection.agent.clone(),
+            target,
+            gateway: self.gateway.clone(),
+            ..DecisionEvent::default()
+        };
+        let _ = self.recorder.record(&event);
+        let _ = self.events.send(event);
+    }
+
+    /// Records that a reload changed a policy's mode (enforced, staged, added, removed).
+    pub fn record_mode_change(&self, change: &ModeChange) {
+        let mut target = serde_json::Map::new();
+        target.insert("policy".into(), change.policy.clone().into());
+        target.insert("from".into(), change.from.into());
+        target.insert("to".into(), change.to.into());
+        let tenant = change
+            .policy
+            .split_once('/')
+            .map(|(tenant, _)| tenant.to_owned())
+            .unwrap_or_default();
+        let event = DecisionEvent {
+            time: time::OffsetDateTime::now_utc().unix_timestamp(),
+            decision_id: record_id("pol"),
+            outcome: change.to,
+            bundle: change.bundle.clone(),
+            tenant,
+            action: "policy.mode".into(),
+            resource: change.policy.clone(),
             target,
             gateway: self.gateway.clone(),
             ..DecisionEvent::default()
@@ -1040,6 +1135,7 @@ impl Pipeline {
             approval_problems: Vec::new(),
             gateway: self.gateway.clone(),
             decide_micros: u64::try_from(took.as_micros()).unwrap_or(u64::MAX),
+            staged: None,
         }
     }
 }

@@ -195,31 +195,6 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_travel_over_https_or_loopback_only() {
-        for ok in [
-            "https://control.example:8181",
-            "http://127.0.0.1:8181",
-            "http://localhost:8181",
-            "http://[::1]:8181",
-        ] {
-            assert!(secure_url(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "http://10.0.0.5:8181",
-            "http://control.example",
-            "ftp://x",
-            "nonsense",
-        ] {
-            assert!(secure_url(bad).is_err(), "{bad}");
-        }
-    }
-}
-
 /// A TLS client configuration (aws-lc-rs) trusting only `roots_pem`, optionally presenting
 /// `client_identity` (certificate chain and key, PEM) for mTLS.
 pub fn client_tls(
@@ -248,6 +223,31 @@ pub fn client_tls(
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|e| tls(&e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_travel_over_https_or_loopback_only() {
+        for ok in [
+            "https://control.example:8181",
+            "http://127.0.0.1:8181",
+            "http://localhost:8181",
+            "http://[::1]:8181",
+        ] {
+            assert!(secure_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://10.0.0.5:8181",
+            "http://control.example",
+            "ftp://x",
+            "nonsense",
+        ] {
+            assert!(secure_url(bad).is_err(), "{bad}");
         }
     }
 }

@@ -21,7 +21,7 @@ use crate::compile::{
 use crate::decide::EntityCache;
 use crate::diagnostic::{Diagnostic, LoadError};
 use crate::document::{
-    API_VERSION, AgentPolicyDoc, PolicyTestDoc, TestCaseSpec, ToolCatalogDoc, UndoSpec,
+    API_VERSION, AgentPolicyDoc, PolicyMode, PolicyTestDoc, TestCaseSpec, ToolCatalogDoc, UndoSpec,
 };
 use crate::index::{Indexed, SlicedSet};
 use crate::locate::Locator;
@@ -98,6 +98,17 @@ pub struct Bundle {
     tests: Vec<TestCase>,
     warnings: Vec<Diagnostic>,
     files: Vec<String>,
+    /// The staged policies, compiled on their own (with the catalogs and raw Cedar).
+    staged: Option<Box<Bundle>>,
+    /// Every AgentPolicy (`namespace/name`) and its mode.
+    modes: BTreeMap<String, PolicyMode>,
+}
+
+/// Which of a bundle's AgentPolicies a compilation takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Part {
+    Enforced,
+    Staged,
 }
 
 impl std::fmt::Debug for Bundle {
@@ -124,6 +135,14 @@ impl Bundle {
 
     /// Compiles a bundle from sources already in memory.
     pub fn from_sources(files: Vec<SourceFile>, limits: LoadLimits) -> Result<Self, LoadError> {
+        Self::compile_part(files, limits, Part::Enforced)
+    }
+
+    fn compile_part(
+        files: Vec<SourceFile>,
+        limits: LoadLimits,
+        part: Part,
+    ) -> Result<Self, LoadError> {
         let mut diagnostics = Vec::new();
         let mut parsed: Vec<(usize, Parsed)> = Vec::new();
         let mut locators = Vec::with_capacity(files.len());
@@ -188,6 +207,7 @@ impl Bundle {
         let catalog = build_catalog(&files, &locators, &parsed, &mut diagnostics);
         let mut compiled = Compiled::default();
         let mut names: HashMap<String, (String, Option<u32>)> = HashMap::new();
+        let mut modes = BTreeMap::new();
         let mut tests = Vec::new();
         for (f, doc) in &parsed {
             let file = &files[*f];
@@ -210,9 +230,13 @@ impl Bundle {
                         )).help("give each policy a unique namespace/name"));
                         continue;
                     }
-                    names.insert(id, (file.path.clone(), line));
-                    compile_policy(&cx, doc, &catalog, &mut compiled);
+                    names.insert(id.clone(), (file.path.clone(), line));
+                    modes.insert(id, doc.spec.mode);
+                    if (doc.spec.mode == PolicyMode::Staged) == (part == Part::Staged) {
+                        compile_policy(&cx, doc, &catalog, &mut compiled);
+                    }
                 }
+                Parsed::Tests(_, _) if part == Part::Staged => {}
                 Parsed::Tests(doc, doc_index) => {
                     for (i, case) in doc.spec.cases.iter().enumerate() {
                         tests.push(TestCase {
@@ -381,6 +405,12 @@ impl Bundle {
                 .filter(|(_, c)| **c)
                 .map(|(f, _)| f),
         );
+        let staged = if part == Part::Enforced && modes.values().any(|m| *m == PolicyMode::Staged) {
+            let staged = Self::compile_part(files.clone(), limits, Part::Staged)?;
+            Some(Box::new(staged))
+        } else {
+            None
+        };
         Ok(Self {
             hash,
             grants,
@@ -399,6 +429,8 @@ impl Bundle {
             tests,
             warnings: diagnostics,
             files: files.into_iter().map(|f| f.path).collect(),
+            staged,
+            modes,
         })
     }
 
@@ -410,6 +442,27 @@ impl Bundle {
     /// The compensating call of a reversible tool, if the catalog declares one.
     pub fn undo_for(&self, server: &str, tool: &str) -> Option<&UndoSpec> {
         self.undo.get(server)?.get(tool)
+    }
+
+    /// The bundle's staged policies, compiled on their own: what they would decide, for the
+    /// agents they select ([`Bundle::governs`]).
+    pub fn staged(&self) -> Option<&Bundle> {
+        self.staged.as_deref()
+    }
+
+    /// Each AgentPolicy (`namespace/name`) with its mode.
+    pub fn modes(&self) -> &BTreeMap<String, PolicyMode> {
+        &self.modes
+    }
+
+    /// Whether any of this bundle's AgentPolicies selects `agent`.
+    pub fn governs(&self, agent: &warden_model::AgentIdentity) -> bool {
+        let count = u32::try_from(self.grants.len()).unwrap_or(u32::MAX);
+        (0..count).any(|c| {
+            self.grants
+                .matcher(c)
+                .is_some_and(|m| m.selector.matches(agent))
+        })
     }
 
     pub fn hash(&self) -> &BundleHash {

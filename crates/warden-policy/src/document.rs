@@ -33,10 +33,25 @@ pub struct AgentPolicyDoc {
     pub spec: AgentPolicySpec,
 }
 
+/// Whether a policy's decisions take effect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    /// Decides.
+    #[default]
+    Enforce,
+    /// Decides on the side: what it would have done is recorded, what is enforced is not
+    /// changed.
+    Staged,
+}
+
 /// What an AgentPolicy grants, denies and gates for the agents it selects.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AgentPolicySpec {
+    /// `staged`: evaluated and recorded (`wouldDeny`), not enforced.
+    #[serde(default)]
+    pub mode: PolicyMode,
     pub selector: Selector,
     #[serde(default)]
     pub egress: Vec<EgressRule>,

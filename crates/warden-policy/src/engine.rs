@@ -61,6 +61,15 @@ impl Engine {
         self.current.load().decide(request)
     }
 
+    /// What the staged policies would decide, when one of them selects the request's agent.
+    pub fn decide_staged(&self, request: &DecisionRequest) -> Option<Decision> {
+        let bundle = self.current.load();
+        let staged = bundle.staged()?;
+        staged
+            .governs(&request.agent)
+            .then(|| staged.decide(request))
+    }
+
     /// See [`Bundle::could_allow`].
     pub fn could_allow(&self, request: &DecisionRequest) -> bool {
         self.current.load().could_allow(request)

@@ -29,7 +29,7 @@ pub use bundle::{Bundle, LoadLimits, PolicyInfo, SourceFile, TestCase};
 pub use compile::{PolicyRole, Samples};
 pub use decide::{Explanation, PolicySource, Slicing};
 pub use diagnostic::{Diagnostic, LoadError, Severity};
-pub use document::{ExpectedOutcome, TestCaseSpec, UndoArgument, UndoSpec};
+pub use document::{ExpectedOutcome, PolicyMode, TestCaseSpec, UndoArgument, UndoSpec};
 pub use engine::{Engine, ReloadOutcome, WatchGuard};
 pub use export::{ExportOptions, Exported, NetworkFormat, network_policies};
 pub use recommend::{AgentSummary, Observed, Recommendation, Recommender};

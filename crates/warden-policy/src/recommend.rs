@@ -623,7 +623,9 @@ impl AgentUse {
             spec.insert("http".into(), Value::Array(http));
         }
         let mut egress = Vec::new();
-        let mut by_ports: BTreeMap<(Vec<u16>, &str), (Vec<&str>, Vec<String>)> = BTreeMap::new();
+        // Destinations with the same ports and protocol share a rule: hosts, and addresses.
+        type Destinations<'a> = (Vec<&'a str>, Vec<String>);
+        let mut by_ports: BTreeMap<(Vec<u16>, &str), Destinations> = BTreeMap::new();
         for (destination, ports) in &self.destinations {
             let (protocol, host) = destination.split_once(' ').unwrap_or(("tcp", destination));
             let mut ports: Vec<u16> = ports.iter().filter_map(|p| p.parse().ok()).collect();

@@ -202,3 +202,71 @@ fn names_an_agent_could_reach_are_those_a_permitting_egress_rule_names() {
     // Another agent: nothing.
     assert!(!bundle.could_reach(&agent(r#"{"app": "b"}"#), &host("api.example.com")));
 }
+
+#[test]
+fn staged_policies_decide_on_the_side_and_never_take_effect() {
+    let broad = "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: broad, namespace: t}\nspec:\n  selector: {matchLabels: {app: a}}\n  mcp:\n    - {server: s, tools: ['*']}\n";
+    let narrow = "apiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: narrow, namespace: t}\nspec:\n  mode: staged\n  selector: {spiffeIds: ['spiffe://td/tenant/t/agent/a/*']}\n  mcp:\n    - {server: s, tools: [read]}\n    - {server: other, tools: [write]}\n";
+    let bundle = Bundle::from_sources(
+        vec![
+            SourceFile {
+                path: "broad.yaml".into(),
+                text: broad.into(),
+            },
+            SourceFile {
+                path: "narrow.yaml".into(),
+                text: narrow.into(),
+            },
+        ],
+        LoadLimits::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let request = |agent: &str, server: &str, tool: &str| -> DecisionRequest {
+        serde_json::from_value(serde_json::json!({
+            "agent": {"spiffeId": format!("spiffe://td/tenant/t/agent/{agent}/i-1"), "labels": {"app": agent}},
+            "action": {"kind": "mcp.tools/call", "server": server, "tool": tool},
+        }))
+        .unwrap()
+    };
+    // Enforced: the broad policy alone; the staged one grants nothing.
+    assert!(bundle.decide(&request("a", "s", "delete")).is_allowed());
+    assert!(!bundle.decide(&request("a", "other", "write")).is_allowed());
+    // Staged: what the narrow policy would do, for the agents it selects.
+    let staged = bundle.staged().expect("a staged part");
+    let a = request("a", "s", "delete");
+    assert!(staged.governs(&a.agent));
+    assert!(!staged.decide(&a).is_allowed());
+    assert!(staged.decide(&request("a", "s", "read")).is_allowed());
+    assert!(!staged.governs(&request("b", "s", "read").agent));
+    assert_eq!(
+        bundle.modes().get("t/narrow"),
+        Some(&warden_policy::PolicyMode::Staged)
+    );
+    assert_eq!(
+        bundle.modes().get("t/broad"),
+        Some(&warden_policy::PolicyMode::Enforce)
+    );
+    // A staged policy is checked like any other: an error in it refuses the bundle.
+    let broken = narrow.replace(
+        "tools: [read]",
+        "tools: [read], when: 'context.args.nope == 1'",
+    );
+    let refused = Bundle::from_sources(
+        vec![SourceFile {
+            path: "narrow.yaml".into(),
+            text: broken,
+        }],
+        LoadLimits::default(),
+    );
+    assert!(refused.is_err());
+    // Without staged policies there is no staged part.
+    let plain = Bundle::from_sources(
+        vec![SourceFile {
+            path: "broad.yaml".into(),
+            text: broad.into(),
+        }],
+        LoadLimits::default(),
+    )
+    .unwrap();
+    assert!(plain.staged().is_none());
+}

@@ -486,6 +486,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         );
         print_welcome(&control.url, &gateway.public_url, &data_dir, &policies);
         print_confinement(&sandbox, &data_dir, &demo_address);
+        // The last line: scripts wait for it.
+        println!("\nStop with Ctrl-C.");
         std::io::stdout().flush()?;
         shutdown_signal().await;
         println!("stopping: draining in-flight requests");
@@ -556,9 +558,7 @@ Try it (in another terminal, from this directory; `warden` is the binary you sta
       --key {data}/assistant/svid-key.pem -H "Authorization: Bearer $(cat {data}/assistant/grant)" \
       -X "$1" {gateway_url}/http/{api}$2; echo; }}
   api GET /status
-  api DELETE /records
-
-Stop with Ctrl-C."#,
+  api DELETE /records"#,
         server = demo::SERVER,
         api = demo::API,
         tenant = demo::TENANT,

@@ -44,6 +44,20 @@ pub enum PolicyCommand {
     /// ToolCatalog for the conditions, and a PolicyTest suite of the same calls — replayed
     /// against the result before it is reported.
     Recommend(RecommendArgs),
+    /// Enforce a staged policy: its `spec.mode: staged` becomes `enforce` in its file, checked by
+    /// loading the bundle again. Gateways following the directory enforce it on their next
+    /// reload and record the change in their audit logs.
+    Promote(PromoteArgs),
+}
+
+#[derive(Args)]
+pub struct PromoteArgs {
+    /// Directory of AgentPolicy YAML, ToolCatalog and .cedar files.
+    dir: PathBuf,
+    /// The staged policy, `namespace/name` (`name` for one without a namespace).
+    policy: String,
+    #[arg(long, short, value_enum, default_value_t)]
+    output: Output,
 }
 
 #[derive(Args)]
@@ -152,7 +166,121 @@ pub fn run(command: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Decide(a) => decide(&a),
         PolicyCommand::Export(a) => export(&a),
         PolicyCommand::Recommend(a) => recommend(&a),
+        PolicyCommand::Promote(a) => promote(&a),
     }
+}
+
+fn promote(args: &PromoteArgs) -> anyhow::Result<ExitCode> {
+    let bundle = match load(&args.dir, args.output) {
+        Ok(b) => b,
+        Err(code) => return Ok(code),
+    };
+    match bundle.modes().get(&args.policy) {
+        Some(warden_policy::PolicyMode::Staged) => {}
+        Some(warden_policy::PolicyMode::Enforce) => {
+            bail!("{} is already enforced", args.policy)
+        }
+        None => bail!(
+            "no AgentPolicy {} in {} (`warden policy check {}` lists them)",
+            args.policy,
+            args.dir.display(),
+            args.dir.display()
+        ),
+    }
+    let file = bundle
+        .staged()
+        .and_then(|staged| {
+            staged
+                .policies()
+                .iter()
+                .find(|p| p.reference.document == args.policy)
+        })
+        .map(|p| args.dir.join(&p.reference.file))
+        .with_context(|| format!("cannot tell which file holds {}", args.policy))?;
+    let original = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read {}", file.display()))?;
+    let promoted = with_mode_enforced(&original, &args.policy).with_context(|| {
+        format!(
+            "cannot find `mode: staged` in {}'s document in {}; change it to `mode: enforce` by hand",
+            args.policy,
+            file.display()
+        )
+    })?;
+    let write = |text: &str| -> anyhow::Result<()> {
+        let temporary = file.with_extension("promote.tmp");
+        std::fs::write(&temporary, text)
+            .and_then(|()| std::fs::rename(&temporary, &file))
+            .with_context(|| format!("cannot write {}", file.display()))
+    };
+    write(&promoted)?;
+    let enforced = Bundle::load_dir(&args.dir, LoadLimits::default())
+        .ok()
+        .is_some_and(|b| b.modes().get(&args.policy) == Some(&warden_policy::PolicyMode::Enforce));
+    if !enforced {
+        write(&original)?;
+        bail!(
+            "{} did not load with {} enforced; it is left as it was",
+            args.dir.display(),
+            args.policy
+        );
+    }
+    match args.output {
+        Output::Json => println!(
+            "{}",
+            json!({"policy": args.policy, "file": file, "from": "staged", "to": "enforce"})
+        ),
+        Output::Text => println!(
+            "{}: staged → enforced in {}; gateways following {} enforce it on their next reload and record the change",
+            args.policy,
+            file.display(),
+            args.dir.display()
+        ),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `text` (a YAML file of documents) with the `mode: staged` of `policy`'s document made
+/// `mode: enforce`, everything else — comments, order, other documents — as it was.
+fn with_mode_enforced(text: &str, policy: &str) -> Option<String> {
+    let (namespace, name) = match policy.split_once('/') {
+        Some((namespace, name)) => (Some(namespace), name),
+        None => (None, policy),
+    };
+    let staged = regex::Regex::new(r"(^|[\s{,])mode:(\s*)staged\b").ok()?;
+    let mut out = String::with_capacity(text.len());
+    let mut promoted = false;
+    for document in split_documents(text) {
+        let is_it = serde_yaml::from_str::<serde_yaml::Value>(document)
+            .ok()
+            .is_some_and(|doc| {
+                doc["kind"].as_str() == Some("AgentPolicy")
+                    && doc["metadata"]["name"].as_str() == Some(name)
+                    && doc["metadata"]["namespace"].as_str() == namespace
+            });
+        if is_it && !promoted && staged.is_match(document) {
+            out.push_str(&staged.replace(document, "${1}mode:${2}enforce"));
+            promoted = true;
+        } else {
+            out.push_str(document);
+        }
+    }
+    promoted.then_some(out)
+}
+
+/// The documents of a YAML file, each with its `---` line, so joining them gives the file back.
+fn split_documents(text: &str) -> Vec<&str> {
+    let mut documents = Vec::new();
+    let mut start = 0;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if at > start && line.trim_end() == "---" {
+            documents.push(&text[start..at]);
+            start = at;
+        }
+        at += line.len();
+    }
+    documents.push(&text[start..]);
+    documents
 }
 
 fn recommend(args: &RecommendArgs) -> anyhow::Result<ExitCode> {

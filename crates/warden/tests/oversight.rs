@@ -890,3 +890,90 @@ fn recommended_policies_allow_what_the_agent_did_and_nothing_more() {
         String::from_utf8_lossy(&again.stderr)
     );
 }
+
+#[test]
+fn staged_policies_record_what_they_would_deny_and_their_promotion_is_recorded() {
+    let (_server, fabric) = site(LEARNER_POLICY, "");
+    let [agent] = <[PathBuf; 1]>::try_from(fabric.agent(
+        "demo/learner",
+        "app=learner",
+        &["mcp.*=demo/*"],
+        &["i-1"],
+    ))
+    .unwrap();
+    let audit = fabric.dir.path().join("data/audit");
+    let policies = fabric.dir.path().join("policies");
+    // A narrower policy, staged beside the one in force (as a recommendation would be). Written
+    // once the fabric has settled: an edit in a fresh `serve --role all`'s first seconds can go
+    // unseen by its policy watcher (noted, not yet explained).
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::write(
+        policies.join("narrow.yaml"),
+        "# only echo, from now on?\napiVersion: warden.dev/v1alpha1\nkind: AgentPolicy\nmetadata: {name: narrow, namespace: demo}\nspec:\n  mode: staged   # watch first\n  selector: {spiffeIds: ['spiffe://warden.local/tenant/demo/agent/learner/*']}\n  mcp:\n    - {server: demo, tools: [echo]}\n",
+    )
+    .unwrap();
+    // The reload that brings it is itself recorded.
+    recorded(&audit, |r| {
+        r["action"] == "policy.mode"
+            && r["resource"] == "demo/narrow"
+            && r["target"]["to"] == "staged"
+    });
+    let outcomes = calls(
+        &fabric,
+        &agent,
+        json!([
+            call("echo", json!({"text": "hello"})),
+            call("add", json!({"a": 1, "b": 2})),
+        ]),
+    );
+    // Nothing enforced changed: both calls pass.
+    ok(&outcomes[0]);
+    ok(&outcomes[1]);
+    let echo = recorded(&audit, |r| r["resource"] == "tool demo/echo");
+    assert_eq!(echo["outcome"], "allow", "{echo}");
+    assert_eq!(echo["staged"]["wouldDeny"], false, "{echo}");
+    let add = recorded(&audit, |r| r["resource"] == "tool demo/add");
+    assert_eq!(add["outcome"], "allow", "{add}");
+    assert_eq!(add["staged"]["wouldDeny"], true, "{add}");
+    assert_eq!(add["staged"]["reason"], "no-matching-grant", "{add}");
+    // Promotion edits the file in place (comments kept) and the gateway records the change.
+    let out = fabric.cli(
+        &fabric.token,
+        &[
+            "policy",
+            "promote",
+            policies.to_str().unwrap(),
+            "demo/narrow",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(policies.join("narrow.yaml")).unwrap();
+    assert!(text.contains("mode: enforce   # watch first"), "{text}");
+    assert!(text.starts_with("# only echo"), "{text}");
+    recorded(&audit, |r| {
+        r["action"] == "policy.mode"
+            && r["resource"] == "demo/narrow"
+            && r["target"]["from"] == "staged"
+            && r["target"]["to"] == "enforce"
+    });
+    // Promoting again, or a policy that is not there, says so.
+    let again = fabric.cli(
+        &fabric.token,
+        &[
+            "policy",
+            "promote",
+            policies.to_str().unwrap(),
+            "demo/narrow",
+        ],
+    );
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already enforced"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
