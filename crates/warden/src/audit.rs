@@ -148,6 +148,9 @@ pub struct Filter {
     /// The record's action: `mcp.tools/call`, `http`, `egress.connect`, `detect` (detections)…
     #[arg(long)]
     action: Option<String>,
+    /// Only calls that staged policies (`spec.mode: staged`) would have refused.
+    #[arg(long)]
+    would_deny: bool,
 }
 
 impl Filter {
@@ -158,6 +161,7 @@ impl Filter {
             .is_none_or(|a| field("agent").contains(a.as_str()))
             && self.outcome.as_ref().is_none_or(|o| field("outcome") == o)
             && self.action.as_ref().is_none_or(|a| field("action") == a)
+            && (!self.would_deny || record["staged"]["wouldDeny"] == true)
             && self.tool.as_ref().is_none_or(|tool| {
                 field("resource")
                     .strip_prefix("tool ")

@@ -936,6 +936,22 @@ fn staged_policies_record_what_they_would_deny_and_their_promotion_is_recorded()
     assert_eq!(add["outcome"], "allow", "{add}");
     assert_eq!(add["staged"]["wouldDeny"], true, "{add}");
     assert_eq!(add["staged"]["reason"], "no-matching-grant", "{add}");
+    // Listed as what the staged policy would refuse, and nothing else is.
+    let out = fabric.cli(
+        &fabric.token,
+        &[
+            "audit",
+            "search",
+            "--log",
+            audit.to_str().unwrap(),
+            "--would-deny",
+            "-o",
+            "json",
+        ],
+    );
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains("tool demo/add"), "{listed}");
     // Promotion edits the file in place (comments kept) and the gateway records the change.
     let out = fabric.cli(
         &fabric.token,
