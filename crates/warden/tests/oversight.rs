@@ -769,9 +769,9 @@ spec:
     - {server: demo, tools: [echo, add, delete_records]}
 "#;
 
-#[test]
-fn recommended_policies_allow_what_the_agent_did_and_nothing_more() {
-    let (_server, fabric) = site(LEARNER_POLICY, "");
+/// A fabric whose policy lets demo/learner call three tools, and that agent's credentials.
+fn learner() -> (Reaped, Fabric, PathBuf) {
+    let (server, fabric) = site(LEARNER_POLICY, "");
     let [agent] = <[PathBuf; 1]>::try_from(fabric.agent(
         "demo/learner",
         "app=learner",
@@ -779,6 +779,12 @@ fn recommended_policies_allow_what_the_agent_did_and_nothing_more() {
         &["i-1"],
     ))
     .unwrap();
+    (server, fabric, agent)
+}
+
+#[test]
+fn recommended_policies_allow_what_the_agent_did_and_nothing_more() {
+    let (_server, fabric, agent) = learner();
     let outcomes = calls(
         &fabric,
         &agent,
@@ -893,14 +899,7 @@ fn recommended_policies_allow_what_the_agent_did_and_nothing_more() {
 
 #[test]
 fn staged_policies_record_what_they_would_deny_and_their_promotion_is_recorded() {
-    let (_server, fabric) = site(LEARNER_POLICY, "");
-    let [agent] = <[PathBuf; 1]>::try_from(fabric.agent(
-        "demo/learner",
-        "app=learner",
-        &["mcp.*=demo/*"],
-        &["i-1"],
-    ))
-    .unwrap();
+    let (_server, fabric, agent) = learner();
     let audit = fabric.dir.path().join("data/audit");
     let policies = fabric.dir.path().join("policies");
     // A narrower policy, staged beside the one in force (as a recommendation would be). Written
