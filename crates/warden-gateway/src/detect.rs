@@ -6,6 +6,7 @@ use std::sync::Arc;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use warden_detect::{Detector, Detectors, Observation};
+use warden_policy::DetectionAction;
 
 use crate::config::DetectSettings;
 use crate::desk::Desk;
@@ -17,7 +18,8 @@ pub(crate) async fn watch(state: Arc<State>, settings: DetectSettings, desk: Opt
     let pipeline = &state.pipeline;
     let mut events = pipeline.subscribe();
     let mut detectors = Detectors::new(settings.detectors());
-    let quarantine = settings.quarantine && desk.is_some();
+    let quarantine_possible = desk.is_some();
+    let quarantine = settings.quarantine && quarantine_possible;
     loop {
         let event = match events.recv().await {
             Ok(event) => event,
@@ -34,16 +36,19 @@ pub(crate) async fn watch(state: Arc<State>, settings: DetectSettings, desk: Opt
             continue;
         };
         for detection in detectors.observe(&observation) {
-            // A scan is an agent doing what no task needs. A storm of refusals may be a confused
-            // agent as well as a probing one, a grant from two addresses a client behind a
-            // changing NAT, and a toxic flow rests on an injection finding, which can be wrong:
-            // these are reported, and a toxic flow quarantines only when asked.
-            let quarantines = quarantine
-                && match detection.detector {
-                    Detector::HostScan | Detector::PortScan => true,
-                    Detector::ToxicFlow => settings.quarantine_toxic_flows,
-                    Detector::DenyStorm | Detector::SharedGrant => false,
-                };
+            // A DetectionPolicy selecting the agent decides; without one, the gateway's
+            // settings do.
+            let by_policy = policy_response(&state, &detection);
+            let (quarantines, for_secs) = match &by_policy {
+                Some(response) => (
+                    quarantine_possible && response.action == DetectionAction::Quarantine,
+                    response.for_secs,
+                ),
+                None => (
+                    quarantine && default_quarantines(&settings, detection.detector),
+                    settings.quarantine_secs,
+                ),
+            };
             let response = if quarantines { "quarantine" } else { "alert" };
             tracing::warn!(
                 agent = %detection.agent,
@@ -51,7 +56,11 @@ pub(crate) async fn watch(state: Arc<State>, settings: DetectSettings, desk: Opt
                 "detection: {} ({response})",
                 detection.summary
             );
-            pipeline.record_detection(&detection, response);
+            pipeline.record_detection(
+                &detection,
+                response,
+                by_policy.as_ref().map(|r| r.policy.as_str()),
+            );
             pipeline
                 .metrics()
                 .detection(detection.detector.as_str(), response);
@@ -65,14 +74,41 @@ pub(crate) async fn watch(state: Arc<State>, settings: DetectSettings, desk: Opt
                 "evidence": detection.evidence,
                 "quarantine": true,
             });
-            if settings.quarantine_secs > 0 {
-                report["forSecs"] = json!(settings.quarantine_secs);
+            if for_secs > 0 {
+                report["forSecs"] = json!(for_secs);
             }
             if let Err(e) = desk.report_detection(&report).await {
                 tracing::error!(agent = %detection.agent, "the detection's quarantine failed: {e}");
             }
         }
     }
+}
+
+/// Without a DetectionPolicy: a scan is an agent doing what no task needs, and is quarantined.
+/// A storm of refusals may be a confused agent as well as a probing one, a grant from two
+/// addresses a client behind a changing NAT, and a toxic flow rests on an injection finding,
+/// which can be wrong: these are reported, and a toxic flow quarantines only when asked.
+fn default_quarantines(settings: &DetectSettings, detector: Detector) -> bool {
+    match detector {
+        Detector::HostScan | Detector::PortScan => true,
+        Detector::ToxicFlow => settings.quarantine_toxic_flows,
+        Detector::DenyStorm | Detector::SharedGrant => false,
+    }
+}
+
+/// What the bundle's DetectionPolicies say about this detection (agents are known to detectors
+/// by SPIFFE ID alone).
+fn policy_response(
+    state: &State,
+    detection: &warden_detect::Detection,
+) -> Option<warden_policy::DetectionResponse> {
+    let id = warden_model::SpiffeId::new(&detection.agent).ok()?;
+    let agent = warden_model::AgentIdentity::new(id, warden_model::Labels::default(), None).ok()?;
+    state
+        .pipeline
+        .policy()
+        .current()
+        .detection_response(&agent, detection.detector.as_str())
 }
 
 /// A decision as the detectors read it; `None` for what is not an identified agent's call or
@@ -148,6 +184,34 @@ mod tests {
     use warden_model::{Finding, FindingKind};
 
     use super::*;
+
+    /// DetectionPolicies are checked against the policy crate's list of detector names: it must
+    /// be exactly the detectors there are (the match fails to compile when one is added).
+    #[test]
+    fn detection_policies_know_every_detector_by_name() {
+        let every = |detector: Detector| match detector {
+            Detector::HostScan
+            | Detector::PortScan
+            | Detector::DenyStorm
+            | Detector::ToxicFlow
+            | Detector::SharedGrant => detector.as_str(),
+        };
+        let names: Vec<&str> = [
+            Detector::HostScan,
+            Detector::PortScan,
+            Detector::DenyStorm,
+            Detector::ToxicFlow,
+            Detector::SharedGrant,
+        ]
+        .into_iter()
+        .map(every)
+        .collect();
+        let mut known = warden_policy::DETECTORS.to_vec();
+        let mut names_sorted = names.clone();
+        known.sort_unstable();
+        names_sorted.sort_unstable();
+        assert_eq!(known, names_sorted);
+    }
 
     fn event(
         action: &str,

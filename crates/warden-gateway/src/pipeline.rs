@@ -730,13 +730,23 @@ impl Pipeline {
 
     /// Records a detection (`response`: what is done about it) in the audit log and on the
     /// decision stream, as a record of its own with the decisions that make it as evidence.
-    pub fn record_detection(&self, detection: &warden_detect::Detection, response: &'static str) {
+    /// Records a detection and the response chosen for it (`by`: the DetectionPolicy that chose
+    /// it, if one did).
+    pub fn record_detection(
+        &self,
+        detection: &warden_detect::Detection,
+        response: &'static str,
+        by: Option<&str>,
+    ) {
         let agent = warden_model::SpiffeId::new(&detection.agent).ok();
         let mut target = serde_json::Map::new();
         target.insert("detector".into(), detection.detector.as_str().into());
         target.insert("summary".into(), detection.summary.clone().into());
         target.insert("evidence".into(), detection.evidence.clone().into());
         target.insert("response".into(), response.into());
+        if let Some(policy) = by {
+            target.insert("policy".into(), policy.into());
+        }
         let event = DecisionEvent {
             time: detection.time,
             decision_id: record_id("det"),

@@ -21,7 +21,8 @@ use crate::compile::{
 use crate::decide::EntityCache;
 use crate::diagnostic::{Diagnostic, LoadError};
 use crate::document::{
-    API_VERSION, AgentPolicyDoc, PolicyMode, PolicyTestDoc, TestCaseSpec, ToolCatalogDoc, UndoSpec,
+    API_VERSION, AgentPolicyDoc, DetectionAction, DetectionPolicyDoc, PolicyMode, PolicyTestDoc,
+    TestCaseSpec, ToolCatalogDoc, UndoSpec,
 };
 use crate::index::{Indexed, SlicedSet};
 use crate::locate::Locator;
@@ -102,6 +103,136 @@ pub struct Bundle {
     staged: Option<Box<Bundle>>,
     /// Every AgentPolicy (`namespace/name`) and its mode.
     modes: BTreeMap<String, PolicyMode>,
+    /// The DetectionPolicies' rules, in bundle order.
+    detections: Vec<DetectionResponder>,
+}
+
+/// One rule of a DetectionPolicy, compiled.
+struct DetectionResponder {
+    policy: String,
+    selector: std::sync::Arc<crate::matcher::SelectorMatcher>,
+    /// Empty: every detector.
+    detectors: Vec<String>,
+    action: DetectionAction,
+    for_secs: u64,
+}
+
+/// What a DetectionPolicy says to do about one detection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetectionResponse {
+    pub action: DetectionAction,
+    /// How long a quarantine lasts, in seconds; 0 until a person releases it.
+    pub for_secs: u64,
+    /// The DetectionPolicy (`namespace/name`) that said so.
+    pub policy: String,
+}
+
+/// The detectors a DetectionPolicy may name (`warden-detect`'s, kept in step by a test there).
+pub const DETECTORS: [&str; 5] = [
+    "scan.hosts",
+    "scan.ports",
+    "deny-storm",
+    "toxic-flow",
+    "grant.two-addresses",
+];
+
+fn compile_detection(
+    cx: &DocContext<'_>,
+    doc: &DetectionPolicyDoc,
+    out: &mut Vec<DetectionResponder>,
+    diagnostics: &mut Vec<Diagnostic>,
+) {
+    let policy = match &doc.metadata.namespace {
+        Some(ns) => format!("{ns}/{}", doc.metadata.name),
+        None => doc.metadata.name.clone(),
+    };
+    let selector = &doc.spec.selector;
+    if !selector.match_labels.is_empty() || !selector.match_expressions.is_empty() {
+        diagnostics.push(
+            cx.error(
+                "spec.selector",
+                "a DetectionPolicy selects agents by spiffeIds or allAgents: detectors see an agent's SPIFFE ID, not its labels",
+            )
+            .help("write `selector: {allAgents: true}` or `selector: {spiffeIds: [\"spiffe://…/agent/NAME/*\"]}`"),
+        );
+        return;
+    }
+    let Some(compiled) = crate::compile::compile_selector(
+        cx,
+        doc.metadata.namespace.as_deref(),
+        selector,
+        diagnostics,
+    ) else {
+        return;
+    };
+    if doc.spec.responses.is_empty() {
+        diagnostics.push(cx.error(
+            "spec.responses",
+            "a DetectionPolicy needs at least one response",
+        ));
+    }
+    for (i, rule) in doc.spec.responses.iter().enumerate() {
+        let field = format!("spec.responses[{i}]");
+        let unknown: Vec<&String> = rule
+            .detectors
+            .iter()
+            .filter(|d| d.as_str() != "*" && !DETECTORS.contains(&d.as_str()))
+            .collect();
+        if rule.detectors.is_empty() || !unknown.is_empty() {
+            diagnostics.push(
+                cx.error(
+                    &format!("{field}.detectors"),
+                    if unknown.is_empty() {
+                        "name at least one detector, or `*`".to_owned()
+                    } else {
+                        format!("unknown detector(s) {unknown:?}")
+                    },
+                )
+                .help(format!(
+                    "detectors: {}, or `*` for all",
+                    DETECTORS.join(", ")
+                )),
+            );
+            continue;
+        }
+        let for_secs = match (&rule.duration, rule.response) {
+            (None, _) => 0,
+            (Some(_), DetectionAction::Alert) => {
+                diagnostics.push(cx.error(
+                    &format!("{field}.for"),
+                    "`for` is how long a quarantine lasts; an alert has none",
+                ));
+                continue;
+            }
+            (Some(text), DetectionAction::Quarantine) => {
+                match crate::document::parse_duration_secs(text) {
+                    Ok(secs) if secs > 0 => secs,
+                    Ok(_) => {
+                        diagnostics.push(cx.error(
+                        &format!("{field}.for"),
+                        "a quarantine of no time; leave `for` out to hold until a person releases it",
+                    ));
+                        continue;
+                    }
+                    Err(e) => {
+                        diagnostics.push(cx.error(&format!("{field}.for"), e));
+                        continue;
+                    }
+                }
+            }
+        };
+        out.push(DetectionResponder {
+            policy: policy.clone(),
+            selector: std::sync::Arc::clone(&compiled.matcher),
+            detectors: if rule.detectors.iter().any(|d| d == "*") {
+                Vec::new()
+            } else {
+                rule.detectors.clone()
+            },
+            action: rule.response,
+            for_secs,
+        });
+    }
 }
 
 /// Which of a bundle's AgentPolicies a compilation takes.
@@ -122,6 +253,7 @@ impl std::fmt::Debug for Bundle {
 
 enum Parsed {
     Policy(Box<AgentPolicyDoc>, usize),
+    Detection(Box<DetectionPolicyDoc>, usize),
     Catalog(ToolCatalogDoc, usize),
     Tests(PolicyTestDoc, usize),
 }
@@ -208,6 +340,7 @@ impl Bundle {
         let mut compiled = Compiled::default();
         let mut names: HashMap<String, (String, Option<u32>)> = HashMap::new();
         let mut modes = BTreeMap::new();
+        let mut detections: Vec<DetectionResponder> = Vec::new();
         let mut tests = Vec::new();
         for (f, doc) in &parsed {
             let file = &files[*f];
@@ -249,7 +382,15 @@ impl Bundle {
                         });
                     }
                 }
-                Parsed::Catalog(..) => {}
+                Parsed::Detection(doc, doc_index) if part == Part::Enforced => {
+                    let cx = DocContext {
+                        file: &file.path,
+                        locator: &locators[*f],
+                        doc_index: *doc_index,
+                    };
+                    compile_detection(&cx, doc, &mut detections, &mut compiled.diagnostics);
+                }
+                Parsed::Catalog(..) | Parsed::Detection(..) => {}
             }
         }
         diagnostics.append(&mut compiled.diagnostics);
@@ -431,6 +572,7 @@ impl Bundle {
             files: files.into_iter().map(|f| f.path).collect(),
             staged,
             modes,
+            detections,
         })
     }
 
@@ -448,6 +590,26 @@ impl Bundle {
     /// agents they select ([`Bundle::governs`]).
     pub fn staged(&self) -> Option<&Bundle> {
         self.staged.as_deref()
+    }
+
+    /// What DetectionPolicies say to do when `detector` fires for `agent` (known by its SPIFFE
+    /// ID): the strictest of the rules that apply — a quarantine over an alert, one until
+    /// released over a timed one, a longer one over a shorter. `None` when none applies.
+    pub fn detection_response(
+        &self,
+        agent: &warden_model::AgentIdentity,
+        detector: &str,
+    ) -> Option<DetectionResponse> {
+        self.detections
+            .iter()
+            .filter(|r| r.detectors.is_empty() || r.detectors.iter().any(|d| d == detector))
+            .filter(|r| r.selector.matches(agent))
+            .max_by_key(|r| (r.action, r.for_secs == 0, r.for_secs))
+            .map(|r| DetectionResponse {
+                action: r.action,
+                for_secs: r.for_secs,
+                policy: r.policy.clone(),
+            })
     }
 
     /// Each AgentPolicy (`namespace/name`) with its mode.
@@ -660,6 +822,7 @@ fn parse_document(cx: &DocContext<'_>, value: serde_yaml::Value) -> Result<Parse
     }
     match kind.as_deref() {
         Some("AgentPolicy") => Ok(Parsed::Policy(Box::new(typed(cx, value)?), cx.doc_index)),
+        Some("DetectionPolicy") => Ok(Parsed::Detection(Box::new(typed(cx, value)?), cx.doc_index)),
         Some("ToolCatalog") => Ok(Parsed::Catalog(typed(cx, value)?, cx.doc_index)),
         Some("PolicyTest") => Ok(Parsed::Tests(typed(cx, value)?, cx.doc_index)),
         Some(other) => Err(cx

@@ -164,11 +164,11 @@ impl DocContext<'_> {
 }
 
 /// A compiled selector.
-struct CompiledSelector {
+pub(crate) struct CompiledSelector {
     condition: String,
     keys: Vec<PrincipalKey>,
     sample: Option<AgentIdentity>,
-    matcher: std::sync::Arc<SelectorMatcher>,
+    pub(crate) matcher: std::sync::Arc<SelectorMatcher>,
 }
 
 /// An agent the selector selects, when one is easy to construct.
@@ -316,7 +316,7 @@ fn check_len<T>(cx: &DocContext<'_>, field: &str, list: &[T], out: &mut Vec<Diag
     true
 }
 
-fn compile_selector(
+pub(crate) fn compile_selector(
     cx: &DocContext<'_>,
     namespace: Option<&str>,
     selector: &Selector,

@@ -33,6 +33,46 @@ pub struct AgentPolicyDoc {
     pub spec: AgentPolicySpec,
 }
 
+/// How Warden answers its detectors for the agents a policy selects.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DetectionPolicyDoc {
+    #[serde(rename = "apiVersion")]
+    _api_version: IgnoredAny,
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    pub metadata: Metadata,
+    pub spec: DetectionPolicySpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DetectionPolicySpec {
+    pub selector: Selector,
+    pub responses: Vec<DetectionRule>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DetectionRule {
+    /// Detector names (`scan.ports`, …), or `*` for every detector.
+    pub detectors: Vec<String>,
+    pub response: DetectionAction,
+    /// How long a quarantine lasts (`10m`); absent: until a person releases it.
+    #[serde(default, rename = "for")]
+    pub duration: Option<String>,
+}
+
+/// What a detection leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DetectionAction {
+    /// Recorded (and on the decision stream), nothing more.
+    Alert,
+    /// The agent instance is quarantined through the control plane.
+    Quarantine,
+}
+
 /// Whether a policy's decisions take effect.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

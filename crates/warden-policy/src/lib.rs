@@ -25,11 +25,15 @@ mod schema;
 pub mod synth;
 pub mod testing;
 
-pub use bundle::{Bundle, LoadLimits, PolicyInfo, SourceFile, TestCase};
+pub use bundle::{
+    Bundle, DETECTORS, DetectionResponse, LoadLimits, PolicyInfo, SourceFile, TestCase,
+};
 pub use compile::{PolicyRole, Samples};
 pub use decide::{Explanation, PolicySource, Slicing};
 pub use diagnostic::{Diagnostic, LoadError, Severity};
-pub use document::{ExpectedOutcome, PolicyMode, TestCaseSpec, UndoArgument, UndoSpec};
+pub use document::{
+    DetectionAction, ExpectedOutcome, PolicyMode, TestCaseSpec, UndoArgument, UndoSpec,
+};
 pub use engine::{Engine, ReloadOutcome, WatchGuard};
 pub use export::{ExportOptions, Exported, NetworkFormat, network_policies};
 pub use recommend::{AgentSummary, Observed, Recommendation, Recommender};

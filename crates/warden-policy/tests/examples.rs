@@ -270,3 +270,67 @@ fn staged_policies_decide_on_the_side_and_never_take_effect() {
     .unwrap();
     assert!(plain.staged().is_none());
 }
+
+#[test]
+fn detection_policies_choose_the_strictest_response_for_the_agents_they_select() {
+    let doc = "apiVersion: warden.dev/v1alpha1\nkind: DetectionPolicy\nmetadata: {name: responses, namespace: t}\nspec:\n  selector: {allAgents: true}\n  responses:\n    - {detectors: [scan.ports, toxic-flow], response: quarantine, for: 10m}\n    - {detectors: ['*'], response: alert}\n---\napiVersion: warden.dev/v1alpha1\nkind: DetectionPolicy\nmetadata: {name: strict, namespace: t}\nspec:\n  selector: {spiffeIds: ['spiffe://td/tenant/t/agent/payments/*']}\n  responses:\n    - {detectors: [scan.ports, deny-storm], response: quarantine}\n";
+    let load = |text: &str| {
+        Bundle::from_sources(
+            vec![SourceFile {
+                path: "detection.yaml".into(),
+                text: text.into(),
+            }],
+            LoadLimits::default(),
+        )
+    };
+    let bundle = load(doc).unwrap_or_else(|e| panic!("{e}"));
+    let agent = |tenant: &str, name: &str| -> warden_model::AgentIdentity {
+        serde_json::from_value(serde_json::json!({
+            "spiffeId": format!("spiffe://td/tenant/{tenant}/agent/{name}/i-1"), "labels": {}
+        }))
+        .unwrap()
+    };
+    let response = |tenant: &str, name: &str, detector: &str| {
+        bundle
+            .detection_response(&agent(tenant, name), detector)
+            .map(|r| (r.action, r.for_secs, r.policy))
+    };
+    use warden_policy::DetectionAction::{Alert, Quarantine};
+    assert_eq!(
+        response("t", "bot", "scan.ports"),
+        Some((Quarantine, 600, "t/responses".into()))
+    );
+    assert_eq!(
+        response("t", "bot", "deny-storm"),
+        Some((Alert, 0, "t/responses".into()))
+    );
+    // Until released beats ten minutes; a quarantine beats an alert.
+    assert_eq!(
+        response("t", "payments", "scan.ports"),
+        Some((Quarantine, 0, "t/strict".into()))
+    );
+    assert_eq!(
+        response("t", "payments", "deny-storm"),
+        Some((Quarantine, 0, "t/strict".into()))
+    );
+    // Another tenant: no DetectionPolicy applies (the gateway's settings do).
+    assert_eq!(response("other", "bot", "scan.ports"), None);
+    // Refused with the field that is wrong.
+    for (bad, field) in [
+        (
+            "selector: {allAgents: true}",
+            "selector: {matchLabels: {app: x}}",
+        ),
+        ("[scan.ports, toxic-flow]", "[scan.prots]"),
+        ("response: alert}", "response: alert, for: 5m}"),
+        ("for: 10m", "for: 0s"),
+    ] {
+        let text = doc.replacen(bad, field, 1);
+        let error = load(&text).err().unwrap_or_else(|| panic!("{field} loads"));
+        assert!(
+            error.diagnostics.iter().any(|d| d.is_error()
+                && d.field.as_deref().is_some_and(|f| f.starts_with("spec."))),
+            "{field}: {error}"
+        );
+    }
+}

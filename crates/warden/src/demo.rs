@@ -67,6 +67,25 @@ spec:
           inputSchema: {type: object, properties: {}}
 "#;
 
+const DETECTION: &str = r#"# How Warden answers its detectors for the demo's agents: a scan or a toxic flow (injected
+# content, then a sensitive call) quarantines the agent instance for 10 minutes; everything
+# else is recorded as an alert. docs/detection.md lists the detectors.
+apiVersion: warden.dev/v1alpha1
+kind: DetectionPolicy
+metadata:
+  name: demo-responses
+  namespace: demo
+spec:
+  selector:
+    allAgents: true
+  responses:
+    - detectors: [scan.hosts, scan.ports, toxic-flow]
+      response: quarantine
+      for: 10m
+    - detectors: ["*"]
+      response: alert
+"#;
+
 /// Writes the demo policy bundle into `dir` unless it already holds files (the user's edits win).
 pub fn write_policies(dir: &Path) -> anyhow::Result<()> {
     if dir.exists()
@@ -80,6 +99,7 @@ pub fn write_policies(dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     std::fs::write(dir.join("assistant.yaml"), POLICY)?;
     std::fs::write(dir.join("catalog.yaml"), CATALOG)?;
+    std::fs::write(dir.join("detection.yaml"), DETECTION)?;
     Ok(())
 }
 

@@ -935,6 +935,18 @@ fn an_agent_that_port_scans_through_the_gateway_is_quarantined_automatically() {
         .unwrap_or_else(|| panic!("no detection in the audit log:\n{text}"));
     assert_eq!(detection["target"]["detector"], "scan.ports", "{detection}");
     assert_eq!(detection["outcome"], "quarantine");
+    // The demo's DetectionPolicy chose the response: ten minutes, then released by itself.
+    assert_eq!(
+        detection["target"]["policy"], "demo/demo-responses",
+        "{detection}"
+    );
+    let held = up.warden(&["quarantine"]);
+    let held = String::from_utf8_lossy(&held.stdout);
+    assert!(
+        held.lines()
+            .any(|l| l.contains("agent/scanner") && l.contains(" until ")),
+        "{held}"
+    );
     assert_eq!(
         detection["target"]["evidence"].as_array().unwrap().len(),
         15
