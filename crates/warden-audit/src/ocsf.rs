@@ -25,7 +25,8 @@ fn str_field<'a>(record: &'a Value, name: &str) -> &'a str {
 pub fn events(record: &Value, provenance: &Provenance<'_>) -> Vec<Value> {
     let action = str_field(record, "action");
     let outcome = str_field(record, "outcome");
-    let allowed = outcome == "allow";
+    // A policy's change of mode is an operation that happened, not a refused call.
+    let allowed = outcome == "allow" || action == "policy.mode";
     let time_ms = record
         .get("time")
         .and_then(Value::as_i64)
@@ -41,6 +42,7 @@ pub fn events(record: &Value, provenance: &Provenance<'_>) -> Vec<Value> {
             (4002, 4, "HTTP Activity", id, name)
         }
         "egress.connect" => (4001, 4, "Network Activity", 1, "Open"),
+        "policy.mode" => (6003, 6, "API Activity", 3, "Update"),
         _ => (6003, 6, "API Activity", 99, "Other"),
     };
     let warden = json!({
@@ -241,6 +243,25 @@ mod tests {
             assert_eq!(events[0]["unmapped"]["warden"]["leaf_index"], 7);
             assert_eq!(events[1]["class_uid"], 2004);
         }
+    }
+
+    #[test]
+    fn a_change_of_policy_mode_is_an_api_update_that_succeeded() {
+        let provenance = Provenance {
+            record: "{}",
+            index: 1,
+            leaf_hash: "ef",
+            checkpoint: "c",
+            path: &[],
+        };
+        let record = json!({"action": "policy.mode", "outcome": "staged", "time": 3,
+                            "decisionId": "pol_1", "resource": "acme/bot",
+                            "target": {"policy": "acme/bot", "from": "enforce", "to": "staged"}});
+        let events = events(&record, &provenance);
+        assert_eq!(events[0]["class_uid"], 6003);
+        assert_eq!(events[0]["activity_name"], "Update");
+        assert_eq!(events[0]["status_id"], 1);
+        assert_eq!(events[0]["status_detail"], "staged");
     }
 
     #[test]

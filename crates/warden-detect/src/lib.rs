@@ -4,14 +4,15 @@
 //! refusals (probing), and a toxic flow: content carrying an injection reaches the agent and,
 //! within a few calls, the agent attempts something sensitive (egress, a send- or delete-class
 //! tool, a write to an API) — the indirect-injection kill chain; and one grant presented from two
-//! addresses within the window (a stolen credential in use). Each detection names its evidence:
-//! the decisions that made it.
+//! addresses within the window (a stolen credential in use); and new reach: once an agent's
+//! baseline has been learned, a call to a tool, route or destination it never used before. Each
+//! detection names its evidence: the decisions that made it.
 //!
 //! Memory is bounded whatever the stream holds: at most `max_entries` remembered attempts in all
 //! (an attempt is a destination and the decision id; ~100 bytes each), the least recently seen
 //! agent forgotten first when an attacker's flood of distinct hosts would grow it past that.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// Thresholds and bounds.
 #[derive(Debug, Clone)]
@@ -30,6 +31,12 @@ pub struct Settings {
     pub toxic_window_secs: i64,
     /// Most attempts remembered in all.
     pub max_entries: usize,
+    /// How long an agent's baseline is learned before a new reach is a detection; 0: off.
+    pub learning_secs: i64,
+    /// Most reaches one agent's baseline holds (past it, new ones are reported, not kept).
+    pub max_baseline: usize,
+    /// Most agents with a baseline (the least recently seen is forgotten past it).
+    pub max_baselines: usize,
 }
 
 impl Default for Settings {
@@ -43,6 +50,9 @@ impl Default for Settings {
             toxic_calls: 5,
             toxic_window_secs: 300,
             max_entries: 1_000_000,
+            learning_secs: 86_400,
+            max_baseline: 1024,
+            max_baselines: 10_000,
         }
     }
 }
@@ -66,6 +76,11 @@ pub struct Observation<'a> {
     /// The grant presented, and the address it came from (when over the network).
     pub grant: &'a str,
     pub source: Option<&'a str>,
+    /// The agent across its instances (its SPIFFE ID without instance ids): whose baseline.
+    pub baseline: &'a str,
+    /// What the call reached, as a baseline keeps it (`mcp.tools/call tool github/list`,
+    /// `egress.connect api.example.com:443`, …).
+    pub reach: Option<&'a str>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,6 +90,7 @@ pub enum Detector {
     DenyStorm,
     ToxicFlow,
     SharedGrant,
+    NewReach,
 }
 
 impl Detector {
@@ -85,6 +101,7 @@ impl Detector {
             Self::DenyStorm => "deny-storm",
             Self::ToxicFlow => "toxic-flow",
             Self::SharedGrant => "grant.two-addresses",
+            Self::NewReach => "reach.new",
         }
     }
 }
@@ -170,11 +187,19 @@ struct AgentState {
 /// Grants remembered per agent (its live tasks); the oldest is forgotten past this.
 const GRANTS_PER_AGENT: usize = 64;
 
+/// What an agent (across its instances) has reached since its baseline began.
+struct Baseline {
+    started: i64,
+    last_seen: i64,
+    seen: HashSet<String>,
+}
+
 /// Every detector's state, for all agents.
 pub struct Detectors {
     settings: Settings,
     agents: HashMap<String, AgentState>,
     entries: usize,
+    baselines: HashMap<String, Baseline>,
 }
 
 impl Detectors {
@@ -183,6 +208,7 @@ impl Detectors {
             settings,
             agents: HashMap::new(),
             entries: 0,
+            baselines: HashMap::new(),
         }
     }
 
@@ -195,6 +221,9 @@ impl Detectors {
     pub fn observe(&mut self, observation: &Observation<'_>) -> Vec<Detection> {
         let settings = self.settings.clone();
         let mut found = Vec::new();
+        if let Some(detection) = self.new_reach(observation) {
+            found.push(detection);
+        }
         let time = observation.time;
         if !self.agents.contains_key(observation.agent) {
             self.agents
@@ -367,6 +396,62 @@ impl Detectors {
         found
     }
 
+    /// An allowed call to something the agent's learned baseline does not hold.
+    fn new_reach(&mut self, observation: &Observation<'_>) -> Option<Detection> {
+        let settings = &self.settings;
+        let reach = observation.reach?;
+        if settings.learning_secs <= 0 || !observation.allowed || observation.review {
+            return None;
+        }
+        let time = observation.time;
+        if !self.baselines.contains_key(observation.baseline) {
+            if self.baselines.len() >= settings.max_baselines {
+                let oldest = self
+                    .baselines
+                    .iter()
+                    .min_by_key(|(_, b)| b.last_seen)
+                    .map(|(agent, _)| agent.clone());
+                if let Some(oldest) = oldest {
+                    self.baselines.remove(&oldest);
+                }
+            }
+            self.baselines.insert(
+                observation.baseline.to_owned(),
+                Baseline {
+                    started: time,
+                    last_seen: time,
+                    seen: HashSet::new(),
+                },
+            );
+        }
+        let baseline = self.baselines.get_mut(observation.baseline)?;
+        baseline.last_seen = time;
+        if baseline.seen.contains(reach) {
+            return None;
+        }
+        let learned = time - baseline.started >= settings.learning_secs;
+        let known = baseline.seen.len();
+        if known < settings.max_baseline {
+            baseline.seen.insert(reach.to_owned());
+        }
+        learned.then(|| {
+            detection(
+                Detector::NewReach,
+                observation,
+                format!(
+                    "first {reach} after a baseline of {known} over {} s",
+                    settings.learning_secs
+                ),
+                vec![observation.decision_id.to_owned()],
+            )
+        })
+    }
+
+    /// Agents with a baseline now (never above `max_baselines`).
+    pub fn baselines(&self) -> usize {
+        self.baselines.len()
+    }
+
     /// Forgets the least recently seen agents (never `current`) until the bound holds.
     fn keep_within_bounds(&mut self, current: &str) {
         while self.entries > self.settings.max_entries {
@@ -427,6 +512,8 @@ mod tests {
             sensitive: true,
             grant: "",
             source: None,
+            baseline: "",
+            reach: None,
         }
     }
 
@@ -503,6 +590,8 @@ mod tests {
             sensitive: false,
             grant: "",
             source: None,
+            baseline: "",
+            reach: None,
         };
         for t in 0..10 {
             assert!(detectors.observe(&call(true, t)).is_empty());
@@ -554,6 +643,8 @@ mod tests {
                 sensitive,
                 grant: "",
                 source: None,
+                baseline: "",
+                reach: None,
             }
         };
         // Sensitive calls with nothing injected before them are work.
@@ -622,6 +713,8 @@ mod tests {
                 sensitive: false,
                 grant,
                 source: Some(source),
+                baseline: "",
+                reach: None,
             };
         for t in 0..10 {
             assert!(
@@ -646,5 +739,99 @@ mod tests {
                 .observe(&call("d", 1_000, "g1", "10.0.0.3"))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_reach_outside_the_learned_baseline_is_detected_once() {
+        let mut detectors = Detectors::new(Settings {
+            learning_secs: 100,
+            max_baseline: 3,
+            ..Settings::default()
+        });
+        let call = |id: &'static str, time: i64, allowed: bool, reach: &'static str| Observation {
+            time,
+            agent: "spiffe://td/tenant/t/agent/a/i-1",
+            decision_id: id,
+            allowed,
+            destination: None,
+            review: false,
+            tainted: false,
+            sensitive: false,
+            grant: "",
+            source: None,
+            baseline: "spiffe://td/tenant/t/agent/a",
+            reach: Some(reach),
+        };
+        // Learning: nothing is new yet.
+        assert!(
+            detectors
+                .observe(&call("d1", 0, true, "tool s/read"))
+                .is_empty()
+        );
+        assert!(
+            detectors
+                .observe(&call("d2", 50, true, "tool s/list"))
+                .is_empty()
+        );
+        // Learned: what it knows passes, a refused call is not a reach, a new one is found once.
+        assert!(
+            detectors
+                .observe(&call("d3", 150, true, "tool s/read"))
+                .is_empty()
+        );
+        assert!(
+            detectors
+                .observe(&call("d4", 151, false, "tool s/delete"))
+                .is_empty()
+        );
+        let found = detectors.observe(&call("d5", 152, true, "tool s/delete"));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].detector, Detector::NewReach);
+        assert_eq!(found[0].evidence, vec!["d5".to_owned()]);
+        assert!(
+            found[0].summary.contains("tool s/delete"),
+            "{}",
+            found[0].summary
+        );
+        assert!(
+            detectors
+                .observe(&call("d6", 153, true, "tool s/delete"))
+                .is_empty()
+        );
+        // The baseline is full (3): a new reach is still reported, every time, but not kept.
+        assert_eq!(
+            detectors.observe(&call("d7", 154, true, "tool s/x")).len(),
+            1
+        );
+        assert_eq!(
+            detectors.observe(&call("d8", 155, true, "tool s/x")).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn baselines_are_bounded_in_number() {
+        let mut detectors = Detectors::new(Settings {
+            max_baselines: 10,
+            ..Settings::default()
+        });
+        let names: Vec<String> = (0..100).map(|i| format!("agent-{i}")).collect();
+        for (i, name) in names.iter().enumerate() {
+            detectors.observe(&Observation {
+                time: i as i64,
+                agent: name,
+                decision_id: "d",
+                allowed: true,
+                destination: None,
+                review: false,
+                tainted: false,
+                sensitive: false,
+                grant: "",
+                source: None,
+                baseline: name,
+                reach: Some("tool s/read"),
+            });
+        }
+        assert_eq!(detectors.baselines(), 10);
     }
 }

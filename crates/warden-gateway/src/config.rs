@@ -91,6 +91,9 @@ pub struct DetectSettings {
     /// delete- or execute-class tool, an API write, delegation) is a toxic flow (0: off).
     pub toxic_calls: u32,
     pub toxic_window_secs: i64,
+    /// How long an agent's baseline is learned before a call to a tool, route or destination
+    /// outside it is a `reach.new` detection, in seconds (0: off).
+    pub learning_secs: i64,
     /// Quarantine the agent on a scan (else only record it).
     pub quarantine: bool,
     /// How long a detection's quarantine lasts, in seconds (0: until a person releases it).
@@ -112,6 +115,7 @@ impl Default for DetectSettings {
             deny_window_secs: defaults.deny_window_secs,
             toxic_calls: defaults.toxic_calls,
             toxic_window_secs: defaults.toxic_window_secs,
+            learning_secs: defaults.learning_secs,
             quarantine: true,
             quarantine_secs: 600,
             quarantine_toxic_flows: false,
@@ -129,6 +133,7 @@ impl DetectSettings {
             deny_window_secs: self.deny_window_secs.max(1),
             toxic_calls: self.toxic_calls,
             toxic_window_secs: self.toxic_window_secs.max(1),
+            learning_secs: self.learning_secs.max(0),
             ..warden_detect::Settings::default()
         }
     }

@@ -32,7 +32,8 @@ pub(crate) async fn watch(state: Arc<State>, settings: DetectSettings, desk: Opt
             }
             Err(RecvError::Closed) => return,
         };
-        let Some(observation) = observation(&event) else {
+        let reach = Reach::of(&event);
+        let Some(observation) = observation(&event, &reach) else {
             continue;
         };
         for detection in detectors.observe(&observation) {
@@ -92,7 +93,7 @@ fn default_quarantines(settings: &DetectSettings, detector: Detector) -> bool {
     match detector {
         Detector::HostScan | Detector::PortScan => true,
         Detector::ToxicFlow => settings.quarantine_toxic_flows,
-        Detector::DenyStorm | Detector::SharedGrant => false,
+        Detector::DenyStorm | Detector::SharedGrant | Detector::NewReach => false,
     }
 }
 
@@ -113,7 +114,39 @@ fn policy_response(
 
 /// A decision as the detectors read it; `None` for what is not an identified agent's call or
 /// the review of its result.
-fn observation(event: &DecisionEvent) -> Option<Observation<'_>> {
+/// Whose baseline a decision belongs to, and what it reached, as baselines keep them.
+struct Reach {
+    baseline: String,
+    reached: Option<String>,
+}
+
+impl Reach {
+    fn of(event: &DecisionEvent) -> Self {
+        // The agent across instances: `spiffe://td/tenant/t` and each `/agent/<name>` of
+        // `/agent/<name>/<instance>`, without the instance.
+        let segments: Vec<&str> = event.agent.split('/').collect();
+        let (head, agents) = segments.split_at(segments.len().min(5));
+        let mut kept = head.to_vec();
+        for triple in agents.chunks(3) {
+            kept.extend(triple.iter().take(2));
+        }
+        let baseline = kept.join("/");
+        let text = |name: &str| event.target.get(name).and_then(|v| v.as_str());
+        let reached = match event.action.as_str() {
+            "http" => Some(format!(
+                "http {} {} {}",
+                event.resource,
+                text("method").unwrap_or_default(),
+                warden_policy::route_pattern(text("path").unwrap_or_default())
+            )),
+            "mcp.client/message" | "detect" | "identify" | "" => None,
+            action => Some(format!("{action} {}", event.resource)),
+        };
+        Self { baseline, reached }
+    }
+}
+
+fn observation<'a>(event: &'a DecisionEvent, reach: &'a Reach) -> Option<Observation<'a>> {
     let review = match event.phase {
         None => false,
         Some("result") => true,
@@ -154,6 +187,8 @@ fn observation(event: &DecisionEvent) -> Option<Observation<'_>> {
             .source
             .as_deref()
             .map(|s| s.rsplit_once(':').map_or(s, |(ip, _)| ip)),
+        baseline: &reach.baseline,
+        reach: reach.reached.as_deref(),
     })
 }
 
@@ -185,6 +220,29 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn baselines_are_per_agent_across_instances_and_routes_not_ids() {
+        let event = DecisionEvent {
+            agent: "spiffe://td/tenant/t/agent/bot/i-1/agent/helper/h-9".into(),
+            action: "http".into(),
+            resource: "service billing".into(),
+            target: json!({"service": "billing", "method": "GET", "path": "/v1/invoices/42"})
+                .as_object()
+                .cloned()
+                .unwrap(),
+            ..DecisionEvent::default()
+        };
+        let reach = Reach::of(&event);
+        assert_eq!(
+            reach.baseline,
+            "spiffe://td/tenant/t/agent/bot/agent/helper"
+        );
+        assert_eq!(
+            reach.reached.as_deref(),
+            Some("http service billing GET /v1/invoices/*")
+        );
+    }
+
     /// DetectionPolicies are checked against the policy crate's list of detector names: it must
     /// be exactly the detectors there are (the match fails to compile when one is added).
     #[test]
@@ -194,7 +252,8 @@ mod tests {
             | Detector::PortScan
             | Detector::DenyStorm
             | Detector::ToxicFlow
-            | Detector::SharedGrant => detector.as_str(),
+            | Detector::SharedGrant
+            | Detector::NewReach => detector.as_str(),
         };
         let names: Vec<&str> = [
             Detector::HostScan,
@@ -202,6 +261,7 @@ mod tests {
             Detector::DenyStorm,
             Detector::ToxicFlow,
             Detector::SharedGrant,
+            Detector::NewReach,
         ]
         .into_iter()
         .map(every)
@@ -232,7 +292,10 @@ mod tests {
     #[test]
     fn calls_are_read_as_sensitive_by_what_they_do_and_reviews_as_taint() {
         let tool = |name: &str| event("mcp.tools/call", json!({"server": "s", "tool": name}), None);
-        let read = |e: &DecisionEvent| observation(e).map(|o| (o.sensitive, o.tainted, o.review));
+        let read = |e: &DecisionEvent| {
+            let reach = Reach::of(e);
+            observation(e, &reach).map(|o| (o.sensitive, o.tainted, o.review))
+        };
         assert_eq!(read(&tool("send_email")), Some((true, false, false)));
         assert_eq!(read(&tool("DeleteRecords")), Some((true, false, false)));
         assert_eq!(read(&tool("get_issue")), Some((false, false, false)));
@@ -245,10 +308,12 @@ mod tests {
             None,
         );
         assert_eq!(
-            observation(&egress).unwrap().destination,
+            observation(&egress, &Reach::of(&egress))
+                .unwrap()
+                .destination,
             Some(("x.example", 443))
         );
-        assert!(observation(&egress).unwrap().sensitive);
+        assert!(observation(&egress, &Reach::of(&egress)).unwrap().sensitive);
         // A result that let an injection through taints; one that was refused does not.
         let mut result = tool("get_issue");
         result.phase = Some("result");
@@ -270,7 +335,9 @@ mod tests {
         result.outcome = "deny";
         assert_eq!(read(&result), Some((false, false, true)));
         // Refused identifications and detections themselves are not read.
-        assert!(observation(&event("identify", json!({}), Some("identify"))).is_none());
-        assert!(observation(&event("detect", json!({}), Some("detect"))).is_none());
+        for (action, phase) in [("identify", "identify"), ("detect", "detect")] {
+            let event = event(action, json!({}), Some(phase));
+            assert!(observation(&event, &Reach::of(&event)).is_none());
+        }
     }
 }

@@ -128,12 +128,13 @@ pub struct DetectionResponse {
 }
 
 /// The detectors a DetectionPolicy may name (`warden-detect`'s, kept in step by a test there).
-pub const DETECTORS: [&str; 5] = [
+pub const DETECTORS: [&str; 6] = [
     "scan.hosts",
     "scan.ports",
     "deny-storm",
     "toxic-flow",
     "grant.two-addresses",
+    "reach.new",
 ];
 
 fn compile_detection(

@@ -36,7 +36,7 @@ pub use document::{
 };
 pub use engine::{Engine, ReloadOutcome, WatchGuard};
 pub use export::{ExportOptions, Exported, NetworkFormat, network_policies};
-pub use recommend::{AgentSummary, Observed, Recommendation, Recommender};
+pub use recommend::{AgentSummary, Observed, Recommendation, Recommender, route_pattern};
 
 /// Parses one YAML (or JSON) document from outside, refusing pathological nesting first: the YAML
 /// deserializer takes time quadratic in nesting depth, the pre-check stops at its limit at once.

@@ -226,7 +226,9 @@ fn is_identifier(segment: &str) -> bool {
             || (segment.len() >= 16 && digits >= 4))
 }
 
-fn generalized_path(path: &str) -> String {
+/// A path with its id-like segments (digits, UUIDs, long hex or tokens) as `*`: the route, not
+/// the resource (`/v1/invoices/42` → `/v1/invoices/*`).
+pub fn route_pattern(path: &str) -> String {
     let segments: Vec<&str> = path
         .split('/')
         .map(|s| if is_identifier(s) { "*" } else { s })
@@ -329,7 +331,7 @@ impl Recommender {
             })(),
             "http" => (|| {
                 let (service, method) = (text("service")?, text("method")?);
-                let key = format!("{service} {}", generalized_path(text("path")?));
+                let key = format!("{service} {}", route_pattern(text("path")?));
                 Some(uses.remember(|u| &mut u.routes, &key, method))
             })(),
             "egress.connect" => (|| {
@@ -689,13 +691,13 @@ mod tests {
 
     #[test]
     fn identifiers_in_paths_are_recognised() {
-        assert_eq!(generalized_path("/v1/invoices/42"), "/v1/invoices/*");
+        assert_eq!(route_pattern("/v1/invoices/42"), "/v1/invoices/*");
         assert_eq!(
-            generalized_path("/v1/users/3f2a9c1e-77b0-4c1a-9d2e-0a1b2c3d4e5f/keys"),
+            route_pattern("/v1/users/3f2a9c1e-77b0-4c1a-9d2e-0a1b2c3d4e5f/keys"),
             "/v1/users/*/keys"
         );
-        assert_eq!(generalized_path("/v2/status"), "/v2/status");
-        assert_eq!(generalized_path("/api/v1/items"), "/api/v1/items");
+        assert_eq!(route_pattern("/v2/status"), "/v2/status");
+        assert_eq!(route_pattern("/api/v1/items"), "/api/v1/items");
     }
 
     #[test]

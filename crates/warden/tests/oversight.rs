@@ -769,9 +769,10 @@ spec:
     - {server: demo, tools: [echo, add, delete_records]}
 "#;
 
-/// A fabric whose policy lets demo/learner call three tools, and that agent's credentials.
-fn learner() -> (Reaped, Fabric, PathBuf) {
-    let (server, fabric) = site(LEARNER_POLICY, "");
+/// A fabric whose policy lets demo/learner call three tools (`gateway` is more of the
+/// gateway's settings), and that agent's credentials.
+fn learner(gateway: &str) -> (Reaped, Fabric, PathBuf) {
+    let (server, fabric) = site(LEARNER_POLICY, gateway);
     let [agent] = <[PathBuf; 1]>::try_from(fabric.agent(
         "demo/learner",
         "app=learner",
@@ -784,7 +785,7 @@ fn learner() -> (Reaped, Fabric, PathBuf) {
 
 #[test]
 fn recommended_policies_allow_what_the_agent_did_and_nothing_more() {
-    let (_server, fabric, agent) = learner();
+    let (_server, fabric, agent) = learner("");
     let outcomes = calls(
         &fabric,
         &agent,
@@ -899,7 +900,7 @@ fn recommended_policies_allow_what_the_agent_did_and_nothing_more() {
 
 #[test]
 fn staged_policies_record_what_they_would_deny_and_their_promotion_is_recorded() {
-    let (_server, fabric, agent) = learner();
+    let (_server, fabric, agent) = learner("");
     let audit = fabric.dir.path().join("data/audit");
     let policies = fabric.dir.path().join("policies");
     // A narrower policy, staged beside the one in force (as a recommendation would be). Written
@@ -991,4 +992,39 @@ fn staged_policies_record_what_they_would_deny_and_their_promotion_is_recorded()
         "{}",
         String::from_utf8_lossy(&again.stderr)
     );
+}
+
+#[test]
+fn a_call_outside_the_learned_baseline_is_detected_as_new_reach() {
+    // A baseline learned for one second: then a tool the agent never called is new.
+    let (_server, fabric, agent) = learner("  detect: {learningSecs: 1}\n");
+    ok(&calls(
+        &fabric,
+        &agent,
+        json!([call("echo", json!({"text": "hi"}))]),
+    )[0]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let outcomes = calls(
+        &fabric,
+        &agent,
+        json!([
+            call("echo", json!({"text": "again"})),
+            call("add", json!({"a": 1, "b": 2})),
+        ]),
+    );
+    ok(&outcomes[0]);
+    ok(&outcomes[1]);
+    let audit = fabric.dir.path().join("data/audit");
+    let detection = recorded(&audit, |r| {
+        r["action"] == "detect" && r["target"]["detector"] == "reach.new"
+    });
+    let summary = detection["target"]["summary"].as_str().unwrap();
+    assert!(summary.contains("tool demo/add"), "{detection}");
+    assert_eq!(detection["outcome"], "alert", "{detection}");
+    // The known tool was not news, and the new one is reported once.
+    let detections: Vec<Value> = common::mcp::records(&audit)
+        .into_iter()
+        .filter(|r| r["target"]["detector"] == "reach.new")
+        .collect();
+    assert_eq!(detections.len(), 1, "{detections:?}");
 }
