@@ -187,6 +187,16 @@ struct AgentState {
 /// Grants remembered per agent (its live tasks); the oldest is forgotten past this.
 const GRANTS_PER_AGENT: usize = 64;
 
+/// One agent's baseline as it is saved between runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedBaseline {
+    pub agent: String,
+    /// When learning began (seconds since the epoch).
+    pub started: i64,
+    pub last_seen: i64,
+    pub reaches: Vec<String>,
+}
+
 /// What an agent (across its instances) has reached since its baseline began.
 struct Baseline {
     started: i64,
@@ -450,6 +460,47 @@ impl Detectors {
     /// Agents with a baseline now (never above `max_baselines`).
     pub fn baselines(&self) -> usize {
         self.baselines.len()
+    }
+
+    /// Every baseline, to save: a restart must not begin learning afresh (an attacker could
+    /// otherwise wait for one to make anything look normal).
+    pub fn saved_baselines(&self) -> Vec<SavedBaseline> {
+        let mut saved: Vec<SavedBaseline> = self
+            .baselines
+            .iter()
+            .map(|(agent, b)| {
+                let mut reaches: Vec<String> = b.seen.iter().cloned().collect();
+                reaches.sort_unstable();
+                SavedBaseline {
+                    agent: agent.clone(),
+                    started: b.started,
+                    last_seen: b.last_seen,
+                    reaches,
+                }
+            })
+            .collect();
+        saved.sort_by(|a, b| a.agent.cmp(&b.agent));
+        saved
+    }
+
+    /// Takes up saved baselines, within this instance's bounds (the most recently seen agents
+    /// first, each with at most `max_baseline` reaches).
+    pub fn restore_baselines(&mut self, mut saved: Vec<SavedBaseline>) {
+        saved.sort_by_key(|b| std::cmp::Reverse(b.last_seen));
+        for baseline in saved.into_iter().take(self.settings.max_baselines) {
+            self.baselines.insert(
+                baseline.agent,
+                Baseline {
+                    started: baseline.started,
+                    last_seen: baseline.last_seen,
+                    seen: baseline
+                        .reaches
+                        .into_iter()
+                        .take(self.settings.max_baseline)
+                        .collect(),
+                },
+            );
+        }
     }
 
     /// Forgets the least recently seen agents (never `current`) until the bound holds.
@@ -807,6 +858,60 @@ mod tests {
             detectors.observe(&call("d8", 155, true, "tool s/x")).len(),
             1
         );
+    }
+
+    #[test]
+    fn saved_baselines_restore_what_was_learned_within_the_bounds() {
+        let settings = Settings {
+            learning_secs: 10,
+            ..Settings::default()
+        };
+        let mut before = Detectors::new(settings.clone());
+        let call = |time: i64, reach: &'static str| Observation {
+            time,
+            agent: "a/i-1",
+            decision_id: "d",
+            allowed: true,
+            destination: None,
+            review: false,
+            tainted: false,
+            sensitive: false,
+            grant: "",
+            source: None,
+            baseline: "a",
+            reach: Some(reach),
+        };
+        before.observe(&call(0, "tool s/read"));
+        let saved = before.saved_baselines();
+        assert_eq!(saved[0].reaches, vec!["tool s/read".to_owned()]);
+        let mut after = Detectors::new(settings);
+        after.restore_baselines(saved);
+        // Learning is not restarted: past it, the known reach passes and a new one is found.
+        assert!(after.observe(&call(20, "tool s/read")).is_empty());
+        assert_eq!(after.observe(&call(21, "tool s/write")).len(), 1);
+        let mut small = Detectors::new(Settings {
+            max_baselines: 1,
+            max_baseline: 1,
+            ..Settings::default()
+        });
+        small.restore_baselines(vec![
+            SavedBaseline {
+                agent: "old".into(),
+                started: 0,
+                last_seen: 1,
+                reaches: vec!["x".into()],
+            },
+            SavedBaseline {
+                agent: "new".into(),
+                started: 0,
+                last_seen: 9,
+                reaches: vec!["x".into(), "y".into()],
+            },
+        ]);
+        let kept = small.saved_baselines();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].agent, "new");
+        assert_eq!(kept[0].reaches.len(), 1);
     }
 
     #[test]

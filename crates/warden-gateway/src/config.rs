@@ -94,6 +94,9 @@ pub struct DetectSettings {
     /// How long an agent's baseline is learned before a call to a tool, route or destination
     /// outside it is a `reach.new` detection, in seconds (0: off).
     pub learning_secs: i64,
+    /// Where baselines are kept between runs (default: beside the audit log,
+    /// `<audit dir>.baselines.json`).
+    pub baselines_file: Option<PathBuf>,
     /// Quarantine the agent on a scan (else only record it).
     pub quarantine: bool,
     /// How long a detection's quarantine lasts, in seconds (0: until a person releases it).
@@ -116,6 +119,7 @@ impl Default for DetectSettings {
             toxic_calls: defaults.toxic_calls,
             toxic_window_secs: defaults.toxic_window_secs,
             learning_secs: defaults.learning_secs,
+            baselines_file: None,
             quarantine: true,
             quarantine_secs: 600,
             quarantine_toxic_flows: false,
@@ -124,6 +128,14 @@ impl Default for DetectSettings {
 }
 
 impl DetectSettings {
+    pub fn baselines_file(&self, audit: &AuditSettings) -> PathBuf {
+        self.baselines_file.clone().unwrap_or_else(|| {
+            let mut file = audit.dir().into_os_string();
+            file.push(".baselines.json");
+            PathBuf::from(file)
+        })
+    }
+
     pub fn detectors(&self) -> warden_detect::Settings {
         warden_detect::Settings {
             window_secs: self.window_secs.max(1),

@@ -20,8 +20,28 @@ pub(crate) async fn watch(state: Arc<State>, settings: DetectSettings, desk: Opt
     let mut detectors = Detectors::new(settings.detectors());
     let quarantine_possible = desk.is_some();
     let quarantine = settings.quarantine && quarantine_possible;
+    // Baselines outlive the gateway: a restart must not start learning afresh.
+    let baselines = settings.baselines_file(&state.config.audit);
+    match load_baselines(&baselines) {
+        Ok(saved) => detectors.restore_baselines(saved),
+        Err(e) => tracing::warn!(
+            "detectors: cannot read the saved baselines {} ({e}); learning afresh",
+            baselines.display()
+        ),
+    }
+    let mut save = tokio::time::interval(SAVE_EVERY);
+    let mut unsaved = false;
     loop {
-        let event = match events.recv().await {
+        let received = tokio::select! {
+            received = events.recv() => received,
+            _ = save.tick() => {
+                if std::mem::take(&mut unsaved) {
+                    save_baselines(&baselines, detectors.saved_baselines()).await;
+                }
+                continue;
+            }
+        };
+        let event = match received {
             Ok(event) => event,
             Err(RecvError::Lagged(missed)) => {
                 pipeline.metrics().detector_missed(missed);
@@ -30,12 +50,16 @@ pub(crate) async fn watch(state: Arc<State>, settings: DetectSettings, desk: Opt
                 );
                 continue;
             }
-            Err(RecvError::Closed) => return,
+            Err(RecvError::Closed) => {
+                save_baselines(&baselines, detectors.saved_baselines()).await;
+                return;
+            }
         };
         let reach = Reach::of(&event);
         let Some(observation) = observation(&event, &reach) else {
             continue;
         };
+        unsaved |= observation.reach.is_some() && observation.allowed;
         for detection in detectors.observe(&observation) {
             // A DetectionPolicy selecting the agent decides; without one, the gateway's
             // settings do.
@@ -82,6 +106,63 @@ pub(crate) async fn watch(state: Arc<State>, settings: DetectSettings, desk: Opt
                 tracing::error!(agent = %detection.agent, "the detection's quarantine failed: {e}");
             }
         }
+    }
+}
+
+/// How often learned baselines are written down (what a crash can lose).
+const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn load_baselines(file: &std::path::Path) -> Result<Vec<warden_detect::SavedBaseline>, String> {
+    let text = match std::fs::read(file) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let saved: Vec<serde_json::Value> =
+        serde_json::from_slice(&text).map_err(|e| format!("not the baselines' JSON: {e}"))?;
+    Ok(saved
+        .into_iter()
+        .filter_map(|b| {
+            Some(warden_detect::SavedBaseline {
+                agent: b.get("agent")?.as_str()?.to_owned(),
+                started: b.get("started")?.as_i64()?,
+                last_seen: b.get("lastSeen")?.as_i64()?,
+                reaches: b
+                    .get("reaches")?
+                    .as_array()?
+                    .iter()
+                    .filter_map(|r| r.as_str().map(str::to_owned))
+                    .collect(),
+            })
+        })
+        .collect())
+}
+
+/// Writes the baselines beside the audit log: a new file, synced, then renamed over the old,
+/// so a crash leaves the previous save or this one, never half of one.
+async fn save_baselines(file: &std::path::Path, saved: Vec<warden_detect::SavedBaseline>) {
+    let target = file.to_owned();
+    let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let file = target;
+        use std::io::Write as _;
+        let document: Vec<serde_json::Value> = saved
+            .into_iter()
+            .map(|b| {
+                json!({"agent": b.agent, "started": b.started, "lastSeen": b.last_seen, "reaches": b.reaches})
+            })
+            .collect();
+        let temporary = file.with_extension("json.tmp");
+        let mut out = std::fs::File::create(&temporary)?;
+        out.write_all(&serde_json::to_vec(&document).map_err(std::io::Error::other)?)?;
+        out.sync_all()?;
+        std::fs::rename(&temporary, &file)
+    })
+    .await;
+    if let Ok(Err(e)) = written {
+        tracing::warn!(
+            "detectors: cannot save the baselines to {}: {e}",
+            file.display()
+        );
     }
 }
 

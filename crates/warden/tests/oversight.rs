@@ -997,7 +997,7 @@ fn staged_policies_record_what_they_would_deny_and_their_promotion_is_recorded()
 #[test]
 fn a_call_outside_the_learned_baseline_is_detected_as_new_reach() {
     // A baseline learned for one second: then a tool the agent never called is new.
-    let (_server, fabric, agent) = learner("  detect: {learningSecs: 1}\n");
+    let (_server, mut fabric, agent) = learner("  detect: {learningSecs: 1}\n");
     ok(&calls(
         &fabric,
         &agent,
@@ -1022,9 +1022,45 @@ fn a_call_outside_the_learned_baseline_is_detected_as_new_reach() {
     assert!(summary.contains("tool demo/add"), "{detection}");
     assert_eq!(detection["outcome"], "alert", "{detection}");
     // The known tool was not news, and the new one is reported once.
-    let detections: Vec<Value> = common::mcp::records(&audit)
-        .into_iter()
-        .filter(|r| r["target"]["detector"] == "reach.new")
-        .collect();
-    assert_eq!(detections.len(), 1, "{detections:?}");
+    let reported = || -> Vec<String> {
+        common::mcp::records(&audit)
+            .into_iter()
+            .filter(|r| r["target"]["detector"] == "reach.new")
+            .map(|r| {
+                r["target"]["summary"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(reported().len(), 1, "{:?}", reported());
+    // The baseline outlives a crash (it is saved every 5 s): after kill -9 and a restart the
+    // learning is not begun again — what was learned passes, and a new tool is still news.
+    common::eventually("the baselines are saved", || {
+        std::fs::read_to_string(fabric.dir.path().join("data/audit.baselines.json"))
+            .is_ok_and(|saved| saved.contains("tool demo/add"))
+    });
+    fabric.crash_and_restart();
+    let outcomes = calls(
+        &fabric,
+        &agent,
+        json!([
+            call("add", json!({"a": 2, "b": 2})),
+            call("delete_records", json!({"table": "scratch"})),
+        ]),
+    );
+    ok(&outcomes[0]);
+    ok(&outcomes[1]);
+    common::eventually("the new tool after the restart is reported", || {
+        reported().len() == 2
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let after = reported();
+    assert_eq!(
+        after.len(),
+        2,
+        "the known tool was reported again: {after:?}"
+    );
+    assert!(after[1].contains("tool demo/delete_records"), "{after:?}");
 }
