@@ -813,28 +813,18 @@ mod tests {
             baseline: "spiffe://td/tenant/t/agent/a",
             reach: Some(reach),
         };
+        let mut quiet = |observation: Observation<'_>| {
+            assert!(
+                detectors.observe(&observation).is_empty(),
+                "{observation:?}"
+            );
+        };
         // Learning: nothing is new yet.
-        assert!(
-            detectors
-                .observe(&call("d1", 0, true, "tool s/read"))
-                .is_empty()
-        );
-        assert!(
-            detectors
-                .observe(&call("d2", 50, true, "tool s/list"))
-                .is_empty()
-        );
+        quiet(call("d1", 0, true, "tool s/read"));
+        quiet(call("d2", 50, true, "tool s/list"));
         // Learned: what it knows passes, a refused call is not a reach, a new one is found once.
-        assert!(
-            detectors
-                .observe(&call("d3", 150, true, "tool s/read"))
-                .is_empty()
-        );
-        assert!(
-            detectors
-                .observe(&call("d4", 151, false, "tool s/delete"))
-                .is_empty()
-        );
+        quiet(call("d3", 150, true, "tool s/read"));
+        quiet(call("d4", 151, false, "tool s/delete"));
         let found = detectors.observe(&call("d5", 152, true, "tool s/delete"));
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].detector, Detector::NewReach);
