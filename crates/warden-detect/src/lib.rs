@@ -37,6 +37,13 @@ pub struct Settings {
     pub max_baseline: usize,
     /// Most agents with a baseline (the least recently seen is forgotten past it).
     pub max_baselines: usize,
+    /// Minutes of call counts an agent's rate baseline keeps; 0 turns rate spikes off.
+    pub rate_history_minutes: usize,
+    /// Minutes of history needed before a minute can be a spike.
+    pub rate_min_history: usize,
+    /// A minute is a spike above the larger of this many calls and median + `rate_mads` × MAD.
+    pub rate_min_calls: u32,
+    pub rate_mads: u32,
 }
 
 impl Default for Settings {
@@ -53,6 +60,10 @@ impl Default for Settings {
             learning_secs: 86_400,
             max_baseline: 1024,
             max_baselines: 10_000,
+            rate_history_minutes: 60,
+            rate_min_history: 30,
+            rate_min_calls: 30,
+            rate_mads: 8,
         }
     }
 }
@@ -91,6 +102,7 @@ pub enum Detector {
     ToxicFlow,
     SharedGrant,
     NewReach,
+    RateSpike,
 }
 
 impl Detector {
@@ -102,6 +114,7 @@ impl Detector {
             Self::ToxicFlow => "toxic-flow",
             Self::SharedGrant => "grant.two-addresses",
             Self::NewReach => "reach.new",
+            Self::RateSpike => "rate.spike",
         }
     }
 }
@@ -204,12 +217,36 @@ struct Baseline {
     seen: HashSet<String>,
 }
 
+/// An agent's calls per minute (across its instances): this minute's count, and the completed
+/// minutes before it, oldest first.
+struct Rate {
+    minute: i64,
+    count: u32,
+    history: VecDeque<u32>,
+    /// Above this many calls this minute is a spike (worked out once a minute, from the
+    /// history; `None` while the history is too short).
+    limit: Option<(u32, u32, u32)>,
+    reported: Option<i64>,
+}
+
+/// The median and the median absolute deviation of `counts`.
+fn median_and_mad(counts: &VecDeque<u32>) -> (u32, u32) {
+    let median = |mut values: Vec<u32>| {
+        values.sort_unstable();
+        values.get(values.len() / 2).copied().unwrap_or(0)
+    };
+    let m = median(counts.iter().copied().collect());
+    let mad = median(counts.iter().map(|c| c.abs_diff(m)).collect());
+    (m, mad)
+}
+
 /// Every detector's state, for all agents.
 pub struct Detectors {
     settings: Settings,
     agents: HashMap<String, AgentState>,
     entries: usize,
     baselines: HashMap<String, Baseline>,
+    rates: HashMap<String, Rate>,
 }
 
 impl Detectors {
@@ -219,6 +256,7 @@ impl Detectors {
             agents: HashMap::new(),
             entries: 0,
             baselines: HashMap::new(),
+            rates: HashMap::new(),
         }
     }
 
@@ -232,6 +270,9 @@ impl Detectors {
         let settings = self.settings.clone();
         let mut found = Vec::new();
         if let Some(detection) = self.new_reach(observation) {
+            found.push(detection);
+        }
+        if let Some(detection) = self.rate_spike(observation) {
             found.push(detection);
         }
         let time = observation.time;
@@ -455,6 +496,74 @@ impl Detectors {
                 vec![observation.decision_id.to_owned()],
             )
         })
+    }
+
+    /// A minute in which the agent makes far more calls than its recent minutes (a runaway loop,
+    /// a bulk exfiltration): counted per agent across instances, allowed and refused alike.
+    fn rate_spike(&mut self, observation: &Observation<'_>) -> Option<Detection> {
+        let settings = &self.settings;
+        if settings.rate_history_minutes == 0 || observation.review {
+            return None;
+        }
+        let minute = observation.time.div_euclid(60);
+        if !self.rates.contains_key(observation.baseline) {
+            if self.rates.len() >= settings.max_baselines {
+                let oldest = self
+                    .rates
+                    .iter()
+                    .min_by_key(|(_, r)| r.minute)
+                    .map(|(agent, _)| agent.clone());
+                if let Some(oldest) = oldest {
+                    self.rates.remove(&oldest);
+                }
+            }
+            self.rates.insert(
+                observation.baseline.to_owned(),
+                Rate {
+                    minute,
+                    count: 0,
+                    history: VecDeque::new(),
+                    limit: None,
+                    reported: None,
+                },
+            );
+        }
+        let rate = self.rates.get_mut(observation.baseline)?;
+        if minute > rate.minute {
+            // The minute that ended, then a quiet minute for each one without calls.
+            let quiet = usize::try_from(minute - rate.minute - 1).unwrap_or(usize::MAX);
+            rate.history.push_back(rate.count);
+            for _ in 0..quiet.min(settings.rate_history_minutes) {
+                rate.history.push_back(0);
+            }
+            while rate.history.len() > settings.rate_history_minutes {
+                rate.history.pop_front();
+            }
+            (rate.minute, rate.count) = (minute, 0);
+            rate.limit = (rate.history.len() >= settings.rate_min_history).then(|| {
+                let (median, mad) = median_and_mad(&rate.history);
+                let limit = settings
+                    .rate_min_calls
+                    .max(median.saturating_add(settings.rate_mads.saturating_mul(mad.max(1))));
+                (limit, median, mad)
+            });
+        }
+        rate.count = rate.count.saturating_add(1);
+        let (limit, median, mad) = rate.limit?;
+        if rate.count <= limit || rate.reported == Some(minute) {
+            return None;
+        }
+        rate.reported = Some(minute);
+        Some(detection(
+            Detector::RateSpike,
+            observation,
+            format!(
+                "{} calls within a minute; its last {} minutes had a median of {median} (MAD {mad})",
+                rate.count,
+                rate.history.len()
+            ),
+            vec![observation.decision_id.to_owned()],
+        ))
     }
 
     /// Agents with a baseline now (never above `max_baselines`).
@@ -902,6 +1011,56 @@ mod tests {
         assert_eq!(kept.len(), 1);
         assert_eq!(kept[0].agent, "new");
         assert_eq!(kept[0].reaches.len(), 1);
+    }
+
+    #[test]
+    fn a_minute_far_above_the_agents_recent_minutes_is_a_spike_reported_once() {
+        let mut detectors = Detectors::new(Settings {
+            learning_secs: 0,
+            rate_history_minutes: 60,
+            rate_min_history: 30,
+            rate_min_calls: 30,
+            rate_mads: 8,
+            ..Settings::default()
+        });
+        let call = |time: i64| Observation {
+            time,
+            agent: "a/i-1",
+            decision_id: "d",
+            allowed: true,
+            destination: None,
+            review: false,
+            tainted: false,
+            sensitive: false,
+            grant: "",
+            source: None,
+            baseline: "a",
+            reach: None,
+        };
+        let mut spikes = 0;
+        // An hour of 5 to 7 calls a minute: never a spike (and none before 30 minutes anyway).
+        for minute in 0..60 {
+            for i in 0..(5 + minute % 3) {
+                spikes += detectors.observe(&call(minute * 60 + i)).len();
+            }
+        }
+        assert_eq!(spikes, 0);
+        // Then a runaway minute: found once, at the 31st call (30 is the floor).
+        let mut found = Vec::new();
+        for i in 0..200 {
+            found.extend(detectors.observe(&call(60 * 60 + i % 60)));
+        }
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].detector, Detector::RateSpike);
+        assert!(
+            found[0].summary.starts_with("31 calls within a minute"),
+            "{}",
+            found[0].summary
+        );
+        // A quiet agent with a short history is never a spike.
+        let mut fresh = Detectors::new(Settings::default());
+        let spikes: usize = (0..500).map(|i| fresh.observe(&call(i / 10)).len()).sum();
+        assert_eq!(spikes, 0);
     }
 
     #[test]

@@ -174,7 +174,9 @@ fn default_quarantines(settings: &DetectSettings, detector: Detector) -> bool {
     match detector {
         Detector::HostScan | Detector::PortScan => true,
         Detector::ToxicFlow => settings.quarantine_toxic_flows,
-        Detector::DenyStorm | Detector::SharedGrant | Detector::NewReach => false,
+        Detector::DenyStorm | Detector::SharedGrant | Detector::NewReach | Detector::RateSpike => {
+            false
+        }
     }
 }
 
@@ -334,7 +336,8 @@ mod tests {
             | Detector::DenyStorm
             | Detector::ToxicFlow
             | Detector::SharedGrant
-            | Detector::NewReach => detector.as_str(),
+            | Detector::NewReach
+            | Detector::RateSpike => detector.as_str(),
         };
         let names: Vec<&str> = [
             Detector::HostScan,
@@ -343,6 +346,7 @@ mod tests {
             Detector::ToxicFlow,
             Detector::SharedGrant,
             Detector::NewReach,
+            Detector::RateSpike,
         ]
         .into_iter()
         .map(every)

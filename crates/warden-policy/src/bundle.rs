@@ -128,13 +128,14 @@ pub struct DetectionResponse {
 }
 
 /// The detectors a DetectionPolicy may name (`warden-detect`'s, kept in step by a test there).
-pub const DETECTORS: [&str; 6] = [
+pub const DETECTORS: [&str; 7] = [
     "scan.hosts",
     "scan.ports",
     "deny-storm",
     "toxic-flow",
     "grant.two-addresses",
     "reach.new",
+    "rate.spike",
 ];
 
 fn compile_detection(
