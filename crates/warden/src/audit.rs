@@ -92,6 +92,123 @@ pub enum AuditCommand {
     },
 }
 
+/// What the detectors found, from the audit log.
+#[derive(Subcommand)]
+pub enum DetectionsCommand {
+    /// Detections, oldest first: when, the detector, the response, the agent, the summary.
+    List {
+        #[command(flatten)]
+        log: LogArgs,
+        /// Agent SPIFFE ID, or a part of it.
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this detector (`scan.ports`, `reach.new`, …).
+        #[arg(long)]
+        detector: Option<String>,
+        /// Detections at or after this time (RFC 3339, Unix seconds, or ago: 24h, 30m, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+    /// One detection and every decision that makes it.
+    Show {
+        #[command(flatten)]
+        log: LogArgs,
+        /// The detection's id (`det_…`, as `list` shows it).
+        id: String,
+        #[arg(long, short, value_enum, default_value_t)]
+        output: Output,
+    },
+}
+
+pub fn detections(command: DetectionsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DetectionsCommand::List {
+            log,
+            agent,
+            detector,
+            since,
+            output,
+        } => {
+            let since = since.as_deref().map(parse_time).transpose()?;
+            let reader = LogReader::open(&log.log)?;
+            for record in reader.records(0)? {
+                let (_, record) = record?;
+                let Ok(value) = serde_json::from_slice::<Value>(&record) else {
+                    continue;
+                };
+                let text = |name: &str| value.get(name).and_then(Value::as_str).unwrap_or("");
+                let chosen = text("action") == "detect"
+                    && agent.as_deref().is_none_or(|a| text("agent").contains(a))
+                    && detector
+                        .as_deref()
+                        .is_none_or(|d| value["target"]["detector"] == d)
+                    && since.is_none_or(|s| value["time"].as_i64().is_some_and(|t| t >= s));
+                if !chosen {
+                    continue;
+                }
+                match output {
+                    Output::Json => println!("{value}"),
+                    Output::Text => println!(
+                        "{} {} {:<20} {:<10} {}  {}{}",
+                        text("decisionId"),
+                        rfc3339(value.get("time")),
+                        value["target"]["detector"].as_str().unwrap_or("-"),
+                        text("outcome"),
+                        text("agent"),
+                        value["target"]["summary"].as_str().unwrap_or_default(),
+                        value["target"]["policy"]
+                            .as_str()
+                            .map(|p| format!(" (by {p})"))
+                            .unwrap_or_default(),
+                    ),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        DetectionsCommand::Show { log, id, output } => {
+            let reader = LogReader::open(&log.log)?;
+            let mut records = Vec::new();
+            for record in reader.records(0)? {
+                let (_, record) = record?;
+                if let Ok(value) = serde_json::from_slice::<Value>(&record) {
+                    records.push(value);
+                }
+            }
+            let Some(detection) = records
+                .iter()
+                .find(|r| r["action"] == "detect" && r["decisionId"] == id.as_str())
+            else {
+                bail!(
+                    "no detection {id} in {} (`warden detections list` shows their ids)",
+                    log.log.display()
+                );
+            };
+            let evidence: Vec<&Value> = detection["target"]["evidence"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|id| records.iter().find(|r| r["decisionId"] == *id))
+                .collect();
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    serde_json::json!({"detection": detection, "evidence": evidence})
+                ),
+                Output::Text => {
+                    println!("{}", describe(detection));
+                    println!("evidence ({} decisions):", evidence.len());
+                    for record in evidence {
+                        println!("  {}", describe(record));
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct LogArgs {
     /// The audit log directory (`warden-data/audit` under `warden up`).

@@ -60,6 +60,9 @@ enum Command {
     /// The tamper-evident audit log: verify it, prove records and consistency, tail, search.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// What the detectors found (from the audit log): list them, or show one with its evidence.
+    #[command(subcommand)]
+    Detections(audit::DetectionsCommand),
     /// Register agents, issue and delegate their credentials, revoke them.
     Agent {
         #[command(subcommand)]
@@ -203,6 +206,7 @@ fn main() -> ExitCode {
         Command::McpStdio(args) => fabric::mcp_stdio(args),
         Command::Run(args) => run::run(args),
         Command::Audit(command) => audit::run(command),
+        Command::Detections(command) => audit::detections(command),
         Command::Inspect(args) => inspect::run(args),
         Command::Agent {
             command,

@@ -940,6 +940,32 @@ fn an_agent_that_port_scans_through_the_gateway_is_quarantined_automatically() {
         detection["target"]["policy"], "demo/demo-responses",
         "{detection}"
     );
+    // `warden detections` lists it and shows it with the decisions that make it.
+    let listed = up.warden(&["detections", "list", "--detector", "scan.ports"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("scan.ports") && listed.contains("(by demo/demo-responses)"),
+        "{listed}"
+    );
+    let id = detection["decisionId"].as_str().unwrap();
+    let shown = up.warden(&["detections", "show", id, "-o", "json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["evidence"].as_array().unwrap().len(), 15, "{shown}");
+    assert!(
+        shown["evidence"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["action"] == "egress.connect" && r["outcome"] == "deny"),
+        "{shown}"
+    );
+    let missing = up.warden(&["detections", "show", "det_nope"]);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no detection det_nope"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
     let held = up.warden(&["quarantine"]);
     let held = String::from_utf8_lossy(&held.stdout);
     assert!(
