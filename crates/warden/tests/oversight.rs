@@ -39,7 +39,7 @@ spec:
         attributes:
           deployment: {arg: deployment}
     - match: {mcp: {server: demo, tools: [delete_records]}}
-      after: {type: maintenance, within: 2s}
+      after: {type: maintenance, within: 5s}
     - match: {mcp: {server: demo, tools: [rotate_keys]}}
       after:
         type: access-granted
@@ -424,23 +424,24 @@ fn event_gates_open_only_for_publishers_events_and_only_for_a_while() {
     assert_eq!(ok(&out[0]), "scaled web to 5");
     assert_eq!(refused(&out[1]).0["outcome"], "deny");
 
-    // A window of 2 s closes by itself.
+    // A window of 5 s opens, then closes by itself. (Each attempt starts a Python client, which
+    // takes a while on a loaded machine: the checks wait for the outcome rather than a time.)
     let out = fabric.cli(&publisher, &["events", "publish", "maintenance"]);
     assert!(out.status.success());
-    std::thread::sleep(Duration::from_millis(700));
-    let out = calls(
-        &fabric,
-        &agent,
-        json!([call("delete_records", json!({"table": "scratch"}))]),
-    );
-    assert_eq!(ok(&out[0]), "python deleted all records of scratch");
-    std::thread::sleep(Duration::from_millis(2500));
-    let out = calls(
-        &fabric,
-        &agent,
-        json!([call("delete_records", json!({"table": "scratch"}))]),
-    );
-    assert_eq!(refused(&out[0]).0["outcome"], "deny");
+    let delete = || {
+        calls(
+            &fabric,
+            &agent,
+            json!([call("delete_records", json!({"table": "scratch"}))]),
+        )
+        .remove(0)
+    };
+    common::eventually("the maintenance window opens", || {
+        delete()["ok"] == "python deleted all records of scratch"
+    });
+    common::eventually("the maintenance window closes by itself", || {
+        delete()["error"]["data"]["outcome"] == "deny"
+    });
 
     // A just-in-time right: a person grants this agent, by name, one more tool for an hour.
     let rotate = call("rotate_keys", json!({"service": "billing"}));
