@@ -294,12 +294,14 @@ fn every_acknowledged_write_survives_kill_9_mid_stream() {
     let mut acknowledged: Vec<String> = Vec::new();
     for round in 0..5 {
         let stop = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let writer = {
-            let (client, url, admin, stop) = (
+            let (client, url, admin, stop, written) = (
                 client.clone(),
                 server.url.clone(),
                 admin.clone(),
                 Arc::clone(&stop),
+                Arc::clone(&written),
             );
             runtime.spawn(async move {
                 let mut acked = Vec::new();
@@ -324,7 +326,10 @@ fn every_acknowledged_write_survives_kill_9_mid_stream() {
                         )
                         .await;
                     match result {
-                        Ok(r) if r.status == http::StatusCode::CREATED => acked.push(name),
+                        Ok(r) if r.status == http::StatusCode::CREATED => {
+                            acked.push(name);
+                            written.fetch_add(1, Ordering::Relaxed);
+                        }
                         // The server died mid-request: not acknowledged.
                         _ => break,
                     }
@@ -332,7 +337,13 @@ fn every_acknowledged_write_survives_kill_9_mid_stream() {
                 acked
             })
         };
-        std::thread::sleep(Duration::from_millis(300 + 70 * round));
+        // Killed mid-stream: once writes are being acknowledged (a loaded machine may take a
+        // while to answer the first), a little later each round.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while written.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(100 + 70 * round));
         server.kill9();
         stop.store(true, Ordering::Relaxed);
         let acked = runtime.block_on(writer).unwrap();
