@@ -229,6 +229,31 @@ struct Rate {
     reported: Option<i64>,
 }
 
+/// The entry for `key`, made with `fresh` when absent — first forgetting the entry least
+/// recently used (by `recency`) when the map already holds `bound`.
+fn entry_within<'m, V>(
+    map: &'m mut HashMap<String, V>,
+    key: &str,
+    bound: usize,
+    recency: impl Fn(&V) -> i64,
+    fresh: impl FnOnce() -> V,
+) -> Option<&'m mut V> {
+    // Looked up by `&str` first: the key is copied only for a new entry.
+    if !map.contains_key(key) {
+        if map.len() >= bound {
+            let oldest = map
+                .iter()
+                .min_by_key(|(_, value)| recency(value))
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(key.to_owned(), fresh());
+    }
+    map.get_mut(key)
+}
+
 /// The median and the median absolute deviation of `counts`.
 fn median_and_mad(counts: &VecDeque<u32>) -> (u32, u32) {
     let median = |mut values: Vec<u32>| {
@@ -455,27 +480,17 @@ impl Detectors {
             return None;
         }
         let time = observation.time;
-        if !self.baselines.contains_key(observation.baseline) {
-            if self.baselines.len() >= settings.max_baselines {
-                let oldest = self
-                    .baselines
-                    .iter()
-                    .min_by_key(|(_, b)| b.last_seen)
-                    .map(|(agent, _)| agent.clone());
-                if let Some(oldest) = oldest {
-                    self.baselines.remove(&oldest);
-                }
-            }
-            self.baselines.insert(
-                observation.baseline.to_owned(),
-                Baseline {
-                    started: time,
-                    last_seen: time,
-                    seen: HashSet::new(),
-                },
-            );
-        }
-        let baseline = self.baselines.get_mut(observation.baseline)?;
+        let baseline = entry_within(
+            &mut self.baselines,
+            observation.baseline,
+            settings.max_baselines,
+            |b| b.last_seen,
+            || Baseline {
+                started: time,
+                last_seen: time,
+                seen: HashSet::new(),
+            },
+        )?;
         baseline.last_seen = time;
         if baseline.seen.contains(reach) {
             return None;
@@ -506,29 +521,19 @@ impl Detectors {
             return None;
         }
         let minute = observation.time.div_euclid(60);
-        if !self.rates.contains_key(observation.baseline) {
-            if self.rates.len() >= settings.max_baselines {
-                let oldest = self
-                    .rates
-                    .iter()
-                    .min_by_key(|(_, r)| r.minute)
-                    .map(|(agent, _)| agent.clone());
-                if let Some(oldest) = oldest {
-                    self.rates.remove(&oldest);
-                }
-            }
-            self.rates.insert(
-                observation.baseline.to_owned(),
-                Rate {
-                    minute,
-                    count: 0,
-                    history: VecDeque::new(),
-                    limit: None,
-                    reported: None,
-                },
-            );
-        }
-        let rate = self.rates.get_mut(observation.baseline)?;
+        let rate = entry_within(
+            &mut self.rates,
+            observation.baseline,
+            settings.max_baselines,
+            |r| r.minute,
+            || Rate {
+                minute,
+                count: 0,
+                history: VecDeque::new(),
+                limit: None,
+                reported: None,
+            },
+        )?;
         if minute > rate.minute {
             // The minute that ended, then a quiet minute for each one without calls.
             let quiet = usize::try_from(minute - rate.minute - 1).unwrap_or(usize::MAX);
