@@ -168,36 +168,55 @@ pub fn detections(command: DetectionsCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         DetectionsCommand::Show { log, id, output } => {
+            // Two passes over the log, never all of it in memory: the detection, then the
+            // decisions it names (which come before it).
             let reader = LogReader::open(&log.log)?;
-            let mut records = Vec::new();
+            let parsed = |record: Vec<u8>| serde_json::from_slice::<Value>(&record).ok();
+            let mut detection = None;
             for record in reader.records(0)? {
                 let (_, record) = record?;
-                if let Ok(value) = serde_json::from_slice::<Value>(&record) {
-                    records.push(value);
+                if let Some(value) = parsed(record)
+                    && value["action"] == "detect"
+                    && value["decisionId"] == id.as_str()
+                {
+                    detection = Some(value);
+                    break;
                 }
             }
-            let Some(detection) = records
-                .iter()
-                .find(|r| r["action"] == "detect" && r["decisionId"] == id.as_str())
-            else {
+            let Some(detection) = detection else {
                 bail!(
                     "no detection {id} in {} (`warden detections list` shows their ids)",
                     log.log.display()
                 );
             };
-            let evidence: Vec<&Value> = detection["target"]["evidence"]
+            let wanted: Vec<&str> = detection["target"]["evidence"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|id| records.iter().find(|r| r["decisionId"] == *id))
+                .filter_map(Value::as_str)
                 .collect();
+            let mut found: std::collections::HashMap<String, Value> =
+                std::collections::HashMap::new();
+            for record in reader.records(0)? {
+                let (_, record) = record?;
+                if found.len() == wanted.len() {
+                    break;
+                }
+                if let Some(value) = parsed(record)
+                    && let Some(decision) = value["decisionId"].as_str()
+                    && wanted.contains(&decision)
+                {
+                    found.insert(decision.to_owned(), value);
+                }
+            }
+            let evidence: Vec<&Value> = wanted.iter().filter_map(|id| found.get(*id)).collect();
             match output {
                 Output::Json => println!(
                     "{}",
                     serde_json::json!({"detection": detection, "evidence": evidence})
                 ),
                 Output::Text => {
-                    println!("{}", describe(detection));
+                    println!("{}", describe(&detection));
                     println!("evidence ({} decisions):", evidence.len());
                     for record in evidence {
                         println!("  {}", describe(record));
